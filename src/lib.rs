@@ -1,0 +1,29 @@
+//! `spot`: disposable EC2 spot environments from a repository's `.spot/` description.
+//!
+//! The pipeline reads left to right: [`manifest`] (find, parse, validate) -> [`plan`]
+//! (pure decisions) -> [`cloud_init`] and [`bundle`] (what the instance receives) ->
+//! the edges that act. [`commands`] wire one subcommand each.
+
+pub mod actions;
+pub mod bundle;
+pub mod cli;
+pub mod cloud_init;
+pub mod commands;
+pub mod error;
+pub mod keys;
+pub mod manifest;
+pub mod plan;
+pub mod schema;
+pub mod yaml_out;
+
+pub use error::Error;
+
+/// Runs one parsed command line.
+pub fn run(cli: cli::Cli) -> Result<(), Error> {
+    match cli.command {
+        cli::Command::Generate(args) => commands::generate::run(&args),
+        cli::Command::Validate(args) => commands::validate::run(&args),
+        cli::Command::Plan(args) => commands::plan::run(&args),
+        cli::Command::Schema(args) => commands::schema::run(&args),
+    }
+}

@@ -1,0 +1,327 @@
+//! A YAML document as a tree whose every node knows where it came from.
+//!
+//! This module owns turning YAML text into [`Node`]s with line and column, and nothing
+//! else: it knows no manifest keys. Every later error (unknown key, wrong type, a file
+//! that does not exist) points at a span taken from here. It never panics on any input;
+//! malformed text becomes one [`SyntaxError`].
+
+use std::collections::HashMap;
+
+use saphyr_parser::{Event, Parser, ScalarStyle, ScanError};
+
+/// A place in a file: 1-based line and column (in characters), and how many characters
+/// on that line the caret should cover. Line 0 means "the file as a whole".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Span {
+    pub line: usize,
+    pub col: usize,
+    pub len: usize,
+}
+
+impl Span {
+    /// A span for a whole file (no line to point at).
+    pub const FILE: Span = Span {
+        line: 0,
+        col: 0,
+        len: 0,
+    };
+
+    /// The first character of a file.
+    pub const START: Span = Span {
+        line: 1,
+        col: 1,
+        len: 1,
+    };
+
+    pub fn at(line: usize, col: usize, len: usize) -> Self {
+        Self {
+            line,
+            col,
+            len: len.max(1),
+        }
+    }
+
+    fn from_parser(span: saphyr_parser::Span) -> Self {
+        let (start, end) = (span.start, span.end);
+        let len = if end.line() == start.line() {
+            end.col().saturating_sub(start.col())
+        } else {
+            1
+        };
+        Self::at(start.line(), start.col() + 1, len)
+    }
+}
+
+/// One YAML node and where it starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub value: Value,
+    pub span: Span,
+}
+
+/// The shape of a node. Scalars keep their text; typing (number, bool) is decided by the
+/// reader that knows which type the field wants, so `permissions: 0644` stays `"0644"`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Scalar { text: String, quoted: bool },
+    Seq(Vec<Node>),
+    Map(Vec<(Node, Node)>),
+}
+
+impl Node {
+    /// What a reader calls this node in "expected X, found Y" messages.
+    pub fn describe(&self) -> &'static str {
+        match &self.value {
+            Value::Null => "nothing (null)",
+            Value::Scalar { quoted: true, .. } => "a string",
+            Value::Scalar { text, .. } => match text.as_str() {
+                "true" | "false" => "a boolean",
+                t if t.parse::<f64>().is_ok() => "a number",
+                _ => "a string",
+            },
+            Value::Seq(_) => "a list",
+            Value::Map(_) => "a mapping",
+        }
+    }
+
+    /// The text of a scalar, if this is one.
+    pub fn as_scalar(&self) -> Option<&str> {
+        match &self.value {
+            Value::Scalar { text, .. } => Some(text),
+            _ => None,
+        }
+    }
+
+    /// The value under `key`, if this is a mapping that has it.
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        match &self.value {
+            Value::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.as_scalar() == Some(key))
+                .map(|(_, v)| v),
+            _ => None,
+        }
+    }
+}
+
+/// Malformed YAML: the parser's message and where it stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyntaxError {
+    pub span: Span,
+    pub message: String,
+}
+
+impl From<ScanError> for SyntaxError {
+    fn from(err: ScanError) -> Self {
+        let mark = err.marker();
+        Self {
+            span: Span::at(mark.line(), mark.col() + 1, 1),
+            message: err.info().to_string(),
+        }
+    }
+}
+
+enum Frame {
+    Seq {
+        span: Span,
+        anchor: usize,
+        items: Vec<Node>,
+    },
+    Map {
+        span: Span,
+        anchor: usize,
+        entries: Vec<(Node, Node)>,
+        key: Option<Node>,
+    },
+}
+
+/// Parses the first YAML document of `src`. `Ok(None)` for an empty file.
+///
+/// A second document, or a duplicate key, is reported as a syntax error: a manifest is
+/// one document, and YAML parsers disagree on which duplicate wins.
+pub fn parse(src: &str) -> Result<Option<Node>, SyntaxError> {
+    let mut parser = Parser::new_from_str(src);
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut anchors: HashMap<usize, Node> = HashMap::new();
+    let mut root: Option<Node> = None;
+    let mut documents = 0usize;
+
+    while let Some(next) = parser.next_event() {
+        let (event, span) = next?;
+        let span_here = Span::from_parser(span);
+        let finished = match event {
+            Event::DocumentStart(_) => {
+                documents += 1;
+                if documents > 1 {
+                    return Err(SyntaxError {
+                        span: span_here,
+                        message: "a second YAML document (`---`) is not allowed here: \
+                                  a manifest is one document"
+                            .into(),
+                    });
+                }
+                None
+            }
+            Event::Scalar(text, style, anchor, _tag) => {
+                let quoted = !matches!(style, ScalarStyle::Plain);
+                let value = if !quoted && matches!(&*text, "" | "~" | "null" | "Null" | "NULL")
+                {
+                    Value::Null
+                } else {
+                    Value::Scalar {
+                        text: text.into_owned(),
+                        quoted,
+                    }
+                };
+                let node = Node {
+                    value,
+                    span: span_here,
+                };
+                if anchor > 0 {
+                    anchors.insert(anchor, node.clone());
+                }
+                Some(node)
+            }
+            Event::Alias(id) => match anchors.get(&id) {
+                Some(node) => Some(Node {
+                    value: node.value.clone(),
+                    span: span_here,
+                }),
+                None => {
+                    return Err(SyntaxError {
+                        span: span_here,
+                        message: "alias to an anchor that is not defined".into(),
+                    });
+                }
+            },
+            Event::SequenceStart(anchor, _) => {
+                stack.push(Frame::Seq {
+                    span: span_here,
+                    anchor,
+                    items: Vec::new(),
+                });
+                None
+            }
+            Event::MappingStart(anchor, _) => {
+                stack.push(Frame::Map {
+                    span: span_here,
+                    anchor,
+                    entries: Vec::new(),
+                    key: None,
+                });
+                None
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                let (node, anchor) = match stack.pop() {
+                    Some(Frame::Seq {
+                        span,
+                        anchor,
+                        items,
+                    }) => (
+                        Node {
+                            value: Value::Seq(items),
+                            span,
+                        },
+                        anchor,
+                    ),
+                    Some(Frame::Map {
+                        span,
+                        anchor,
+                        entries,
+                        ..
+                    }) => (
+                        Node {
+                            value: Value::Map(entries),
+                            span,
+                        },
+                        anchor,
+                    ),
+                    None => {
+                        return Err(SyntaxError {
+                            span: span_here,
+                            message: "unbalanced collection end".into(),
+                        });
+                    }
+                };
+                if anchor > 0 {
+                    anchors.insert(anchor, node.clone());
+                }
+                Some(node)
+            }
+            Event::StreamStart
+            | Event::StreamEnd
+            | Event::DocumentEnd
+            | Event::Nothing => None,
+        };
+        if let Some(node) = finished {
+            match stack.last_mut() {
+                None => root = Some(node),
+                Some(Frame::Seq { items, .. }) => items.push(node),
+                Some(Frame::Map { entries, key, .. }) => match key.take() {
+                    None => {
+                        if !matches!(node.value, Value::Scalar { .. }) {
+                            return Err(SyntaxError {
+                                span: node.span,
+                                message: "mapping keys must be plain strings".into(),
+                            });
+                        }
+                        if let Some((first, _)) =
+                            entries.iter().find(|(k, _)| k.as_scalar() == node.as_scalar())
+                        {
+                            return Err(SyntaxError {
+                                span: node.span,
+                                message: format!(
+                                    "duplicate key `{}` (first given on line {})",
+                                    node.as_scalar().unwrap_or_default(),
+                                    first.span.line
+                                ),
+                            });
+                        }
+                        *key = Some(node);
+                    }
+                    Some(k) => entries.push((k, node)),
+                },
+            }
+        }
+    }
+    Ok(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_are_one_based() {
+        let node = parse("a:\n  b: 1\n").unwrap().unwrap();
+        let b = node.get("a").unwrap().get("b").unwrap();
+        assert_eq!(b.span.line, 2);
+        assert_eq!(b.span.col, 6);
+        let Value::Map(entries) = &node.get("a").unwrap().value else {
+            panic!("map expected")
+        };
+        assert_eq!(entries[0].0.span, Span::at(2, 3, 1));
+    }
+
+    #[test]
+    fn duplicate_keys_are_errors() {
+        let err = parse("a: 1\nb: 2\na: 3\n").unwrap_err();
+        assert_eq!(err.span.line, 3);
+        assert!(err.message.contains("duplicate key `a`"), "{}", err.message);
+    }
+
+    #[test]
+    fn quoted_numbers_stay_strings_and_empty_is_null() {
+        let node = parse("p: '0644'\nq:\n").unwrap().unwrap();
+        assert_eq!(node.get("p").unwrap().describe(), "a string");
+        assert_eq!(node.get("q").unwrap().value, Value::Null);
+        assert_eq!(parse("").unwrap(), None);
+    }
+
+    #[test]
+    fn aliases_resolve() {
+        let node = parse("a: &x [1, 2]\nb: *x\n").unwrap().unwrap();
+        assert_eq!(node.get("a").unwrap().value, node.get("b").unwrap().value);
+    }
+}
