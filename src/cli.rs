@@ -12,7 +12,7 @@ use crate::manifest::types::Template;
 /// Exit codes: 0 success; 1 invalid input (the description or the arguments), nothing
 /// created; 2 runtime failure.
 #[derive(Debug, Parser)]
-#[command(name = "spot", version, about, long_about = None, max_term_width = 100)]
+#[command(name = "spot", version, about, max_term_width = 100)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

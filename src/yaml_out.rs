@@ -148,7 +148,7 @@ mod tests {
         let y = to_yaml(&json!({"runcmd": [["sh", "-c", "echo hi"]], "write_files": [{"path": "/x", "content": "l1\nl2\n"}], "e": []}));
         assert_eq!(
             y,
-            "runcmd:\n  - - sh\n    - -c\n    - \"echo hi\"\nwrite_files:\n  - path: /x\n    content: |\n      l1\n      l2\ne: []\n"
+            "runcmd:\n  - - sh\n    - \"-c\"\n    - \"echo hi\"\nwrite_files:\n  - path: /x\n    content: |\n      l1\n      l2\ne: []\n"
         );
     }
 }

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 
-use super::read::{Cx, FromNode, KeyedMap, MapReader, OneOrMany, Spanned, Unsupported, raw_struct};
+use super::read::{Cx, FromNode, KeyedMap, MapReader, OneOrMany, ScalarText, Spanned, Unsupported, raw_struct};
 use super::types::AWS_REGIONS;
 use super::yaml::{Node, Span, Value};
 
@@ -78,7 +78,7 @@ pub struct RawAws {
     /// Encrypted gp3 root volume size in GiB, 8 to 16384. Default 50.
     pub instance_storage_gb: Option<Spanned<u32>>,
     /// Extra tags on every resource. Keys must not start with `spot:` or `aws:`.
-    pub tags: Option<Spanned<KeyedMap<Spanned<String>>>>,
+    pub tags: Option<Spanned<KeyedMap<Spanned<ScalarText>>>>,
     /// Highest spot price to pay, USD per instance-hour (same as `spot.max_price`).
     pub spot_price_limit: Option<Spanned<f64>>,
     /// Give instances a public IPv4 address. Default true.
@@ -129,7 +129,7 @@ pub struct RawRegion {
     /// This region's root volume size, overriding `aws.instance_storage_gb`.
     pub instance_storage_gb: Option<Spanned<u32>>,
     /// Extra tags for this region's resources, merged over `aws.tags`.
-    pub tags: Option<Spanned<KeyedMap<Spanned<String>>>>,
+    pub tags: Option<Spanned<KeyedMap<Spanned<ScalarText>>>>,
 }
 raw_struct!(RawRegion, "a region", &[(
     "count",
@@ -213,7 +213,7 @@ pub struct RawManifest {
     /// The original's name for a `tarball` URL.
     pub tarball_url: Option<Spanned<String>>,
     /// Environment variables for scripts and services (written to `/etc/spot/env`). Not secret.
-    pub env: Option<Spanned<KeyedMap<Spanned<String>>>>,
+    pub env: Option<Spanned<KeyedMap<Spanned<ScalarText>>>>,
     /// Secrets taken from the environment `spot` runs in and sent over SSH only, mode 0600.
     pub secrets: Option<Spanned<Vec<Spanned<RawSecret>>>>,
 }

@@ -73,13 +73,74 @@ pub trait FromNode: Sized {
 
 impl FromNode for String {
     fn from_node(node: &Node, cx: &mut Cx) -> Option<Self> {
+        match &node.value {
+            Value::Scalar { text, quoted: false } if text == "true" || text == "false" || is_yaml_number(text) => {
+                cx.error(
+                    Kind::WrongType,
+                    node.span,
+                    format!("expected a string, found {}", node.describe()),
+                    format!("put it in quotes: \"{text}\""),
+                );
+                None
+            }
+            Value::Scalar { text, .. } => Some(text.clone()),
+            _ => {
+                cx.wrong_type(node, "a string");
+                None
+            }
+        }
+    }
+}
+
+/// Any scalar as text: for env and tag values, where `PORT: 8080` is meant as "8080".
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScalarText(pub String);
+
+impl FromNode for ScalarText {
+    fn from_node(node: &Node, cx: &mut Cx) -> Option<Self> {
         if let Some(text) = node.as_scalar() {
-            Some(text.to_string())
+            Some(ScalarText(text.to_string()))
         } else {
-            cx.wrong_type(node, "a string");
+            cx.wrong_type(node, "a string, number or boolean");
             None
         }
     }
+}
+
+impl JsonSchema for ScalarText {
+    fn schema_name() -> Cow<'static, str> {
+        "Scalar".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        schemars::json_schema!({ "type": ["string", "number", "boolean"] })
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+}
+
+/// Whether a plain scalar is a number under YAML 1.2's core schema.
+pub fn is_yaml_number(s: &str) -> bool {
+    let unsigned = s.strip_prefix(['-', '+']).unwrap_or(s);
+    let digits = |t: &str| !t.is_empty() && t.chars().all(|c| c.is_ascii_digit());
+    if digits(unsigned) || matches!(unsigned, ".inf" | ".Inf" | ".INF") || matches!(s, ".nan" | ".NaN" | ".NAN") {
+        return true;
+    }
+    if let Some(hex) = s.strip_prefix("0x") {
+        return !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit());
+    }
+    if let Some(oct) = s.strip_prefix("0o") {
+        return !oct.is_empty() && oct.chars().all(|c| ('0'..='7').contains(&c));
+    }
+    let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
+        Some((m, e)) => (m, Some(e.strip_prefix(['-', '+']).unwrap_or(e))),
+        None => (unsigned, None),
+    };
+    let mantissa_ok = match mantissa.split_once('.') {
+        Some((int, frac)) => (digits(int) || int.is_empty()) && (digits(frac) || frac.is_empty()) && !(int.is_empty() && frac.is_empty()),
+        None => digits(mantissa),
+    };
+    mantissa_ok && exponent.is_none_or(digits)
 }
 
 impl FromNode for bool {
@@ -331,7 +392,7 @@ pub fn did_you_mean<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
     known
         .iter()
         .map(|k| (strsim::jaro_winkler(word, k), *k))
-        .filter(|(score, _)| *score > 0.8)
+        .filter(|(score, _)| *score > 0.86)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, k)| k)
 }

@@ -245,7 +245,7 @@ fn price(p: &Spanned<f64>, cx: &mut Cx) -> Option<f64> {
     }
 }
 
-fn tags(raw: &Spanned<super::read::KeyedMap<Spanned<String>>>, cx: &mut Cx) -> BTreeMap<String, String> {
+fn tags(raw: &Spanned<super::read::KeyedMap<Spanned<super::read::ScalarText>>>, cx: &mut Cx) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for (key, value) in &raw.value.0 {
         let k = key.value.as_str();
@@ -271,7 +271,7 @@ fn tags(raw: &Spanned<super::read::KeyedMap<Spanned<String>>>, cx: &mut Cx) -> B
                 "the `Name` tag is set by spot to the deployment id",
                 "remove it; use another key for your own label",
             );
-        } else if value.value.chars().count() > 256 || !value.value.chars().all(is_tag_char) {
+        } else if value.value.0.chars().count() > 256 || !value.value.0.chars().all(is_tag_char) {
             cx.error(
                 Kind::BadTag,
                 value.span,
@@ -279,7 +279,7 @@ fn tags(raw: &Spanned<super::read::KeyedMap<Spanned<String>>>, cx: &mut Cx) -> B
                 "tag values are at most 256 characters: letters, digits, spaces and `+ - = . _ : / @`",
             );
         } else {
-            out.insert(k.to_string(), value.value.clone());
+            out.insert(k.to_string(), value.value.0.clone());
         }
     }
     out
@@ -501,7 +501,7 @@ pub fn manifest(raw: &RawManifest, paths: &Paths, cx: &mut Cx) -> Manifest {
     let mut env = BTreeMap::new();
     for (k, v) in raw.env.iter().flat_map(|e| &e.value.0) {
         if is_env_name(&k.value) {
-            env.insert(k.value.clone(), v.value.clone());
+            env.insert(k.value.clone(), v.value.0.clone());
         } else {
             cx.error(
                 Kind::InvalidValue,

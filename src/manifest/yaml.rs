@@ -77,7 +77,7 @@ impl Node {
             Value::Scalar { quoted: true, .. } => "a string",
             Value::Scalar { text, .. } => match text.as_str() {
                 "true" | "false" => "a boolean",
-                t if t.parse::<f64>().is_ok() => "a number",
+                t if super::read::is_yaml_number(t) => "a number",
                 _ => "a string",
             },
             Value::Seq(_) => "a list",
