@@ -9,6 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use serde::Serialize;
 
 use crate::manifest::types::{Deployment, Origin, ScriptRun, TarballSource};
@@ -39,12 +40,18 @@ impl Excludes {
             if body.is_empty() {
                 return Err(ExcludeError::Empty);
             }
-            let prefix = if anchored { String::new() } else { "**/".to_string() };
+            let prefix = if anchored {
+                String::new()
+            } else {
+                "**/".to_string()
+            };
             for glob in [format!("{prefix}{body}"), format!("{prefix}{body}/**")] {
                 builder.add(GlobBuilder::new(&glob).literal_separator(true).build()?);
             }
         }
-        Ok(Self { set: builder.build()? })
+        Ok(Self {
+            set: builder.build()?,
+        })
     }
 
     /// Whether `rel` (relative to the source folder, `/`-separated) is excluded.
@@ -116,7 +123,10 @@ pub struct Listing {
 
 /// Lists every file the deployment ships. Errors (symlinks out of the repository,
 /// unreadable folders) carry the position of the manifest field that named the source.
-pub fn list(deployment: &Deployment) -> Result<Listing, Vec<Diagnostic>> {
+///
+/// With `measure: false` the walk skips the per-file `stat` (sizes and modes stay 0):
+/// `validate` needs only which files exist, `plan` and `create` need their sizes.
+pub fn list(deployment: &Deployment, measure: bool) -> Result<Listing, Vec<Diagnostic>> {
     let root = &deployment.root;
     let manifest = &deployment.manifest;
     let mut listing = Listing::default();
@@ -124,40 +134,102 @@ pub fn list(deployment: &Deployment) -> Result<Listing, Vec<Diagnostic>> {
 
     for script in &manifest.scripts {
         if let ScriptRun::File { path, local } = &script.run {
-            push_file(&mut listing, Part::Script, format!("{SCRIPTS_DIR}/{}", script.name), path, local, Some(0o755));
+            push_file(
+                &mut listing,
+                Part::Script,
+                format!("{SCRIPTS_DIR}/{}", script.name),
+                path,
+                local,
+                Some(0o755),
+            );
         }
     }
     for service in &manifest.services {
-        push_file(&mut listing, Part::Service, format!("{UNITS_DIR}/{}.service", service.name), &service.file, &service.local, Some(0o644));
+        push_file(
+            &mut listing,
+            Part::Service,
+            format!("{UNITS_DIR}/{}.service", service.name),
+            &service.file,
+            &service.local,
+            Some(0o644),
+        );
     }
     for upload in &manifest.uploads {
         if upload.is_dir {
             let excludes = Excludes::new(&upload.exclude).unwrap_or_else(|_| empty_excludes());
-            walk(root, &upload.local, &upload.dest, Part::Upload, &excludes, upload.gitignore, upload.permissions, &upload.origin, &mut listing, &mut errors);
+            let walk = Walk::new(
+                root,
+                &upload.local,
+                &upload.dest,
+                Part::Upload,
+                &excludes,
+                upload.origin.clone(),
+                measure,
+            )
+            .gitignore(upload.gitignore)
+            .mode(upload.permissions);
+            walk.run(&upload.local, &mut listing, &mut errors);
         } else {
-            push_file(&mut listing, Part::Upload, upload.dest.clone(), &upload.source, &upload.local, upload.permissions);
+            push_file(
+                &mut listing,
+                Part::Upload,
+                upload.dest.clone(),
+                &upload.source,
+                &upload.local,
+                upload.permissions,
+            );
         }
     }
     if let Some(tarball) = &manifest.tarball {
         match &tarball.source {
             TarballSource::Dir { local, .. } => {
-                walk(root, local, &tarball.dest, Part::Tarball, &empty_excludes(), false, None, &tarball.origin, &mut listing, &mut errors);
+                let excludes = empty_excludes();
+                Walk::new(
+                    root,
+                    local,
+                    &tarball.dest,
+                    Part::Tarball,
+                    &excludes,
+                    tarball.origin.clone(),
+                    measure,
+                )
+                .run(local, &mut listing, &mut errors);
             }
             TarballSource::Archive { path, local } => {
                 let name = path.rsplit('/').next().unwrap_or(path);
-                push_file(&mut listing, Part::Tarball, format!("{}/{name}", tarball.dest), path, local, Some(0o644));
+                push_file(
+                    &mut listing,
+                    Part::Tarball,
+                    format!("{}/{name}", tarball.dest),
+                    path,
+                    local,
+                    Some(0o644),
+                );
             }
             TarballSource::Url { .. } => {}
         }
     }
-    if errors.is_empty() { Ok(listing) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(listing)
+    } else {
+        Err(errors)
+    }
 }
 
 fn empty_excludes() -> Excludes {
-    Excludes { set: GlobSet::empty() }
+    Excludes {
+        set: GlobSet::empty(),
+    }
 }
 
-fn push_file(listing: &mut Listing, part: Part, dest: String, source: &str, local: &Path, mode: Option<u32>) {
+fn push_file(
+    listing: &mut Listing,
+    part: Part,
+    dest: String,
+    source: &str,
+    local: &Path,
+    mode: Option<u32>,
+) {
     let meta = std::fs::metadata(local).ok();
     let size = meta.as_ref().map_or(0, std::fs::Metadata::len);
     listing.total_bytes += size;
@@ -172,78 +244,266 @@ fn push_file(listing: &mut Listing, part: Part, dest: String, source: &str, loca
     });
 }
 
-#[allow(clippy::too_many_arguments)]
-fn walk(
-    root: &Path,
-    dir: &Path,
-    dest: &str,
+/// One folder source being listed: where it goes and how it is filtered.
+struct Walk<'a> {
+    /// Repository root, canonical: symlinks must resolve inside it.
+    root: &'a Path,
+    /// The source folder relative to the root, `/`-separated.
+    source_rel: String,
+    dest: &'a str,
     part: Part,
-    excludes: &Excludes,
+    excludes: &'a Excludes,
     gitignore: bool,
     mode: Option<u32>,
-    origin: &Origin,
-    listing: &mut Listing,
-    errors: &mut Vec<Diagnostic>,
-) {
-    let filter = excludes.clone();
-    let base = dir.to_path_buf();
-    let walker = ignore::WalkBuilder::new(dir)
-        .standard_filters(false)
-        .hidden(false)
-        .git_ignore(gitignore)
-        .require_git(false)
-        .follow_links(false)
-        .sort_by_file_name(std::ffi::OsStr::cmp)
-        .filter_entry(move |e| {
-            let rel = e.path().strip_prefix(&base).map(relative_text).unwrap_or_default();
-            !filter.matches(&rel)
-        })
-        .build();
-    let dest = dest.trim_end_matches('/');
-    for item in walker {
-        let entry = match item {
-            Ok(entry) => entry,
-            Err(e) => {
-                errors.push(Diagnostic::new(Kind::MissingFile, origin.file.clone(), origin.span, format!("cannot read part of the upload: {e}"), "check the folder's permissions"));
-                continue;
-            }
+    origin: Origin,
+    measure: bool,
+}
+
+/// What one subtree contributed; merged in name order.
+#[derive(Default)]
+struct Found {
+    entries: Vec<Entry>,
+    bytes: u64,
+    errors: Vec<Diagnostic>,
+}
+
+impl<'a> Walk<'a> {
+    fn new(
+        root: &'a Path,
+        dir: &Path,
+        dest: &'a str,
+        part: Part,
+        excludes: &'a Excludes,
+        origin: Origin,
+        measure: bool,
+    ) -> Self {
+        Self {
+            root,
+            source_rel: crate::manifest::validate::rel_to(root, dir),
+            dest: dest.trim_end_matches('/'),
+            part,
+            excludes,
+            gitignore: false,
+            mode: None,
+            origin,
+            measure,
+        }
+    }
+
+    fn gitignore(mut self, on: bool) -> Self {
+        self.gitignore = on;
+        self
+    }
+
+    fn mode(mut self, mode: Option<u32>) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Lists `dir` depth-first in name order. The top level's folders are walked on all
+    /// cores (a large build tree is mostly `stat` calls, which scale), then merged back
+    /// in order, so the result does not depend on scheduling.
+    fn run(&self, dir: &Path, listing: &mut Listing, errors: &mut Vec<Diagnostic>) {
+        let mut ignores = Vec::new();
+        self.push_gitignore(dir, &mut ignores);
+        let Some(entries) = self.read(dir, "", errors) else {
+            return;
         };
-        let Some(kind) = entry.file_type() else { continue };
-        if kind.is_dir() {
-            continue;
+        let threads = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(8);
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let mut results: Vec<(usize, Found)> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    let (entries, next, ignores) = (&entries, &next, ignores.clone());
+                    scope.spawn(move || {
+                        let mut ignores = ignores;
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(entry) = entries.get(i) else { break };
+                            let mut found = Found::default();
+                            self.entry(entry, "", &mut ignores, &mut found);
+                            done.push((i, found));
+                        }
+                        done
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap_or_default())
+                .collect()
+        });
+        results.sort_by_key(|(i, _)| *i);
+        for (_, found) in results {
+            listing.entries.extend(found.entries);
+            listing.total_bytes += found.bytes;
+            errors.extend(found.errors);
         }
-        let rel = relative_text(entry.path().strip_prefix(dir).unwrap_or(entry.path()));
-        let source = crate::manifest::validate::rel_to(root, entry.path());
-        let target_dest = if rel.is_empty() { dest.to_string() } else { format!("{dest}/{rel}") };
-        if kind.is_symlink() {
-            match std::fs::canonicalize(entry.path()) {
-                Ok(real) if real.starts_with(root) => {
-                    let link = std::fs::read_link(entry.path()).map(|l| l.to_string_lossy().into_owned()).unwrap_or_default();
-                    listing.entries.push(Entry { part, dest: target_dest, source, local: entry.path().to_path_buf(), size: 0, mode: 0o777, link: Some(link) });
-                }
-                Ok(real) => errors.push(Diagnostic::new(
-                    Kind::PathEscapes,
-                    origin.file.clone(),
-                    origin.span,
-                    format!("`{source}` is a symlink to `{}`, outside the repository", real.display()),
-                    "copy the file into the repository, or exclude the link",
-                )),
-                Err(_) => errors.push(Diagnostic::new(
-                    Kind::MissingFile,
-                    origin.file.clone(),
-                    origin.span,
-                    format!("`{source}` is a symlink to nothing"),
-                    "fix or remove the broken symlink, or exclude it",
-                )),
+    }
+
+    fn push_gitignore(&self, dir: &Path, ignores: &mut Vec<Gitignore>) -> bool {
+        if !self.gitignore || !dir.join(".gitignore").is_file() {
+            return false;
+        }
+        let mut builder = GitignoreBuilder::new(dir);
+        builder.add(dir.join(".gitignore"));
+        match builder.build() {
+            Ok(matcher) => {
+                ignores.push(matcher);
+                true
             }
-            continue;
+            Err(_) => false,
         }
-        push_file(listing, part, target_dest, &source, entry.path(), mode);
+    }
+
+    /// A folder's entries, sorted by name.
+    fn read(
+        &self,
+        dir: &Path,
+        rel: &str,
+        errors: &mut Vec<Diagnostic>,
+    ) -> Option<Vec<std::fs::DirEntry>> {
+        match std::fs::read_dir(dir) {
+            Ok(read) => {
+                let mut entries: Vec<std::fs::DirEntry> = read.filter_map(Result::ok).collect();
+                entries.sort_by_key(std::fs::DirEntry::file_name);
+                Some(entries)
+            }
+            Err(e) => {
+                errors.push(self.error(
+                    Kind::MissingFile,
+                    format!("cannot read `{}`: {e}", self.source(rel)),
+                    "check the folder's permissions",
+                ));
+                None
+            }
+        }
+    }
+
+    /// One directory entry at `parent` (relative to the source) and everything below it.
+    /// Entry types come from the directory itself; files are stat'ed relative to their
+    /// folder, so the cost stays close to `find`'s.
+    fn entry(
+        &self,
+        entry: &std::fs::DirEntry,
+        parent: &str,
+        ignores: &mut Vec<Gitignore>,
+        found: &mut Found,
+    ) {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let rel = if parent.is_empty() {
+            name.to_string()
+        } else {
+            format!("{parent}/{name}")
+        };
+        let Ok(kind) = entry.file_type() else { return };
+        if self.excludes.matches(&rel)
+            || (self.gitignore && is_ignored(ignores, &entry.path(), kind.is_dir()))
+        {
+            return;
+        }
+        if kind.is_dir() {
+            let path = entry.path();
+            let pushed = self.push_gitignore(&path, ignores);
+            if let Some(children) = self.read(&path, &rel, &mut found.errors) {
+                for child in &children {
+                    self.entry(child, &rel, ignores, found);
+                }
+            }
+            if pushed {
+                ignores.pop();
+            }
+        } else if kind.is_symlink() {
+            self.symlink(&entry.path(), &rel, found);
+        } else {
+            let meta = if self.measure {
+                entry.metadata().ok()
+            } else {
+                None
+            };
+            let size = meta.as_ref().map_or(0, std::fs::Metadata::len);
+            found.bytes += size;
+            found.entries.push(Entry {
+                part: self.part,
+                dest: format!("{}/{rel}", self.dest),
+                source: self.source(&rel),
+                local: entry.path(),
+                size,
+                mode: self
+                    .mode
+                    .unwrap_or_else(|| meta.map_or(0, |m| m.permissions().mode() & 0o7777)),
+                link: None,
+            });
+        }
+    }
+
+    fn symlink(&self, path: &Path, rel: &str, found: &mut Found) {
+        let source = self.source(rel);
+        match std::fs::canonicalize(path) {
+            Ok(real) if real.starts_with(self.root) => {
+                let link = std::fs::read_link(path)
+                    .map(|l| l.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                found.entries.push(Entry {
+                    part: self.part,
+                    dest: format!("{}/{rel}", self.dest),
+                    source,
+                    local: path.to_path_buf(),
+                    size: 0,
+                    mode: 0o777,
+                    link: Some(link),
+                });
+            }
+            Ok(real) => found.errors.push(self.error(
+                Kind::PathEscapes,
+                format!(
+                    "`{source}` is a symlink to `{}`, outside the repository",
+                    real.display()
+                ),
+                "copy the file into the repository, or exclude the link",
+            )),
+            Err(_) => found.errors.push(self.error(
+                Kind::MissingFile,
+                format!("`{source}` is a symlink to nothing"),
+                "fix or remove the broken symlink, or exclude it",
+            )),
+        }
+    }
+
+    fn source(&self, rel: &str) -> String {
+        match (self.source_rel.as_str(), rel) {
+            (base, "") => base.to_string(),
+            (".", rel) => rel.to_string(),
+            (base, rel) => format!("{base}/{rel}"),
+        }
+    }
+
+    fn error(&self, kind: Kind, message: String, help: &str) -> Diagnostic {
+        Diagnostic::new(
+            kind,
+            self.origin.file.clone(),
+            self.origin.span,
+            message,
+            help,
+        )
     }
 }
 
-fn relative_text(path: &Path) -> String {
-    path.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
+/// gitignore semantics across nested `.gitignore` files: the innermost file that has an
+/// opinion (ignore or `!` re-include) decides.
+fn is_ignored(ignores: &[Gitignore], path: &Path, is_dir: bool) -> bool {
+    for matcher in ignores.iter().rev() {
+        match matcher.matched(path, is_dir) {
+            ignore::Match::Ignore(_) => return true,
+            ignore::Match::Whitelist(_) => return false,
+            ignore::Match::None => {}
+        }
+    }
+    false
 }
 
 #[cfg(test)]
@@ -251,7 +511,13 @@ mod tests {
     use super::*;
 
     fn ex(patterns: &[&str]) -> Excludes {
-        Excludes::new(&patterns.iter().map(|p| (*p).to_string()).collect::<Vec<_>>()).unwrap()
+        Excludes::new(
+            &patterns
+                .iter()
+                .map(|p| (*p).to_string())
+                .collect::<Vec<_>>(),
+        )
+        .unwrap()
     }
 
     #[test]

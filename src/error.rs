@@ -21,7 +21,11 @@ pub enum Error {
     /// An argument or request that cannot be carried out as given.
     Usage { message: String, help: String },
     /// A file operation failed.
-    Io { path: PathBuf, action: &'static str, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        source: std::io::Error,
+    },
 }
 
 impl Error {
@@ -42,16 +46,28 @@ impl Error {
     }
 
     pub fn io(path: impl Into<PathBuf>, action: &'static str, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), action, source }
+        Error::Io {
+            path: path.into(),
+            action,
+            source,
+        }
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Invalid { report, .. } => write!(f, "{} problem(s) in the deployment description", report.diagnostics.len()),
+            Error::Invalid { report, .. } => write!(
+                f,
+                "{} problem(s) in the deployment description",
+                report.diagnostics.len()
+            ),
             Error::Usage { message, .. } => f.write_str(message),
-            Error::Io { path, action, source } => write!(f, "cannot {action} `{}`: {source}", path.display()),
+            Error::Io {
+                path,
+                action,
+                source,
+            } => write!(f, "cannot {action} `{}`: {source}", path.display()),
         }
     }
 }

@@ -91,7 +91,11 @@ mod tests {
     fn generated_keys_are_openssh_ed25519() {
         let k = KeyPair::generate("test").unwrap();
         assert!(k.public.starts_with("ssh-ed25519 "));
-        assert!(k.private.expose().starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
+        assert!(
+            k.private
+                .expose()
+                .starts_with("-----BEGIN OPENSSH PRIVATE KEY-----")
+        );
         let other = KeyPair::generate("test").unwrap();
         assert_ne!(k.public, other.public);
     }

@@ -11,7 +11,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::INVALID_INPUT } else { exit::OK });
+            return ExitCode::from(if e.use_stderr() {
+                exit::INVALID_INPUT
+            } else {
+                exit::OK
+            });
         }
     };
     match spot_deployer::run(cli) {

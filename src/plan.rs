@@ -13,7 +13,10 @@ use serde::Serialize;
 
 use crate::bundle::{Entry, Listing};
 use crate::cloud_init::{Identity, UserData};
-use crate::manifest::types::{Arch, Deployment, Fallback, Image, Layout, Probe, ScriptRun, SshAccess, TarballSource, format_duration};
+use crate::manifest::types::{
+    Arch, Deployment, Fallback, Image, Layout, Probe, ScriptRun, SshAccess, TarballSource,
+    format_duration,
+};
 
 /// Tag keys `spot` sets on every resource it creates.
 pub mod tag {
@@ -43,7 +46,9 @@ pub fn check_deployment_id(id: &str) -> Result<(), String> {
     let ok = !id.is_empty()
         && id.len() <= 48
         && id.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if ok {
         Ok(())
     } else {
@@ -151,7 +156,9 @@ pub fn identity(deployment: &Deployment, inputs: &Inputs) -> Identity {
 
 fn expires_at(deployment: &Deployment, now: Timestamp) -> String {
     let secs = i64::try_from(deployment.config.ttl_secs).unwrap_or(i64::MAX);
-    let at = now.checked_add(SignedDuration::from_secs(secs)).unwrap_or(now);
+    let at = now
+        .checked_add(SignedDuration::from_secs(secs))
+        .unwrap_or(now);
     rfc3339(at)
 }
 
@@ -179,12 +186,19 @@ pub fn tags(deployment: &Deployment, inputs: &Inputs) -> BTreeMap<String, String
 /// Splits `total` across `n` regions: equal shares, the remainder to the first ones.
 pub fn split(total: u32, n: usize) -> Vec<u32> {
     let n32 = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
-    (0..n32).map(|i| total / n32 + u32::from(i < total % n32)).collect()
+    (0..n32)
+        .map(|i| total / n32 + u32::from(i < total % n32))
+        .collect()
 }
 
 /// Builds the plan. `listing` and `user_data` come from [`crate::bundle::list`] and
 /// [`crate::cloud_init::render`] for the same deployment and inputs.
-pub fn build(deployment: &Deployment, inputs: &Inputs, listing: Listing, user_data: &UserData) -> Plan {
+pub fn build(
+    deployment: &Deployment,
+    inputs: &Inputs,
+    listing: Listing,
+    user_data: &UserData,
+) -> Plan {
     let config = &deployment.config;
     let manifest = &deployment.manifest;
     let common = tags(deployment, inputs);
@@ -194,7 +208,11 @@ pub fn build(deployment: &Deployment, inputs: &Inputs, listing: Listing, user_da
         .iter()
         .zip(shares)
         .map(|(r, instances)| {
-            let mut archs: Vec<Arch> = r.instance_types.iter().map(crate::manifest::types::InstanceType::arch).collect();
+            let mut archs: Vec<Arch> = r
+                .instance_types
+                .iter()
+                .map(crate::manifest::types::InstanceType::arch)
+                .collect();
             archs.sort();
             archs.dedup();
             RegionPlan {
@@ -207,14 +225,25 @@ pub fn build(deployment: &Deployment, inputs: &Inputs, listing: Listing, user_da
                         Image::Auto => ImageChoice {
                             arch,
                             image: "auto".into(),
-                            description: format!("newest Canonical Ubuntu 24.04 LTS ({arch}), looked up at create"),
+                            description: format!(
+                                "newest Canonical Ubuntu 24.04 LTS ({arch}), looked up at create"
+                            ),
                         },
-                        Image::Ami(id) => ImageChoice { arch, image: id.clone(), description: format!("{id} (checked to exist at create)") },
+                        Image::Ami(id) => ImageChoice {
+                            arch,
+                            image: id.clone(),
+                            description: format!("{id} (checked to exist at create)"),
+                        },
                     })
                     .collect(),
                 max_price: r.max_price,
                 storage_gb: r.storage_gb,
-                tags: r.tags.iter().filter(|(k, v)| config.tags.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), v.clone())).collect(),
+                tags: r
+                    .tags
+                    .iter()
+                    .filter(|(k, v)| config.tags.get(*k) != Some(*v))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
             }
         })
         .collect();
@@ -272,8 +301,17 @@ pub fn build(deployment: &Deployment, inputs: &Inputs, listing: Listing, user_da
             })
             .collect(),
         env: manifest.env.keys().cloned().collect(),
-        secrets: manifest.secrets.iter().map(|s| format!("{} (from ${}) -> {}", s.name, s.env, s.dest)).collect(),
-        bundle: BundlePlan { files: listing.entries.len(), total_bytes: listing.total_bytes, tarball_url, entries: listing.entries },
+        secrets: manifest
+            .secrets
+            .iter()
+            .map(|s| format!("{} (from ${}) -> {}", s.name, s.env, s.dest))
+            .collect(),
+        bundle: BundlePlan {
+            files: listing.entries.len(),
+            total_bytes: listing.total_bytes,
+            tarball_url,
+            entries: listing.entries,
+        },
         user_data: UserDataPlan {
             bytes: user_data.text.len(),
             sent_bytes: user_data.bytes.len(),
@@ -292,7 +330,11 @@ pub fn human_bytes(n: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 /// How many bundle files the human rendering lists before summarising.
@@ -306,25 +348,64 @@ impl Plan {
             Layout::Spot => ".spot/",
             Layout::Convention => "deployment/ (by convention)",
         };
-        let _ = writeln!(s, "Plan for deployment {} (from {from})", self.deployment_id);
-        let _ = writeln!(s, "  expires    {} (ttl {}): instances power off then", self.expires_at, self.ttl);
+        let _ = writeln!(
+            s,
+            "Plan for deployment {} (from {from})",
+            self.deployment_id
+        );
+        let _ = writeln!(
+            s,
+            "  expires    {} (ttl {}): instances power off then",
+            self.expires_at, self.ttl
+        );
         let fallback = match self.fallback {
             Fallback::None => "no fallback",
             Fallback::OnDemand => "on-demand fallback",
         };
-        let price = self.max_price.map_or_else(|| "max price: on-demand price".to_string(), |p| format!("max price ${p}/h"));
-        let _ = writeln!(s, "  instances  {} spot ({fallback}, {price})", self.total_instances);
-        let network = if self.dedicated_vpc { "a dedicated tagged VPC per region" } else { "the default VPC, every AZ" };
-        let _ = writeln!(s, "  network    {network}{}", if self.public_ip { ", public IPv4" } else { ", no public IPv4" });
+        let price = self.max_price.map_or_else(
+            || "max price: on-demand price".to_string(),
+            |p| format!("max price ${p}/h"),
+        );
+        let _ = writeln!(
+            s,
+            "  instances  {} spot ({fallback}, {price})",
+            self.total_instances
+        );
+        let network = if self.dedicated_vpc {
+            "a dedicated tagged VPC per region"
+        } else {
+            "the default VPC, every AZ"
+        };
+        let _ = writeln!(
+            s,
+            "  network    {network}{}",
+            if self.public_ip {
+                ", public IPv4"
+            } else {
+                ", no public IPv4"
+            }
+        );
         let access = match &self.ssh_access {
             SshAccess::Runner => "the address spot runs from".to_string(),
             SshAccess::Cidrs(c) => c.join(", "),
         };
-        let _ = writeln!(s, "  ssh        user {}, from {access}; host key pinned", self.ssh_user);
+        let _ = writeln!(
+            s,
+            "  ssh        user {}, from {access}; host key pinned",
+            self.ssh_user
+        );
         let _ = writeln!(s, "  regions");
         for r in &self.regions {
-            let images: Vec<String> = r.images.iter().map(|i| format!("{} {}", i.arch, i.image)).collect();
-            let role = if r.instances == 0 { " (top-up only)".to_string() } else { String::new() };
+            let images: Vec<String> = r
+                .images
+                .iter()
+                .map(|i| format!("{} {}", i.arch, i.image))
+                .collect();
+            let role = if r.instances == 0 {
+                " (top-up only)".to_string()
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 s,
                 "    {:<15} {:>4} x {:<28} image {}, {} GiB gp3{role}",
@@ -337,17 +418,32 @@ impl Plan {
         }
         let tags: Vec<String> = self.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(s, "  tags       {}", tags.join(" "));
-        let packages = if self.packages.is_empty() { "no extra packages".to_string() } else { self.packages.join(" ") };
+        let packages = if self.packages.is_empty() {
+            "no extra packages".to_string()
+        } else {
+            self.packages.join(" ")
+        };
         let template = match self.template {
             crate::manifest::types::Template::Minimal => "minimal",
             crate::manifest::types::Template::Docker => "docker",
         };
         let _ = writeln!(s, "  setup      template {template}; {packages}");
         for (i, step) in self.scripts.iter().enumerate() {
-            let _ = writeln!(s, "  script {:<3} {} ({}, timeout {})", i + 1, step.name, step.run, step.timeout);
+            let _ = writeln!(
+                s,
+                "  script {:<3} {} ({}, timeout {})",
+                i + 1,
+                step.name,
+                step.run,
+                step.timeout
+            );
         }
         for svc in &self.services {
-            let deps = if svc.depends_on.is_empty() { String::new() } else { format!(", after {}", svc.depends_on.join(", ")) };
+            let deps = if svc.depends_on.is_empty() {
+                String::new()
+            } else {
+                format!(", after {}", svc.depends_on.join(", "))
+            };
             let health = svc.health_check.as_deref().unwrap_or("unit active");
             let _ = writeln!(s, "  service    {} (health: {health}{deps})", svc.name);
         }
@@ -357,18 +453,42 @@ impl Plan {
         for secret in &self.secrets {
             let _ = writeln!(s, "  secret     {secret}, mode 0600, over SSH only");
         }
-        let _ = writeln!(s, "  bundle     {} files, {}", self.bundle.files, human_bytes(self.bundle.total_bytes));
+        let _ = writeln!(
+            s,
+            "  bundle     {} files, {}",
+            self.bundle.files,
+            human_bytes(self.bundle.total_bytes)
+        );
         for e in self.bundle.entries.iter().take(SHOWN_FILES) {
-            let _ = writeln!(s, "    {:>10}  {:o}  {} <- {}", human_bytes(e.size), e.mode, e.dest, e.source);
+            let _ = writeln!(
+                s,
+                "    {:>10}  {:o}  {} <- {}",
+                human_bytes(e.size),
+                e.mode,
+                e.dest,
+                e.source
+            );
         }
         if self.bundle.entries.len() > SHOWN_FILES {
-            let _ = writeln!(s, "    ... and {} more (see `spot plan --json`)", self.bundle.entries.len() - SHOWN_FILES);
+            let _ = writeln!(
+                s,
+                "    ... and {} more (see `spot plan --json`)",
+                self.bundle.entries.len() - SHOWN_FILES
+            );
         }
         if let Some(url) = &self.bundle.tarball_url {
             let _ = writeln!(s, "    + {url}, downloaded by each instance");
         }
-        let gz = if self.user_data.gzipped { format!(", sent gzipped as {} bytes", self.user_data.sent_bytes) } else { String::new() };
-        let _ = writeln!(s, "  user-data  {} bytes{gz} (limit {})", self.user_data.bytes, self.user_data.limit);
+        let gz = if self.user_data.gzipped {
+            format!(", sent gzipped as {} bytes", self.user_data.sent_bytes)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            s,
+            "  user-data  {} bytes{gz} (limit {})",
+            self.user_data.bytes, self.user_data.limit
+        );
         let _ = writeln!(s, "Nothing was created. `spot create` would do the above.");
         s
     }

@@ -19,12 +19,18 @@ pub fn config() -> Value {
 /// The `deployment.yaml` schema: the flat form or the original's `deployment:` form.
 pub fn deployment() -> Value {
     let generated = serde_json::to_value(schemars::schema_for!(RawManifest)).unwrap_or_default();
-    let Value::Object(mut root) = generated else { return Value::Null };
+    let Value::Object(mut root) = generated else {
+        return Value::Null;
+    };
     let defs = root.remove("$defs").unwrap_or_else(|| json!({}));
     let schema_uri = root.remove("$schema").unwrap_or(Value::Null);
     let title = root.remove("title").unwrap_or(Value::Null);
     let description = root.remove("description").unwrap_or(Value::Null);
-    let version = root.get("properties").and_then(|p| p.get("version")).cloned().unwrap_or(Value::Null);
+    let version = root
+        .get("properties")
+        .and_then(|p| p.get("version"))
+        .cloned()
+        .unwrap_or(Value::Null);
     let mut defs = match defs {
         Value::Object(d) => d,
         _ => serde_json::Map::new(),
@@ -52,8 +58,14 @@ pub fn deployment() -> Value {
 
 /// Adds accepted aliases as properties, so editors do not flag them.
 fn tidy(schema: &mut Value) {
-    for (def, aliases) in [("RawUpload", RawUpload::ALIASES), ("RawTarballSpec", RawTarballSpec::ALIASES)] {
-        let Some(props) = schema.pointer_mut(&format!("/$defs/{def}/properties")).and_then(Value::as_object_mut) else {
+    for (def, aliases) in [
+        ("RawUpload", RawUpload::ALIASES),
+        ("RawTarballSpec", RawTarballSpec::ALIASES),
+    ] {
+        let Some(props) = schema
+            .pointer_mut(&format!("/$defs/{def}/properties"))
+            .and_then(Value::as_object_mut)
+        else {
             continue;
         };
         for (field, alias) in aliases {

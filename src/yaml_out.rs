@@ -100,7 +100,10 @@ fn literal_block(s: &str, indent: usize) -> Option<String> {
         Some(rest) => (rest, "|"),
         None => (s, "|-"),
     };
-    if body.lines().any(|l| l.chars().any(|c| c.is_control() && c != '\t')) {
+    if body
+        .lines()
+        .any(|l| l.chars().any(|c| c.is_control() && c != '\t'))
+    {
         return None;
     }
     let mut out = header.to_string();
@@ -125,10 +128,13 @@ fn quote_string(s: &str) -> String {
 }
 
 fn is_plain_safe(s: &str) -> bool {
-    const SPECIAL: &[&str] = &["true", "false", "yes", "no", "on", "off", "y", "n", "null", "~"];
+    const SPECIAL: &[&str] = &[
+        "true", "false", "yes", "no", "on", "off", "y", "n", "null", "~",
+    ];
     !s.is_empty()
         && s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '/' || c == '_')
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "_./@+-".contains(c))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_./@+-".contains(c))
         && !SPECIAL.contains(&s.to_ascii_lowercase().as_str())
 }
 
@@ -139,13 +145,20 @@ mod tests {
 
     #[test]
     fn ambiguous_strings_are_quoted() {
-        let y = to_yaml(&json!({"a": "yes", "b": "0644", "c": "1e3", "d": "plain-word", "e": "a: b", "f": "", "g": "Null"}));
-        assert_eq!(y, "a: \"yes\"\nb: \"0644\"\nc: \"1e3\"\nd: plain-word\ne: \"a: b\"\nf: \"\"\ng: \"Null\"\n");
+        let y = to_yaml(
+            &json!({"a": "yes", "b": "0644", "c": "1e3", "d": "plain-word", "e": "a: b", "f": "", "g": "Null"}),
+        );
+        assert_eq!(
+            y,
+            "a: \"yes\"\nb: \"0644\"\nc: \"1e3\"\nd: plain-word\ne: \"a: b\"\nf: \"\"\ng: \"Null\"\n"
+        );
     }
 
     #[test]
     fn nested_lists_and_blocks() {
-        let y = to_yaml(&json!({"runcmd": [["sh", "-c", "echo hi"]], "write_files": [{"path": "/x", "content": "l1\nl2\n"}], "e": []}));
+        let y = to_yaml(
+            &json!({"runcmd": [["sh", "-c", "echo hi"]], "write_files": [{"path": "/x", "content": "l1\nl2\n"}], "e": []}),
+        );
         assert_eq!(
             y,
             "runcmd:\n  - - sh\n    - \"-c\"\n    - \"echo hi\"\nwrite_files:\n  - path: /x\n    content: |\n      l1\n      l2\ne: []\n"

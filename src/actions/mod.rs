@@ -11,5 +11,7 @@ pub fn in_actions() -> bool {
 
 /// `owner/name` of the repository the workflow runs for.
 pub fn repository() -> Option<String> {
-    std::env::var("GITHUB_REPOSITORY").ok().filter(|r| !r.is_empty())
+    std::env::var("GITHUB_REPOSITORY")
+        .ok()
+        .filter(|r| !r.is_empty())
 }

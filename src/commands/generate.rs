@@ -13,15 +13,33 @@ use crate::manifest::types::Template;
 /// `(path under .spot/, contents, executable)` for a template.
 fn files(template: Template) -> Vec<(&'static str, &'static str, bool)> {
     let (deployment, service) = match template {
-        Template::Minimal => (include_str!("../scaffold/deployment-minimal.yaml"), include_str!("../scaffold/hello-minimal.service")),
-        Template::Docker => (include_str!("../scaffold/deployment-docker.yaml"), include_str!("../scaffold/hello-docker.service")),
+        Template::Minimal => (
+            include_str!("../scaffold/deployment-minimal.yaml"),
+            include_str!("../scaffold/hello-minimal.service"),
+        ),
+        Template::Docker => (
+            include_str!("../scaffold/deployment-docker.yaml"),
+            include_str!("../scaffold/hello-docker.service"),
+        ),
     };
     vec![
-        ("config.yaml", include_str!("../scaffold/config.yaml"), false),
+        (
+            "config.yaml",
+            include_str!("../scaffold/config.yaml"),
+            false,
+        ),
         ("deployment.yaml", deployment, false),
-        ("scripts/setup.sh", include_str!("../scaffold/setup.sh"), true),
+        (
+            "scripts/setup.sh",
+            include_str!("../scaffold/setup.sh"),
+            true,
+        ),
         ("services/hello.service", service, false),
-        ("files/index.html", include_str!("../scaffold/index.html"), false),
+        (
+            "files/index.html",
+            include_str!("../scaffold/index.html"),
+            false,
+        ),
         ("configs/.gitkeep", "", false),
         ("README.md", include_str!("../scaffold/README.md"), false),
     ]
@@ -30,11 +48,19 @@ fn files(template: Template) -> Vec<(&'static str, &'static str, bool)> {
 pub fn run(args: &GenerateArgs) -> Result<(), Error> {
     let spot = args.dir.join(".spot");
     let files = files(args.template);
-    let existing: Vec<PathBuf> = files.iter().map(|(p, _, _)| spot.join(p)).filter(|p| p.exists()).collect();
+    let existing: Vec<PathBuf> = files
+        .iter()
+        .map(|(p, _, _)| spot.join(p))
+        .filter(|p| p.exists())
+        .collect();
     if !existing.is_empty() && !args.force && !confirm(&existing)? {
         let list: Vec<String> = existing.iter().map(|p| p.display().to_string()).collect();
         return Err(Error::Usage {
-            message: format!("{} file(s) already exist: {}", existing.len(), list.join(", ")),
+            message: format!(
+                "{} file(s) already exist: {}",
+                existing.len(),
+                list.join(", ")
+            ),
             help: "pass --force to overwrite them".into(),
         });
     }
@@ -43,7 +69,10 @@ pub fn run(args: &GenerateArgs) -> Result<(), Error> {
     }
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "wrote {} files under {}", files.len(), spot.display());
-    let _ = writeln!(out, "next: edit .spot/config.yaml, then `spot validate` and `spot plan`");
+    let _ = writeln!(
+        out,
+        "next: edit .spot/config.yaml, then `spot validate` and `spot plan`"
+    );
     Ok(())
 }
 
@@ -52,9 +81,15 @@ fn confirm(existing: &[PathBuf]) -> Result<bool, Error> {
     if !stdin.is_terminal() {
         return Ok(false);
     }
-    eprint!("{} file(s) under .spot/ already exist; overwrite them? [y/N] ", existing.len());
+    eprint!(
+        "{} file(s) under .spot/ already exist; overwrite them? [y/N] ",
+        existing.len()
+    );
     let mut answer = String::new();
-    stdin.lock().read_line(&mut answer).map_err(|e| Error::io("stdin", "read", e))?;
+    stdin
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| Error::io("stdin", "read", e))?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
@@ -65,7 +100,8 @@ fn write(path: &Path, contents: &str, executable: bool) -> Result<(), Error> {
     std::fs::write(path, contents).map_err(|e| Error::io(path, "write", e))?;
     if executable {
         use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).map_err(|e| Error::io(path, "chmod", e))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| Error::io(path, "chmod", e))?;
     }
     Ok(())
 }

@@ -14,29 +14,47 @@ use crate::plan::{self, Inputs};
 
 pub fn run(args: &PlanArgs) -> Result<(), Error> {
     let format = super::default_format(args.format);
-    let inputs = inputs_for(&args.dir, args.deployment_id.clone(), args.repository.clone(), args.pr, args.now.as_deref())?;
-    let (deployment, listing) = super::load_checked(&args.dir, format)?;
+    let inputs = inputs_for(
+        &args.dir,
+        args.deployment_id.clone(),
+        args.repository.clone(),
+        args.pr,
+        args.now.as_deref(),
+    )?;
+    let (deployment, listing) = super::load_checked(&args.dir, format, true)?;
     let identity = plan::identity(&deployment, &inputs);
     let sized = sized_placeholder_keys(&deployment);
     // Size is checked with keys as long as real ones; the printout shows readable placeholders.
     cloud_init::render(&deployment, &identity, &sized).map_err(|d| invalid(*d, format))?;
-    let user_data = cloud_init::render(&deployment, &identity, &UserDataKeys::placeholders()).map_err(|d| invalid(*d, format))?;
-    let mut out = std::io::stdout().lock();
+    let user_data = cloud_init::render(&deployment, &identity, &UserDataKeys::placeholders())
+        .map_err(|d| invalid(*d, format))?;
+    // Buffered: a large plan is tens of thousands of lines, and stdout is line-buffered.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let written = if args.user_data {
         out.write_all(user_data.text.as_bytes())
     } else {
         let plan = plan::build(&deployment, &inputs, listing, &user_data);
         if args.json {
-            writeln!(out, "{:#}", serde_json::to_value(&plan).unwrap_or_default())
+            serde_json::to_writer_pretty(&mut out, &plan)
+                .map_err(std::io::Error::from)
+                .and_then(|()| writeln!(out))
         } else {
             out.write_all(plan.human().as_bytes())
         }
     };
-    written.map_err(|e| Error::io("stdout", "write to", e))
+    written
+        .and_then(|()| out.flush())
+        .map_err(|e| Error::io("stdout", "write to", e))
 }
 
 fn invalid(diagnostic: crate::manifest::Diagnostic, format: Format) -> Error {
-    Error::Invalid { report: Report { diagnostics: vec![diagnostic], ..Report::default() }, format }
+    Error::Invalid {
+        report: Report {
+            diagnostics: vec![diagnostic],
+            ..Report::default()
+        },
+        format,
+    }
 }
 
 /// The run inputs from flags, the Actions environment, or defaults.
@@ -57,18 +75,29 @@ pub(crate) fn inputs_for(
     let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
     let deployment_id = match deployment_id {
         Some(id) => {
-            plan::check_deployment_id(&id).map_err(|message| Error::Usage { message, help: "choose another --deployment-id".into() })?;
+            plan::check_deployment_id(&id).map_err(|message| Error::Usage {
+                message,
+                help: "choose another --deployment-id".into(),
+            })?;
             id
         }
         None => plan::new_deployment_id(now, random_u16()),
     };
-    let repository = repository.or_else(crate::actions::repository).unwrap_or_else(|| {
-        std::fs::canonicalize(dir)
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| "local".into())
-    });
-    Ok(Inputs { deployment_id, now, repository, pr, run_id: None })
+    let repository = repository
+        .or_else(crate::actions::repository)
+        .unwrap_or_else(|| {
+            std::fs::canonicalize(dir)
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "local".into())
+        });
+    Ok(Inputs {
+        deployment_id,
+        now,
+        repository,
+        pr,
+        run_id: None,
+    })
 }
 
 fn random_u16() -> u16 {
@@ -82,5 +111,9 @@ pub(crate) fn sized_placeholder_keys(deployment: &Deployment) -> UserDataKeys {
     // An OpenSSH ed25519 private key with a comment is ~420 bytes; public ~100.
     let mut authorized = vec!["x".repeat(120)];
     authorized.extend(deployment.config.extra_authorized_keys.iter().cloned());
-    UserDataKeys { host_private: "x".repeat(480), host_public: "x".repeat(120), authorized }
+    UserDataKeys {
+        host_private: "x".repeat(480),
+        host_public: "x".repeat(120),
+        authorized,
+    }
 }

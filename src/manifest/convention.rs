@@ -57,7 +57,9 @@ pub(crate) fn load(root: &Path, report: &mut Report) -> Option<Deployment> {
     };
     let config = super::load_config(root, config_rel, report);
 
-    let first = ["setup.sh", "init.sh"].into_iter().find(|f| base.join(f).is_file());
+    let first = ["setup.sh", "init.sh"]
+        .into_iter()
+        .find(|f| base.join(f).is_file());
     let Some(first) = first else {
         report.push(Diagnostic::new(
             Kind::NoDeployment,
@@ -69,8 +71,17 @@ pub(crate) fn load(root: &Path, report: &mut Report) -> Option<Deployment> {
         return None;
     };
     let mut script_paths = vec![first.to_string()];
-    script_paths.extend(sorted_files(&base.join("scripts"), ".sh").into_iter().map(|n| format!("scripts/{n}")));
-    script_paths.extend(["install.sh", "start.sh"].into_iter().filter(|f| base.join(f).is_file()).map(str::to_string));
+    script_paths.extend(
+        sorted_files(&base.join("scripts"), ".sh")
+            .into_iter()
+            .map(|n| format!("scripts/{n}")),
+    );
+    script_paths.extend(
+        ["install.sh", "start.sh"]
+            .into_iter()
+            .filter(|f| base.join(f).is_file())
+            .map(str::to_string),
+    );
 
     let mut services = Vec::new();
     for folder in ["services", "systemd", ""] {
@@ -79,7 +90,11 @@ pub(crate) fn load(root: &Path, report: &mut Report) -> Option<Deployment> {
             if services.iter().any(|(n, _): &(String, String)| *n == stem) {
                 continue;
             }
-            let file = if folder.is_empty() { name } else { format!("{folder}/{name}") };
+            let file = if folder.is_empty() {
+                name
+            } else {
+                format!("{folder}/{name}")
+            };
             services.push((stem, file));
         }
     }
@@ -117,14 +132,24 @@ pub(crate) fn load(root: &Path, report: &mut Report) -> Option<Deployment> {
                 source: Some(s(source)),
                 dest: Some(s(dest)),
                 permissions: mode.map(s),
-                exclude: (!exclude.is_empty()).then(|| Spanned::new(exclude.iter().map(|e| s(e)).collect(), Span::FILE)),
+                exclude: (!exclude.is_empty())
+                    .then(|| Spanned::new(exclude.iter().map(|e| s(e)).collect(), Span::FILE)),
                 ..RawUpload::default()
             },
             Span::FILE,
         )
     };
-    let mut uploads = vec![upload(".", "/opt/deployment", None, &["configs", "files", "secrets", ".env", "config.yaml", ".git"])];
-    for (folder, dest, mode) in [("configs", "/opt/configs", "0644"), ("files", "/opt/files", "0644"), ("secrets", "/opt/secrets", "0600")] {
+    let mut uploads = vec![upload(
+        ".",
+        "/opt/deployment",
+        None,
+        &["configs", "files", "secrets", ".env", "config.yaml", ".git"],
+    )];
+    for (folder, dest, mode) in [
+        ("configs", "/opt/configs", "0644"),
+        ("files", "/opt/files", "0644"),
+        ("secrets", "/opt/secrets", "0600"),
+    ] {
         if base.join(folder).is_dir() {
             uploads.push(upload(folder, dest, Some(mode), &[]));
         }
@@ -134,11 +159,22 @@ pub(crate) fn load(root: &Path, report: &mut Report) -> Option<Deployment> {
     }
 
     let raw = RawManifest {
-        packages: Some(Spanned::new(unique.iter().map(|p| s(p)).collect(), Span::FILE)),
+        packages: Some(Spanned::new(
+            unique.iter().map(|p| s(p)).collect(),
+            Span::FILE,
+        )),
         scripts: Some(Spanned::new(
             script_paths
                 .iter()
-                .map(|p| Spanned::new(RawScript { path: Some(s(p)), ..RawScript::default() }, Span::FILE))
+                .map(|p| {
+                    Spanned::new(
+                        RawScript {
+                            path: Some(s(p)),
+                            ..RawScript::default()
+                        },
+                        Span::FILE,
+                    )
+                })
                 .collect(),
             Span::FILE,
         )),
@@ -147,15 +183,34 @@ pub(crate) fn load(root: &Path, report: &mut Report) -> Option<Deployment> {
             services
                 .iter()
                 .map(|(name, file)| {
-                    Spanned::new(RawService { name: Some(s(name)), file: Some(s(file)), ..RawService::default() }, Span::FILE)
+                    Spanned::new(
+                        RawService {
+                            name: Some(s(name)),
+                            file: Some(s(file)),
+                            ..RawService::default()
+                        },
+                        Span::FILE,
+                    )
                 })
                 .collect(),
             Span::FILE,
         )),
         ..RawManifest::default()
     };
-    let mut cx = Cx { file: DIR.into(), diagnostics: &mut report.diagnostics };
-    let paths = Paths { root, base: &base, base_rel: DIR };
+    let mut cx = Cx {
+        file: DIR.into(),
+        diagnostics: &mut report.diagnostics,
+    };
+    let paths = Paths {
+        root,
+        base: &base,
+        base_rel: DIR,
+    };
     let manifest = validate::manifest(&raw, &paths, &mut cx);
-    Some(Deployment { root: root.to_path_buf(), layout: Layout::Convention, config: config?, manifest })
+    Some(Deployment {
+        root: root.to_path_buf(),
+        layout: Layout::Convention,
+        config: config?,
+        manifest,
+    })
 }

@@ -185,7 +185,12 @@ impl Report {
     /// Sorts by file, then position, and drops exact repeats, so output is stable.
     pub fn finish(&mut self) {
         self.diagnostics.sort_by(|a, b| {
-            (&a.file, a.span.line, a.span.col, a.kind).cmp(&(&b.file, b.span.line, b.span.col, b.kind))
+            (&a.file, a.span.line, a.span.col, a.kind).cmp(&(
+                &b.file,
+                b.span.line,
+                b.span.col,
+                b.kind,
+            ))
         });
         self.diagnostics.dedup();
     }
@@ -261,7 +266,9 @@ impl Report {
 
 /// Escapes a workflow-command message (the toolkit's rules).
 pub fn escape_data(s: &str) -> String {
-    s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
+    s.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
 }
 
 /// Escapes a workflow-command property value.
@@ -277,7 +284,11 @@ fn github_annotation(d: &Diagnostic) -> String {
             let _ = write!(props, ",endColumn={}", d.span.col + d.span.len);
         }
     }
-    let _ = write!(props, ",title={}", escape_property(&format!("spot: {}", d.kind.code())));
+    let _ = write!(
+        props,
+        ",title={}",
+        escape_property(&format!("spot: {}", d.kind.code()))
+    );
     let mut message = d.message.clone();
     if !d.help.is_empty() {
         message.push_str("\nhelp: ");

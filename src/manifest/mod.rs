@@ -73,7 +73,13 @@ pub(crate) fn read_yaml(root: &Path, rel: &str, report: &mut Report) -> Option<y
         Ok(bytes) => match String::from_utf8(bytes) {
             Ok(text) => text,
             Err(_) => {
-                report.push(Diagnostic::new(Kind::Syntax, rel, Span::FILE, format!("`{rel}` is not UTF-8 text"), "save it as UTF-8"));
+                report.push(Diagnostic::new(
+                    Kind::Syntax,
+                    rel,
+                    Span::FILE,
+                    format!("`{rel}` is not UTF-8 text"),
+                    "save it as UTF-8",
+                ));
                 return None;
             }
         },
@@ -87,7 +93,13 @@ pub(crate) fn read_yaml(root: &Path, rel: &str, report: &mut Report) -> Option<y
             span: Span::START,
         }),
         Err(e) => {
-            report.push(Diagnostic::new(Kind::Syntax, rel, e.span, format!("invalid YAML: {}", e.message), "fix the YAML syntax at this position"));
+            report.push(Diagnostic::new(
+                Kind::Syntax,
+                rel,
+                e.span,
+                format!("invalid YAML: {}", e.message),
+                "fix the YAML syntax at this position",
+            ));
             None
         }
     }
@@ -96,7 +108,10 @@ pub(crate) fn read_yaml(root: &Path, rel: &str, report: &mut Report) -> Option<y
 /// Reads the config file at `rel` into the validated config.
 pub(crate) fn load_config(root: &Path, rel: &str, report: &mut Report) -> Option<types::Config> {
     let node = read_yaml(root, rel, report)?;
-    let mut cx = read::Cx { file: rel.to_string(), diagnostics: &mut report.diagnostics };
+    let mut cx = read::Cx {
+        file: rel.to_string(),
+        diagnostics: &mut report.diagnostics,
+    };
     let raw = <raw::RawConfig as read::FromNode>::from_node(&node, &mut cx)?;
     Some(validate::config(&raw, &mut cx))
 }
@@ -105,10 +120,17 @@ fn load_spot(root: &Path, report: &mut Report) -> Option<Deployment> {
     let config = load_config(root, ".spot/config.yaml", report);
     let manifest_node = read_yaml(root, ".spot/deployment.yaml", report);
     let manifest = manifest_node.and_then(|node| {
-        let mut cx = read::Cx { file: ".spot/deployment.yaml".into(), diagnostics: &mut report.diagnostics };
+        let mut cx = read::Cx {
+            file: ".spot/deployment.yaml".into(),
+            diagnostics: &mut report.diagnostics,
+        };
         let raw = raw::read_manifest(&node, &mut cx)?;
         let base = root.join(".spot");
-        let paths = validate::Paths { root, base: &base, base_rel: ".spot" };
+        let paths = validate::Paths {
+            root,
+            base: &base,
+            base_rel: ".spot",
+        };
         Some(validate::manifest(&raw, &paths, &mut cx))
     });
     Some(Deployment {

@@ -10,7 +10,9 @@ use std::borrow::Cow;
 
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 
-use super::read::{Cx, FromNode, KeyedMap, MapReader, OneOrMany, ScalarText, Spanned, Unsupported, raw_struct};
+use super::read::{
+    Cx, FromNode, KeyedMap, MapReader, OneOrMany, ScalarText, Spanned, Unsupported, raw_struct,
+};
 use super::types::AWS_REGIONS;
 use super::yaml::{Node, Span, Value};
 
@@ -153,7 +155,10 @@ impl FromNode for RawRegionEntry {
             cx.error(
                 super::diagnostic::Kind::InvalidValue,
                 node.span,
-                format!("a region entry must have exactly one key, found {}", entries.len()),
+                format!(
+                    "a region entry must have exactly one key, found {}",
+                    entries.len()
+                ),
                 "write each region as its own list item: `- us-west-2: {machine_type: t3.medium}`",
             );
             return None;
@@ -161,7 +166,13 @@ impl FromNode for RawRegionEntry {
         let (key, value) = &entries[0];
         let name = Spanned::<String>::from_node(key, cx)?;
         let settings = if value.value == Value::Null {
-            Spanned::new(RawRegion { at: value.span, ..RawRegion::default() }, value.span)
+            Spanned::new(
+                RawRegion {
+                    at: value.span,
+                    ..RawRegion::default()
+                },
+                value.span,
+            )
         } else {
             Spanned::<RawRegion>::from_node(value, cx)?
         };
@@ -368,8 +379,16 @@ macro_rules! string_or_spec {
         }
     };
 }
-string_or_spec!(RawTarball, RawTarballSpec, "A path or URL, or `{source, dest}`.");
-string_or_spec!(RawSecret, RawSecretSpec, "A variable name, or `{name, env, dest}`.");
+string_or_spec!(
+    RawTarball,
+    RawTarballSpec,
+    "A path or URL, or `{source, dest}`."
+);
+string_or_spec!(
+    RawSecret,
+    RawSecretSpec,
+    "A variable name, or `{name, env, dest}`."
+);
 
 /// Reads `deployment.yaml`, in either the flat form or the original's `deployment:` form.
 pub fn read_manifest(node: &Node, cx: &mut Cx) -> Option<RawManifest> {

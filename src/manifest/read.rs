@@ -22,9 +22,20 @@ pub struct Cx<'a> {
 }
 
 impl Cx<'_> {
-    pub fn error(&mut self, kind: Kind, span: Span, message: impl Into<String>, help: impl Into<String>) {
-        self.diagnostics
-            .push(Diagnostic::new(kind, self.file.clone(), span, message, help));
+    pub fn error(
+        &mut self,
+        kind: Kind,
+        span: Span,
+        message: impl Into<String>,
+        help: impl Into<String>,
+    ) {
+        self.diagnostics.push(Diagnostic::new(
+            kind,
+            self.file.clone(),
+            span,
+            message,
+            help,
+        ));
     }
 
     pub fn wrong_type(&mut self, node: &Node, expected: &str) {
@@ -74,7 +85,10 @@ pub trait FromNode: Sized {
 impl FromNode for String {
     fn from_node(node: &Node, cx: &mut Cx) -> Option<Self> {
         match &node.value {
-            Value::Scalar { text, quoted: false } if text == "true" || text == "false" || is_yaml_number(text) => {
+            Value::Scalar {
+                text,
+                quoted: false,
+            } if text == "true" || text == "false" || is_yaml_number(text) => {
                 cx.error(
                     Kind::WrongType,
                     node.span,
@@ -123,7 +137,10 @@ impl JsonSchema for ScalarText {
 pub fn is_yaml_number(s: &str) -> bool {
     let unsigned = s.strip_prefix(['-', '+']).unwrap_or(s);
     let digits = |t: &str| !t.is_empty() && t.chars().all(|c| c.is_ascii_digit());
-    if digits(unsigned) || matches!(unsigned, ".inf" | ".Inf" | ".INF") || matches!(s, ".nan" | ".NaN" | ".NAN") {
+    if digits(unsigned)
+        || matches!(unsigned, ".inf" | ".Inf" | ".INF")
+        || matches!(s, ".nan" | ".NaN" | ".NAN")
+    {
         return true;
     }
     if let Some(hex) = s.strip_prefix("0x") {
@@ -137,7 +154,11 @@ pub fn is_yaml_number(s: &str) -> bool {
         None => (unsigned, None),
     };
     let mantissa_ok = match mantissa.split_once('.') {
-        Some((int, frac)) => (digits(int) || int.is_empty()) && (digits(frac) || frac.is_empty()) && !(int.is_empty() && frac.is_empty()),
+        Some((int, frac)) => {
+            (digits(int) || int.is_empty())
+                && (digits(frac) || frac.is_empty())
+                && !(int.is_empty() && frac.is_empty())
+        }
         None => digits(mantissa),
     };
     mantissa_ok && exponent.is_none_or(digits)
@@ -146,10 +167,21 @@ pub fn is_yaml_number(s: &str) -> bool {
 impl FromNode for bool {
     fn from_node(node: &Node, cx: &mut Cx) -> Option<Self> {
         match &node.value {
-            Value::Scalar { text, quoted: false } if text == "true" => Some(true),
-            Value::Scalar { text, quoted: false } if text == "false" => Some(false),
-            Value::Scalar { text, quoted: false }
-                if matches!(text.to_ascii_lowercase().as_str(), "yes" | "no" | "on" | "off" | "y" | "n") =>
+            Value::Scalar {
+                text,
+                quoted: false,
+            } if text == "true" => Some(true),
+            Value::Scalar {
+                text,
+                quoted: false,
+            } if text == "false" => Some(false),
+            Value::Scalar {
+                text,
+                quoted: false,
+            } if matches!(
+                text.to_ascii_lowercase().as_str(),
+                "yes" | "no" | "on" | "off" | "y" | "n"
+            ) =>
             {
                 cx.error(
                     Kind::WrongType,
@@ -193,7 +225,10 @@ from_node_int!(u32, u64, i64);
 impl FromNode for f64 {
     fn from_node(node: &Node, cx: &mut Cx) -> Option<Self> {
         match &node.value {
-            Value::Scalar { text, quoted: false } => match text.parse::<f64>() {
+            Value::Scalar {
+                text,
+                quoted: false,
+            } => match text.parse::<f64>() {
                 Ok(n) if n.is_finite() => Some(n),
                 _ => {
                     cx.wrong_type(node, "a number");
@@ -211,7 +246,12 @@ impl FromNode for f64 {
 impl<T: FromNode> FromNode for Vec<T> {
     fn from_node(node: &Node, cx: &mut Cx) -> Option<Self> {
         match &node.value {
-            Value::Seq(items) => Some(items.iter().filter_map(|item| T::from_node(item, cx)).collect()),
+            Value::Seq(items) => Some(
+                items
+                    .iter()
+                    .filter_map(|item| T::from_node(item, cx))
+                    .collect(),
+            ),
             _ => {
                 cx.wrong_type(node, "a list");
                 None
@@ -327,7 +367,11 @@ impl<'n> MapReader<'n> {
                     cx.error(
                         Kind::Duplicate,
                         k.span,
-                        format!("`{name}` repeats `{}` given on line {}", first.as_scalar().unwrap_or(key), first.span.line),
+                        format!(
+                            "`{name}` repeats `{}` given on line {}",
+                            first.as_scalar().unwrap_or(key),
+                            first.span.line
+                        ),
                         format!("keep one of `{key}`{}", alias_list(aliases)),
                     );
                 } else {
@@ -339,7 +383,12 @@ impl<'n> MapReader<'n> {
     }
 
     /// Reads the field `key` (or an alias) as `T`; absent and null give `None`.
-    pub fn take<T: FromNode>(&mut self, key: &str, aliases: &[&str], cx: &mut Cx) -> Option<Spanned<T>> {
+    pub fn take<T: FromNode>(
+        &mut self,
+        key: &str,
+        aliases: &[&str],
+        cx: &mut Cx,
+    ) -> Option<Spanned<T>> {
         let node = self.take_node(key, aliases, cx)?;
         Spanned::<T>::from_node(node, cx)
     }
@@ -357,10 +406,9 @@ impl<'n> MapReader<'n> {
                 continue;
             }
             let Some(name) = k.as_scalar() else { continue };
-            if let Some((_, why)) = unsupported
-                .iter()
-                .find(|(key, _)| *key == name || (key.ends_with('*') && name.starts_with(key.trim_end_matches('*'))))
-            {
+            if let Some((_, why)) = unsupported.iter().find(|(key, _)| {
+                *key == name || (key.ends_with('*') && name.starts_with(key.trim_end_matches('*')))
+            }) {
                 cx.error(
                     Kind::UnsupportedKey,
                     k.span,

@@ -92,8 +92,13 @@ impl InstanceType {
         let family_ok = family.len() >= 2
             && family.starts_with(|c: char| c.is_ascii_lowercase())
             && family.chars().any(|c| c.is_ascii_digit())
-            && family.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        let size_ok = !size.is_empty() && size.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+            && family
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        let size_ok = !size.is_empty()
+            && size
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
         if family_ok && size_ok {
             Ok(Self(s.to_string()))
         } else {
@@ -132,7 +137,11 @@ impl fmt::Display for InstanceType {
 
 /// Parses `30s`, `90m`, `2h`, `1d`, or combinations such as `1h30m`, into seconds.
 pub fn parse_duration(s: &str) -> Result<u64, String> {
-    let bad = || format!("`{s}` is not a duration: write a number and a unit (s, m, h, d), such as `90m` or `2h`");
+    let bad = || {
+        format!(
+            "`{s}` is not a duration: write a number and a unit (s, m, h, d), such as `90m` or `2h`"
+        )
+    };
     let mut total: u64 = 0;
     let mut digits = String::new();
     if s.is_empty() {
@@ -151,7 +160,10 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
             _ => return Err(bad()),
         };
         let n: u64 = digits.parse().map_err(|_| bad())?;
-        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
         digits.clear();
     }
     if !digits.is_empty() {
@@ -258,7 +270,9 @@ pub enum ScriptRun {
         #[serde(skip)]
         local: PathBuf,
     },
-    Command { command: String },
+    Command {
+        command: String,
+    },
 }
 
 /// Something copied onto the instance.

@@ -84,7 +84,10 @@ pub fn config(raw: &RawConfig, cx: &mut Cx) -> Config {
         .and_then(|a| a.instance_storage_gb.as_ref())
         .map_or(50, |s| storage(s, cx));
 
-    let tags = aws.and_then(|a| a.tags.as_ref()).map(|t| tags(t, cx)).unwrap_or_default();
+    let tags = aws
+        .and_then(|a| a.tags.as_ref())
+        .map(|t| tags(t, cx))
+        .unwrap_or_default();
 
     let max_price = match (
         aws.and_then(|a| a.spot_price_limit.as_ref()),
@@ -94,7 +97,10 @@ pub fn config(raw: &RawConfig, cx: &mut Cx) -> Config {
             cx.error(
                 Kind::Duplicate,
                 b.span,
-                format!("spot.max_price repeats aws.spot_price_limit given on line {}", a.span.line),
+                format!(
+                    "spot.max_price repeats aws.spot_price_limit given on line {}",
+                    a.span.line
+                ),
                 "keep one of `aws.spot_price_limit` or `spot.max_price`",
             );
             price(b, cx)
@@ -113,7 +119,12 @@ pub fn config(raw: &RawConfig, cx: &mut Cx) -> Config {
                     Some(best) => format!("did you mean `{best}`?"),
                     None => "write `none` or `on-demand`".into(),
                 };
-                cx.error(Kind::InvalidValue, f.span, format!("unknown fallback `{other}`"), help);
+                cx.error(
+                    Kind::InvalidValue,
+                    f.span,
+                    format!("unknown fallback `{other}`"),
+                    help,
+                );
                 Fallback::None
             }
         },
@@ -133,7 +144,12 @@ pub fn config(raw: &RawConfig, cx: &mut Cx) -> Config {
                 DEFAULT_TTL_SECS
             }
             Err(e) => {
-                cx.error(Kind::BadTtl, t.span, e, "write a time to live such as `90m`, `2h` or `1d`");
+                cx.error(
+                    Kind::BadTtl,
+                    t.span,
+                    e,
+                    "write a time to live such as `90m`, `2h` or `1d`",
+                );
                 DEFAULT_TTL_SECS
             }
         },
@@ -190,7 +206,12 @@ pub fn config(raw: &RawConfig, cx: &mut Cx) -> Config {
         Some(list) => regions(&list.value, storage_gb, &tags, max_price, cx),
     };
 
-    let user_tags = tags.len() + regions.iter().map(|r| r.tags.len().saturating_sub(tags.len())).max().unwrap_or(0);
+    let user_tags = tags.len()
+        + regions
+            .iter()
+            .map(|r| r.tags.len().saturating_sub(tags.len()))
+            .max()
+            .unwrap_or(0);
     if user_tags + RESERVED_TAG_COUNT > MAX_TAGS {
         let span = aws.and_then(|a| a.tags.as_ref()).map_or(raw.at, |t| t.span);
         cx.error(
@@ -211,8 +232,12 @@ pub fn config(raw: &RawConfig, cx: &mut Cx) -> Config {
         fallback,
         ttl_secs,
         ssh_access,
-        dedicated_vpc: aws.and_then(|a| get(a.use_dedicated_vpc.as_ref())).unwrap_or(false),
-        public_ip: aws.and_then(|a| get(a.associate_public_ip.as_ref())).unwrap_or(true),
+        dedicated_vpc: aws
+            .and_then(|a| get(a.use_dedicated_vpc.as_ref()))
+            .unwrap_or(false),
+        public_ip: aws
+            .and_then(|a| get(a.associate_public_ip.as_ref()))
+            .unwrap_or(true),
         extra_authorized_keys,
     }
 }
@@ -245,7 +270,10 @@ fn price(p: &Spanned<f64>, cx: &mut Cx) -> Option<f64> {
     }
 }
 
-fn tags(raw: &Spanned<super::read::KeyedMap<Spanned<super::read::ScalarText>>>, cx: &mut Cx) -> BTreeMap<String, String> {
+fn tags(
+    raw: &Spanned<super::read::KeyedMap<Spanned<super::read::ScalarText>>>,
+    cx: &mut Cx,
+) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for (key, value) in &raw.value.0 {
         let k = key.value.as_str();
@@ -293,7 +321,8 @@ fn is_user_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 32
         && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
 fn is_cidr(s: &str) -> bool {
@@ -309,7 +338,9 @@ fn is_cidr(s: &str) -> bool {
 
 fn public_key(path: &Spanned<String>, cx: &mut Cx) -> Option<String> {
     let expanded = match path.value.strip_prefix("~/") {
-        Some(rest) => std::env::home_dir().map_or_else(|| PathBuf::from(&path.value), |h| h.join(rest)),
+        Some(rest) => {
+            std::env::home_dir().map_or_else(|| PathBuf::from(&path.value), |h| h.join(rest))
+        }
         None => PathBuf::from(&path.value),
     };
     let Ok(text) = fs::read_to_string(&expanded) else {
@@ -321,7 +352,12 @@ fn public_key(path: &Spanned<String>, cx: &mut Cx) -> Option<String> {
         );
         return None;
     };
-    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or_default().trim().to_string();
+    let line = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     let looks_public = line.split_whitespace().count() >= 2
         && (line.starts_with("ssh-") || line.starts_with("ecdsa-") || line.starts_with("sk-"));
     if looks_public {
@@ -353,14 +389,22 @@ fn regions(
                 Some(best) => format!("did you mean `{best}`?"),
                 None => "use an AWS region name such as `us-east-1` or `eu-west-1`".into(),
             };
-            cx.error(Kind::UnknownRegion, name.span, format!("`{}` is not an AWS region", name.value), help);
+            cx.error(
+                Kind::UnknownRegion,
+                name.span,
+                format!("`{}` is not an AWS region", name.value),
+                help,
+            );
             continue;
         }
         if let Some(line) = seen.insert(name.value.clone(), name.span.line) {
             cx.error(
                 Kind::Duplicate,
                 name.span,
-                format!("region `{}` is listed twice (first on line {line})", name.value),
+                format!(
+                    "region `{}` is listed twice (first on line {line})",
+                    name.value
+                ),
                 "list each region once; give it several machine types to diversify",
             );
             continue;
@@ -403,7 +447,10 @@ fn regions(
                     cx.error(
                         Kind::InvalidValue,
                         i.span,
-                        format!("one image `{}` cannot boot both x86_64 and arm64 instance types", i.value),
+                        format!(
+                            "one image `{}` cannot boot both x86_64 and arm64 instance types",
+                            i.value
+                        ),
                         "use `image: auto`, or list machine types of one architecture",
                     );
                 }
@@ -427,8 +474,14 @@ fn regions(
             name: name.value.clone(),
             instance_types: types,
             image,
-            max_price: settings.spot_price_limit.as_ref().map_or(max_price, |p| price(p, cx)),
-            storage_gb: settings.instance_storage_gb.as_ref().map_or(storage_gb, |s| storage(s, cx)),
+            max_price: settings
+                .spot_price_limit
+                .as_ref()
+                .map_or(max_price, |p| price(p, cx)),
+            storage_gb: settings
+                .instance_storage_gb
+                .as_ref()
+                .map_or(storage_gb, |s| storage(s, cx)),
             tags: region_tags,
         });
     }
@@ -436,22 +489,24 @@ fn regions(
 }
 
 fn is_ami_id(s: &str) -> bool {
-    s.strip_prefix("ami-")
-        .is_some_and(|hex| (8..=17).contains(&hex.len()) && hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()))
+    s.strip_prefix("ami-").is_some_and(|hex| {
+        (8..=17).contains(&hex.len())
+            && hex
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    })
 }
 
 // ---------------------------------------------------------------- deployment.yaml
 
 pub fn manifest(raw: &RawManifest, paths: &Paths, cx: &mut Cx) -> Manifest {
-    if let Some(v) = &raw.version {
-        if v.value != 1 {
-            cx.error(
-                Kind::InvalidValue,
-                v.span,
-                format!("manifest version {} is not supported", v.value),
-                "write `version: 1`",
-            );
-        }
+    if let Some(v) = raw.version.as_ref().filter(|v| v.value != 1) {
+        cx.error(
+            Kind::InvalidValue,
+            v.span,
+            format!("manifest version {} is not supported", v.value),
+            "write `version: 1`",
+        );
     }
     let template = match &raw.template {
         None => Template::Minimal,
@@ -459,14 +514,22 @@ pub fn manifest(raw: &RawManifest, paths: &Paths, cx: &mut Cx) -> Manifest {
             "minimal" => Template::Minimal,
             "docker" => Template::Docker,
             other => {
-                let help = if other.contains('/') || other.ends_with(".yaml") || other.ends_with(".yml") {
+                let help = if other.contains('/')
+                    || other.ends_with(".yaml")
+                    || other.ends_with(".yml")
+                {
                     "custom cloud-init templates are not supported: use `minimal` or `docker` with packages, scripts and services".to_string()
                 } else if let Some(best) = did_you_mean(other, &["minimal", "docker"]) {
                     format!("did you mean `{best}`?")
                 } else {
                     "write `minimal` or `docker`".to_string()
                 };
-                cx.error(Kind::InvalidValue, t.span, format!("unknown template `{other}`"), help);
+                cx.error(
+                    Kind::InvalidValue,
+                    t.span,
+                    format!("unknown template `{other}`"),
+                    help,
+                );
                 Template::Minimal
             }
         },
@@ -482,7 +545,12 @@ pub fn manifest(raw: &RawManifest, paths: &Paths, cx: &mut Cx) -> Manifest {
                 "package names are lower-case letters, digits and `+ - .`, optionally `=version`",
             );
         } else if packages.contains(&p.value) {
-            cx.error(Kind::Duplicate, p.span, format!("package `{}` is listed twice", p.value), "list each package once");
+            cx.error(
+                Kind::Duplicate,
+                p.span,
+                format!("package `{}` is listed twice", p.value),
+                "list each package once",
+            );
         } else {
             packages.push(p.value.clone());
         }
@@ -495,7 +563,11 @@ pub fn manifest(raw: &RawManifest, paths: &Paths, cx: &mut Cx) -> Manifest {
         .flat_map(|l| &l.value)
         .filter_map(|u| upload(&u.value, u.span, paths, cx))
         .collect();
-    let services = services(raw.services.iter().flat_map(|l| &l.value).collect(), paths, cx);
+    let services = services(
+        raw.services.iter().flat_map(|l| &l.value).collect(),
+        paths,
+        cx,
+    );
     let tarball = tarball(raw, paths, cx);
 
     let mut env = BTreeMap::new();
@@ -513,14 +585,25 @@ pub fn manifest(raw: &RawManifest, paths: &Paths, cx: &mut Cx) -> Manifest {
     }
     let secrets = secrets(raw, &env, cx);
 
-    Manifest { template, packages, scripts, uploads, services, tarball, env, secrets }
+    Manifest {
+        template,
+        packages,
+        scripts,
+        uploads,
+        services,
+        tarball,
+        env,
+        secrets,
+    }
 }
 
 fn is_package_name(s: &str) -> bool {
     let name = s.split_once('=').map_or(s, |(n, _)| n);
     name.len() >= 2
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
 }
 
 fn is_env_name(s: &str) -> bool {
@@ -530,7 +613,10 @@ fn is_env_name(s: &str) -> bool {
 }
 
 fn is_unit_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 200 && s.chars().all(|c| c.is_ascii_alphanumeric() || ":_.-@".contains(c))
+    !s.is_empty()
+        && s.len() <= 200
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || ":_.-@".contains(c))
 }
 
 /// A path written in the manifest, resolved inside the repository.
@@ -547,10 +633,19 @@ fn resolve(written: &Spanned<String>, base: &Path, root: &Path, cx: &mut Cx) -> 
     let text = written.value.as_str();
     let path = Path::new(text);
     if text.is_empty() {
-        cx.error(Kind::InvalidValue, written.span, "the path is empty", "write a path relative to the folder of this file");
+        cx.error(
+            Kind::InvalidValue,
+            written.span,
+            "the path is empty",
+            "write a path relative to the folder of this file",
+        );
         return None;
     }
-    if path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir | Component::Prefix(_))) {
+    if path.is_absolute()
+        || path
+            .components()
+            .any(|c| matches!(c, Component::ParentDir | Component::Prefix(_)))
+    {
         cx.error(
             Kind::PathEscapes,
             written.span,
@@ -565,7 +660,11 @@ fn resolve(written: &Spanned<String>, base: &Path, root: &Path, cx: &mut Cx) -> 
             Kind::MissingFile,
             written.span,
             format!("`{text}` does not exist"),
-            format!("create `{}` or fix the path (it is relative to `{}`)", rel_to(root, &local), rel_to(root, base).trim_end_matches('/')),
+            format!(
+                "create `{}` or fix the path (it is relative to `{}`)",
+                rel_to(root, &local),
+                rel_to(root, base).trim_end_matches('/')
+            ),
         );
         return None;
     }
@@ -579,7 +678,10 @@ fn resolve(written: &Spanned<String>, base: &Path, root: &Path, cx: &mut Cx) -> 
             cx.error(
                 Kind::PathEscapes,
                 written.span,
-                format!("`{text}` is a symlink to `{}`, outside the repository", real.display()),
+                format!(
+                    "`{text}` is a symlink to `{}`, outside the repository",
+                    real.display()
+                ),
                 "copy the file into the repository instead of linking to it",
             );
             None
@@ -604,12 +706,21 @@ pub fn rel_to(root: &Path, path: &Path) -> String {
         .filter(|c| !matches!(c, Component::CurDir))
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
         .collect();
-    if parts.is_empty() { ".".into() } else { parts.join("/") }
+    if parts.is_empty() {
+        ".".into()
+    } else {
+        parts.join("/")
+    }
 }
 
 fn absolute_dest(dest: &Spanned<String>, cx: &mut Cx) -> Option<String> {
     let d = dest.value.as_str();
-    if !d.starts_with('/') || Path::new(d).components().any(|c| matches!(c, Component::ParentDir)) || d.contains('\0') {
+    if !d.starts_with('/')
+        || Path::new(d)
+            .components()
+            .any(|c| matches!(c, Component::ParentDir))
+        || d.contains('\0')
+    {
         cx.error(
             Kind::InvalidValue,
             dest.span,
@@ -621,7 +732,13 @@ fn absolute_dest(dest: &Spanned<String>, cx: &mut Cx) -> Option<String> {
     Some(d.to_string())
 }
 
-fn duration_field(field: Option<&Spanned<String>>, default: u64, max: u64, what: &str, cx: &mut Cx) -> u64 {
+fn duration_field(
+    field: Option<&Spanned<String>>,
+    default: u64,
+    max: u64,
+    what: &str,
+    cx: &mut Cx,
+) -> u64 {
     let Some(f) = field else { return default };
     match parse_duration(&f.value) {
         Ok(secs) if secs >= 1 && secs <= max => secs,
@@ -630,19 +747,28 @@ fn duration_field(field: Option<&Spanned<String>>, default: u64, max: u64, what:
                 Kind::InvalidValue,
                 f.span,
                 format!("{what} `{}` is out of range", f.value),
-                format!("choose from `1s` to `{}`", super::types::format_duration(max)),
+                format!(
+                    "choose from `1s` to `{}`",
+                    super::types::format_duration(max)
+                ),
             );
             default
         }
         Err(e) => {
-            cx.error(Kind::InvalidValue, f.span, e, format!("write the {what} such as `30s` or `5m`"));
+            cx.error(
+                Kind::InvalidValue,
+                f.span,
+                e,
+                format!("write the {what} such as `30s` or `5m`"),
+            );
             default
         }
     }
 }
 
 fn scripts(raw: &RawManifest, paths: &Paths, cx: &mut Cx) -> Vec<Script> {
-    let list: Vec<&Spanned<super::raw::RawScript>> = raw.scripts.iter().flat_map(|l| &l.value).collect();
+    let list: Vec<&Spanned<super::raw::RawScript>> =
+        raw.scripts.iter().flat_map(|l| &l.value).collect();
     let with_order = list.iter().filter(|s| s.value.order.is_some()).count();
     let mut orders: HashMap<u32, usize> = HashMap::new();
     let mut names: HashMap<String, usize> = HashMap::new();
@@ -651,33 +777,65 @@ fn scripts(raw: &RawManifest, paths: &Paths, cx: &mut Cx) -> Vec<Script> {
         let s = &item.value;
         let run = match (&s.path, &s.command) {
             (Some(_), Some(c)) => {
-                cx.error(Kind::InvalidValue, c.span, "a script has both `path` and `command`", "keep one of them");
+                cx.error(
+                    Kind::InvalidValue,
+                    c.span,
+                    "a script has both `path` and `command`",
+                    "keep one of them",
+                );
                 None
             }
             (None, None) => {
-                cx.error(Kind::MissingField, item.span, "a script needs `path` or `command`", "add `path: scripts/setup.sh`");
+                cx.error(
+                    Kind::MissingField,
+                    item.span,
+                    "a script needs `path` or `command`",
+                    "add `path: scripts/setup.sh`",
+                );
                 None
             }
             (None, Some(c)) if c.value.trim().is_empty() => {
-                cx.error(Kind::InvalidValue, c.span, "the command is empty", "write a shell command line");
+                cx.error(
+                    Kind::InvalidValue,
+                    c.span,
+                    "the command is empty",
+                    "write a shell command line",
+                );
                 None
             }
-            (None, Some(c)) => Some(ScriptRun::Command { command: c.value.clone() }),
+            (None, Some(c)) => Some(ScriptRun::Command {
+                command: c.value.clone(),
+            }),
             (Some(p), None) => resolve(p, paths.base, paths.root, cx).and_then(|r| {
-                check_script_file(&r, p, cx).then(|| ScriptRun::File { path: r.rel, local: r.local })
+                let ok = check_script_file(&r, p, cx);
+                ok.then_some(ScriptRun::File {
+                    path: r.rel,
+                    local: r.local,
+                })
             }),
         };
         let name = match (&s.name, &run) {
             (Some(n), _) => n.value.clone(),
-            (None, Some(ScriptRun::File { path, .. })) => {
-                path.rsplit('/').next().unwrap_or(path).trim_end_matches(".sh").to_string()
-            }
+            (None, Some(ScriptRun::File { path, .. })) => path
+                .rsplit('/')
+                .next()
+                .unwrap_or(path)
+                .trim_end_matches(".sh")
+                .to_string(),
             _ => format!("script-{}", index + 1),
         };
-        if let Some(n) = &s.name {
-            if let Some(line) = names.insert(n.value.clone(), n.span.line) {
-                cx.error(Kind::Duplicate, n.span, format!("script name `{}` is used twice (first on line {line})", n.value), "give each script its own name");
-            }
+        if let Some(n) = &s.name
+            && let Some(line) = names.insert(n.value.clone(), n.span.line)
+        {
+            cx.error(
+                Kind::Duplicate,
+                n.span,
+                format!(
+                    "script name `{}` is used twice (first on line {line})",
+                    n.value
+                ),
+                "give each script its own name",
+            );
         }
         let order = match &s.order {
             Some(o) => {
@@ -705,7 +863,14 @@ fn scripts(raw: &RawManifest, paths: &Paths, cx: &mut Cx) -> Vec<Script> {
         };
         let timeout_secs = duration_field(s.timeout.as_ref(), 600, 86_400, "timeout", cx);
         if let Some(run) = run {
-            out.push((order, Script { name, run, timeout_secs }));
+            out.push((
+                order,
+                Script {
+                    name,
+                    run,
+                    timeout_secs,
+                },
+            ));
         }
     }
     out.sort_by_key(|(order, _)| *order);
@@ -714,12 +879,22 @@ fn scripts(raw: &RawManifest, paths: &Paths, cx: &mut Cx) -> Vec<Script> {
 
 fn check_script_file(r: &Resolved, written: &Spanned<String>, cx: &mut Cx) -> bool {
     if r.is_dir {
-        cx.error(Kind::BadScript, written.span, format!("`{}` is a folder, not a script", r.rel), "point `path` at a script file");
+        cx.error(
+            Kind::BadScript,
+            written.span,
+            format!("`{}` is a folder, not a script", r.rel),
+            "point `path` at a script file",
+        );
         return false;
     }
     let head = fs::read(&r.local).unwrap_or_default();
     if head.iter().all(u8::is_ascii_whitespace) {
-        cx.error(Kind::BadScript, written.span, format!("script `{}` is empty", r.rel), "write the script, starting with a line such as `#!/bin/bash`");
+        cx.error(
+            Kind::BadScript,
+            written.span,
+            format!("script `{}` is empty", r.rel),
+            "write the script, starting with a line such as `#!/bin/bash`",
+        );
         false
     } else if !head.starts_with(b"#!") {
         cx.error(
@@ -736,7 +911,12 @@ fn check_script_file(r: &Resolved, written: &Spanned<String>, cx: &mut Cx) -> bo
 
 fn upload(u: &RawUpload, span: Span, paths: &Paths, cx: &mut Cx) -> Option<Upload> {
     let Some(source) = &u.source else {
-        cx.error(Kind::MissingField, span, "an upload needs `source`", "add `source: files/` (relative to the manifest's folder)");
+        cx.error(
+            Kind::MissingField,
+            span,
+            "an upload needs `source`",
+            "add `source: files/` (relative to the manifest's folder)",
+        );
         return None;
     };
     let resolved = resolve(source, paths.base, paths.root, cx);
@@ -745,7 +925,8 @@ fn upload(u: &RawUpload, span: Span, paths: &Paths, cx: &mut Cx) -> Option<Uploa
         Some(d) => absolute_dest(d, cx),
     };
     let permissions = u.permissions.as_ref().and_then(|p| {
-        let ok = (3..=4).contains(&p.value.len()) && p.value.chars().all(|c| ('0'..='7').contains(&c));
+        let ok =
+            (3..=4).contains(&p.value.len()) && p.value.chars().all(|c| ('0'..='7').contains(&c));
         if ok {
             u32::from_str_radix(&p.value, 8).ok()
         } else {
@@ -763,7 +944,12 @@ fn upload(u: &RawUpload, span: Span, paths: &Paths, cx: &mut Cx) -> Option<Uploa
         if ok {
             Some(o.value.clone())
         } else {
-            cx.error(Kind::InvalidValue, o.span, format!("owner `{}` is not `user` or `user:group`", o.value), "write a user name, optionally `:group`");
+            cx.error(
+                Kind::InvalidValue,
+                o.span,
+                format!("owner `{}` is not `user` or `user:group`", o.value),
+                "write a user name, optionally `:group`",
+            );
             None
         }
     });
@@ -771,7 +957,12 @@ fn upload(u: &RawUpload, span: Span, paths: &Paths, cx: &mut Cx) -> Option<Uploa
     for pattern in u.exclude.iter().flat_map(|e| &e.value) {
         match crate::bundle::Excludes::new(std::slice::from_ref(&pattern.value)) {
             Ok(_) => exclude.push(pattern.value.clone()),
-            Err(e) => cx.error(Kind::BadGlob, pattern.span, format!("exclude `{}` is not a valid glob: {e}", pattern.value), "see the exclude rules in the README: `*`, `**`, `?`, `[abc]`"),
+            Err(e) => cx.error(
+                Kind::BadGlob,
+                pattern.span,
+                format!("exclude `{}` is not a valid glob: {e}", pattern.value),
+                "see the exclude rules in the README: `*`, `**`, `?`, `[abc]`",
+            ),
         }
     }
     let resolved = resolved?;
@@ -794,7 +985,10 @@ fn upload(u: &RawUpload, span: Span, paths: &Paths, cx: &mut Cx) -> Option<Uploa
         owner,
         exclude,
         gitignore: get(u.gitignore.as_ref()).unwrap_or(false),
-        origin: Origin { file: cx.file.clone(), span: source.span },
+        origin: Origin {
+            file: cx.file.clone(),
+            span: source.span,
+        },
     })
 }
 
@@ -819,11 +1013,14 @@ fn parse_unit(text: &str) -> Unit {
             unit.sections.insert(section.clone());
             continue;
         }
-        let Some((key, value)) = line.split_once('=') else { continue };
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
         match (section.as_str(), key.trim()) {
             ("Service", "ExecStart") if !value.trim().is_empty() => unit.exec_start = true,
             ("Unit", "After" | "Requires" | "Wants" | "BindsTo") => {
-                unit.ordering.extend(value.split_whitespace().map(str::to_string));
+                unit.ordering
+                    .extend(value.split_whitespace().map(str::to_string));
             }
             _ => {}
         }
@@ -839,27 +1036,53 @@ fn services(list: Vec<&Spanned<RawService>>, paths: &Paths, cx: &mut Cx) -> Vec<
         let s = &item.value;
         let name = match &s.name {
             None => {
-                cx.error(Kind::MissingField, item.span, "a service needs `name`", "add `name: app` (the unit name without `.service`)");
+                cx.error(
+                    Kind::MissingField,
+                    item.span,
+                    "a service needs `name`",
+                    "add `name: app` (the unit name without `.service`)",
+                );
                 continue;
             }
             Some(n) => {
-                let plain = n.value.strip_suffix(".service").unwrap_or(&n.value).to_string();
+                let plain = n
+                    .value
+                    .strip_suffix(".service")
+                    .unwrap_or(&n.value)
+                    .to_string();
                 if !is_unit_name(&plain) {
-                    cx.error(Kind::InvalidValue, n.span, format!("`{}` is not a systemd unit name", n.value), "use letters, digits and `: _ . - @`");
+                    cx.error(
+                        Kind::InvalidValue,
+                        n.span,
+                        format!("`{}` is not a systemd unit name", n.value),
+                        "use letters, digits and `: _ . - @`",
+                    );
                     continue;
                 }
                 if let Some(line) = names.insert(plain.clone(), n.span.line) {
-                    cx.error(Kind::Duplicate, n.span, format!("service `{plain}` is defined twice (first on line {line})"), "give each service its own name");
+                    cx.error(
+                        Kind::Duplicate,
+                        n.span,
+                        format!("service `{plain}` is defined twice (first on line {line})"),
+                        "give each service its own name",
+                    );
                     continue;
                 }
                 Spanned::new(plain, n.span)
             }
         };
         let Some(file) = &s.file else {
-            cx.error(Kind::MissingField, item.span, format!("service `{}` needs `file`", name.value), "add `file: services/<name>.service`");
+            cx.error(
+                Kind::MissingField,
+                item.span,
+                format!("service `{}` needs `file`", name.value),
+                "add `file: services/<name>.service`",
+            );
             continue;
         };
-        let Some(resolved) = resolve(file, paths.base, paths.root, cx) else { continue };
+        let Some(resolved) = resolve(file, paths.base, paths.root, cx) else {
+            continue;
+        };
         let text = fs::read_to_string(&resolved.local).unwrap_or_default();
         let unit = parse_unit(&text);
         let mut missing: Vec<&str> = ["Unit", "Service", "Install"]
@@ -877,15 +1100,23 @@ fn services(list: Vec<&Spanned<RawService>>, paths: &Paths, cx: &mut Cx) -> Vec<
                 "a service unit needs [Unit], [Service] with ExecStart=, and [Install] (for `WantedBy=multi-user.target`)",
             );
         }
-        let health_check = s.health_check.as_ref().and_then(|h| health_check(&h.value, h.span, cx));
-        let mut deps: Vec<Spanned<String>> = s.depends_on.iter().flat_map(|l| l.value.clone()).collect();
+        let health_check = s
+            .health_check
+            .as_ref()
+            .and_then(|h| health_check(&h.value, h.span, cx));
+        let mut deps: Vec<Spanned<String>> =
+            s.depends_on.iter().flat_map(|l| l.value.clone()).collect();
         for d in &mut deps {
             if let Some(stripped) = d.value.strip_suffix(".service") {
                 d.value = stripped.to_string();
             }
         }
         // Unit-file ordering on other manifest services counts too; others are systemd's business.
-        let from_unit: Vec<String> = unit.ordering.iter().filter_map(|u| u.strip_suffix(".service").map(str::to_string)).collect();
+        let from_unit: Vec<String> = unit
+            .ordering
+            .iter()
+            .filter_map(|u| u.strip_suffix(".service").map(str::to_string))
+            .collect();
         declared.push(deps);
         out.push((
             Service {
@@ -902,15 +1133,32 @@ fn services(list: Vec<&Spanned<RawService>>, paths: &Paths, cx: &mut Cx) -> Vec<
     }
     let known: Vec<String> = out.iter().map(|(s, _)| s.name.clone()).collect();
     for ((service, _), deps) in out.iter_mut().zip(declared) {
-        service.depends_on.retain(|d| known.contains(d) && *d != service.name);
+        service
+            .depends_on
+            .retain(|d| known.contains(d) && *d != service.name);
         for d in deps {
             if !known.contains(&d.value) {
                 let refs: Vec<&str> = known.iter().map(String::as_str).collect();
                 let help = match did_you_mean(&d.value, &refs) {
                     Some(best) => format!("did you mean `{best}`?"),
-                    None => format!("services defined here: {}", if refs.is_empty() { "none".into() } else { refs.join(", ") }),
+                    None => format!(
+                        "services defined here: {}",
+                        if refs.is_empty() {
+                            "none".into()
+                        } else {
+                            refs.join(", ")
+                        }
+                    ),
                 };
-                cx.error(Kind::UnknownDependency, d.span, format!("service `{}` depends on `{}`, which is not a service here", service.name, d.value), help);
+                cx.error(
+                    Kind::UnknownDependency,
+                    d.span,
+                    format!(
+                        "service `{}` depends on `{}`, which is not a service here",
+                        service.name, d.value
+                    ),
+                    help,
+                );
             } else if !service.depends_on.contains(&d.value) {
                 service.depends_on.push(d.value);
             }
@@ -921,7 +1169,11 @@ fn services(list: Vec<&Spanned<RawService>>, paths: &Paths, cx: &mut Cx) -> Vec<
 
 /// Orders services dependencies-first (stable in manifest order); reports cycles.
 fn start_order(services: Vec<(Service, Span)>, cx: &mut Cx) -> Vec<Service> {
-    let index: HashMap<String, usize> = services.iter().enumerate().map(|(i, (s, _))| (s.name.clone(), i)).collect();
+    let index: HashMap<String, usize> = services
+        .iter()
+        .enumerate()
+        .map(|(i, (s, _))| (s.name.clone(), i))
+        .collect();
     let mut state = vec![0u8; services.len()]; // 0 new, 1 visiting, 2 done
     let mut order = Vec::new();
     let mut reported = false;
@@ -946,10 +1198,10 @@ fn start_order(services: Vec<(Service, Span)>, cx: &mut Cx) -> Vec<Service> {
         state[i] = 1;
         path.push(i);
         for dep in &services[i].0.depends_on {
-            if let Some(&j) = index.get(dep) {
-                if let Some(cycle) = visit(j, services, index, state, path, order) {
-                    return Some(cycle);
-                }
+            if let Some(&j) = index.get(dep)
+                && let Some(cycle) = visit(j, services, index, state, path, order)
+            {
+                return Some(cycle);
             }
         }
         path.pop();
@@ -982,10 +1234,16 @@ fn start_order(services: Vec<(Service, Span)>, cx: &mut Cx) -> Vec<Service> {
 }
 
 fn health_check(h: &RawHealthCheck, span: Span, cx: &mut Cx) -> Option<HealthCheck> {
-    let given = usize::from(h.command.is_some()) + usize::from(h.tcp.is_some()) + usize::from(h.http.is_some());
+    let given = usize::from(h.command.is_some())
+        + usize::from(h.tcp.is_some())
+        + usize::from(h.http.is_some());
     if given != 1 {
         cx.error(
-            if given == 0 { Kind::MissingField } else { Kind::InvalidValue },
+            if given == 0 {
+                Kind::MissingField
+            } else {
+                Kind::InvalidValue
+            },
             span,
             format!("a health check needs exactly one of `command`, `tcp`, `http`; {given} given"),
             "for example `health_check: {http: http://127.0.0.1:8080/health}`",
@@ -998,14 +1256,24 @@ fn health_check(h: &RawHealthCheck, span: Span, cx: &mut Cx) -> Option<HealthChe
         match u16::try_from(p.value) {
             Ok(port) if port > 0 => Probe::Tcp(port),
             _ => {
-                cx.error(Kind::InvalidValue, p.span, format!("port {} is outside 1..=65535", p.value), "write a TCP port number");
+                cx.error(
+                    Kind::InvalidValue,
+                    p.span,
+                    format!("port {} is outside 1..=65535", p.value),
+                    "write a TCP port number",
+                );
                 return None;
             }
         }
     } else {
         let url = h.http.as_ref()?;
         if !(url.value.starts_with("http://") || url.value.starts_with("https://")) {
-            cx.error(Kind::InvalidValue, url.span, format!("`{}` is not an http:// or https:// URL", url.value), "write a URL such as `http://127.0.0.1:8080/health`");
+            cx.error(
+                Kind::InvalidValue,
+                url.span,
+                format!("`{}` is not an http:// or https:// URL", url.value),
+                "write a URL such as `http://127.0.0.1:8080/health`",
+            );
             return None;
         }
         Probe::Http(url.value.clone())
@@ -1024,7 +1292,12 @@ fn tarball(raw: &RawManifest, paths: &Paths, cx: &mut Cx) -> Option<Tarball> {
             RawTarball::Short(s) => given.push((s.clone(), None, t.span)),
             RawTarball::Full(spec) => match &spec.source {
                 Some(s) => given.push((s.clone(), spec.dest.clone(), t.span)),
-                None => cx.error(Kind::MissingField, t.span, "`tarball` needs `source`", "add `source: dist/` or a URL"),
+                None => cx.error(
+                    Kind::MissingField,
+                    t.span,
+                    "`tarball` needs `source`",
+                    "add `source: dist/` or a URL",
+                ),
             },
         }
     }
@@ -1047,10 +1320,19 @@ fn tarball(raw: &RawManifest, paths: &Paths, cx: &mut Cx) -> Option<Tarball> {
         Some(d) => absolute_dest(d, cx)?.trim_end_matches('/').to_string(),
         None => DEFAULT_DEST.to_string(),
     };
-    let origin = Origin { file: cx.file.clone(), span: source.span };
+    let origin = Origin {
+        file: cx.file.clone(),
+        span: source.span,
+    };
     let text = source.value.as_str();
     if text.starts_with("https://") || text.starts_with("http://") {
-        return Some(Tarball { source: TarballSource::Url { url: text.to_string() }, dest, origin });
+        return Some(Tarball {
+            source: TarballSource::Url {
+                url: text.to_string(),
+            },
+            dest,
+            origin,
+        });
     }
     if text.contains("://") {
         cx.error(
@@ -1063,9 +1345,15 @@ fn tarball(raw: &RawManifest, paths: &Paths, cx: &mut Cx) -> Option<Tarball> {
     }
     let resolved = resolve(&source, paths.root, paths.root, cx)?;
     let source = if resolved.is_dir {
-        TarballSource::Dir { path: resolved.rel, local: resolved.local }
+        TarballSource::Dir {
+            path: resolved.rel,
+            local: resolved.local,
+        }
     } else if resolved.rel.ends_with(".tar.gz") || resolved.rel.ends_with(".tgz") {
-        TarballSource::Archive { path: resolved.rel, local: resolved.local }
+        TarballSource::Archive {
+            path: resolved.rel,
+            local: resolved.local,
+        }
     } else {
         cx.error(
             Kind::InvalidValue,
@@ -1075,7 +1363,11 @@ fn tarball(raw: &RawManifest, paths: &Paths, cx: &mut Cx) -> Option<Tarball> {
         );
         return None;
     };
-    Some(Tarball { source, dest, origin })
+    Some(Tarball {
+        source,
+        dest,
+        origin,
+    })
 }
 
 fn secrets(raw: &RawManifest, env: &BTreeMap<String, String>, cx: &mut Cx) -> Vec<SecretRef> {
@@ -1086,13 +1378,23 @@ fn secrets(raw: &RawManifest, env: &BTreeMap<String, String>, cx: &mut Cx) -> Ve
             RawSecret::Full(spec) => match &spec.name {
                 Some(n) => (n.clone(), spec.env.clone(), spec.dest.clone()),
                 None => {
-                    cx.error(Kind::MissingField, item.span, "a secret needs `name`", "add `name: API_TOKEN`");
+                    cx.error(
+                        Kind::MissingField,
+                        item.span,
+                        "a secret needs `name`",
+                        "add `name: API_TOKEN`",
+                    );
                     continue;
                 }
             },
         };
         if !is_env_name(&name.value) || from.as_ref().is_some_and(|f| !is_env_name(&f.value)) {
-            cx.error(Kind::InvalidValue, name.span, format!("`{}` is not an environment variable name", name.value), "use letters, digits and `_`, not starting with a digit");
+            cx.error(
+                Kind::InvalidValue,
+                name.span,
+                format!("`{}` is not an environment variable name", name.value),
+                "use letters, digits and `_`, not starting with a digit",
+            );
             continue;
         }
         if env.contains_key(&name.value) || out.iter().any(|s| s.name == name.value) {
@@ -1134,7 +1436,9 @@ mod tests {
 
     #[test]
     fn unit_parsing_finds_sections_and_ordering() {
-        let u = parse_unit("[Unit]\nAfter=network.target db.service\n[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n");
+        let u = parse_unit(
+            "[Unit]\nAfter=network.target db.service\n[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n",
+        );
         assert!(u.exec_start);
         assert_eq!(u.sections.len(), 3);
         assert_eq!(u.ordering, vec!["network.target", "db.service"]);

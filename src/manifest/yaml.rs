@@ -165,8 +165,7 @@ pub fn parse(src: &str) -> Result<Option<Node>, SyntaxError> {
             }
             Event::Scalar(text, style, anchor, _tag) => {
                 let quoted = !matches!(style, ScalarStyle::Plain);
-                let value = if !quoted && matches!(&*text, "" | "~" | "null" | "Null" | "NULL")
-                {
+                let value = if !quoted && matches!(&*text, "" | "~" | "null" | "Null" | "NULL") {
                     Value::Null
                 } else {
                     Value::Scalar {
@@ -249,10 +248,7 @@ pub fn parse(src: &str) -> Result<Option<Node>, SyntaxError> {
                 }
                 Some(node)
             }
-            Event::StreamStart
-            | Event::StreamEnd
-            | Event::DocumentEnd
-            | Event::Nothing => None,
+            Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => None,
         };
         if let Some(node) = finished {
             match stack.last_mut() {
@@ -266,8 +262,9 @@ pub fn parse(src: &str) -> Result<Option<Node>, SyntaxError> {
                                 message: "mapping keys must be plain strings".into(),
                             });
                         }
-                        if let Some((first, _)) =
-                            entries.iter().find(|(k, _)| k.as_scalar() == node.as_scalar())
+                        if let Some((first, _)) = entries
+                            .iter()
+                            .find(|(k, _)| k.as_scalar() == node.as_scalar())
                         {
                             return Err(SyntaxError {
                                 span: node.span,

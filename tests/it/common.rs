@@ -19,7 +19,11 @@ pub fn fixtures() -> PathBuf {
 pub fn spot() -> Command {
     let mut cmd = Command::cargo_bin("spot").expect("spot binary is built");
     for (key, _) in std::env::vars() {
-        if key.starts_with("GITHUB_") || key.starts_with("RUNNER_") || key.starts_with("ACTIONS_") || key.starts_with("INPUT_") {
+        if key.starts_with("GITHUB_")
+            || key.starts_with("RUNNER_")
+            || key.starts_with("ACTIONS_")
+            || key.starts_with("INPUT_")
+        {
             cmd.env_remove(key);
         }
     }
@@ -58,7 +62,10 @@ impl Txtar {
         let mut current: Option<(String, String)> = None;
         for line in text.split_inclusive('\n') {
             let trimmed = line.trim_end_matches('\n');
-            if let Some(header) = trimmed.strip_prefix("-- ").and_then(|l| l.strip_suffix(" --")) {
+            if let Some(header) = trimmed
+                .strip_prefix("-- ")
+                .and_then(|l| l.strip_suffix(" --"))
+            {
                 if let Some(done) = current.take() {
                     fixture.files.push(done);
                 }
@@ -80,7 +87,11 @@ impl Txtar {
                         None => (rest, None),
                     };
                     let (kind, location) = spec.split_once(' ').expect("expect KIND LOCATION");
-                    fixture.expects.push(Expect { kind: kind.into(), location: location.into(), help });
+                    fixture.expects.push(Expect {
+                        kind: kind.into(),
+                        location: location.into(),
+                        help,
+                    });
                 }
                 None => {}
             }
@@ -109,7 +120,11 @@ impl Txtar {
             let config = dir.path().join(".spot/config.yaml");
             if !config.exists() {
                 std::fs::create_dir_all(config.parent().unwrap()).unwrap();
-                std::fs::write(&config, "regions:\n  - us-west-2:\n      machine_type: t3.micro\n").unwrap();
+                std::fs::write(
+                    &config,
+                    "regions:\n  - us-west-2:\n      machine_type: t3.micro\n",
+                )
+                .unwrap();
             }
             let manifest = dir.path().join(".spot/deployment.yaml");
             if !manifest.exists() {

@@ -1,5 +1,7 @@
 //! The one integration-test binary: modules by topic, a shared harness in `common`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod cli;
 mod cloud_init;
 mod common;
