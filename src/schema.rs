@@ -7,7 +7,7 @@
 
 use serde_json::{Value, json};
 
-use crate::manifest::raw::{RawConfig, RawManifest, RawTarballSpec, RawUpload};
+use crate::manifest::raw::{RawConfig, RawManifest, RawService, RawTarballSpec, RawUpload};
 
 /// The `config.yaml` schema.
 pub fn config() -> Value {
@@ -61,6 +61,7 @@ fn tidy(schema: &mut Value) {
     for (def, aliases) in [
         ("RawUpload", RawUpload::ALIASES),
         ("RawTarballSpec", RawTarballSpec::ALIASES),
+        ("RawService", RawService::ALIASES),
     ] {
         let Some(props) = schema
             .pointer_mut(&format!("/$defs/{def}/properties"))

@@ -201,11 +201,7 @@ pub(crate) fn load(root: &Path, report: &mut Report) -> Option<Deployment> {
         file: DIR.into(),
         diagnostics: &mut report.diagnostics,
     };
-    let paths = Paths {
-        root,
-        base: &base,
-        base_rel: DIR,
-    };
+    let paths = Paths { root, base: &base };
     let manifest = validate::manifest(&raw, &paths, &mut cx);
     Some(Deployment {
         root: root.to_path_buf(),

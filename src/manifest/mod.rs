@@ -126,11 +126,7 @@ fn load_spot(root: &Path, report: &mut Report) -> Option<Deployment> {
         };
         let raw = raw::read_manifest(&node, &mut cx)?;
         let base = root.join(".spot");
-        let paths = validate::Paths {
-            root,
-            base: &base,
-            base_rel: ".spot",
-        };
+        let paths = validate::Paths { root, base: &base };
         Some(validate::manifest(&raw, &paths, &mut cx))
     });
     Some(Deployment {

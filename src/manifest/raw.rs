@@ -228,7 +228,17 @@ pub struct RawManifest {
     /// Secrets taken from the environment `spot` runs in and sent over SSH only, mode 0600.
     pub secrets: Option<Spanned<Vec<Spanned<RawSecret>>>>,
 }
-raw_struct!(RawManifest, "deployment.yaml", &[], {
+/// Manifest keys the original documented as planned, refused with the reason.
+pub const MANIFEST_UNSUPPORTED: Unsupported = &[
+    ("cloud_init", CUSTOM_TEMPLATE),
+    (
+        "extends",
+        "manifests do not inherit from each other; copy the shared parts; remove this key",
+    ),
+    ("hooks", "use `scripts` with an `order`; remove this key"),
+];
+
+raw_struct!(RawManifest, "deployment.yaml", MANIFEST_UNSUPPORTED, {
     version, template, packages, scripts, uploads, services, tarball, tarball_source,
     tarball_url, env, secrets,
 });
@@ -287,7 +297,8 @@ pub struct RawService {
     pub at: Span,
     /// Unit name without `.service`; unique.
     pub name: Option<Spanned<String>>,
-    /// Unit file relative to `.spot/`; needs `[Unit]`, `[Service]` with `ExecStart=`, `[Install]`.
+    /// Unit file relative to `.spot/` (`path` accepted); needs `[Unit]`, `[Service]` with
+    /// `ExecStart=`, `[Install]`.
     pub file: Option<Spanned<String>>,
     /// `systemctl enable` it. Default true.
     pub enabled: Option<Spanned<bool>>,
@@ -299,7 +310,7 @@ pub struct RawService {
     pub health_check: Option<Spanned<RawHealthCheck>>,
 }
 raw_struct!(RawService, "a service", &[], {
-    name, file, enabled, start, depends_on, health_check,
+    name, file | "path", enabled, start, depends_on, health_check,
 });
 
 /// One probe: exactly one of `command`, `tcp`, `http`.
@@ -329,10 +340,13 @@ pub struct RawTarballSpec {
     pub at: Span,
     /// Folder or `.tar.gz` relative to the repository root, or an `https://` URL.
     pub source: Option<Spanned<String>>,
-    /// Where it is unpacked. Default `/opt/deployment`.
+    /// Where it is unpacked (`destination`, `extract_to` accepted). Default `/opt/deployment`.
     pub dest: Option<Spanned<String>>,
 }
-raw_struct!(RawTarballSpec, "`tarball`", &[], { source, dest | "destination" });
+raw_struct!(RawTarballSpec, "`tarball`", &[(
+    "checksum",
+    "spot checks the bundle's sha256 on every instance itself; remove this key",
+)], { source, dest | "destination" | "extract_to" });
 
 /// `secrets: [{name, env, dest}]`.
 #[derive(Debug, Default, JsonSchema)]

@@ -38,6 +38,26 @@ impl Cx<'_> {
         ));
     }
 
+    /// Reports a problem inside a referenced file: at the manifest field that named it,
+    /// or, when the name was inferred (the convention folder has no field), at `at` in
+    /// the file itself.
+    pub fn error_in_file(
+        &mut self,
+        kind: Kind,
+        field: Span,
+        file: &str,
+        at: Span,
+        message: impl Into<String>,
+        help: impl Into<String>,
+    ) {
+        if field.line == 0 {
+            self.diagnostics
+                .push(Diagnostic::new(kind, file, at, message, help));
+        } else {
+            self.error(kind, field, message, help);
+        }
+    }
+
     pub fn wrong_type(&mut self, node: &Node, expected: &str) {
         self.error(
             Kind::WrongType,

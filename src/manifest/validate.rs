@@ -38,8 +38,6 @@ pub struct Paths<'a> {
     pub root: &'a Path,
     /// Folder manifest paths are relative to (`.spot/` or `deployment/`).
     pub base: &'a Path,
-    /// `base` relative to `root`, with `/` separators.
-    pub base_rel: &'a str,
 }
 
 fn get<T: Clone>(field: Option<&Spanned<T>>) -> Option<T> {
@@ -889,17 +887,21 @@ fn check_script_file(r: &Resolved, written: &Spanned<String>, cx: &mut Cx) -> bo
     }
     let head = fs::read(&r.local).unwrap_or_default();
     if head.iter().all(u8::is_ascii_whitespace) {
-        cx.error(
+        cx.error_in_file(
             Kind::BadScript,
             written.span,
+            &r.rel,
+            Span::FILE,
             format!("script `{}` is empty", r.rel),
             "write the script, starting with a line such as `#!/bin/bash`",
         );
         false
     } else if !head.starts_with(b"#!") {
-        cx.error(
+        cx.error_in_file(
             Kind::BadScript,
             written.span,
+            &r.rel,
+            Span::START,
             format!("script `{}` does not start with `#!`", r.rel),
             "make the first line an interpreter line such as `#!/usr/bin/env bash`",
         );
@@ -1093,9 +1095,11 @@ fn services(list: Vec<&Spanned<RawService>>, paths: &Paths, cx: &mut Cx) -> Vec<
             missing.push("ExecStart= in [Service]");
         }
         if !missing.is_empty() {
-            cx.error(
+            cx.error_in_file(
                 Kind::BadUnit,
                 file.span,
+                &resolved.rel,
+                Span::FILE,
                 format!("unit `{}` lacks {}", resolved.rel, missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")),
                 "a service unit needs [Unit], [Service] with ExecStart=, and [Install] (for `WantedBy=multi-user.target`)",
             );

@@ -132,6 +132,8 @@ fn the_original_nested_form_equals_the_flat_form() {
         serde_json::to_value(&b.manifest).unwrap()
     );
     assert_eq!(a.manifest.uploads[0].dest, "/opt/app/config.yaml");
+    assert_eq!(a.manifest.services[0].file, ".spot/services/app.service");
+    assert_eq!(a.manifest.tarball.as_ref().unwrap().dest, "/srv/app");
 }
 
 #[test]
