@@ -13,6 +13,7 @@ pub mod error;
 pub mod keys;
 pub mod manifest;
 pub mod plan;
+pub mod provider;
 pub mod schema;
 pub mod yaml_out;
 
