@@ -28,6 +28,86 @@ pub enum Command {
     Plan(PlanArgs),
     /// Print the JSON Schemas of `config.yaml` and `deployment.yaml`.
     Schema(SchemaArgs),
+    /// Launch the deployment's spot instances and wait until they run.
+    Create(CreateArgs),
+    /// List deployments found by their tags in the configured regions.
+    List(ListArgs),
+    /// Remove a deployment's instances and every resource spot made for it.
+    Destroy(DestroyArgs),
+}
+
+/// Where the cloud is.
+#[derive(Debug, Args)]
+pub struct CloudArgs {
+    /// EC2 endpoint for every call (LocalStack, moto, a proxy). The SDK's own
+    /// AWS_ENDPOINT_URL works too.
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Repository folder holding `.spot/` (or `deployment/`).
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Deployment id [default: spot-<date>-<time>-<random>].
+    #[arg(long)]
+    pub deployment_id: Option<String>,
+    /// Repository name for the `spot:repository` tag [default: $GITHUB_REPOSITORY, else the folder name].
+    #[arg(long)]
+    pub repository: Option<String>,
+    /// Pull request number for the `spot:pr` tag.
+    #[arg(long)]
+    pub pr: Option<u64>,
+    /// CIDR allowed to reach SSH, overriding `aws.ssh_cidr` (repeatable).
+    #[arg(long = "ssh-cidr", value_name = "CIDR")]
+    pub ssh_cidrs: Vec<String>,
+    /// How long to wait for instances to run (e.g. 5m).
+    #[arg(long, default_value = "5m")]
+    pub wait: String,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub cloud: CloudArgs,
+    /// How to print problems with the description.
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Repository folder whose config names the regions to search.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Region to search instead of the config's (repeatable).
+    #[arg(long = "region", value_name = "REGION")]
+    pub regions: Vec<String>,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub cloud: CloudArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    /// Deployment id to destroy; without it, the only deployment found (or all with --yes).
+    pub deployment: Option<String>,
+    /// Repository folder whose config names the regions to search.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Region to search instead of the config's (repeatable).
+    #[arg(long = "region", value_name = "REGION")]
+    pub regions: Vec<String>,
+    /// Destroy every deployment found when no id is given and more than one exists.
+    #[arg(long)]
+    pub yes: bool,
+    /// Longest wait for instances to terminate (e.g. 5m).
+    #[arg(long, default_value = "5m")]
+    pub timeout: String,
+    #[command(flatten)]
+    pub cloud: CloudArgs,
 }
 
 #[derive(Debug, Args)]

@@ -12,6 +12,8 @@ pub mod exit {
     pub const INVALID_INPUT: u8 = 1;
     /// Something failed while acting (files, network, cloud).
     pub const RUNTIME: u8 = 2;
+    /// Stopped by SIGINT or SIGTERM.
+    pub const INTERRUPTED: u8 = 130;
 }
 
 #[derive(Debug)]
@@ -26,22 +28,27 @@ pub enum Error {
         action: &'static str,
         source: std::io::Error,
     },
+    /// Acting on the cloud failed; `message` says what failed and what was cleaned up.
+    Runtime { message: String, help: String },
+    /// Stopped by a signal after cleaning up what it could.
+    Interrupted { message: String },
 }
 
 impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Invalid { .. } | Error::Usage { .. } => exit::INVALID_INPUT,
-            Error::Io { .. } => exit::RUNTIME,
+            Error::Io { .. } | Error::Runtime { .. } => exit::RUNTIME,
+            Error::Interrupted { .. } => exit::INTERRUPTED,
         }
     }
 
     /// What the user can do about it.
     pub fn help(&self) -> Option<&str> {
         match self {
-            Error::Usage { help, .. } => Some(help),
+            Error::Usage { help, .. } | Error::Runtime { help, .. } => Some(help.as_str()).filter(|h| !h.is_empty()),
             Error::Io { .. } => Some("check the path and its permissions"),
-            Error::Invalid { .. } => None,
+            Error::Invalid { .. } | Error::Interrupted { .. } => None,
         }
     }
 
@@ -68,6 +75,7 @@ impl fmt::Display for Error {
                 action,
                 source,
             } => write!(f, "cannot {action} `{}`: {source}", path.display()),
+            Error::Runtime { message, .. } | Error::Interrupted { message } => f.write_str(message),
         }
     }
 }

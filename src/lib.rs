@@ -11,6 +11,7 @@ pub mod cloud_init;
 pub mod commands;
 pub mod error;
 pub mod keys;
+pub mod lifecycle;
 pub mod manifest;
 pub mod plan;
 pub mod provider;
@@ -26,5 +27,8 @@ pub fn run(cli: cli::Cli) -> Result<(), Error> {
         cli::Command::Validate(args) => commands::validate::run(&args),
         cli::Command::Plan(args) => commands::plan::run(&args),
         cli::Command::Schema(args) => commands::schema::run(&args),
+        cli::Command::Create(args) => commands::create::run(&args),
+        cli::Command::List(args) => commands::list::run(&args),
+        cli::Command::Destroy(args) => commands::destroy::run(&args),
     }
 }

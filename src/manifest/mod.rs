@@ -116,6 +116,21 @@ pub(crate) fn load_config(root: &Path, rel: &str, report: &mut Report) -> Option
     Some(validate::config(&raw, &mut cx))
 }
 
+/// Just the region names of the config in `dir` (for `list` and `destroy`, which must
+/// work even when the rest of the description does not validate).
+pub fn load_regions(dir: &Path) -> Result<Vec<String>, Report> {
+    let mut report = Report::default();
+    let root = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let rel = [".spot/config.yaml", "deployment/config.yaml", "config.yaml"]
+        .into_iter()
+        .find(|rel| root.join(rel).is_file())
+        .unwrap_or(".spot/config.yaml");
+    match load_config(&root, rel, &mut report) {
+        Some(config) => Ok(config.regions.into_iter().map(|r| r.name).collect()),
+        None => Err(report),
+    }
+}
+
 fn load_spot(root: &Path, report: &mut Report) -> Option<Deployment> {
     let config = load_config(root, ".spot/config.yaml", report);
     let manifest_node = read_yaml(root, ".spot/deployment.yaml", report);

@@ -323,7 +323,7 @@ fn is_user_name(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
-fn is_cidr(s: &str) -> bool {
+pub fn is_cidr(s: &str) -> bool {
     let Some((addr, prefix)) = s.split_once('/') else {
         return false;
     };

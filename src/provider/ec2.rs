@@ -96,12 +96,15 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(operation: &'
             (kind_for(&code), code, message)
         }
         SdkError::TimeoutError(_) => (ErrorKind::Transient, "Timeout".to_string(), "no answer in time".to_string()),
-        SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => (
-            ErrorKind::Transient,
-            "NetworkError".to_string(),
-            aws_sdk_ec2::error::DisplayErrorContext(&err).to_string(),
-        ),
-        _ => (ErrorKind::Other, "RequestError".to_string(), aws_sdk_ec2::error::DisplayErrorContext(&err).to_string()),
+        SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            let text = concise(&aws_sdk_ec2::error::DisplayErrorContext(&err).to_string());
+            if text.contains("loading credentials") || text.contains("credentials provider") {
+                (ErrorKind::Auth, "NoCredentials".to_string(), text)
+            } else {
+                (ErrorKind::Transient, "NetworkError".to_string(), text)
+            }
+        }
+        _ => (ErrorKind::Other, "RequestError".to_string(), concise(&aws_sdk_ec2::error::DisplayErrorContext(&err).to_string())),
     };
     // A 5xx without a recognised code is still the server's problem: retry it.
     let kind = match (&err, kind) {
@@ -109,6 +112,16 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(operation: &'
         (_, kind) => kind,
     };
     Error { kind, code, message, operation, region: region.to_string() }
+}
+
+/// The human part of an SDK error chain, without the debug dump that follows it.
+fn concise(text: &str) -> String {
+    let cut = ["(DispatchFailure", "(ResponseError", "(TimeoutError", "(ConstructionFailure"]
+        .iter()
+        .filter_map(|marker| text.find(marker))
+        .min()
+        .unwrap_or(text.len());
+    text[..cut].trim().chars().take(400).collect()
 }
 
 fn kind_for(code: &str) -> ErrorKind {

@@ -1,0 +1,84 @@
+//! `spot destroy`: remove a deployment found by its tags, idempotently.
+
+use std::io::Write as _;
+use std::time::Instant;
+
+use crate::Error;
+use crate::cli::DestroyArgs;
+use crate::lifecycle::inventory::{self, Found};
+use crate::lifecycle::progress::Progress;
+use crate::lifecycle::state::{self, Status};
+use crate::lifecycle::teardown::{self, Removal};
+use crate::plan::tag;
+use crate::provider::Tags;
+use crate::provider::ec2::Ec2;
+
+pub fn run(args: &DestroyArgs) -> Result<(), Error> {
+    let regions = super::regions_for(&args.dir, &args.regions)?;
+    let timeout = super::duration_flag("--timeout", &args.timeout)?;
+    if let Some(id) = &args.deployment {
+        crate::plan::check_deployment_id(id).map_err(|message| Error::Usage { message, help: "pass the id shown by `spot list`".into() })?;
+    }
+    let progress = Progress::new();
+    let filter: Tags = args.deployment.iter().map(|id| (tag::DEPLOYMENT.to_string(), id.clone())).collect();
+    let removal: Result<Option<Removal>, Error> = super::runtime()?.block_on(async {
+        let cloud = Ec2::new(args.cloud.endpoint_url.as_deref()).await;
+        let found = inventory::discover(&cloud, &regions, &filter).await.map_err(|e| super::cloud_error(&e))?;
+        let chosen: Vec<&Found> = found.values().collect();
+        if chosen.is_empty() {
+            return Ok(None);
+        }
+        if args.deployment.is_none() && chosen.len() > 1 && !args.yes {
+            let ids: Vec<&str> = chosen.iter().map(|f| f.deployment_id.as_str()).collect();
+            return Err(Error::Usage {
+                message: format!("{} deployments found: {}", ids.len(), ids.join(", ")),
+                help: "name one (`spot destroy <id>`), or pass --yes to destroy all of them".into(),
+            });
+        }
+        let deadline = Instant::now() + timeout;
+        let mut total = Removal::default();
+        let sweeps = chosen.iter().map(|f| {
+            progress.event(format!("destroying {}: {} instance(s) and {}", f.deployment_id, f.instances.len(), teardown::summarize(&f.resources)));
+            teardown::teardown(&cloud, &f.deployment_id, f.all_resources(), deadline, &progress, None)
+        });
+        for r in futures::future::join_all(sweeps).await {
+            total.merge(r);
+        }
+        for f in &chosen {
+            mark_destroyed(&args.dir, &f.deployment_id);
+        }
+        Ok(Some(total))
+    });
+    let mut out = std::io::stdout().lock();
+    match removal? {
+        None => {
+            let what = args.deployment.as_deref().map_or_else(|| "no deployments".to_string(), |id| format!("no resources of `{id}`"));
+            let _ = writeln!(out, "nothing to do: {what} in {}", regions.join(", "));
+            Ok(())
+        }
+        Some(r) if r.failed.is_empty() => {
+            let _ = writeln!(out, "removed {} in {:.1}s", r.summary(), progress.elapsed().as_secs_f64());
+            Ok(())
+        }
+        Some(r) => {
+            let _ = writeln!(out, "removed {}", r.summary());
+            let failed: Vec<String> = r.failed.iter().map(|(res, e)| format!("{} {} in {}: {e}", res.kind, res.id, res.region)).collect();
+            Err(Error::Runtime {
+                message: format!("{} resource(s) not removed:\n  {}", failed.len(), failed.join("\n  ")),
+                help: "run `spot destroy` again; what remains is still tagged and will be found".into(),
+            })
+        }
+    }
+}
+
+/// Updates the local state file, if this folder has one for the deployment.
+fn mark_destroyed(dir: &std::path::Path, deployment_id: &str) {
+    let root = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    if let Some(mut s) = state::read(&root, deployment_id) {
+        s.status = Status::Destroyed;
+        s.resources.clear();
+        s.instances.clear();
+        let path = root.join(state::STATE_DIR).join(format!("{deployment_id}.json"));
+        let _ = std::fs::write(path, serde_json::to_string_pretty(&s).unwrap_or_default() + "\n");
+    }
+}

@@ -1,0 +1,44 @@
+//! `spot list`: deployments found by their tags, with no local state.
+
+use std::io::Write as _;
+
+use crate::Error;
+use crate::cli::ListArgs;
+use crate::lifecycle::inventory;
+use crate::provider::ec2::Ec2;
+
+pub fn run(args: &ListArgs) -> Result<(), Error> {
+    let regions = super::regions_for(&args.dir, &args.regions)?;
+    let found = super::runtime()?.block_on(async {
+        let cloud = Ec2::new(args.cloud.endpoint_url.as_deref()).await;
+        inventory::discover(&cloud, &regions, &Default::default()).await
+    });
+    let found = found.map_err(|e| super::cloud_error(&e))?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if args.json {
+        let list: Vec<&inventory::Found> = found.values().collect();
+        let _ = writeln!(out, "{:#}", serde_json::to_value(list).unwrap_or_default());
+        return out.flush().map_err(|e| Error::io("stdout", "write to", e));
+    }
+    if found.is_empty() {
+        let _ = writeln!(out, "no deployments in {}", regions.join(", "));
+        return out.flush().map_err(|e| Error::io("stdout", "write to", e));
+    }
+    for f in found.values() {
+        let _ = writeln!(
+            out,
+            "{}  repository {}  pr {}  expires {}  regions {}",
+            f.deployment_id,
+            f.repository.as_deref().unwrap_or("-"),
+            f.pr.as_deref().unwrap_or("-"),
+            f.expires_at.as_deref().unwrap_or("-"),
+            f.regions.iter().cloned().collect::<Vec<_>>().join(",")
+        );
+        for i in &f.instances {
+            let address = i.public_ip.as_deref().or(i.private_ip.as_deref()).unwrap_or("-");
+            let _ = writeln!(out, "  {:<15} {:<16} {:<21} {:<14} {:<10} {:<13} {address}", i.region, i.az, i.id, i.instance_type, i.market.to_string(), i.state);
+        }
+        let _ = writeln!(out, "  and {}", crate::lifecycle::teardown::summarize(&f.resources));
+    }
+    out.flush().map_err(|e| Error::io("stdout", "write to", e))
+}

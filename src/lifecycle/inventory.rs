@@ -1,0 +1,91 @@
+//! Finding deployments by their tags alone, across regions, with no local state.
+//!
+//! Per region: one paginated instance describe and one describe per other resource
+//! type, all filtered by tag, so the cost grows with regions, not with instances.
+//! Everything is grouped by its `spot:deployment` tag.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures::StreamExt as _;
+use serde::Serialize;
+
+use crate::plan::tag;
+use crate::provider::{Cloud, Error, Instance, Kind, Resource, Tags};
+
+/// One deployment as found in the cloud.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Found {
+    pub deployment_id: String,
+    pub repository: Option<String>,
+    pub pr: Option<String>,
+    pub run_id: Option<String>,
+    pub expires_at: Option<String>,
+    pub regions: BTreeSet<String>,
+    pub instances: Vec<Instance>,
+    /// Everything else (security groups, key pairs, templates, fleets, VPC parts).
+    pub resources: Vec<Resource>,
+}
+
+impl Found {
+    /// Instances as resources, followed by the rest: what teardown takes.
+    pub fn all_resources(&self) -> Vec<Resource> {
+        let mut all: Vec<Resource> = self
+            .instances
+            .iter()
+            .map(|i| Resource { kind: Kind::Instance, region: i.region.clone(), id: i.id.clone(), name: None, tags: i.tags.clone() })
+            .collect();
+        all.extend(self.resources.iter().cloned());
+        all
+    }
+
+    fn note_tags(&mut self, tags: &Tags, region: &str) {
+        self.regions.insert(region.to_string());
+        let take = |key: &str, slot: &mut Option<String>| {
+            if slot.is_none() {
+                *slot = tags.get(key).cloned();
+            }
+        };
+        take(tag::REPOSITORY, &mut self.repository);
+        take(tag::PR, &mut self.pr);
+        take(tag::RUN_ID, &mut self.run_id);
+        take(tag::EXPIRES_AT, &mut self.expires_at);
+    }
+}
+
+/// Everything tagged `spot:managed-by=spot` (and `extra`) in `regions`, by deployment.
+pub async fn discover<C: Cloud>(cloud: &C, regions: &[String], extra: &Tags) -> Result<BTreeMap<String, Found>, Error> {
+    let mut filter: Tags = [(tag::MANAGED_BY.to_string(), tag::MANAGED_BY_VALUE.to_string())].into();
+    filter.extend(extra.clone());
+    let per_region: Vec<Result<(Vec<Instance>, Vec<Resource>), Error>> = futures::stream::iter(regions)
+        .map(|region| {
+            let filter = &filter;
+            async move {
+                let (instances, resources) = futures::join!(cloud.instances(region, filter), cloud.tagged(region, filter));
+                Ok((instances?, resources?))
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut found: BTreeMap<String, Found> = BTreeMap::new();
+    for result in per_region {
+        let (instances, resources) = result?;
+        for i in instances {
+            let id = i.tags.get(tag::DEPLOYMENT).cloned().unwrap_or_default();
+            let entry = found.entry(id.clone()).or_insert_with(|| Found { deployment_id: id, ..Found::default() });
+            entry.note_tags(&i.tags, &i.region);
+            entry.instances.push(i);
+        }
+        for r in resources {
+            let id = r.tags.get(tag::DEPLOYMENT).cloned().unwrap_or_default();
+            let entry = found.entry(id.clone()).or_insert_with(|| Found { deployment_id: id, ..Found::default() });
+            entry.note_tags(&r.tags, &r.region);
+            entry.resources.push(r);
+        }
+    }
+    for f in found.values_mut() {
+        f.instances.sort_by(|a, b| (&a.region, &a.id).cmp(&(&b.region, &b.id)));
+        f.resources.sort();
+    }
+    Ok(found)
+}

@@ -1,0 +1,131 @@
+//! What a long run tells the person (or log) watching it, and how it is stopped.
+//!
+//! [`Progress`] prints one line per event to stderr: timestamped when stderr is not a
+//! terminal (CI logs), plain with a redrawn status line when it is. [`Cancel`] carries
+//! SIGINT/SIGTERM into the async code, which checks it between steps.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Event lines for a run.
+#[derive(Debug)]
+pub struct Progress {
+    tty: bool,
+    quiet: bool,
+    started: Instant,
+    status_shown: Mutex<bool>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Progress {
+    pub fn new() -> Self {
+        Self { tty: std::io::stderr().is_terminal(), quiet: false, started: Instant::now(), status_shown: Mutex::new(false) }
+    }
+
+    /// Prints nothing (for library use and tests).
+    pub fn quiet() -> Self {
+        Self { quiet: true, ..Self::new() }
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// One event, kept in the log.
+    pub fn event(&self, message: impl AsRef<str>) {
+        if self.quiet {
+            return;
+        }
+        let mut shown = self.status_shown.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut err = std::io::stderr().lock();
+        if self.tty {
+            if *shown {
+                let _ = write!(err, "\r\x1b[K");
+                *shown = false;
+            }
+            let _ = writeln!(err, "  {}", message.as_ref());
+        } else {
+            let now = jiff::Timestamp::now().strftime("%H:%M:%S");
+            let _ = writeln!(err, "[{now} +{:.1}s] {}", self.started.elapsed().as_secs_f64(), message.as_ref());
+        }
+    }
+
+    /// A transient status line, shown only on a terminal.
+    pub fn status(&self, message: impl AsRef<str>) {
+        if self.quiet || !self.tty {
+            return;
+        }
+        let mut shown = self.status_shown.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "\r\x1b[K{} ({:.0}s)", message.as_ref(), self.started.elapsed().as_secs_f64());
+        let _ = err.flush();
+        *shown = true;
+    }
+}
+
+/// Set once when the run should stop (SIGINT, SIGTERM).
+#[derive(Debug, Clone)]
+pub struct Cancel {
+    rx: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Cancel {
+    /// A token that is never cancelled.
+    pub fn never() -> Self {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        std::mem::forget(tx);
+        Self { rx }
+    }
+
+    /// A token cancelled by the first SIGINT or SIGTERM; must be called inside a runtime.
+    pub fn on_signals() -> Self {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let term = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                () = term => {}
+            }
+            let _ = tx.send(true);
+            // Keep the sender alive so receivers see the value, not a closed channel.
+            std::future::pending::<()>().await;
+        });
+        Self { rx }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        *self.rx.borrow()
+    }
+
+    /// Resolves when cancelled.
+    pub async fn cancelled(&self) {
+        let mut rx = self.rx.clone();
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Sleeps `d`, or less when cancelled; true when cancelled.
+    pub async fn sleep(&self, d: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(d) => self.is_cancelled(),
+            () = self.cancelled() => true,
+        }
+    }
+}

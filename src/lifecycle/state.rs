@@ -1,0 +1,123 @@
+//! The local record of one deployment: every resource id, written the moment it exists.
+//!
+//! Tags in the cloud are the source of truth; this file is the fast path and the
+//! evidence of what a run made, so a crash or cancel leaves a trail. It is rewritten
+//! atomically (temporary file, then rename) after each change and never holds a secret:
+//! no keys, no secret values, only ids, names, tags and addresses.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::provider::{Instance, Resource};
+
+/// Where state files live, relative to the repository root.
+pub const STATE_DIR: &str = ".spot-state";
+
+/// What a run is doing or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    Creating,
+    Ready,
+    RolledBack,
+    /// Rollback or teardown could not remove everything; `destroy` will.
+    Incomplete,
+    Destroyed,
+}
+
+/// The file's contents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub deployment_id: String,
+    pub run_id: String,
+    pub repository: String,
+    pub created_at: String,
+    pub expires_at: String,
+    pub status: Status,
+    pub resources: Vec<Resource>,
+    #[serde(default)]
+    pub instances: Vec<Instance>,
+}
+
+/// Receives each resource the moment it exists. The state file is one; the GitHub
+/// Actions state is another.
+pub trait Recorder: Sync {
+    fn created(&self, resource: &Resource);
+    fn removed(&self, resource: &Resource);
+    fn status(&self, status: Status);
+    fn instances(&self, instances: &[Instance]);
+}
+
+/// A state file kept in step with a run.
+#[derive(Debug)]
+pub struct StateFile {
+    path: PathBuf,
+    state: Mutex<State>,
+}
+
+impl StateFile {
+    /// Starts the file for a new run (replacing an older run's file of the same id).
+    pub fn create(root: &Path, state: State) -> std::io::Result<Self> {
+        let dir = root.join(STATE_DIR);
+        std::fs::create_dir_all(&dir)?;
+        let file = Self { path: dir.join(format!("{}.json", state.deployment_id)), state: Mutex::new(state) };
+        file.write()?;
+        Ok(file)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn snapshot(&self) -> State {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::io::Result<()> {
+        let text = serde_json::to_string_pretty(&*self.lock()).map_err(std::io::Error::other)?;
+        let tmp = self.path.with_extension("json.tmp");
+        std::fs::write(&tmp, text + "\n")?;
+        std::fs::rename(&tmp, &self.path)
+    }
+
+    fn update(&self, change: impl FnOnce(&mut State)) {
+        change(&mut self.lock());
+        if let Err(e) = self.write() {
+            eprintln!("warning: cannot write {}: {e}", self.path.display());
+        }
+    }
+}
+
+impl Recorder for StateFile {
+    fn created(&self, resource: &Resource) {
+        self.update(|s| {
+            if !s.resources.contains(resource) {
+                s.resources.push(resource.clone());
+            }
+        });
+    }
+
+    fn removed(&self, resource: &Resource) {
+        self.update(|s| s.resources.retain(|r| !(r.kind == resource.kind && r.id == resource.id && r.region == resource.region)));
+    }
+
+    fn status(&self, status: Status) {
+        self.update(|s| s.status = status);
+    }
+
+    fn instances(&self, instances: &[Instance]) {
+        self.update(|s| s.instances = instances.to_vec());
+    }
+}
+
+/// Reads a state file, if there is one for `deployment_id`.
+pub fn read(root: &Path, deployment_id: &str) -> Option<State> {
+    let text = std::fs::read_to_string(root.join(STATE_DIR).join(format!("{deployment_id}.json"))).ok()?;
+    serde_json::from_str(&text).ok()
+}
