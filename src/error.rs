@@ -46,7 +46,9 @@ impl Error {
     /// What the user can do about it.
     pub fn help(&self) -> Option<&str> {
         match self {
-            Error::Usage { help, .. } | Error::Runtime { help, .. } => Some(help.as_str()).filter(|h| !h.is_empty()),
+            Error::Usage { help, .. } | Error::Runtime { help, .. } => {
+                Some(help.as_str()).filter(|h| !h.is_empty())
+            }
             Error::Io { .. } => Some("check the path and its permissions"),
             Error::Invalid { .. } | Error::Interrupted { .. } => None,
         }
@@ -69,13 +71,14 @@ impl fmt::Display for Error {
                 "{} problem(s) in the deployment description",
                 report.diagnostics.len()
             ),
-            Error::Usage { message, .. } => f.write_str(message),
+            Error::Usage { message, .. }
+            | Error::Runtime { message, .. }
+            | Error::Interrupted { message } => f.write_str(message),
             Error::Io {
                 path,
                 action,
                 source,
             } => write!(f, "cannot {action} `{}`: {source}", path.display()),
-            Error::Runtime { message, .. } | Error::Interrupted { message } => f.write_str(message),
         }
     }
 }

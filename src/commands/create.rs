@@ -11,23 +11,41 @@ use crate::lifecycle::create::{self, Request};
 use crate::lifecycle::progress::{Cancel, Progress};
 use crate::lifecycle::state::{State, StateFile, Status};
 use crate::lifecycle::teardown;
-use crate::manifest::types::SshAccess;
 use crate::manifest::Report;
+use crate::manifest::types::SshAccess;
 use crate::plan;
 use crate::provider::ec2::Ec2;
 
 pub fn run(args: &CreateArgs) -> Result<(), Error> {
     let format = super::default_format(args.format);
-    let mut inputs = super::plan::inputs_for(&args.dir, args.deployment_id.clone(), args.repository.clone(), args.pr, None)?;
+    let mut inputs = super::plan::inputs_for(
+        &args.dir,
+        args.deployment_id.clone(),
+        args.repository.clone(),
+        args.pr,
+        None,
+    )?;
     inputs.run_id = Some(format!("local-{:08x}", fastrand::u32(..)));
     let (deployment, listing) = super::load_checked(&args.dir, format, true)?;
     let wait = super::duration_flag("--wait", &args.wait)?;
     let ssh_cidrs = ssh_cidrs(args, &deployment.config.ssh_access)?;
-    let keys = DeploymentKeys::generate(&inputs.deployment_id)
-        .map_err(|e| Error::Runtime { message: format!("cannot generate keys: {e}"), help: String::new() })?;
+    let keys = DeploymentKeys::generate(&inputs.deployment_id).map_err(|e| Error::Runtime {
+        message: format!("cannot generate keys: {e}"),
+        help: String::new(),
+    })?;
     let identity = plan::identity(&deployment, &inputs);
-    let user_data = cloud_init::render(&deployment, &identity, &UserDataKeys::from_keys(&keys, &deployment.config.extra_authorized_keys))
-        .map_err(|d| Error::Invalid { report: Report { diagnostics: vec![*d], ..Report::default() }, format })?;
+    let user_data = cloud_init::render(
+        &deployment,
+        &identity,
+        &UserDataKeys::from_keys(&keys, &deployment.config.extra_authorized_keys),
+    )
+    .map_err(|d| Error::Invalid {
+        report: Report {
+            diagnostics: vec![*d],
+            ..Report::default()
+        },
+        format,
+    })?;
     let plan = plan::build(&deployment, &inputs, listing, &user_data);
     let run_id = inputs.run_id.clone().unwrap_or_default();
     let request = Request {
@@ -54,10 +72,21 @@ pub fn run(args: &CreateArgs) -> Result<(), Error> {
             instances: Vec::new(),
         },
     )
-    .map_err(|e| Error::io(deployment.root.join(crate::lifecycle::state::STATE_DIR), "write", e))?;
+    .map_err(|e| {
+        Error::io(
+            deployment.root.join(crate::lifecycle::state::STATE_DIR),
+            "write",
+            e,
+        )
+    })?;
 
     let progress = Progress::new();
-    let regions: Vec<&str> = plan.regions.iter().filter(|r| r.instances > 0).map(|r| r.region.as_str()).collect();
+    let regions: Vec<&str> = plan
+        .regions
+        .iter()
+        .filter(|r| r.instances > 0)
+        .map(|r| r.region.as_str())
+        .collect();
     progress.event(format!(
         "creating {}: {} instance(s) in {} (expires {})",
         plan.deployment_id,
@@ -83,11 +112,32 @@ pub fn run(args: &CreateArgs) -> Result<(), Error> {
                 });
                 let _ = writeln!(out, "{doc:#}");
             } else {
-                let _ = writeln!(out, "deployment {} ready: {} instance(s) in {took:.1}s", plan.deployment_id, instances.len());
-                let _ = writeln!(out, "{:<15} {:<16} {:<21} {:<14} {:<10} address", "region", "az", "instance", "type", "market");
+                let _ = writeln!(
+                    out,
+                    "deployment {} ready: {} instance(s) in {took:.1}s",
+                    plan.deployment_id,
+                    instances.len()
+                );
+                let _ = writeln!(
+                    out,
+                    "{:<15} {:<16} {:<21} {:<14} {:<10} address",
+                    "region", "az", "instance", "type", "market"
+                );
                 for i in &instances {
-                    let address = i.public_ip.clone().or_else(|| i.private_ip.clone().map(|p| format!("{p} (private)"))).unwrap_or_default();
-                    let _ = writeln!(out, "{:<15} {:<16} {:<21} {:<14} {:<10} {address}", i.region, i.az, i.id, i.instance_type, i.market.to_string());
+                    let address = i
+                        .public_ip
+                        .clone()
+                        .or_else(|| i.private_ip.clone().map(|p| format!("{p} (private)")))
+                        .unwrap_or_default();
+                    let _ = writeln!(
+                        out,
+                        "{:<15} {:<16} {:<21} {:<14} {:<10} {address}",
+                        i.region,
+                        i.az,
+                        i.id,
+                        i.instance_type,
+                        i.market.to_string()
+                    );
                 }
                 let _ = writeln!(out, "state: {}", state.path().display());
                 let _ = writeln!(out, "remove it with: spot destroy {}", plan.deployment_id);
@@ -96,11 +146,20 @@ pub fn run(args: &CreateArgs) -> Result<(), Error> {
         }
         Err(failure) => {
             let removed = teardown::summarize(&failure.removal.removed);
-            let mut message = format!("create failed: {}\nrolled back: removed {removed}", failure.message);
+            let mut message = format!(
+                "create failed: {}\nrolled back: removed {removed}",
+                failure.message
+            );
             if !failure.removal.failed.is_empty() {
                 message.push_str(&format!(
                     "\nnot removed yet ({}), recorded in {}: run `spot destroy {}`",
-                    failure.removal.failed.iter().map(|(r, e)| format!("{} {} in {}: {e}", r.kind, r.id, r.region)).collect::<Vec<_>>().join("; "),
+                    failure
+                        .removal
+                        .failed
+                        .iter()
+                        .map(|(r, e)| format!("{} {} in {}: {e}", r.kind, r.id, r.region))
+                        .collect::<Vec<_>>()
+                        .join("; "),
                     state.path().display(),
                     plan.deployment_id
                 ));
@@ -108,7 +167,10 @@ pub fn run(args: &CreateArgs) -> Result<(), Error> {
             if failure.cancelled {
                 Err(Error::Interrupted { message })
             } else {
-                Err(Error::Runtime { message, help: String::new() })
+                Err(Error::Runtime {
+                    message,
+                    help: String::new(),
+                })
             }
         }
     }
@@ -118,14 +180,23 @@ fn ssh_cidrs(args: &CreateArgs, access: &SshAccess) -> Result<Vec<String>, Error
     if !args.ssh_cidrs.is_empty() {
         for c in &args.ssh_cidrs {
             if !crate::manifest::validate::is_cidr(c) {
-                return Err(Error::Usage { message: format!("--ssh-cidr `{c}` is not a CIDR block"), help: "write e.g. 203.0.113.7/32".into() });
+                return Err(Error::Usage {
+                    message: format!("--ssh-cidr `{c}` is not a CIDR block"),
+                    help: "write e.g. 203.0.113.7/32".into(),
+                });
             }
         }
         return Ok(args.ssh_cidrs.clone());
     }
     match access {
         SshAccess::Cidrs(c) => Ok(c.clone()),
-        SshAccess::Runner => public_address().map(|ip| vec![if ip.contains(':') { format!("{ip}/128") } else { format!("{ip}/32") }]),
+        SshAccess::Runner => public_address().map(|ip| {
+            vec![if ip.contains(':') {
+                format!("{ip}/128")
+            } else {
+                format!("{ip}/32")
+            }]
+        }),
     }
 }
 
@@ -142,14 +213,20 @@ fn public_address() -> Result<String, Error> {
         .map_err(|e| fail(e.to_string()))?
         .next()
         .ok_or_else(|| fail("no address for checkip.amazonaws.com".into()))?;
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| fail(e.to_string()))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| fail(e.to_string()))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| fail(e.to_string()))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| fail(e.to_string()))?;
     stream
         .write_all(b"GET / HTTP/1.0\r\nHost: checkip.amazonaws.com\r\nUser-Agent: spot\r\n\r\n")
         .map_err(|e| fail(e.to_string()))?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).map_err(|e| fail(e.to_string()))?;
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| fail(e.to_string()))?;
     let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().trim();
-    body.parse::<std::net::IpAddr>().map(|ip| ip.to_string()).map_err(|_| fail(format!("unexpected answer `{body}`")))
+    body.parse::<std::net::IpAddr>()
+        .map(|ip| ip.to_string())
+        .map_err(|_| fail(format!("unexpected answer `{body}`")))
 }
-

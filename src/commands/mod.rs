@@ -76,7 +76,10 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Error> {
 pub(crate) fn duration_flag(flag: &str, text: &str) -> Result<std::time::Duration, Error> {
     crate::manifest::types::parse_duration(text)
         .map(std::time::Duration::from_secs)
-        .map_err(|message| Error::Usage { message: format!("{flag}: {message}"), help: "write a duration such as 30s, 5m or 1h".into() })
+        .map_err(|message| Error::Usage {
+            message: format!("{flag}: {message}"),
+            help: "write a duration such as 30s, 5m or 1h".into(),
+        })
 }
 
 /// Regions to search: the flags, else the config in `dir`.
@@ -84,7 +87,10 @@ pub(crate) fn regions_for(dir: &Path, flags: &[String]) -> Result<Vec<String>, E
     if !flags.is_empty() {
         for r in flags {
             if !crate::manifest::types::AWS_REGIONS.contains(&r.as_str()) {
-                return Err(Error::Usage { message: format!("`{r}` is not an AWS region"), help: "pass a region such as us-east-1".into() });
+                return Err(Error::Usage {
+                    message: format!("`{r}` is not an AWS region"),
+                    help: "pass a region such as us-east-1".into(),
+                });
             }
         }
         return Ok(flags.to_vec());
@@ -92,7 +98,10 @@ pub(crate) fn regions_for(dir: &Path, flags: &[String]) -> Result<Vec<String>, E
     match manifest::load_regions(dir) {
         Ok(regions) if !regions.is_empty() => Ok(regions),
         Ok(_) | Err(_) => Err(Error::Usage {
-            message: format!("no regions to search: `{}` has no valid config with regions", dir.display()),
+            message: format!(
+                "no regions to search: `{}` has no valid config with regions",
+                dir.display()
+            ),
             help: "pass --region (repeatable), or run from the repository that holds .spot/".into(),
         }),
     }
@@ -101,8 +110,13 @@ pub(crate) fn regions_for(dir: &Path, flags: &[String]) -> Result<Vec<String>, E
 /// Maps a cloud error to the command error, with a hint for credential problems.
 pub(crate) fn cloud_error(e: &crate::provider::Error) -> Error {
     let help = match e.kind {
-        crate::provider::ErrorKind::Auth => "check the AWS credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID, or the action's role-to-assume)",
+        crate::provider::ErrorKind::Auth => {
+            "check the AWS credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID, or the action's role-to-assume)"
+        }
         _ => "",
     };
-    Error::Runtime { message: e.to_string(), help: help.into() }
+    Error::Runtime {
+        message: e.to_string(),
+        help: help.into(),
+    }
 }

@@ -32,7 +32,13 @@ impl Found {
         let mut all: Vec<Resource> = self
             .instances
             .iter()
-            .map(|i| Resource { kind: Kind::Instance, region: i.region.clone(), id: i.id.clone(), name: None, tags: i.tags.clone() })
+            .map(|i| Resource {
+                kind: Kind::Instance,
+                region: i.region.clone(),
+                id: i.id.clone(),
+                name: None,
+                tags: i.tags.clone(),
+            })
             .collect();
         all.extend(self.resources.iter().cloned());
         all
@@ -52,15 +58,29 @@ impl Found {
     }
 }
 
+/// One region's instances and other resources.
+type RegionFinds = Result<(Vec<Instance>, Vec<Resource>), Error>;
+
 /// Everything tagged `spot:managed-by=spot` (and `extra`) in `regions`, by deployment.
-pub async fn discover<C: Cloud>(cloud: &C, regions: &[String], extra: &Tags) -> Result<BTreeMap<String, Found>, Error> {
-    let mut filter: Tags = [(tag::MANAGED_BY.to_string(), tag::MANAGED_BY_VALUE.to_string())].into();
+pub async fn discover<C: Cloud>(
+    cloud: &C,
+    regions: &[String],
+    extra: &Tags,
+) -> Result<BTreeMap<String, Found>, Error> {
+    let mut filter: Tags = [(
+        tag::MANAGED_BY.to_string(),
+        tag::MANAGED_BY_VALUE.to_string(),
+    )]
+    .into();
     filter.extend(extra.clone());
-    let per_region: Vec<Result<(Vec<Instance>, Vec<Resource>), Error>> = futures::stream::iter(regions)
+    let per_region: Vec<RegionFinds> = futures::stream::iter(regions)
         .map(|region| {
             let filter = &filter;
             async move {
-                let (instances, resources) = futures::join!(cloud.instances(region, filter), cloud.tagged(region, filter));
+                let (instances, resources) = futures::join!(
+                    cloud.instances(region, filter),
+                    cloud.tagged(region, filter)
+                );
                 Ok((instances?, resources?))
             }
         })
@@ -72,19 +92,26 @@ pub async fn discover<C: Cloud>(cloud: &C, regions: &[String], extra: &Tags) -> 
         let (instances, resources) = result?;
         for i in instances {
             let id = i.tags.get(tag::DEPLOYMENT).cloned().unwrap_or_default();
-            let entry = found.entry(id.clone()).or_insert_with(|| Found { deployment_id: id, ..Found::default() });
+            let entry = found.entry(id.clone()).or_insert_with(|| Found {
+                deployment_id: id,
+                ..Found::default()
+            });
             entry.note_tags(&i.tags, &i.region);
             entry.instances.push(i);
         }
         for r in resources {
             let id = r.tags.get(tag::DEPLOYMENT).cloned().unwrap_or_default();
-            let entry = found.entry(id.clone()).or_insert_with(|| Found { deployment_id: id, ..Found::default() });
+            let entry = found.entry(id.clone()).or_insert_with(|| Found {
+                deployment_id: id,
+                ..Found::default()
+            });
             entry.note_tags(&r.tags, &r.region);
             entry.resources.push(r);
         }
     }
     for f in found.values_mut() {
-        f.instances.sort_by(|a, b| (&a.region, &a.id).cmp(&(&b.region, &b.id)));
+        f.instances
+            .sort_by(|a, b| (&a.region, &a.id).cmp(&(&b.region, &b.id)));
         f.resources.sort();
     }
     Ok(found)

@@ -45,7 +45,11 @@ pub fn summarize(resources: &[Resource]) -> String {
             (n > 0).then(|| format!("{n} {kind}{}", if n == 1 { "" } else { "s" }))
         })
         .collect();
-    if parts.is_empty() { "nothing".into() } else { parts.join(", ") }
+    if parts.is_empty() {
+        "nothing".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 /// Whether spot may delete this resource: only with the marker it put there itself.
@@ -67,11 +71,24 @@ pub async fn teardown<C: Cloud>(
         if may_touch(&r) {
             by_region.entry(r.region.clone()).or_default().push(r);
         } else {
-            progress.event(format!("skipped {} {} in {}: not tagged spot:managed-by=spot", r.kind, r.id, r.region));
+            progress.event(format!(
+                "skipped {} {} in {}: not tagged spot:managed-by=spot",
+                r.kind, r.id, r.region
+            ));
         }
     }
     let removals: Vec<Removal> = futures::stream::iter(by_region)
-        .map(|(region, list)| region_teardown(cloud, deployment_id, region, list, deadline, progress, recorder))
+        .map(|(region, list)| {
+            region_teardown(
+                cloud,
+                deployment_id,
+                region,
+                list,
+                deadline,
+                progress,
+                recorder,
+            )
+        })
         .buffer_unordered(16)
         .collect()
         .await;
@@ -98,12 +115,14 @@ async fn region_teardown<C: Cloud>(
         }
         out.removed.push(r);
     };
-    let (instances, mut others): (Vec<Resource>, Vec<Resource>) = list.into_iter().partition(|r| r.kind == Kind::Instance);
+    let (instances, mut others): (Vec<Resource>, Vec<Resource>) =
+        list.into_iter().partition(|r| r.kind == Kind::Instance);
     others.sort_by_key(|r| Kind::TEARDOWN.iter().position(|k| *k == r.kind));
 
     // Instant fleets go first: deleting one terminates its instances (EC2 refuses to keep
     // an instant fleet's instances without it), and nothing else depends on it.
-    let (fleets, others): (Vec<Resource>, Vec<Resource>) = others.into_iter().partition(|r| r.kind == Kind::Fleet);
+    let (fleets, others): (Vec<Resource>, Vec<Resource>) =
+        others.into_iter().partition(|r| r.kind == Kind::Fleet);
     for r in fleets {
         match cloud.delete(&r).await {
             Ok(()) => done(&mut out, r),
@@ -128,8 +147,9 @@ async fn region_teardown<C: Cloud>(
     }
 
     // Independent of the instances: delete at once.
-    let (now, after): (Vec<Resource>, Vec<Resource>) =
-        others.into_iter().partition(|r| matches!(r.kind, Kind::LaunchTemplate | Kind::KeyPair));
+    let (now, after): (Vec<Resource>, Vec<Resource>) = others
+        .into_iter()
+        .partition(|r| matches!(r.kind, Kind::LaunchTemplate | Kind::KeyPair));
     for r in now {
         match cloud.delete(&r).await {
             Ok(()) => done(&mut out, r),
@@ -176,19 +196,30 @@ async fn region_teardown<C: Cloud>(
 }
 
 /// Polls (one describe per poll) until none of `ids` is left in a live state.
-async fn wait_gone<C: Cloud>(cloud: &C, region: &str, deployment_id: &str, ids: &[String], deadline: Instant) -> Result<(), String> {
+async fn wait_gone<C: Cloud>(
+    cloud: &C,
+    region: &str,
+    deployment_id: &str,
+    ids: &[String],
+    deadline: Instant,
+) -> Result<(), String> {
     let filter: Tags = [(tag::DEPLOYMENT.to_string(), deployment_id.to_string())].into();
     let mut delay = Duration::from_millis(250);
     loop {
         let live = match cloud.instances(region, &filter).await {
-            Ok(found) => found.iter().filter(|i| ids.contains(&i.id) && i.state != "terminated").count(),
+            Ok(found) => found
+                .iter()
+                .filter(|i| ids.contains(&i.id) && i.state != "terminated")
+                .count(),
             Err(e) => return Err(e.to_string()),
         };
         if live == 0 {
             return Ok(());
         }
         if Instant::now() + delay > deadline {
-            return Err(format!("{live} instance(s) still shutting down at the deadline; run `spot destroy` again"));
+            return Err(format!(
+                "{live} instance(s) still shutting down at the deadline; run `spot destroy` again"
+            ));
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));

@@ -5,6 +5,8 @@
 mod cli;
 mod cloud_init;
 mod common;
+mod ec2;
+mod emulator;
 mod fixtures;
 mod props;
 mod schema;
