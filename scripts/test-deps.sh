@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond Rust: the real `cloud-init` (its schema
-# check) and `check-jsonschema`. Safe to run again; installs only what is missing.
+# check), `check-jsonschema`, and moto's EC2 server (with boto3, used by the leak
+# detector and the fault proxy's tests). Safe to run again; installs only what is missing.
 set -euo pipefail
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 
@@ -8,11 +9,16 @@ if ! command -v cloud-init >/dev/null 2>&1; then
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends cloud-init >/dev/null
 fi
-if ! command -v check-jsonschema >/dev/null 2>&1; then
-  python3 -m pip install --quiet --disable-pip-version-check check-jsonschema
+missing_pip=()
+command -v check-jsonschema >/dev/null 2>&1 || missing_pip+=(check-jsonschema)
+python3 -c 'import flask, moto.server' 2>/dev/null || missing_pip+=('moto[server]')
+python3 -c 'import boto3' 2>/dev/null || missing_pip+=(boto3)
+if ((${#missing_pip[@]})); then
+  python3 -m pip install --quiet --disable-pip-version-check "${missing_pip[@]}"
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked --quiet cargo-nextest
 fi
 cloud-init --version
 check-jsonschema --version
+python3 -c 'import moto; print("moto", moto.__version__)'

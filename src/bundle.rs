@@ -40,18 +40,12 @@ impl Excludes {
             if body.is_empty() {
                 return Err(ExcludeError::Empty);
             }
-            let prefix = if anchored {
-                String::new()
-            } else {
-                "**/".to_string()
-            };
+            let prefix = if anchored { String::new() } else { "**/".to_string() };
             for glob in [format!("{prefix}{body}"), format!("{prefix}{body}/**")] {
                 builder.add(GlobBuilder::new(&glob).literal_separator(true).build()?);
             }
         }
-        Ok(Self {
-            set: builder.build()?,
-        })
+        Ok(Self { set: builder.build()? })
     }
 
     /// Whether `rel` (relative to the source folder, `/`-separated) is excluded.
@@ -209,27 +203,14 @@ pub fn list(deployment: &Deployment, measure: bool) -> Result<Listing, Vec<Diagn
             TarballSource::Url { .. } => {}
         }
     }
-    if errors.is_empty() {
-        Ok(listing)
-    } else {
-        Err(errors)
-    }
+    if errors.is_empty() { Ok(listing) } else { Err(errors) }
 }
 
 fn empty_excludes() -> Excludes {
-    Excludes {
-        set: GlobSet::empty(),
-    }
+    Excludes { set: GlobSet::empty() }
 }
 
-fn push_file(
-    listing: &mut Listing,
-    part: Part,
-    dest: String,
-    source: &str,
-    local: &Path,
-    mode: Option<u32>,
-) {
+fn push_file(listing: &mut Listing, part: Part, dest: String, source: &str, local: &Path, mode: Option<u32>) {
     let meta = std::fs::metadata(local).ok();
     let size = meta.as_ref().map_or(0, std::fs::Metadata::len);
     listing.total_bytes += size;
@@ -309,9 +290,7 @@ impl<'a> Walk<'a> {
         let Some(entries) = self.read(dir, "", errors) else {
             return;
         };
-        let threads = std::thread::available_parallelism()
-            .map_or(1, usize::from)
-            .min(8);
+        let threads = std::thread::available_parallelism().map_or(1, usize::from).min(8);
         let next = std::sync::atomic::AtomicUsize::new(0);
         let mut results: Vec<(usize, Found)> = std::thread::scope(|scope| {
             let workers: Vec<_> = (0..threads)
@@ -331,10 +310,7 @@ impl<'a> Walk<'a> {
                     })
                 })
                 .collect();
-            workers
-                .into_iter()
-                .flat_map(|w| w.join().unwrap_or_default())
-                .collect()
+            workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
         });
         results.sort_by_key(|(i, _)| *i);
         for (_, found) in results {
@@ -360,12 +336,7 @@ impl<'a> Walk<'a> {
     }
 
     /// A folder's entries, sorted by name.
-    fn read(
-        &self,
-        dir: &Path,
-        rel: &str,
-        errors: &mut Vec<Diagnostic>,
-    ) -> Option<Vec<std::fs::DirEntry>> {
+    fn read(&self, dir: &Path, rel: &str, errors: &mut Vec<Diagnostic>) -> Option<Vec<std::fs::DirEntry>> {
         match std::fs::read_dir(dir) {
             Ok(read) => {
                 let mut entries: Vec<std::fs::DirEntry> = read.filter_map(Result::ok).collect();
@@ -395,11 +366,7 @@ impl<'a> Walk<'a> {
     ) {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let rel = if parent.is_empty() {
-            name.to_string()
-        } else {
-            format!("{parent}/{name}")
-        };
+        let rel = if parent.is_empty() { name.to_string() } else { format!("{parent}/{name}") };
         let Ok(kind) = entry.file_type() else { return };
         if self.excludes.matches(&rel)
             || (self.gitignore && is_ignored(ignores, &entry.path(), kind.is_dir()))
@@ -420,11 +387,7 @@ impl<'a> Walk<'a> {
         } else if kind.is_symlink() {
             self.symlink(&entry.path(), &rel, found);
         } else {
-            let meta = if self.measure {
-                entry.metadata().ok()
-            } else {
-                None
-            };
+            let meta = if self.measure { entry.metadata().ok() } else { None };
             let size = meta.as_ref().map_or(0, std::fs::Metadata::len);
             found.bytes += size;
             found.entries.push(Entry {
@@ -433,9 +396,7 @@ impl<'a> Walk<'a> {
                 source: self.source(&rel),
                 local: entry.path(),
                 size,
-                mode: self
-                    .mode
-                    .unwrap_or_else(|| meta.map_or(0, |m| m.permissions().mode() & 0o7777)),
+                mode: self.mode.unwrap_or_else(|| meta.map_or(0, |m| m.permissions().mode() & 0o7777)),
                 link: None,
             });
         }
@@ -445,9 +406,8 @@ impl<'a> Walk<'a> {
         let source = self.source(rel);
         match std::fs::canonicalize(path) {
             Ok(real) if real.starts_with(self.root) => {
-                let link = std::fs::read_link(path)
-                    .map(|l| l.to_string_lossy().into_owned())
-                    .unwrap_or_default();
+                let link =
+                    std::fs::read_link(path).map(|l| l.to_string_lossy().into_owned()).unwrap_or_default();
                 found.entries.push(Entry {
                     part: self.part,
                     dest: format!("{}/{rel}", self.dest),
@@ -460,10 +420,7 @@ impl<'a> Walk<'a> {
             }
             Ok(real) => found.errors.push(self.error(
                 Kind::PathEscapes,
-                format!(
-                    "`{source}` is a symlink to `{}`, outside the repository",
-                    real.display()
-                ),
+                format!("`{source}` is a symlink to `{}`, outside the repository", real.display()),
                 "copy the file into the repository, or exclude the link",
             )),
             Err(_) => found.errors.push(self.error(
@@ -483,13 +440,7 @@ impl<'a> Walk<'a> {
     }
 
     fn error(&self, kind: Kind, message: String, help: &str) -> Diagnostic {
-        Diagnostic::new(
-            kind,
-            self.origin.file.clone(),
-            self.origin.span,
-            message,
-            help,
-        )
+        Diagnostic::new(kind, self.origin.file.clone(), self.origin.span, message, help)
     }
 }
 
@@ -511,13 +462,7 @@ mod tests {
     use super::*;
 
     fn ex(patterns: &[&str]) -> Excludes {
-        Excludes::new(
-            &patterns
-                .iter()
-                .map(|p| (*p).to_string())
-                .collect::<Vec<_>>(),
-        )
-        .unwrap()
+        Excludes::new(&patterns.iter().map(|p| (*p).to_string()).collect::<Vec<_>>()).unwrap()
     }
 
     #[test]

@@ -23,11 +23,7 @@ pub enum Error {
     /// An argument or request that cannot be carried out as given.
     Usage { message: String, help: String },
     /// A file operation failed.
-    Io {
-        path: PathBuf,
-        action: &'static str,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, action: &'static str, source: std::io::Error },
     /// Acting on the cloud failed; `message` says what failed and what was cleaned up.
     Runtime { message: String, help: String },
     /// Stopped by a signal after cleaning up what it could.
@@ -55,30 +51,20 @@ impl Error {
     }
 
     pub fn io(path: impl Into<PathBuf>, action: &'static str, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            action,
-            source,
-        }
+        Error::Io { path: path.into(), action, source }
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Invalid { report, .. } => write!(
-                f,
-                "{} problem(s) in the deployment description",
-                report.diagnostics.len()
-            ),
+            Error::Invalid { report, .. } => {
+                write!(f, "{} problem(s) in the deployment description", report.diagnostics.len())
+            }
             Error::Usage { message, .. }
             | Error::Runtime { message, .. }
             | Error::Interrupted { message } => f.write_str(message),
-            Error::Io {
-                path,
-                action,
-                source,
-            } => write!(f, "cannot {action} `{}`: {source}", path.display()),
+            Error::Io { path, action, source } => write!(f, "cannot {action} `{}`: {source}", path.display()),
         }
     }
 }

@@ -52,10 +52,7 @@ impl KeyPair {
         let mut key = PrivateKey::random(&mut OsRng, Algorithm::Ed25519)?;
         key.set_comment(comment);
         let private = key.to_openssh(LineEnding::LF)?;
-        Ok(Self {
-            public: key.public_key().to_openssh()?,
-            private: Secret::new(private.as_str()),
-        })
+        Ok(Self { public: key.public_key().to_openssh()?, private: Secret::new(private.as_str()) })
     }
 }
 
@@ -91,11 +88,7 @@ mod tests {
     fn generated_keys_are_openssh_ed25519() {
         let k = KeyPair::generate("test").unwrap();
         assert!(k.public.starts_with("ssh-ed25519 "));
-        assert!(
-            k.private
-                .expose()
-                .starts_with("-----BEGIN OPENSSH PRIVATE KEY-----")
-        );
+        assert!(k.private.expose().starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
         let other = KeyPair::generate("test").unwrap();
         assert_ne!(k.public, other.public);
     }

@@ -14,8 +14,7 @@ use serde::Serialize;
 use crate::bundle::{Entry, Listing};
 use crate::cloud_init::{Identity, UserData};
 use crate::manifest::types::{
-    Arch, Deployment, Fallback, Image, Layout, Probe, ScriptRun, SshAccess, TarballSource,
-    format_duration,
+    Arch, Deployment, Fallback, Image, Layout, Probe, ScriptRun, SshAccess, TarballSource, format_duration,
 };
 
 /// Tag keys `spot` sets on every resource it creates.
@@ -46,9 +45,7 @@ pub fn check_deployment_id(id: &str) -> Result<(), String> {
     let ok = !id.is_empty()
         && id.len() <= 48
         && id.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if ok {
         Ok(())
     } else {
@@ -148,17 +145,12 @@ pub struct Plan {
 
 /// The identity the instance and the tags share.
 pub fn identity(deployment: &Deployment, inputs: &Inputs) -> Identity {
-    Identity {
-        deployment_id: inputs.deployment_id.clone(),
-        expires_at: expires_at(deployment, inputs.now),
-    }
+    Identity { deployment_id: inputs.deployment_id.clone(), expires_at: expires_at(deployment, inputs.now) }
 }
 
 fn expires_at(deployment: &Deployment, now: Timestamp) -> String {
     let secs = i64::try_from(deployment.config.ttl_secs).unwrap_or(i64::MAX);
-    let at = now
-        .checked_add(SignedDuration::from_secs(secs))
-        .unwrap_or(now);
+    let at = now.checked_add(SignedDuration::from_secs(secs)).unwrap_or(now);
     rfc3339(at)
 }
 
@@ -186,19 +178,12 @@ pub fn tags(deployment: &Deployment, inputs: &Inputs) -> BTreeMap<String, String
 /// Splits `total` across `n` regions: equal shares, the remainder to the first ones.
 pub fn split(total: u32, n: usize) -> Vec<u32> {
     let n32 = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
-    (0..n32)
-        .map(|i| total / n32 + u32::from(i < total % n32))
-        .collect()
+    (0..n32).map(|i| total / n32 + u32::from(i < total % n32)).collect()
 }
 
 /// Builds the plan. `listing` and `user_data` come from [`crate::bundle::list`] and
 /// [`crate::cloud_init::render`] for the same deployment and inputs.
-pub fn build(
-    deployment: &Deployment,
-    inputs: &Inputs,
-    listing: Listing,
-    user_data: &UserData,
-) -> Plan {
+pub fn build(deployment: &Deployment, inputs: &Inputs, listing: Listing, user_data: &UserData) -> Plan {
     let config = &deployment.config;
     let manifest = &deployment.manifest;
     let common = tags(deployment, inputs);
@@ -208,11 +193,8 @@ pub fn build(
         .iter()
         .zip(shares)
         .map(|(r, instances)| {
-            let mut archs: Vec<Arch> = r
-                .instance_types
-                .iter()
-                .map(crate::manifest::types::InstanceType::arch)
-                .collect();
+            let mut archs: Vec<Arch> =
+                r.instance_types.iter().map(crate::manifest::types::InstanceType::arch).collect();
             archs.sort();
             archs.dedup();
             RegionPlan {
@@ -330,11 +312,7 @@ pub fn human_bytes(n: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
 /// How many bundle files the human rendering lists before summarising.
@@ -348,29 +326,16 @@ impl Plan {
             Layout::Spot => ".spot/",
             Layout::Convention => "deployment/ (by convention)",
         };
-        let _ = writeln!(
-            s,
-            "Plan for deployment {} (from {from})",
-            self.deployment_id
-        );
-        let _ = writeln!(
-            s,
-            "  expires    {} (ttl {}): instances power off then",
-            self.expires_at, self.ttl
-        );
+        let _ = writeln!(s, "Plan for deployment {} (from {from})", self.deployment_id);
+        let _ = writeln!(s, "  expires    {} (ttl {}): instances power off then", self.expires_at, self.ttl);
         let fallback = match self.fallback {
             Fallback::None => "no fallback",
             Fallback::OnDemand => "on-demand fallback",
         };
-        let price = self.max_price.map_or_else(
-            || "max price: on-demand price".to_string(),
-            |p| format!("max price ${p}/h"),
-        );
-        let _ = writeln!(
-            s,
-            "  instances  {} spot ({fallback}, {price})",
-            self.total_instances
-        );
+        let price = self
+            .max_price
+            .map_or_else(|| "max price: on-demand price".to_string(), |p| format!("max price ${p}/h"));
+        let _ = writeln!(s, "  instances  {} spot ({fallback}, {price})", self.total_instances);
         let network = if self.dedicated_vpc {
             "a dedicated tagged VPC per region"
         } else {
@@ -379,33 +344,17 @@ impl Plan {
         let _ = writeln!(
             s,
             "  network    {network}{}",
-            if self.public_ip {
-                ", public IPv4"
-            } else {
-                ", no public IPv4"
-            }
+            if self.public_ip { ", public IPv4" } else { ", no public IPv4" }
         );
         let access = match &self.ssh_access {
             SshAccess::Runner => "the address spot runs from".to_string(),
             SshAccess::Cidrs(c) => c.join(", "),
         };
-        let _ = writeln!(
-            s,
-            "  ssh        user {}, from {access}; host key pinned",
-            self.ssh_user
-        );
+        let _ = writeln!(s, "  ssh        user {}, from {access}; host key pinned", self.ssh_user);
         let _ = writeln!(s, "  regions");
         for r in &self.regions {
-            let images: Vec<String> = r
-                .images
-                .iter()
-                .map(|i| format!("{} {}", i.arch, i.image))
-                .collect();
-            let role = if r.instances == 0 {
-                " (top-up only)".to_string()
-            } else {
-                String::new()
-            };
+            let images: Vec<String> = r.images.iter().map(|i| format!("{} {}", i.arch, i.image)).collect();
+            let role = if r.instances == 0 { " (top-up only)".to_string() } else { String::new() };
             let _ = writeln!(
                 s,
                 "    {:<15} {:>4} x {:<28} image {}, {} GiB gp3{role}",
@@ -418,25 +367,16 @@ impl Plan {
         }
         let tags: Vec<String> = self.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(s, "  tags       {}", tags.join(" "));
-        let packages = if self.packages.is_empty() {
-            "no extra packages".to_string()
-        } else {
-            self.packages.join(" ")
-        };
+        let packages =
+            if self.packages.is_empty() { "no extra packages".to_string() } else { self.packages.join(" ") };
         let template = match self.template {
             crate::manifest::types::Template::Minimal => "minimal",
             crate::manifest::types::Template::Docker => "docker",
         };
         let _ = writeln!(s, "  setup      template {template}; {packages}");
         for (i, step) in self.scripts.iter().enumerate() {
-            let _ = writeln!(
-                s,
-                "  script {:<3} {} ({}, timeout {})",
-                i + 1,
-                step.name,
-                step.run,
-                step.timeout
-            );
+            let _ =
+                writeln!(s, "  script {:<3} {} ({}, timeout {})", i + 1, step.name, step.run, step.timeout);
         }
         for svc in &self.services {
             let deps = if svc.depends_on.is_empty() {
@@ -453,21 +393,10 @@ impl Plan {
         for secret in &self.secrets {
             let _ = writeln!(s, "  secret     {secret}, mode 0600, over SSH only");
         }
-        let _ = writeln!(
-            s,
-            "  bundle     {} files, {}",
-            self.bundle.files,
-            human_bytes(self.bundle.total_bytes)
-        );
+        let _ =
+            writeln!(s, "  bundle     {} files, {}", self.bundle.files, human_bytes(self.bundle.total_bytes));
         for e in self.bundle.entries.iter().take(SHOWN_FILES) {
-            let _ = writeln!(
-                s,
-                "    {:>10}  {:o}  {} <- {}",
-                human_bytes(e.size),
-                e.mode,
-                e.dest,
-                e.source
-            );
+            let _ = writeln!(s, "    {:>10}  {:o}  {} <- {}", human_bytes(e.size), e.mode, e.dest, e.source);
         }
         if self.bundle.entries.len() > SHOWN_FILES {
             let _ = writeln!(
@@ -484,11 +413,8 @@ impl Plan {
         } else {
             String::new()
         };
-        let _ = writeln!(
-            s,
-            "  user-data  {} bytes{gz} (limit {})",
-            self.user_data.bytes, self.user_data.limit
-        );
+        let _ =
+            writeln!(s, "  user-data  {} bytes{gz} (limit {})", self.user_data.bytes, self.user_data.limit);
         let _ = writeln!(s, "Nothing was created. `spot create` would do the above.");
         s
     }

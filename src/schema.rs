@@ -26,11 +26,7 @@ pub fn deployment() -> Value {
     let schema_uri = root.remove("$schema").unwrap_or(Value::Null);
     let title = root.remove("title").unwrap_or(Value::Null);
     let description = root.remove("description").unwrap_or(Value::Null);
-    let version = root
-        .get("properties")
-        .and_then(|p| p.get("version"))
-        .cloned()
-        .unwrap_or(Value::Null);
+    let version = root.get("properties").and_then(|p| p.get("version")).cloned().unwrap_or(Value::Null);
     let mut defs = match defs {
         Value::Object(d) => d,
         _ => serde_json::Map::new(),
@@ -63,9 +59,8 @@ fn tidy(schema: &mut Value) {
         ("RawTarballSpec", RawTarballSpec::ALIASES),
         ("RawService", RawService::ALIASES),
     ] {
-        let Some(props) = schema
-            .pointer_mut(&format!("/$defs/{def}/properties"))
-            .and_then(Value::as_object_mut)
+        let Some(props) =
+            schema.pointer_mut(&format!("/$defs/{def}/properties")).and_then(Value::as_object_mut)
         else {
             continue;
         };

@@ -100,10 +100,7 @@ fn literal_block(s: &str, indent: usize) -> Option<String> {
         Some(rest) => (rest, "|"),
         None => (s, "|-"),
     };
-    if body
-        .lines()
-        .any(|l| l.chars().any(|c| c.is_control() && c != '\t'))
-    {
+    if body.lines().any(|l| l.chars().any(|c| c.is_control() && c != '\t')) {
         return None;
     }
     let mut out = header.to_string();
@@ -128,13 +125,10 @@ fn quote_string(s: &str) -> String {
 }
 
 fn is_plain_safe(s: &str) -> bool {
-    const SPECIAL: &[&str] = &[
-        "true", "false", "yes", "no", "on", "off", "y", "n", "null", "~",
-    ];
+    const SPECIAL: &[&str] = &["true", "false", "yes", "no", "on", "off", "y", "n", "null", "~"];
     !s.is_empty()
         && s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '/' || c == '_')
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_./@+-".contains(c))
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || "_./@+-".contains(c))
         && !SPECIAL.contains(&s.to_ascii_lowercase().as_str())
 }
 

@@ -11,7 +11,5 @@ pub fn in_actions() -> bool {
 
 /// `owner/name` of the repository the workflow runs for.
 pub fn repository() -> Option<String> {
-    std::env::var("GITHUB_REPOSITORY")
-        .ok()
-        .filter(|r| !r.is_empty())
+    std::env::var("GITHUB_REPOSITORY").ok().filter(|r| !r.is_empty())
 }

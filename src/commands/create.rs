@@ -29,23 +29,15 @@ pub fn run(args: &CreateArgs) -> Result<(), Error> {
     let (deployment, listing) = super::load_checked(&args.dir, format, true)?;
     let wait = super::duration_flag("--wait", &args.wait)?;
     let ssh_cidrs = ssh_cidrs(args, &deployment.config.ssh_access)?;
-    let keys = DeploymentKeys::generate(&inputs.deployment_id).map_err(|e| Error::Runtime {
-        message: format!("cannot generate keys: {e}"),
-        help: String::new(),
-    })?;
+    let keys = DeploymentKeys::generate(&inputs.deployment_id)
+        .map_err(|e| Error::Runtime { message: format!("cannot generate keys: {e}"), help: String::new() })?;
     let identity = plan::identity(&deployment, &inputs);
     let user_data = cloud_init::render(
         &deployment,
         &identity,
         &UserDataKeys::from_keys(&keys, &deployment.config.extra_authorized_keys),
     )
-    .map_err(|d| Error::Invalid {
-        report: Report {
-            diagnostics: vec![*d],
-            ..Report::default()
-        },
-        format,
-    })?;
+    .map_err(|d| Error::Invalid { report: Report { diagnostics: vec![*d], ..Report::default() }, format })?;
     let plan = plan::build(&deployment, &inputs, listing, &user_data);
     let run_id = inputs.run_id.clone().unwrap_or_default();
     let request = Request {
@@ -72,21 +64,11 @@ pub fn run(args: &CreateArgs) -> Result<(), Error> {
             instances: Vec::new(),
         },
     )
-    .map_err(|e| {
-        Error::io(
-            deployment.root.join(crate::lifecycle::state::STATE_DIR),
-            "write",
-            e,
-        )
-    })?;
+    .map_err(|e| Error::io(deployment.root.join(crate::lifecycle::state::STATE_DIR), "write", e))?;
 
     let progress = Progress::new();
-    let regions: Vec<&str> = plan
-        .regions
-        .iter()
-        .filter(|r| r.instances > 0)
-        .map(|r| r.region.as_str())
-        .collect();
+    let regions: Vec<&str> =
+        plan.regions.iter().filter(|r| r.instances > 0).map(|r| r.region.as_str()).collect();
     progress.event(format!(
         "creating {}: {} instance(s) in {} (expires {})",
         plan.deployment_id,
@@ -146,10 +128,7 @@ pub fn run(args: &CreateArgs) -> Result<(), Error> {
         }
         Err(failure) => {
             let removed = teardown::summarize(&failure.removal.removed);
-            let mut message = format!(
-                "create failed: {}\nrolled back: removed {removed}",
-                failure.message
-            );
+            let mut message = format!("create failed: {}\nrolled back: removed {removed}", failure.message);
             if !failure.removal.failed.is_empty() {
                 message.push_str(&format!(
                     "\nnot removed yet ({}), recorded in {}: run `spot destroy {}`",
@@ -167,10 +146,7 @@ pub fn run(args: &CreateArgs) -> Result<(), Error> {
             if failure.cancelled {
                 Err(Error::Interrupted { message })
             } else {
-                Err(Error::Runtime {
-                    message,
-                    help: String::new(),
-                })
+                Err(Error::Runtime { message, help: String::new() })
             }
         }
     }
@@ -190,13 +166,8 @@ fn ssh_cidrs(args: &CreateArgs, access: &SshAccess) -> Result<Vec<String>, Error
     }
     match access {
         SshAccess::Cidrs(c) => Ok(c.clone()),
-        SshAccess::Runner => public_address().map(|ip| {
-            vec![if ip.contains(':') {
-                format!("{ip}/128")
-            } else {
-                format!("{ip}/32")
-            }]
-        }),
+        SshAccess::Runner => public_address()
+            .map(|ip| vec![if ip.contains(':') { format!("{ip}/128") } else { format!("{ip}/32") }]),
     }
 }
 
@@ -215,16 +186,12 @@ fn public_address() -> Result<String, Error> {
         .ok_or_else(|| fail("no address for checkip.amazonaws.com".into()))?;
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .map_err(|e| fail(e.to_string()))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| fail(e.to_string()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| fail(e.to_string()))?;
     stream
         .write_all(b"GET / HTTP/1.0\r\nHost: checkip.amazonaws.com\r\nUser-Agent: spot\r\n\r\n")
         .map_err(|e| fail(e.to_string()))?;
     let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| fail(e.to_string()))?;
+    stream.read_to_string(&mut response).map_err(|e| fail(e.to_string()))?;
     let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().trim();
     body.parse::<std::net::IpAddr>()
         .map(|ip| ip.to_string())

@@ -17,22 +17,15 @@ pub fn run(args: &DestroyArgs) -> Result<(), Error> {
     let regions = super::regions_for(&args.dir, &args.regions)?;
     let timeout = super::duration_flag("--timeout", &args.timeout)?;
     if let Some(id) = &args.deployment {
-        crate::plan::check_deployment_id(id).map_err(|message| Error::Usage {
-            message,
-            help: "pass the id shown by `spot list`".into(),
-        })?;
+        crate::plan::check_deployment_id(id)
+            .map_err(|message| Error::Usage { message, help: "pass the id shown by `spot list`".into() })?;
     }
     let progress = Progress::new();
-    let filter: Tags = args
-        .deployment
-        .iter()
-        .map(|id| (tag::DEPLOYMENT.to_string(), id.clone()))
-        .collect();
+    let filter: Tags = args.deployment.iter().map(|id| (tag::DEPLOYMENT.to_string(), id.clone())).collect();
     let removal: Result<Option<Removal>, Error> = super::runtime()?.block_on(async {
         let cloud = Ec2::new(args.cloud.endpoint_url.as_deref()).await;
-        let found = inventory::discover(&cloud, &regions, &filter)
-            .await
-            .map_err(|e| super::cloud_error(&e))?;
+        let found =
+            inventory::discover(&cloud, &regions, &filter).await.map_err(|e| super::cloud_error(&e))?;
         let chosen: Vec<&Found> = found.values().collect();
         if chosen.is_empty() {
             return Ok(None);
@@ -53,14 +46,7 @@ pub fn run(args: &DestroyArgs) -> Result<(), Error> {
                 f.instances.len(),
                 teardown::summarize(&f.resources)
             ));
-            teardown::teardown(
-                &cloud,
-                &f.deployment_id,
-                f.all_resources(),
-                deadline,
-                &progress,
-                None,
-            )
+            teardown::teardown(&cloud, &f.deployment_id, f.all_resources(), deadline, &progress, None)
         });
         for r in futures::future::join_all(sweeps).await {
             total.merge(r);
@@ -73,20 +59,15 @@ pub fn run(args: &DestroyArgs) -> Result<(), Error> {
     let mut out = std::io::stdout().lock();
     match removal? {
         None => {
-            let what = args.deployment.as_deref().map_or_else(
-                || "no deployments".to_string(),
-                |id| format!("no resources of `{id}`"),
-            );
+            let what = args
+                .deployment
+                .as_deref()
+                .map_or_else(|| "no deployments".to_string(), |id| format!("no resources of `{id}`"));
             let _ = writeln!(out, "nothing to do: {what} in {}", regions.join(", "));
             Ok(())
         }
         Some(r) if r.failed.is_empty() => {
-            let _ = writeln!(
-                out,
-                "removed {} in {:.1}s",
-                r.summary(),
-                progress.elapsed().as_secs_f64()
-            );
+            let _ = writeln!(out, "removed {} in {:.1}s", r.summary(), progress.elapsed().as_secs_f64());
             Ok(())
         }
         Some(r) => {
@@ -97,13 +78,8 @@ pub fn run(args: &DestroyArgs) -> Result<(), Error> {
                 .map(|(res, e)| format!("{} {} in {}: {e}", res.kind, res.id, res.region))
                 .collect();
             Err(Error::Runtime {
-                message: format!(
-                    "{} resource(s) not removed:\n  {}",
-                    failed.len(),
-                    failed.join("\n  ")
-                ),
-                help: "run `spot destroy` again; what remains is still tagged and will be found"
-                    .into(),
+                message: format!("{} resource(s) not removed:\n  {}", failed.len(), failed.join("\n  ")),
+                help: "run `spot destroy` again; what remains is still tagged and will be found".into(),
             })
         }
     }
@@ -116,12 +92,7 @@ fn mark_destroyed(dir: &std::path::Path, deployment_id: &str) {
         s.status = Status::Destroyed;
         s.resources.clear();
         s.instances.clear();
-        let path = root
-            .join(state::STATE_DIR)
-            .join(format!("{deployment_id}.json"));
-        let _ = std::fs::write(
-            path,
-            serde_json::to_string_pretty(&s).unwrap_or_default() + "\n",
-        );
+        let path = root.join(state::STATE_DIR).join(format!("{deployment_id}.json"));
+        let _ = std::fs::write(path, serde_json::to_string_pretty(&s).unwrap_or_default() + "\n");
     }
 }

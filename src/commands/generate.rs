@@ -23,23 +23,11 @@ fn files(template: Template) -> Vec<(&'static str, &'static str, bool)> {
         ),
     };
     vec![
-        (
-            "config.yaml",
-            include_str!("../scaffold/config.yaml"),
-            false,
-        ),
+        ("config.yaml", include_str!("../scaffold/config.yaml"), false),
         ("deployment.yaml", deployment, false),
-        (
-            "scripts/setup.sh",
-            include_str!("../scaffold/setup.sh"),
-            true,
-        ),
+        ("scripts/setup.sh", include_str!("../scaffold/setup.sh"), true),
         ("services/hello.service", service, false),
-        (
-            "files/index.html",
-            include_str!("../scaffold/index.html"),
-            false,
-        ),
+        ("files/index.html", include_str!("../scaffold/index.html"), false),
         ("configs/.gitkeep", "", false),
         ("README.md", include_str!("../scaffold/README.md"), false),
     ]
@@ -48,19 +36,11 @@ fn files(template: Template) -> Vec<(&'static str, &'static str, bool)> {
 pub fn run(args: &GenerateArgs) -> Result<(), Error> {
     let spot = args.dir.join(".spot");
     let files = files(args.template);
-    let existing: Vec<PathBuf> = files
-        .iter()
-        .map(|(p, _, _)| spot.join(p))
-        .filter(|p| p.exists())
-        .collect();
+    let existing: Vec<PathBuf> = files.iter().map(|(p, _, _)| spot.join(p)).filter(|p| p.exists()).collect();
     if !existing.is_empty() && !args.force && !confirm(&existing)? {
         let list: Vec<String> = existing.iter().map(|p| p.display().to_string()).collect();
         return Err(Error::Usage {
-            message: format!(
-                "{} file(s) already exist: {}",
-                existing.len(),
-                list.join(", ")
-            ),
+            message: format!("{} file(s) already exist: {}", existing.len(), list.join(", ")),
             help: "pass --force to overwrite them".into(),
         });
     }
@@ -69,10 +49,7 @@ pub fn run(args: &GenerateArgs) -> Result<(), Error> {
     }
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "wrote {} files under {}", files.len(), spot.display());
-    let _ = writeln!(
-        out,
-        "next: edit .spot/config.yaml, then `spot validate` and `spot plan`"
-    );
+    let _ = writeln!(out, "next: edit .spot/config.yaml, then `spot validate` and `spot plan`");
     Ok(())
 }
 
@@ -81,15 +58,9 @@ fn confirm(existing: &[PathBuf]) -> Result<bool, Error> {
     if !stdin.is_terminal() {
         return Ok(false);
     }
-    eprint!(
-        "{} file(s) under .spot/ already exist; overwrite them? [y/N] ",
-        existing.len()
-    );
+    eprint!("{} file(s) under .spot/ already exist; overwrite them? [y/N] ", existing.len());
     let mut answer = String::new();
-    stdin
-        .lock()
-        .read_line(&mut answer)
-        .map_err(|e| Error::io("stdin", "read", e))?;
+    stdin.lock().read_line(&mut answer).map_err(|e| Error::io("stdin", "read", e))?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 

@@ -35,11 +35,7 @@ pub fn run(args: &ListArgs) -> Result<(), Error> {
             f.regions.iter().cloned().collect::<Vec<_>>().join(",")
         );
         for i in &f.instances {
-            let address = i
-                .public_ip
-                .as_deref()
-                .or(i.private_ip.as_deref())
-                .unwrap_or("-");
+            let address = i.public_ip.as_deref().or(i.private_ip.as_deref()).unwrap_or("-");
             let _ = writeln!(
                 out,
                 "  {:<15} {:<16} {:<21} {:<14} {:<10} {:<13} {address}",
@@ -51,11 +47,7 @@ pub fn run(args: &ListArgs) -> Result<(), Error> {
                 i.state
             );
         }
-        let _ = writeln!(
-            out,
-            "  and {}",
-            crate::lifecycle::teardown::summarize(&f.resources)
-        );
+        let _ = writeln!(out, "  and {}", crate::lifecycle::teardown::summarize(&f.resources));
     }
     out.flush().map_err(|e| Error::io("stdout", "write to", e))
 }

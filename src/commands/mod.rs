@@ -17,11 +17,7 @@ use crate::manifest::{self, Deployment, Format, Report};
 
 /// The format problems are printed in when none was asked for.
 pub fn default_format(asked: Option<Format>) -> Format {
-    asked.unwrap_or(if crate::actions::in_actions() {
-        Format::Github
-    } else {
-        Format::Human
-    })
+    asked.unwrap_or(if crate::actions::in_actions() { Format::Github } else { Format::Human })
 }
 
 /// Prints a report: human text to stderr; JSON and annotations to stdout, where
@@ -48,10 +44,7 @@ pub(crate) fn load_checked(
     match bundle::list(&deployment, measure) {
         Ok(listing) => Ok((deployment, listing)),
         Err(diagnostics) => {
-            let mut report = Report {
-                diagnostics,
-                ..Report::default()
-            };
+            let mut report = Report { diagnostics, ..Report::default() };
             for file in [".spot/deployment.yaml", ".spot/config.yaml"] {
                 if let Ok(text) = std::fs::read_to_string(deployment.root.join(file)) {
                     report.sources.insert(file.to_string(), text);
@@ -74,12 +67,12 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Error> {
 
 /// A duration flag such as `5m`.
 pub(crate) fn duration_flag(flag: &str, text: &str) -> Result<std::time::Duration, Error> {
-    crate::manifest::types::parse_duration(text)
-        .map(std::time::Duration::from_secs)
-        .map_err(|message| Error::Usage {
+    crate::manifest::types::parse_duration(text).map(std::time::Duration::from_secs).map_err(|message| {
+        Error::Usage {
             message: format!("{flag}: {message}"),
             help: "write a duration such as 30s, 5m or 1h".into(),
-        })
+        }
+    })
 }
 
 /// Regions to search: the flags, else the config in `dir`.
@@ -98,10 +91,7 @@ pub(crate) fn regions_for(dir: &Path, flags: &[String]) -> Result<Vec<String>, E
     match manifest::load_regions(dir) {
         Ok(regions) if !regions.is_empty() => Ok(regions),
         Ok(_) | Err(_) => Err(Error::Usage {
-            message: format!(
-                "no regions to search: `{}` has no valid config with regions",
-                dir.display()
-            ),
+            message: format!("no regions to search: `{}` has no valid config with regions", dir.display()),
             help: "pass --region (repeatable), or run from the repository that holds .spot/".into(),
         }),
     }
@@ -115,8 +105,5 @@ pub(crate) fn cloud_error(e: &crate::provider::Error) -> Error {
         }
         _ => "",
     };
-    Error::Runtime {
-        message: e.to_string(),
-        help: help.into(),
-    }
+    Error::Runtime { message: e.to_string(), help: help.into() }
 }

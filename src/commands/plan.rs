@@ -42,19 +42,11 @@ pub fn run(args: &PlanArgs) -> Result<(), Error> {
             out.write_all(plan.human().as_bytes())
         }
     };
-    written
-        .and_then(|()| out.flush())
-        .map_err(|e| Error::io("stdout", "write to", e))
+    written.and_then(|()| out.flush()).map_err(|e| Error::io("stdout", "write to", e))
 }
 
 fn invalid(diagnostic: crate::manifest::Diagnostic, format: Format) -> Error {
-    Error::Invalid {
-        report: Report {
-            diagnostics: vec![diagnostic],
-            ..Report::default()
-        },
-        format,
-    }
+    Error::Invalid { report: Report { diagnostics: vec![diagnostic], ..Report::default() }, format }
 }
 
 /// The run inputs from flags, the Actions environment, or defaults.
@@ -75,29 +67,19 @@ pub(crate) fn inputs_for(
     let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
     let deployment_id = match deployment_id {
         Some(id) => {
-            plan::check_deployment_id(&id).map_err(|message| Error::Usage {
-                message,
-                help: "choose another --deployment-id".into(),
-            })?;
+            plan::check_deployment_id(&id)
+                .map_err(|message| Error::Usage { message, help: "choose another --deployment-id".into() })?;
             id
         }
         None => plan::new_deployment_id(now, random_u16()),
     };
-    let repository = repository
-        .or_else(crate::actions::repository)
-        .unwrap_or_else(|| {
-            std::fs::canonicalize(dir)
-                .ok()
-                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .unwrap_or_else(|| "local".into())
-        });
-    Ok(Inputs {
-        deployment_id,
-        now,
-        repository,
-        pr,
-        run_id: None,
-    })
+    let repository = repository.or_else(crate::actions::repository).unwrap_or_else(|| {
+        std::fs::canonicalize(dir)
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "local".into())
+    });
+    Ok(Inputs { deployment_id, now, repository, pr, run_id: None })
 }
 
 fn random_u16() -> u16 {
@@ -111,9 +93,5 @@ pub(crate) fn sized_placeholder_keys(deployment: &Deployment) -> UserDataKeys {
     // An OpenSSH ed25519 private key with a comment is ~420 bytes; public ~100.
     let mut authorized = vec!["x".repeat(120)];
     authorized.extend(deployment.config.extra_authorized_keys.iter().cloned());
-    UserDataKeys {
-        host_private: "x".repeat(480),
-        host_public: "x".repeat(120),
-        authorized,
-    }
+    UserDataKeys { host_private: "x".repeat(480), host_public: "x".repeat(120), authorized }
 }

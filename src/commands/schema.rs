@@ -9,13 +9,11 @@ use crate::schema;
 pub fn run(args: &SchemaArgs) -> Result<(), Error> {
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create", e))?;
-        for (name, value) in [
-            ("config.schema.json", schema::config()),
-            ("deployment.schema.json", schema::deployment()),
-        ] {
+        for (name, value) in
+            [("config.schema.json", schema::config()), ("deployment.schema.json", schema::deployment())]
+        {
             let path = dir.join(name);
-            std::fs::write(&path, format!("{value:#}\n"))
-                .map_err(|e| Error::io(&path, "write", e))?;
+            std::fs::write(&path, format!("{value:#}\n")).map_err(|e| Error::io(&path, "write", e))?;
         }
         return Ok(());
     }

@@ -14,15 +14,13 @@ pub fn run(args: &ValidateArgs) -> Result<(), Error> {
     let identity = crate::plan::identity(&deployment, &inputs);
     let keys = super::plan::sized_placeholder_keys(&deployment);
     if let Err(diagnostic) = crate::cloud_init::render(&deployment, &identity, &keys) {
-        let report = Report {
-            diagnostics: vec![*diagnostic],
-            ..Report::default()
-        };
+        let report = Report { diagnostics: vec![*diagnostic], ..Report::default() };
         return Err(Error::Invalid { report, format });
     }
     match format {
-        Format::Json => super::render_report(&Report::default(), format)
-            .map_err(|e| Error::io("stdout", "write to", e)),
+        Format::Json => {
+            super::render_report(&Report::default(), format).map_err(|e| Error::io("stdout", "write to", e))
+        }
         Format::Human | Format::Github => {
             let regions = deployment.config.regions.len();
             let _ = writeln!(

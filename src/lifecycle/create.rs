@@ -20,8 +20,8 @@ use super::teardown::{self, Removal};
 use crate::manifest::types::{Arch, Deployment, Fallback};
 use crate::plan::{ImageChoice, Plan, RegionPlan, tag};
 use crate::provider::{
-    self, Cloud, FleetOutcome, FleetRequest, Image, Instance, Kind, Launched, Market, Pool,
-    PoolError, Resource, Tags, TemplateSpec,
+    self, Cloud, FleetOutcome, FleetRequest, Image, Instance, Kind, Launched, Market, Pool, PoolError,
+    Resource, Tags, TemplateSpec,
 };
 
 /// Regions prepared or launched at the same time, at most.
@@ -87,14 +87,7 @@ pub async fn create<C: Cloud>(
     progress: &Progress,
     cancel: &Cancel,
 ) -> Result<Vec<Instance>, Failure> {
-    let run = Run {
-        cloud,
-        req,
-        recorder,
-        progress,
-        cancel,
-        made: Mutex::new(Vec::new()),
-    };
+    let run = Run { cloud, req, recorder, progress, cancel, made: Mutex::new(Vec::new()) };
     // A signal stops the run between steps; a call in flight gets a short grace period,
     // then is abandoned (whatever it made is tagged, and `destroy` finds it).
     let outcome = tokio::select! {
@@ -120,18 +113,11 @@ impl<C: Cloud> Run<'_, C> {
             resource.tags = self.req.tags.clone();
         }
         self.recorder.created(&resource);
-        self.made
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(resource);
+        self.made.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(resource);
     }
 
     fn check_cancel(&self) -> Result<(), String> {
-        if self.cancel.is_cancelled() {
-            Err("cancelled by signal".into())
-        } else {
-            Ok(())
-        }
+        if self.cancel.is_cancelled() { Err("cancelled by signal".into()) } else { Ok(()) }
     }
 
     fn region_plan(&self, region: &str) -> Option<&RegionPlan> {
@@ -146,13 +132,7 @@ impl<C: Cloud> Run<'_, C> {
 
     async fn go(&self) -> Result<Vec<Instance>, String> {
         let total = self.req.plan.total_instances;
-        let first: Vec<&RegionPlan> = self
-            .req
-            .plan
-            .regions
-            .iter()
-            .filter(|r| r.instances > 0)
-            .collect();
+        let first: Vec<&RegionPlan> = self.req.plan.regions.iter().filter(|r| r.instances > 0).collect();
         let mut ready: BTreeMap<String, Ready> = BTreeMap::new();
         let mut attempts: Vec<Attempt> = Vec::new();
 
@@ -161,9 +141,7 @@ impl<C: Cloud> Run<'_, C> {
             .map(|plan| async move {
                 let prepared = self.prepare(plan).await?;
                 self.check_cancel()?;
-                let attempt = self
-                    .launch(&prepared, plan.instances, Market::Spot, 1)
-                    .await?;
+                let attempt = self.launch(&prepared, plan.instances, Market::Spot, 1).await?;
                 Ok((prepared, attempt))
             })
             .buffer_unordered(REGION_CONCURRENCY)
@@ -188,9 +166,9 @@ impl<C: Cloud> Run<'_, C> {
                     break;
                 }
                 self.check_cancel()?;
-                let exhausted = attempts.iter().any(|a| {
-                    a.region == plan.region && a.market == *market && count(&a.outcome) < a.asked
-                });
+                let exhausted = attempts
+                    .iter()
+                    .any(|a| a.region == plan.region && a.market == *market && count(&a.outcome) < a.asked);
                 if exhausted {
                     continue;
                 }
@@ -202,21 +180,14 @@ impl<C: Cloud> Run<'_, C> {
                         r
                     }
                 };
-                let attempt = self
-                    .launch(&prepared, total - launched, *market, round)
-                    .await?;
+                let attempt = self.launch(&prepared, total - launched, *market, round).await?;
                 round += 1;
                 launched += count(&attempt.outcome);
                 attempts.push(attempt);
             }
         }
         if launched < total {
-            return Err(capacity_report(
-                total,
-                launched,
-                &attempts,
-                self.req.deployment.config.fallback,
-            ));
+            return Err(capacity_report(total, launched, &attempts, self.req.deployment.config.fallback));
         }
         for a in &attempts {
             for e in &a.outcome.errors {
@@ -226,10 +197,7 @@ impl<C: Cloud> Run<'_, C> {
                 ));
             }
         }
-        let expected: Vec<Launched> = attempts
-            .iter()
-            .flat_map(|a| a.outcome.launched.clone())
-            .collect();
+        let expected: Vec<Launched> = attempts.iter().flat_map(|a| a.outcome.launched.clone()).collect();
         self.wait_running(&expected).await
     }
 
@@ -239,31 +207,34 @@ impl<C: Cloud> Run<'_, C> {
         let region = plan.region.as_str();
         let tags = self.region_tags(plan);
         let name = format!("spot-{}", self.req.plan.deployment_id);
-        self.progress.event(format!(
-            "{region}: preparing ({})",
-            plan.instance_types.join(", ")
-        ));
-        let mut images: BTreeMap<Arch, Image> = BTreeMap::new();
-        for choice in &plan.images {
-            images.insert(choice.arch, self.image(region, choice).await?);
-        }
-        let network = if self.req.deployment.config.dedicated_vpc {
-            let made = |r: Resource| self.record(r);
-            cloud
-                .create_network(region, &tags, &made)
-                .await
-                .map_err(|e| e.to_string())?
-        } else {
-            cloud
-                .default_network(region)
-                .await
-                .map_err(|e| e.to_string())?
+        self.progress.event(format!("{region}: preparing ({})", plan.instance_types.join(", ")));
+        // Images, network and key pair do not depend on each other: ask at once.
+        let images = async {
+            let found = futures::future::join_all(plan.images.iter().map(|c| self.image(region, c))).await;
+            plan.images.iter().map(|c| c.arch).zip(found).map(|(arch, image)| Ok((arch, image?))).collect()
         };
+        let network = async {
+            if self.req.deployment.config.dedicated_vpc {
+                let made = |r: Resource| self.record(r);
+                cloud.create_network(region, &tags, &made).await.map_err(|e| e.to_string())
+            } else {
+                cloud.default_network(region).await.map_err(|e| e.to_string())
+            }
+        };
+        let key = async {
+            let key = cloud
+                .import_key(region, &name, self.req.public_key, &tags)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.record(key);
+            Ok::<(), String>(())
+        };
+        let (images, network, key): (Result<BTreeMap<Arch, Image>, String>, _, _) =
+            futures::join!(images, network, key);
+        let (images, network) = (images?, network?);
+        key?;
         if network.subnets.is_empty() {
-            return Err(format!(
-                "{region}: the VPC {} has no subnets to launch into",
-                network.vpc_id
-            ));
+            return Err(format!("{region}: the VPC {} has no subnets to launch into", network.vpc_id));
         }
         let sg = cloud
             .create_security_group(region, &name, &network.vpc_id, &self.req.ssh_cidrs, &tags)
@@ -271,16 +242,7 @@ impl<C: Cloud> Run<'_, C> {
             .map_err(|e| e.to_string())?;
         let sg_id = sg.id.clone();
         self.record(sg);
-        let key = cloud
-            .import_key(region, &name, self.req.public_key, &tags)
-            .await
-            .map_err(|e| e.to_string())?;
-        self.record(key);
-        let primary = images
-            .values()
-            .next()
-            .cloned()
-            .ok_or_else(|| format!("{region}: no image chosen"))?;
+        let primary = images.values().next().cloned().ok_or_else(|| format!("{region}: no image chosen"))?;
         let template = cloud
             .create_template(
                 region,
@@ -317,27 +279,14 @@ impl<C: Cloud> Run<'_, C> {
                 });
             }
         }
-        Ok(Ready {
-            region: region.to_string(),
-            template_id,
-            pools,
-        })
+        Ok(Ready { region: region.to_string(), template_id, pools })
     }
 
     async fn image(&self, region: &str, choice: &ImageChoice) -> Result<Image, String> {
         if choice.image == "auto" {
-            return self
-                .cloud
-                .latest_ubuntu(region, choice.arch)
-                .await
-                .map_err(|e| e.to_string());
+            return self.cloud.latest_ubuntu(region, choice.arch).await.map_err(|e| e.to_string());
         }
-        match self
-            .cloud
-            .image(region, &choice.image)
-            .await
-            .map_err(|e| e.to_string())?
-        {
+        match self.cloud.image(region, &choice.image).await.map_err(|e| e.to_string())? {
             Some(image) if image.arch == choice.arch => Ok(image),
             Some(image) => Err(format!(
                 "{region}: image {} is {}, but the machine types need {}",
@@ -350,16 +299,8 @@ impl<C: Cloud> Run<'_, C> {
         }
     }
 
-    async fn launch(
-        &self,
-        ready: &Ready,
-        asked: u32,
-        market: Market,
-        round: u32,
-    ) -> Result<Attempt, String> {
-        let plan = self
-            .region_plan(&ready.region)
-            .ok_or("region left the plan")?;
+    async fn launch(&self, ready: &Ready, asked: u32, market: Market, round: u32) -> Result<Attempt, String> {
+        let plan = self.region_plan(&ready.region).ok_or("region left the plan")?;
         let mut tags = self.region_tags(plan);
         tags.extend(self.req.tags.clone());
         // One token per request: a retried call after a lost answer is not a second fleet.
@@ -378,11 +319,7 @@ impl<C: Cloud> Run<'_, C> {
             ready.region,
             ready.pools.len()
         ));
-        let outcome = self
-            .cloud
-            .launch(&ready.region, &request)
-            .await
-            .map_err(|e| e.to_string())?;
+        let outcome = self.cloud.launch(&ready.region, &request).await.map_err(|e| e.to_string())?;
         if let Some(fleet) = &outcome.fleet_id {
             self.record(Resource {
                 kind: Kind::Fleet,
@@ -414,25 +351,14 @@ impl<C: Cloud> Run<'_, C> {
                 ready.region, e.instance_type, e.az, e.code, e.message
             ));
         }
-        Ok(Attempt {
-            region: ready.region.clone(),
-            market,
-            asked,
-            outcome,
-        })
+        Ok(Attempt { region: ready.region.clone(), market, asked, outcome })
     }
 
     /// Waits until every launched instance runs; terminates duplicates a retried launch
     /// may have made. One describe per region per poll.
     async fn wait_running(&self, expected: &[Launched]) -> Result<Vec<Instance>, String> {
         let deadline = Instant::now() + self.req.wait_timeout;
-        let mut regions: Vec<String> = self
-            .req
-            .plan
-            .regions
-            .iter()
-            .map(|r| r.region.clone())
-            .collect();
+        let mut regions: Vec<String> = self.req.plan.regions.iter().map(|r| r.region.clone()).collect();
         regions.retain(|r| {
             self.made
                 .lock()
@@ -441,29 +367,23 @@ impl<C: Cloud> Run<'_, C> {
                 .any(|m| &m.region == r && m.kind == Kind::Instance)
         });
         let filter: Tags = [
-            (
-                tag::DEPLOYMENT.to_string(),
-                self.req.plan.deployment_id.clone(),
-            ),
+            (tag::DEPLOYMENT.to_string(), self.req.plan.deployment_id.clone()),
             (tag::RUN_ID.to_string(), self.req.run_id.clone()),
         ]
         .into();
         let mut last: BTreeMap<String, String> = BTreeMap::new();
         loop {
-            let found: Vec<Result<Vec<Instance>, provider::Error>> =
-                futures::stream::iter(&regions)
-                    .map(|region| self.cloud.instances(region, &filter))
-                    .buffer_unordered(REGION_CONCURRENCY)
-                    .collect()
-                    .await;
+            let found: Vec<Result<Vec<Instance>, provider::Error>> = futures::stream::iter(&regions)
+                .map(|region| self.cloud.instances(region, &filter))
+                .buffer_unordered(REGION_CONCURRENCY)
+                .collect()
+                .await;
             let mut now: Vec<Instance> = Vec::new();
             for f in found {
                 now.extend(f.map_err(|e| e.to_string())?);
             }
-            let extras: Vec<&Instance> = now
-                .iter()
-                .filter(|i| !expected.iter().any(|e| e.id == i.id))
-                .collect();
+            let extras: Vec<&Instance> =
+                now.iter().filter(|i| !expected.iter().any(|e| e.id == i.id)).collect();
             for extra in extras {
                 self.progress.event(format!(
                     "{}: terminating duplicate {} from a retried launch",
@@ -487,11 +407,8 @@ impl<C: Cloud> Run<'_, C> {
                 let label = state.map_or("gone", |i| i.state.as_str()).to_string();
                 if last.get(&e.id) != Some(&label) {
                     if let Some(i) = state.filter(|i| i.state == "running") {
-                        let address = i
-                            .public_ip
-                            .as_deref()
-                            .or(i.private_ip.as_deref())
-                            .unwrap_or("no address");
+                        let address =
+                            i.public_ip.as_deref().or(i.private_ip.as_deref()).unwrap_or("no address");
                         self.progress.event(format!(
                             "{}: {} running at {address} ({:.1}s)",
                             i.region,
@@ -518,8 +435,7 @@ impl<C: Cloud> Run<'_, C> {
                     }
                 }
             }
-            self.progress
-                .status(format!("{}/{} running", running.len(), expected.len()));
+            self.progress.status(format!("{}/{} running", running.len(), expected.len()));
             if running.len() == expected.len() {
                 return Ok(running);
             }
@@ -541,27 +457,12 @@ impl<C: Cloud> Run<'_, C> {
     /// leaves the rest (recorded, tagged) to `destroy`.
     async fn roll_back(&self, message: String) -> Failure {
         let cancelled = self.cancel.is_cancelled();
-        let made = self
-            .made
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let made = self.made.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         if made.is_empty() {
-            return Failure {
-                message,
-                cancelled,
-                removal: Removal::default(),
-            };
+            return Failure { message, cancelled, removal: Removal::default() };
         }
-        self.progress.event(format!(
-            "failed: {message}; rolling back {}",
-            teardown::summarize(&made)
-        ));
-        let budget = if cancelled {
-            Duration::from_secs(7)
-        } else {
-            Duration::from_secs(300)
-        };
+        self.progress.event(format!("failed: {message}; rolling back {}", teardown::summarize(&made)));
+        let budget = if cancelled { Duration::from_secs(7) } else { Duration::from_secs(300) };
         let removal = teardown::teardown(
             self.cloud,
             &self.req.plan.deployment_id,
@@ -571,16 +472,8 @@ impl<C: Cloud> Run<'_, C> {
             Some(self.recorder),
         )
         .await;
-        self.recorder.status(if removal.failed.is_empty() {
-            Status::RolledBack
-        } else {
-            Status::Incomplete
-        });
-        Failure {
-            message,
-            cancelled,
-            removal,
-        }
+        self.recorder.status(if removal.failed.is_empty() { Status::RolledBack } else { Status::Incomplete });
+        Failure { message, cancelled, removal }
     }
 }
 
@@ -590,29 +483,22 @@ fn count(outcome: &FleetOutcome) -> u32 {
 
 /// Names every region, market, AZ and type tried and why it gave nothing.
 fn capacity_report(total: u32, launched: u32, attempts: &[Attempt], fallback: Fallback) -> String {
-    let mut lines = vec![format!(
-        "only {launched} of {total} instance(s) could be launched:"
-    )];
+    let mut lines = vec![format!("only {launched} of {total} instance(s) could be launched:")];
     for a in attempts {
         let got = count(&a.outcome);
-        lines.push(format!(
-            "  {} {}: asked {}, got {got}",
-            a.region, a.market, a.asked
-        ));
+        lines.push(format!("  {} {}: asked {}, got {got}", a.region, a.market, a.asked));
         let mut errors: Vec<&PoolError> = a.outcome.errors.iter().collect();
         errors.sort_by(|x, y| (&x.az, &x.instance_type).cmp(&(&y.az, &y.instance_type)));
-        errors.dedup_by(|x, y| {
-            x.az == y.az && x.instance_type == y.instance_type && x.code == y.code
-        });
+        errors.dedup_by(|x, y| x.az == y.az && x.instance_type == y.instance_type && x.code == y.code);
         for e in errors {
-            lines.push(format!(
-                "    {} {}: {} {}",
-                e.az, e.instance_type, e.code, e.message
-            ));
+            lines.push(format!("    {} {}: {} {}", e.az, e.instance_type, e.code, e.message));
         }
     }
     if fallback == Fallback::None {
-        lines.push("set `spot.fallback: on-demand` to fill the rest on-demand, or add regions or machine types".into());
+        lines.push(
+            "set `spot.fallback: on-demand` to fill the rest on-demand, or add regions or machine types"
+                .into(),
+        );
     }
     lines.join("\n")
 }

@@ -67,20 +67,14 @@ pub async fn discover<C: Cloud>(
     regions: &[String],
     extra: &Tags,
 ) -> Result<BTreeMap<String, Found>, Error> {
-    let mut filter: Tags = [(
-        tag::MANAGED_BY.to_string(),
-        tag::MANAGED_BY_VALUE.to_string(),
-    )]
-    .into();
+    let mut filter: Tags = [(tag::MANAGED_BY.to_string(), tag::MANAGED_BY_VALUE.to_string())].into();
     filter.extend(extra.clone());
     let per_region: Vec<RegionFinds> = futures::stream::iter(regions)
         .map(|region| {
             let filter = &filter;
             async move {
-                let (instances, resources) = futures::join!(
-                    cloud.instances(region, filter),
-                    cloud.tagged(region, filter)
-                );
+                let (instances, resources) =
+                    futures::join!(cloud.instances(region, filter), cloud.tagged(region, filter));
                 Ok((instances?, resources?))
             }
         })
@@ -92,26 +86,21 @@ pub async fn discover<C: Cloud>(
         let (instances, resources) = result?;
         for i in instances {
             let id = i.tags.get(tag::DEPLOYMENT).cloned().unwrap_or_default();
-            let entry = found.entry(id.clone()).or_insert_with(|| Found {
-                deployment_id: id,
-                ..Found::default()
-            });
+            let entry =
+                found.entry(id.clone()).or_insert_with(|| Found { deployment_id: id, ..Found::default() });
             entry.note_tags(&i.tags, &i.region);
             entry.instances.push(i);
         }
         for r in resources {
             let id = r.tags.get(tag::DEPLOYMENT).cloned().unwrap_or_default();
-            let entry = found.entry(id.clone()).or_insert_with(|| Found {
-                deployment_id: id,
-                ..Found::default()
-            });
+            let entry =
+                found.entry(id.clone()).or_insert_with(|| Found { deployment_id: id, ..Found::default() });
             entry.note_tags(&r.tags, &r.region);
             entry.resources.push(r);
         }
     }
     for f in found.values_mut() {
-        f.instances
-            .sort_by(|a, b| (&a.region, &a.id).cmp(&(&b.region, &b.id)));
+        f.instances.sort_by(|a, b| (&a.region, &a.id).cmp(&(&b.region, &b.id)));
         f.resources.sort();
     }
     Ok(found)

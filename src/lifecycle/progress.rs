@@ -35,10 +35,7 @@ impl Progress {
 
     /// Prints nothing (for library use and tests).
     pub fn quiet() -> Self {
-        Self {
-            quiet: true,
-            ..Self::new()
-        }
+        Self { quiet: true, ..Self::new() }
     }
 
     pub fn elapsed(&self) -> Duration {
@@ -50,10 +47,7 @@ impl Progress {
         if self.quiet {
             return;
         }
-        let mut shown = self
-            .status_shown
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut shown = self.status_shown.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut err = std::io::stderr().lock();
         if self.tty {
             if *shown {
@@ -63,12 +57,8 @@ impl Progress {
             let _ = writeln!(err, "  {}", message.as_ref());
         } else {
             let now = jiff::Timestamp::now().strftime("%H:%M:%S");
-            let _ = writeln!(
-                err,
-                "[{now} +{:.1}s] {}",
-                self.started.elapsed().as_secs_f64(),
-                message.as_ref()
-            );
+            let _ =
+                writeln!(err, "[{now} +{:.1}s] {}", self.started.elapsed().as_secs_f64(), message.as_ref());
         }
     }
 
@@ -77,17 +67,9 @@ impl Progress {
         if self.quiet || !self.tty {
             return;
         }
-        let mut shown = self
-            .status_shown
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut shown = self.status_shown.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut err = std::io::stderr().lock();
-        let _ = write!(
-            err,
-            "\r\x1b[K{} ({:.0}s)",
-            message.as_ref(),
-            self.started.elapsed().as_secs_f64()
-        );
+        let _ = write!(err, "\r\x1b[K{} ({:.0}s)", message.as_ref(), self.started.elapsed().as_secs_f64());
         let _ = err.flush();
         *shown = true;
     }
@@ -111,8 +93,7 @@ impl Cancel {
     pub fn on_signals() -> Self {
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             let term = async {
                 match term.as_mut() {
                     Some(t) => {

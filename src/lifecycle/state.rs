@@ -62,10 +62,7 @@ impl StateFile {
     pub fn create(root: &Path, state: State) -> std::io::Result<Self> {
         let dir = root.join(STATE_DIR);
         std::fs::create_dir_all(&dir)?;
-        let file = Self {
-            path: dir.join(format!("{}.json", state.deployment_id)),
-            state: Mutex::new(state),
-        };
+        let file = Self { path: dir.join(format!("{}.json", state.deployment_id)), state: Mutex::new(state) };
         file.write()?;
         Ok(file)
     }
@@ -79,9 +76,7 @@ impl StateFile {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn write(&self) -> std::io::Result<()> {
@@ -110,9 +105,8 @@ impl Recorder for StateFile {
 
     fn removed(&self, resource: &Resource) {
         self.update(|s| {
-            s.resources.retain(|r| {
-                !(r.kind == resource.kind && r.id == resource.id && r.region == resource.region)
-            });
+            s.resources
+                .retain(|r| !(r.kind == resource.kind && r.id == resource.id && r.region == resource.region));
         });
     }
 
@@ -127,7 +121,6 @@ impl Recorder for StateFile {
 
 /// Reads a state file, if there is one for `deployment_id`.
 pub fn read(root: &Path, deployment_id: &str) -> Option<State> {
-    let text =
-        std::fs::read_to_string(root.join(STATE_DIR).join(format!("{deployment_id}.json"))).ok()?;
+    let text = std::fs::read_to_string(root.join(STATE_DIR).join(format!("{deployment_id}.json"))).ok()?;
     serde_json::from_str(&text).ok()
 }

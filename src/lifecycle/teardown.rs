@@ -45,11 +45,7 @@ pub fn summarize(resources: &[Resource]) -> String {
             (n > 0).then(|| format!("{n} {kind}{}", if n == 1 { "" } else { "s" }))
         })
         .collect();
-    if parts.is_empty() {
-        "nothing".into()
-    } else {
-        parts.join(", ")
-    }
+    if parts.is_empty() { "nothing".into() } else { parts.join(", ") }
 }
 
 /// Whether spot may delete this resource: only with the marker it put there itself.
@@ -79,15 +75,7 @@ pub async fn teardown<C: Cloud>(
     }
     let removals: Vec<Removal> = futures::stream::iter(by_region)
         .map(|(region, list)| {
-            region_teardown(
-                cloud,
-                deployment_id,
-                region,
-                list,
-                deadline,
-                progress,
-                recorder,
-            )
+            region_teardown(cloud, deployment_id, region, list, deadline, progress, recorder)
         })
         .buffer_unordered(16)
         .collect()
@@ -146,31 +134,39 @@ async fn region_teardown<C: Cloud>(
         }
     }
 
-    // Independent of the instances: delete at once.
-    let (now, after): (Vec<Resource>, Vec<Resource>) = others
-        .into_iter()
-        .partition(|r| matches!(r.kind, Kind::LaunchTemplate | Kind::KeyPair));
-    for r in now {
-        match cloud.delete(&r).await {
+    // Independent of the instances: deleted while they shut down.
+    let (now, after): (Vec<Resource>, Vec<Resource>) =
+        others.into_iter().partition(|r| matches!(r.kind, Kind::LaunchTemplate | Kind::KeyPair));
+    let deletes = futures::future::join_all(now.into_iter().map(|r| async move {
+        let result = cloud.delete(&r).await;
+        (r, result)
+    }));
+    let wait = async {
+        if terminated && !ids.is_empty() {
+            Some(wait_gone(cloud, &region, deployment_id, &ids, deadline).await)
+        } else {
+            None
+        }
+    };
+    let (deleted, gone) = futures::join!(deletes, wait);
+    for (r, result) in deleted {
+        match result {
             Ok(()) => done(&mut out, r),
             Err(e) => out.failed.push((r, e.to_string())),
         }
     }
-
-    if terminated && !ids.is_empty() {
-        let gone = wait_gone(cloud, &region, deployment_id, &ids, deadline).await;
-        match gone {
-            Ok(()) => {
-                for r in instances {
-                    done(&mut out, r);
-                }
-            }
-            Err(message) => {
-                for r in instances {
-                    out.failed.push((r, message.clone()));
-                }
+    match gone {
+        Some(Ok(())) => {
+            for r in instances {
+                done(&mut out, r);
             }
         }
+        Some(Err(message)) => {
+            for r in instances {
+                out.failed.push((r, message.clone()));
+            }
+        }
+        None => {}
     }
 
     for r in after {
@@ -207,10 +203,7 @@ async fn wait_gone<C: Cloud>(
     let mut delay = Duration::from_millis(250);
     loop {
         let live = match cloud.instances(region, &filter).await {
-            Ok(found) => found
-                .iter()
-                .filter(|i| ids.contains(&i.id) && i.state != "terminated")
-                .count(),
+            Ok(found) => found.iter().filter(|i| ids.contains(&i.id) && i.state != "terminated").count(),
             Err(e) => return Err(e.to_string()),
         };
         if live == 0 {

@@ -57,9 +57,7 @@ pub(crate) fn load(root: &Path, report: &mut Report) -> Option<Deployment> {
     };
     let config = super::load_config(root, config_rel, report);
 
-    let first = ["setup.sh", "init.sh"]
-        .into_iter()
-        .find(|f| base.join(f).is_file());
+    let first = ["setup.sh", "init.sh"].into_iter().find(|f| base.join(f).is_file());
     let Some(first) = first else {
         report.push(Diagnostic::new(
             Kind::NoDeployment,
@@ -71,16 +69,10 @@ pub(crate) fn load(root: &Path, report: &mut Report) -> Option<Deployment> {
         return None;
     };
     let mut script_paths = vec![first.to_string()];
+    script_paths
+        .extend(sorted_files(&base.join("scripts"), ".sh").into_iter().map(|n| format!("scripts/{n}")));
     script_paths.extend(
-        sorted_files(&base.join("scripts"), ".sh")
-            .into_iter()
-            .map(|n| format!("scripts/{n}")),
-    );
-    script_paths.extend(
-        ["install.sh", "start.sh"]
-            .into_iter()
-            .filter(|f| base.join(f).is_file())
-            .map(str::to_string),
+        ["install.sh", "start.sh"].into_iter().filter(|f| base.join(f).is_file()).map(str::to_string),
     );
 
     let mut services = Vec::new();
@@ -90,11 +82,7 @@ pub(crate) fn load(root: &Path, report: &mut Report) -> Option<Deployment> {
             if services.iter().any(|(n, _): &(String, String)| *n == stem) {
                 continue;
             }
-            let file = if folder.is_empty() {
-                name
-            } else {
-                format!("{folder}/{name}")
-            };
+            let file = if folder.is_empty() { name } else { format!("{folder}/{name}") };
             services.push((stem, file));
         }
     }
@@ -159,22 +147,11 @@ pub(crate) fn load(root: &Path, report: &mut Report) -> Option<Deployment> {
     }
 
     let raw = RawManifest {
-        packages: Some(Spanned::new(
-            unique.iter().map(|p| s(p)).collect(),
-            Span::FILE,
-        )),
+        packages: Some(Spanned::new(unique.iter().map(|p| s(p)).collect(), Span::FILE)),
         scripts: Some(Spanned::new(
             script_paths
                 .iter()
-                .map(|p| {
-                    Spanned::new(
-                        RawScript {
-                            path: Some(s(p)),
-                            ..RawScript::default()
-                        },
-                        Span::FILE,
-                    )
-                })
+                .map(|p| Spanned::new(RawScript { path: Some(s(p)), ..RawScript::default() }, Span::FILE))
                 .collect(),
             Span::FILE,
         )),
@@ -184,11 +161,7 @@ pub(crate) fn load(root: &Path, report: &mut Report) -> Option<Deployment> {
                 .iter()
                 .map(|(name, file)| {
                     Spanned::new(
-                        RawService {
-                            name: Some(s(name)),
-                            file: Some(s(file)),
-                            ..RawService::default()
-                        },
+                        RawService { name: Some(s(name)), file: Some(s(file)), ..RawService::default() },
                         Span::FILE,
                     )
                 })
@@ -197,16 +170,8 @@ pub(crate) fn load(root: &Path, report: &mut Report) -> Option<Deployment> {
         )),
         ..RawManifest::default()
     };
-    let mut cx = Cx {
-        file: DIR.into(),
-        diagnostics: &mut report.diagnostics,
-    };
+    let mut cx = Cx { file: DIR.into(), diagnostics: &mut report.diagnostics };
     let paths = Paths { root, base: &base };
     let manifest = validate::manifest(&raw, &paths, &mut cx);
-    Some(Deployment {
-        root: root.to_path_buf(),
-        layout: Layout::Convention,
-        config: config?,
-        manifest,
-    })
+    Some(Deployment { root: root.to_path_buf(), layout: Layout::Convention, config: config?, manifest })
 }

@@ -135,13 +135,7 @@ impl Diagnostic {
         message: impl Into<String>,
         help: impl Into<String>,
     ) -> Self {
-        Self {
-            kind,
-            file: file.into(),
-            span,
-            message: message.into(),
-            help: help.into(),
-        }
+        Self { kind, file: file.into(), span, message: message.into(), help: help.into() }
     }
 
     /// `file:line:col`, or just `file` when the problem is the file as a whole.
@@ -185,12 +179,7 @@ impl Report {
     /// Sorts by file, then position, and drops exact repeats, so output is stable.
     pub fn finish(&mut self) {
         self.diagnostics.sort_by(|a, b| {
-            (&a.file, a.span.line, a.span.col, a.kind).cmp(&(
-                &b.file,
-                b.span.line,
-                b.span.col,
-                b.kind,
-            ))
+            (&a.file, a.span.line, a.span.col, a.kind).cmp(&(&b.file, b.span.line, b.span.col, b.kind))
         });
         self.diagnostics.dedup();
     }
@@ -231,10 +220,8 @@ impl Report {
         for d in &self.diagnostics {
             let _ = writeln!(s, "error[{}]: {}", d.kind.code(), d.message);
             let _ = writeln!(s, "  --> {}", d.location());
-            if let Some(line) = self
-                .sources
-                .get(&d.file)
-                .and_then(|src| src.lines().nth(d.span.line.wrapping_sub(1)))
+            if let Some(line) =
+                self.sources.get(&d.file).and_then(|src| src.lines().nth(d.span.line.wrapping_sub(1)))
             {
                 let number = d.span.line.to_string();
                 let pad = " ".repeat(number.len());
@@ -255,20 +242,14 @@ impl Report {
             s.push('\n');
         }
         let n = self.diagnostics.len();
-        let _ = writeln!(
-            s,
-            "{n} error{} found; nothing was created.",
-            if n == 1 { "" } else { "s" }
-        );
+        let _ = writeln!(s, "{n} error{} found; nothing was created.", if n == 1 { "" } else { "s" });
         s
     }
 }
 
 /// Escapes a workflow-command message (the toolkit's rules).
 pub fn escape_data(s: &str) -> String {
-    s.replace('%', "%25")
-        .replace('\r', "%0D")
-        .replace('\n', "%0A")
+    s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
 }
 
 /// Escapes a workflow-command property value.
@@ -284,11 +265,7 @@ fn github_annotation(d: &Diagnostic) -> String {
             let _ = write!(props, ",endColumn={}", d.span.col + d.span.len);
         }
     }
-    let _ = write!(
-        props,
-        ",title={}",
-        escape_property(&format!("spot: {}", d.kind.code()))
-    );
+    let _ = write!(props, ",title={}", escape_property(&format!("spot: {}", d.kind.code())));
     let mut message = d.message.clone();
     if !d.help.is_empty() {
         message.push_str("\nhelp: ");
@@ -311,13 +288,8 @@ mod tests {
 
     #[test]
     fn annotation_escapes_properties_and_message() {
-        let d = Diagnostic::new(
-            Kind::InvalidValue,
-            "a,b:c.yaml",
-            Span::at(2, 5, 3),
-            "50% off\nnext",
-            "fix it",
-        );
+        let d =
+            Diagnostic::new(Kind::InvalidValue, "a,b:c.yaml", Span::at(2, 5, 3), "50% off\nnext", "fix it");
         assert_eq!(
             github_annotation(&d),
             "::error file=a%2Cb%3Ac.yaml,line=2,col=5,endColumn=8,title=spot%3A invalid-value::50%25 off%0Anext%0Ahelp: fix it"

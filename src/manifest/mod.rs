@@ -88,10 +88,7 @@ pub(crate) fn read_yaml(root: &Path, rel: &str, report: &mut Report) -> Option<y
     report.sources.insert(rel.to_string(), text);
     match parsed {
         Ok(Some(node)) => Some(node),
-        Ok(None) => Some(yaml::Node {
-            value: yaml::Value::Map(Vec::new()),
-            span: Span::START,
-        }),
+        Ok(None) => Some(yaml::Node { value: yaml::Value::Map(Vec::new()), span: Span::START }),
         Err(e) => {
             report.push(Diagnostic::new(
                 Kind::Syntax,
@@ -108,10 +105,7 @@ pub(crate) fn read_yaml(root: &Path, rel: &str, report: &mut Report) -> Option<y
 /// Reads the config file at `rel` into the validated config.
 pub(crate) fn load_config(root: &Path, rel: &str, report: &mut Report) -> Option<types::Config> {
     let node = read_yaml(root, rel, report)?;
-    let mut cx = read::Cx {
-        file: rel.to_string(),
-        diagnostics: &mut report.diagnostics,
-    };
+    let mut cx = read::Cx { file: rel.to_string(), diagnostics: &mut report.diagnostics };
     let raw = <raw::RawConfig as read::FromNode>::from_node(&node, &mut cx)?;
     Some(validate::config(&raw, &mut cx))
 }
@@ -135,19 +129,11 @@ fn load_spot(root: &Path, report: &mut Report) -> Option<Deployment> {
     let config = load_config(root, ".spot/config.yaml", report);
     let manifest_node = read_yaml(root, ".spot/deployment.yaml", report);
     let manifest = manifest_node.and_then(|node| {
-        let mut cx = read::Cx {
-            file: ".spot/deployment.yaml".into(),
-            diagnostics: &mut report.diagnostics,
-        };
+        let mut cx = read::Cx { file: ".spot/deployment.yaml".into(), diagnostics: &mut report.diagnostics };
         let raw = raw::read_manifest(&node, &mut cx)?;
         let base = root.join(".spot");
         let paths = validate::Paths { root, base: &base };
         Some(validate::manifest(&raw, &paths, &mut cx))
     });
-    Some(Deployment {
-        root: root.to_path_buf(),
-        layout: Layout::Spot,
-        config: config?,
-        manifest: manifest?,
-    })
+    Some(Deployment { root: root.to_path_buf(), layout: Layout::Spot, config: config?, manifest: manifest? })
 }

@@ -45,10 +45,7 @@ pub const AWS_UNSUPPORTED: Unsupported = &[
         "private_ssh_key_path",
         "spot makes a fresh ed25519 key for every deployment and never reads your private key; remove this key",
     ),
-    (
-        "ssh_key_name",
-        "no existing EC2 key pair is used: spot imports a per-deployment key; remove this key",
-    ),
+    ("ssh_key_name", "no existing EC2 key pair is used: spot imports a per-deployment key; remove this key"),
     ("files_directory", CUSTOM_LAYOUT),
     ("scripts_directory", CUSTOM_LAYOUT),
     ("startup_script", CUSTOM_LAYOUT),
@@ -155,10 +152,7 @@ impl FromNode for RawRegionEntry {
             cx.error(
                 super::diagnostic::Kind::InvalidValue,
                 node.span,
-                format!(
-                    "a region entry must have exactly one key, found {}",
-                    entries.len()
-                ),
+                format!("a region entry must have exactly one key, found {}", entries.len()),
                 "write each region as its own list item: `- us-west-2: {machine_type: t3.medium}`",
             );
             return None;
@@ -166,13 +160,7 @@ impl FromNode for RawRegionEntry {
         let (key, value) = &entries[0];
         let name = Spanned::<String>::from_node(key, cx)?;
         let settings = if value.value == Value::Null {
-            Spanned::new(
-                RawRegion {
-                    at: value.span,
-                    ..RawRegion::default()
-                },
-                value.span,
-            )
+            Spanned::new(RawRegion { at: value.span, ..RawRegion::default() }, value.span)
         } else {
             Spanned::<RawRegion>::from_node(value, cx)?
         };
@@ -231,10 +219,7 @@ pub struct RawManifest {
 /// Manifest keys the original documented as planned, refused with the reason.
 pub const MANIFEST_UNSUPPORTED: Unsupported = &[
     ("cloud_init", CUSTOM_TEMPLATE),
-    (
-        "extends",
-        "manifests do not inherit from each other; copy the shared parts; remove this key",
-    ),
+    ("extends", "manifests do not inherit from each other; copy the shared parts; remove this key"),
     ("hooks", "use `scripts` with an `order`; remove this key"),
 ];
 
@@ -393,16 +378,8 @@ macro_rules! string_or_spec {
         }
     };
 }
-string_or_spec!(
-    RawTarball,
-    RawTarballSpec,
-    "A path or URL, or `{source, dest}`."
-);
-string_or_spec!(
-    RawSecret,
-    RawSecretSpec,
-    "A variable name, or `{name, env, dest}`."
-);
+string_or_spec!(RawTarball, RawTarballSpec, "A path or URL, or `{source, dest}`.");
+string_or_spec!(RawSecret, RawSecretSpec, "A variable name, or `{name, env, dest}`.");
 
 /// Reads `deployment.yaml`, in either the flat form or the original's `deployment:` form.
 pub fn read_manifest(node: &Node, cx: &mut Cx) -> Option<RawManifest> {
@@ -429,7 +406,8 @@ pub fn read_manifest(node: &Node, cx: &mut Cx) -> Option<RawManifest> {
             key.span,
             format!("`{name}` is outside the `deployment:` section"),
             if known {
-                "with a `deployment:` section, indent this key under it (or drop the `deployment:` wrapper)".to_string()
+                "with a `deployment:` section, indent this key under it (or drop the `deployment:` wrapper)"
+                    .to_string()
             } else {
                 format!("unknown key; known keys: version, deployment, {}", RawManifest::KEYS.join(", "))
             },

@@ -22,20 +22,8 @@ pub struct Cx<'a> {
 }
 
 impl Cx<'_> {
-    pub fn error(
-        &mut self,
-        kind: Kind,
-        span: Span,
-        message: impl Into<String>,
-        help: impl Into<String>,
-    ) {
-        self.diagnostics.push(Diagnostic::new(
-            kind,
-            self.file.clone(),
-            span,
-            message,
-            help,
-        ));
+    pub fn error(&mut self, kind: Kind, span: Span, message: impl Into<String>, help: impl Into<String>) {
+        self.diagnostics.push(Diagnostic::new(kind, self.file.clone(), span, message, help));
     }
 
     /// Reports a problem inside a referenced file: at the manifest field that named it,
@@ -51,8 +39,7 @@ impl Cx<'_> {
         help: impl Into<String>,
     ) {
         if field.line == 0 {
-            self.diagnostics
-                .push(Diagnostic::new(kind, file, at, message, help));
+            self.diagnostics.push(Diagnostic::new(kind, file, at, message, help));
         } else {
             self.error(kind, field, message, help);
         }
@@ -105,10 +92,9 @@ pub trait FromNode: Sized {
 impl FromNode for String {
     fn from_node(node: &Node, cx: &mut Cx) -> Option<Self> {
         match &node.value {
-            Value::Scalar {
-                text,
-                quoted: false,
-            } if text == "true" || text == "false" || is_yaml_number(text) => {
+            Value::Scalar { text, quoted: false }
+                if text == "true" || text == "false" || is_yaml_number(text) =>
+            {
                 cx.error(
                     Kind::WrongType,
                     node.span,
@@ -187,21 +173,10 @@ pub fn is_yaml_number(s: &str) -> bool {
 impl FromNode for bool {
     fn from_node(node: &Node, cx: &mut Cx) -> Option<Self> {
         match &node.value {
-            Value::Scalar {
-                text,
-                quoted: false,
-            } if text == "true" => Some(true),
-            Value::Scalar {
-                text,
-                quoted: false,
-            } if text == "false" => Some(false),
-            Value::Scalar {
-                text,
-                quoted: false,
-            } if matches!(
-                text.to_ascii_lowercase().as_str(),
-                "yes" | "no" | "on" | "off" | "y" | "n"
-            ) =>
+            Value::Scalar { text, quoted: false } if text == "true" => Some(true),
+            Value::Scalar { text, quoted: false } if text == "false" => Some(false),
+            Value::Scalar { text, quoted: false }
+                if matches!(text.to_ascii_lowercase().as_str(), "yes" | "no" | "on" | "off" | "y" | "n") =>
             {
                 cx.error(
                     Kind::WrongType,
@@ -245,10 +220,7 @@ from_node_int!(u32, u64, i64);
 impl FromNode for f64 {
     fn from_node(node: &Node, cx: &mut Cx) -> Option<Self> {
         match &node.value {
-            Value::Scalar {
-                text,
-                quoted: false,
-            } => match text.parse::<f64>() {
+            Value::Scalar { text, quoted: false } => match text.parse::<f64>() {
                 Ok(n) if n.is_finite() => Some(n),
                 _ => {
                     cx.wrong_type(node, "a number");
@@ -266,12 +238,7 @@ impl FromNode for f64 {
 impl<T: FromNode> FromNode for Vec<T> {
     fn from_node(node: &Node, cx: &mut Cx) -> Option<Self> {
         match &node.value {
-            Value::Seq(items) => Some(
-                items
-                    .iter()
-                    .filter_map(|item| T::from_node(item, cx))
-                    .collect(),
-            ),
+            Value::Seq(items) => Some(items.iter().filter_map(|item| T::from_node(item, cx)).collect()),
             _ => {
                 cx.wrong_type(node, "a list");
                 None
@@ -403,12 +370,7 @@ impl<'n> MapReader<'n> {
     }
 
     /// Reads the field `key` (or an alias) as `T`; absent and null give `None`.
-    pub fn take<T: FromNode>(
-        &mut self,
-        key: &str,
-        aliases: &[&str],
-        cx: &mut Cx,
-    ) -> Option<Spanned<T>> {
+    pub fn take<T: FromNode>(&mut self, key: &str, aliases: &[&str], cx: &mut Cx) -> Option<Spanned<T>> {
         let node = self.take_node(key, aliases, cx)?;
         Spanned::<T>::from_node(node, cx)
     }
@@ -441,12 +403,7 @@ impl<'n> MapReader<'n> {
                 Some(best) => format!("did you mean `{best}`?"),
                 None => format!("known keys here: {}", known.join(", ")),
             };
-            cx.error(
-                Kind::UnknownKey,
-                k.span,
-                format!("unknown key `{name}` in {}", self.what),
-                help,
-            );
+            cx.error(Kind::UnknownKey, k.span, format!("unknown key `{name}` in {}", self.what), help);
         }
     }
 }

@@ -92,13 +92,8 @@ impl InstanceType {
         let family_ok = family.len() >= 2
             && family.starts_with(|c: char| c.is_ascii_lowercase())
             && family.chars().any(|c| c.is_ascii_digit())
-            && family
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        let size_ok = !size.is_empty()
-            && size
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+            && family.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        let size_ok = !size.is_empty() && size.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
         if family_ok && size_ok {
             Ok(Self(s.to_string()))
         } else {
@@ -121,11 +116,7 @@ impl InstanceType {
         let after_generation = family
             .trim_start_matches(|c: char| c.is_ascii_alphabetic())
             .trim_start_matches(|c: char| c.is_ascii_digit());
-        if after_generation.contains('g') {
-            Arch::Arm64
-        } else {
-            Arch::X86_64
-        }
+        if after_generation.contains('g') { Arch::Arm64 } else { Arch::X86_64 }
     }
 }
 
@@ -137,11 +128,8 @@ impl fmt::Display for InstanceType {
 
 /// Parses `30s`, `90m`, `2h`, `1d`, or combinations such as `1h30m`, into seconds.
 pub fn parse_duration(s: &str) -> Result<u64, String> {
-    let bad = || {
-        format!(
-            "`{s}` is not a duration: write a number and a unit (s, m, h, d), such as `90m` or `2h`"
-        )
-    };
+    let bad =
+        || format!("`{s}` is not a duration: write a number and a unit (s, m, h, d), such as `90m` or `2h`");
     let mut total: u64 = 0;
     let mut digits = String::new();
     if s.is_empty() {
@@ -160,10 +148,7 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
             _ => return Err(bad()),
         };
         let n: u64 = digits.parse().map_err(|_| bad())?;
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(bad)?;
+        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
         digits.clear();
     }
     if !digits.is_empty() {

@@ -11,14 +11,13 @@ use std::path::{Component, Path, PathBuf};
 
 use super::diagnostic::Kind;
 use super::raw::{
-    RawConfig, RawHealthCheck, RawManifest, RawRegionEntry, RawSecret, RawService, RawTarball,
-    RawUpload,
+    RawConfig, RawHealthCheck, RawManifest, RawRegionEntry, RawSecret, RawService, RawTarball, RawUpload,
 };
 use super::read::{Cx, Spanned, did_you_mean};
 use super::types::{
-    AWS_REGIONS, Config, Fallback, HealthCheck, Image, InstanceType, Manifest, Origin, Probe,
-    RegionSpec, Script, ScriptRun, SecretRef, Service, SshAccess, Tarball, TarballSource, Template,
-    Upload, parse_duration,
+    AWS_REGIONS, Config, Fallback, HealthCheck, Image, InstanceType, Manifest, Origin, Probe, RegionSpec,
+    Script, ScriptRun, SecretRef, Service, SshAccess, Tarball, TarballSource, Template, Upload,
+    parse_duration,
 };
 use super::yaml::Span;
 
@@ -78,34 +77,24 @@ pub fn config(raw: &RawConfig, cx: &mut Cx) -> Config {
         None => "ubuntu".to_string(),
     };
 
-    let storage_gb = aws
-        .and_then(|a| a.instance_storage_gb.as_ref())
-        .map_or(50, |s| storage(s, cx));
+    let storage_gb = aws.and_then(|a| a.instance_storage_gb.as_ref()).map_or(50, |s| storage(s, cx));
 
-    let tags = aws
-        .and_then(|a| a.tags.as_ref())
-        .map(|t| tags(t, cx))
-        .unwrap_or_default();
+    let tags = aws.and_then(|a| a.tags.as_ref()).map(|t| tags(t, cx)).unwrap_or_default();
 
-    let max_price = match (
-        aws.and_then(|a| a.spot_price_limit.as_ref()),
-        spot.and_then(|s| s.max_price.as_ref()),
-    ) {
-        (Some(a), Some(b)) => {
-            cx.error(
-                Kind::Duplicate,
-                b.span,
-                format!(
-                    "spot.max_price repeats aws.spot_price_limit given on line {}",
-                    a.span.line
-                ),
-                "keep one of `aws.spot_price_limit` or `spot.max_price`",
-            );
-            price(b, cx)
-        }
-        (Some(p), None) | (None, Some(p)) => price(p, cx),
-        (None, None) => None,
-    };
+    let max_price =
+        match (aws.and_then(|a| a.spot_price_limit.as_ref()), spot.and_then(|s| s.max_price.as_ref())) {
+            (Some(a), Some(b)) => {
+                cx.error(
+                    Kind::Duplicate,
+                    b.span,
+                    format!("spot.max_price repeats aws.spot_price_limit given on line {}", a.span.line),
+                    "keep one of `aws.spot_price_limit` or `spot.max_price`",
+                );
+                price(b, cx)
+            }
+            (Some(p), None) | (None, Some(p)) => price(p, cx),
+            (None, None) => None,
+        };
 
     let fallback = match spot.and_then(|s| s.fallback.as_ref()) {
         None => Fallback::None,
@@ -117,12 +106,7 @@ pub fn config(raw: &RawConfig, cx: &mut Cx) -> Config {
                     Some(best) => format!("did you mean `{best}`?"),
                     None => "write `none` or `on-demand`".into(),
                 };
-                cx.error(
-                    Kind::InvalidValue,
-                    f.span,
-                    format!("unknown fallback `{other}`"),
-                    help,
-                );
+                cx.error(Kind::InvalidValue, f.span, format!("unknown fallback `{other}`"), help);
                 Fallback::None
             }
         },
@@ -142,12 +126,7 @@ pub fn config(raw: &RawConfig, cx: &mut Cx) -> Config {
                 DEFAULT_TTL_SECS
             }
             Err(e) => {
-                cx.error(
-                    Kind::BadTtl,
-                    t.span,
-                    e,
-                    "write a time to live such as `90m`, `2h` or `1d`",
-                );
+                cx.error(Kind::BadTtl, t.span, e, "write a time to live such as `90m`, `2h` or `1d`");
                 DEFAULT_TTL_SECS
             }
         },
@@ -204,12 +183,8 @@ pub fn config(raw: &RawConfig, cx: &mut Cx) -> Config {
         Some(list) => regions(&list.value, storage_gb, &tags, max_price, cx),
     };
 
-    let user_tags = tags.len()
-        + regions
-            .iter()
-            .map(|r| r.tags.len().saturating_sub(tags.len()))
-            .max()
-            .unwrap_or(0);
+    let user_tags =
+        tags.len() + regions.iter().map(|r| r.tags.len().saturating_sub(tags.len())).max().unwrap_or(0);
     if user_tags + RESERVED_TAG_COUNT > MAX_TAGS {
         let span = aws.and_then(|a| a.tags.as_ref()).map_or(raw.at, |t| t.span);
         cx.error(
@@ -230,12 +205,8 @@ pub fn config(raw: &RawConfig, cx: &mut Cx) -> Config {
         fallback,
         ttl_secs,
         ssh_access,
-        dedicated_vpc: aws
-            .and_then(|a| get(a.use_dedicated_vpc.as_ref()))
-            .unwrap_or(false),
-        public_ip: aws
-            .and_then(|a| get(a.associate_public_ip.as_ref()))
-            .unwrap_or(true),
+        dedicated_vpc: aws.and_then(|a| get(a.use_dedicated_vpc.as_ref())).unwrap_or(false),
+        public_ip: aws.and_then(|a| get(a.associate_public_ip.as_ref())).unwrap_or(true),
         extra_authorized_keys,
     }
 }
@@ -319,8 +290,7 @@ fn is_user_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 32
         && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
 pub fn is_cidr(s: &str) -> bool {
@@ -336,9 +306,7 @@ pub fn is_cidr(s: &str) -> bool {
 
 fn public_key(path: &Spanned<String>, cx: &mut Cx) -> Option<String> {
     let expanded = match path.value.strip_prefix("~/") {
-        Some(rest) => {
-            std::env::home_dir().map_or_else(|| PathBuf::from(&path.value), |h| h.join(rest))
-        }
+        Some(rest) => std::env::home_dir().map_or_else(|| PathBuf::from(&path.value), |h| h.join(rest)),
         None => PathBuf::from(&path.value),
     };
     let Ok(text) = fs::read_to_string(&expanded) else {
@@ -350,12 +318,7 @@ fn public_key(path: &Spanned<String>, cx: &mut Cx) -> Option<String> {
         );
         return None;
     };
-    let line = text
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or_default()
-        .trim()
-        .to_string();
+    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or_default().trim().to_string();
     let looks_public = line.split_whitespace().count() >= 2
         && (line.starts_with("ssh-") || line.starts_with("ecdsa-") || line.starts_with("sk-"));
     if looks_public {
@@ -387,22 +350,14 @@ fn regions(
                 Some(best) => format!("did you mean `{best}`?"),
                 None => "use an AWS region name such as `us-east-1` or `eu-west-1`".into(),
             };
-            cx.error(
-                Kind::UnknownRegion,
-                name.span,
-                format!("`{}` is not an AWS region", name.value),
-                help,
-            );
+            cx.error(Kind::UnknownRegion, name.span, format!("`{}` is not an AWS region", name.value), help);
             continue;
         }
         if let Some(line) = seen.insert(name.value.clone(), name.span.line) {
             cx.error(
                 Kind::Duplicate,
                 name.span,
-                format!(
-                    "region `{}` is listed twice (first on line {line})",
-                    name.value
-                ),
+                format!("region `{}` is listed twice (first on line {line})", name.value),
                 "list each region once; give it several machine types to diversify",
             );
             continue;
@@ -445,10 +400,7 @@ fn regions(
                     cx.error(
                         Kind::InvalidValue,
                         i.span,
-                        format!(
-                            "one image `{}` cannot boot both x86_64 and arm64 instance types",
-                            i.value
-                        ),
+                        format!("one image `{}` cannot boot both x86_64 and arm64 instance types", i.value),
                         "use `image: auto`, or list machine types of one architecture",
                     );
                 }
@@ -472,14 +424,8 @@ fn regions(
             name: name.value.clone(),
             instance_types: types,
             image,
-            max_price: settings
-                .spot_price_limit
-                .as_ref()
-                .map_or(max_price, |p| price(p, cx)),
-            storage_gb: settings
-                .instance_storage_gb
-                .as_ref()
-                .map_or(storage_gb, |s| storage(s, cx)),
+            max_price: settings.spot_price_limit.as_ref().map_or(max_price, |p| price(p, cx)),
+            storage_gb: settings.instance_storage_gb.as_ref().map_or(storage_gb, |s| storage(s, cx)),
             tags: region_tags,
         });
     }
@@ -488,10 +434,7 @@ fn regions(
 
 fn is_ami_id(s: &str) -> bool {
     s.strip_prefix("ami-").is_some_and(|hex| {
-        (8..=17).contains(&hex.len())
-            && hex
-                .chars()
-                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        (8..=17).contains(&hex.len()) && hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
     })
 }
 
@@ -512,22 +455,14 @@ pub fn manifest(raw: &RawManifest, paths: &Paths, cx: &mut Cx) -> Manifest {
             "minimal" => Template::Minimal,
             "docker" => Template::Docker,
             other => {
-                let help = if other.contains('/')
-                    || other.ends_with(".yaml")
-                    || other.ends_with(".yml")
-                {
+                let help = if other.contains('/') || other.ends_with(".yaml") || other.ends_with(".yml") {
                     "custom cloud-init templates are not supported: use `minimal` or `docker` with packages, scripts and services".to_string()
                 } else if let Some(best) = did_you_mean(other, &["minimal", "docker"]) {
                     format!("did you mean `{best}`?")
                 } else {
                     "write `minimal` or `docker`".to_string()
                 };
-                cx.error(
-                    Kind::InvalidValue,
-                    t.span,
-                    format!("unknown template `{other}`"),
-                    help,
-                );
+                cx.error(Kind::InvalidValue, t.span, format!("unknown template `{other}`"), help);
                 Template::Minimal
             }
         },
@@ -561,11 +496,7 @@ pub fn manifest(raw: &RawManifest, paths: &Paths, cx: &mut Cx) -> Manifest {
         .flat_map(|l| &l.value)
         .filter_map(|u| upload(&u.value, u.span, paths, cx))
         .collect();
-    let services = services(
-        raw.services.iter().flat_map(|l| &l.value).collect(),
-        paths,
-        cx,
-    );
+    let services = services(raw.services.iter().flat_map(|l| &l.value).collect(), paths, cx);
     let tarball = tarball(raw, paths, cx);
 
     let mut env = BTreeMap::new();
@@ -583,25 +514,14 @@ pub fn manifest(raw: &RawManifest, paths: &Paths, cx: &mut Cx) -> Manifest {
     }
     let secrets = secrets(raw, &env, cx);
 
-    Manifest {
-        template,
-        packages,
-        scripts,
-        uploads,
-        services,
-        tarball,
-        env,
-        secrets,
-    }
+    Manifest { template, packages, scripts, uploads, services, tarball, env, secrets }
 }
 
 fn is_package_name(s: &str) -> bool {
     let name = s.split_once('=').map_or(s, |(n, _)| n);
     name.len() >= 2
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
 }
 
 fn is_env_name(s: &str) -> bool {
@@ -611,10 +531,7 @@ fn is_env_name(s: &str) -> bool {
 }
 
 fn is_unit_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 200
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || ":_.-@".contains(c))
+    !s.is_empty() && s.len() <= 200 && s.chars().all(|c| c.is_ascii_alphanumeric() || ":_.-@".contains(c))
 }
 
 /// A path written in the manifest, resolved inside the repository.
@@ -640,9 +557,7 @@ fn resolve(written: &Spanned<String>, base: &Path, root: &Path, cx: &mut Cx) -> 
         return None;
     }
     if path.is_absolute()
-        || path
-            .components()
-            .any(|c| matches!(c, Component::ParentDir | Component::Prefix(_)))
+        || path.components().any(|c| matches!(c, Component::ParentDir | Component::Prefix(_)))
     {
         cx.error(
             Kind::PathEscapes,
@@ -667,19 +582,14 @@ fn resolve(written: &Spanned<String>, base: &Path, root: &Path, cx: &mut Cx) -> 
         return None;
     }
     match fs::canonicalize(&local) {
-        Ok(real) if real.starts_with(root) => Some(Resolved {
-            rel: rel_to(root, &local),
-            is_dir: real.is_dir(),
-            local,
-        }),
+        Ok(real) if real.starts_with(root) => {
+            Some(Resolved { rel: rel_to(root, &local), is_dir: real.is_dir(), local })
+        }
         Ok(real) => {
             cx.error(
                 Kind::PathEscapes,
                 written.span,
-                format!(
-                    "`{text}` is a symlink to `{}`, outside the repository",
-                    real.display()
-                ),
+                format!("`{text}` is a symlink to `{}`, outside the repository", real.display()),
                 "copy the file into the repository instead of linking to it",
             );
             None
@@ -704,19 +614,13 @@ pub fn rel_to(root: &Path, path: &Path) -> String {
         .filter(|c| !matches!(c, Component::CurDir))
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
         .collect();
-    if parts.is_empty() {
-        ".".into()
-    } else {
-        parts.join("/")
-    }
+    if parts.is_empty() { ".".into() } else { parts.join("/") }
 }
 
 fn absolute_dest(dest: &Spanned<String>, cx: &mut Cx) -> Option<String> {
     let d = dest.value.as_str();
     if !d.starts_with('/')
-        || Path::new(d)
-            .components()
-            .any(|c| matches!(c, Component::ParentDir))
+        || Path::new(d).components().any(|c| matches!(c, Component::ParentDir))
         || d.contains('\0')
     {
         cx.error(
@@ -730,13 +634,7 @@ fn absolute_dest(dest: &Spanned<String>, cx: &mut Cx) -> Option<String> {
     Some(d.to_string())
 }
 
-fn duration_field(
-    field: Option<&Spanned<String>>,
-    default: u64,
-    max: u64,
-    what: &str,
-    cx: &mut Cx,
-) -> u64 {
+fn duration_field(field: Option<&Spanned<String>>, default: u64, max: u64, what: &str, cx: &mut Cx) -> u64 {
     let Some(f) = field else { return default };
     match parse_duration(&f.value) {
         Ok(secs) if secs >= 1 && secs <= max => secs,
@@ -745,28 +643,19 @@ fn duration_field(
                 Kind::InvalidValue,
                 f.span,
                 format!("{what} `{}` is out of range", f.value),
-                format!(
-                    "choose from `1s` to `{}`",
-                    super::types::format_duration(max)
-                ),
+                format!("choose from `1s` to `{}`", super::types::format_duration(max)),
             );
             default
         }
         Err(e) => {
-            cx.error(
-                Kind::InvalidValue,
-                f.span,
-                e,
-                format!("write the {what} such as `30s` or `5m`"),
-            );
+            cx.error(Kind::InvalidValue, f.span, e, format!("write the {what} such as `30s` or `5m`"));
             default
         }
     }
 }
 
 fn scripts(raw: &RawManifest, paths: &Paths, cx: &mut Cx) -> Vec<Script> {
-    let list: Vec<&Spanned<super::raw::RawScript>> =
-        raw.scripts.iter().flat_map(|l| &l.value).collect();
+    let list: Vec<&Spanned<super::raw::RawScript>> = raw.scripts.iter().flat_map(|l| &l.value).collect();
     let with_order = list.iter().filter(|s| s.value.order.is_some()).count();
     let mut orders: HashMap<u32, usize> = HashMap::new();
     let mut names: HashMap<String, usize> = HashMap::new();
@@ -793,33 +682,20 @@ fn scripts(raw: &RawManifest, paths: &Paths, cx: &mut Cx) -> Vec<Script> {
                 None
             }
             (None, Some(c)) if c.value.trim().is_empty() => {
-                cx.error(
-                    Kind::InvalidValue,
-                    c.span,
-                    "the command is empty",
-                    "write a shell command line",
-                );
+                cx.error(Kind::InvalidValue, c.span, "the command is empty", "write a shell command line");
                 None
             }
-            (None, Some(c)) => Some(ScriptRun::Command {
-                command: c.value.clone(),
-            }),
+            (None, Some(c)) => Some(ScriptRun::Command { command: c.value.clone() }),
             (Some(p), None) => resolve(p, paths.base, paths.root, cx).and_then(|r| {
                 let ok = check_script_file(&r, p, cx);
-                ok.then_some(ScriptRun::File {
-                    path: r.rel,
-                    local: r.local,
-                })
+                ok.then_some(ScriptRun::File { path: r.rel, local: r.local })
             }),
         };
         let name = match (&s.name, &run) {
             (Some(n), _) => n.value.clone(),
-            (None, Some(ScriptRun::File { path, .. })) => path
-                .rsplit('/')
-                .next()
-                .unwrap_or(path)
-                .trim_end_matches(".sh")
-                .to_string(),
+            (None, Some(ScriptRun::File { path, .. })) => {
+                path.rsplit('/').next().unwrap_or(path).trim_end_matches(".sh").to_string()
+            }
             _ => format!("script-{}", index + 1),
         };
         if let Some(n) = &s.name
@@ -828,10 +704,7 @@ fn scripts(raw: &RawManifest, paths: &Paths, cx: &mut Cx) -> Vec<Script> {
             cx.error(
                 Kind::Duplicate,
                 n.span,
-                format!(
-                    "script name `{}` is used twice (first on line {line})",
-                    n.value
-                ),
+                format!("script name `{}` is used twice (first on line {line})", n.value),
                 "give each script its own name",
             );
         }
@@ -861,14 +734,7 @@ fn scripts(raw: &RawManifest, paths: &Paths, cx: &mut Cx) -> Vec<Script> {
         };
         let timeout_secs = duration_field(s.timeout.as_ref(), 600, 86_400, "timeout", cx);
         if let Some(run) = run {
-            out.push((
-                order,
-                Script {
-                    name,
-                    run,
-                    timeout_secs,
-                },
-            ));
+            out.push((order, Script { name, run, timeout_secs }));
         }
     }
     out.sort_by_key(|(order, _)| *order);
@@ -927,8 +793,7 @@ fn upload(u: &RawUpload, span: Span, paths: &Paths, cx: &mut Cx) -> Option<Uploa
         Some(d) => absolute_dest(d, cx),
     };
     let permissions = u.permissions.as_ref().and_then(|p| {
-        let ok =
-            (3..=4).contains(&p.value.len()) && p.value.chars().all(|c| ('0'..='7').contains(&c));
+        let ok = (3..=4).contains(&p.value.len()) && p.value.chars().all(|c| ('0'..='7').contains(&c));
         if ok {
             u32::from_str_radix(&p.value, 8).ok()
         } else {
@@ -987,10 +852,7 @@ fn upload(u: &RawUpload, span: Span, paths: &Paths, cx: &mut Cx) -> Option<Uploa
         owner,
         exclude,
         gitignore: get(u.gitignore.as_ref()).unwrap_or(false),
-        origin: Origin {
-            file: cx.file.clone(),
-            span: source.span,
-        },
+        origin: Origin { file: cx.file.clone(), span: source.span },
     })
 }
 
@@ -1021,8 +883,7 @@ fn parse_unit(text: &str) -> Unit {
         match (section.as_str(), key.trim()) {
             ("Service", "ExecStart") if !value.trim().is_empty() => unit.exec_start = true,
             ("Unit", "After" | "Requires" | "Wants" | "BindsTo") => {
-                unit.ordering
-                    .extend(value.split_whitespace().map(str::to_string));
+                unit.ordering.extend(value.split_whitespace().map(str::to_string));
             }
             _ => {}
         }
@@ -1047,11 +908,7 @@ fn services(list: Vec<&Spanned<RawService>>, paths: &Paths, cx: &mut Cx) -> Vec<
                 continue;
             }
             Some(n) => {
-                let plain = n
-                    .value
-                    .strip_suffix(".service")
-                    .unwrap_or(&n.value)
-                    .to_string();
+                let plain = n.value.strip_suffix(".service").unwrap_or(&n.value).to_string();
                 if !is_unit_name(&plain) {
                     cx.error(
                         Kind::InvalidValue,
@@ -1087,10 +944,8 @@ fn services(list: Vec<&Spanned<RawService>>, paths: &Paths, cx: &mut Cx) -> Vec<
         };
         let text = fs::read_to_string(&resolved.local).unwrap_or_default();
         let unit = parse_unit(&text);
-        let mut missing: Vec<&str> = ["Unit", "Service", "Install"]
-            .into_iter()
-            .filter(|sec| !unit.sections.contains(*sec))
-            .collect();
+        let mut missing: Vec<&str> =
+            ["Unit", "Service", "Install"].into_iter().filter(|sec| !unit.sections.contains(*sec)).collect();
         if unit.sections.contains("Service") && !unit.exec_start {
             missing.push("ExecStart= in [Service]");
         }
@@ -1104,23 +959,16 @@ fn services(list: Vec<&Spanned<RawService>>, paths: &Paths, cx: &mut Cx) -> Vec<
                 "a service unit needs [Unit], [Service] with ExecStart=, and [Install] (for `WantedBy=multi-user.target`)",
             );
         }
-        let health_check = s
-            .health_check
-            .as_ref()
-            .and_then(|h| health_check(&h.value, h.span, cx));
-        let mut deps: Vec<Spanned<String>> =
-            s.depends_on.iter().flat_map(|l| l.value.clone()).collect();
+        let health_check = s.health_check.as_ref().and_then(|h| health_check(&h.value, h.span, cx));
+        let mut deps: Vec<Spanned<String>> = s.depends_on.iter().flat_map(|l| l.value.clone()).collect();
         for d in &mut deps {
             if let Some(stripped) = d.value.strip_suffix(".service") {
                 d.value = stripped.to_string();
             }
         }
         // Unit-file ordering on other manifest services counts too; others are systemd's business.
-        let from_unit: Vec<String> = unit
-            .ordering
-            .iter()
-            .filter_map(|u| u.strip_suffix(".service").map(str::to_string))
-            .collect();
+        let from_unit: Vec<String> =
+            unit.ordering.iter().filter_map(|u| u.strip_suffix(".service").map(str::to_string)).collect();
         declared.push(deps);
         out.push((
             Service {
@@ -1137,9 +985,7 @@ fn services(list: Vec<&Spanned<RawService>>, paths: &Paths, cx: &mut Cx) -> Vec<
     }
     let known: Vec<String> = out.iter().map(|(s, _)| s.name.clone()).collect();
     for ((service, _), deps) in out.iter_mut().zip(declared) {
-        service
-            .depends_on
-            .retain(|d| known.contains(d) && *d != service.name);
+        service.depends_on.retain(|d| known.contains(d) && *d != service.name);
         for d in deps {
             if !known.contains(&d.value) {
                 let refs: Vec<&str> = known.iter().map(String::as_str).collect();
@@ -1147,11 +993,7 @@ fn services(list: Vec<&Spanned<RawService>>, paths: &Paths, cx: &mut Cx) -> Vec<
                     Some(best) => format!("did you mean `{best}`?"),
                     None => format!(
                         "services defined here: {}",
-                        if refs.is_empty() {
-                            "none".into()
-                        } else {
-                            refs.join(", ")
-                        }
+                        if refs.is_empty() { "none".into() } else { refs.join(", ") }
                     ),
                 };
                 cx.error(
@@ -1173,11 +1015,8 @@ fn services(list: Vec<&Spanned<RawService>>, paths: &Paths, cx: &mut Cx) -> Vec<
 
 /// Orders services dependencies-first (stable in manifest order); reports cycles.
 fn start_order(services: Vec<(Service, Span)>, cx: &mut Cx) -> Vec<Service> {
-    let index: HashMap<String, usize> = services
-        .iter()
-        .enumerate()
-        .map(|(i, (s, _))| (s.name.clone(), i))
-        .collect();
+    let index: HashMap<String, usize> =
+        services.iter().enumerate().map(|(i, (s, _))| (s.name.clone(), i)).collect();
     let mut state = vec![0u8; services.len()]; // 0 new, 1 visiting, 2 done
     let mut order = Vec::new();
     let mut reported = false;
@@ -1238,16 +1077,11 @@ fn start_order(services: Vec<(Service, Span)>, cx: &mut Cx) -> Vec<Service> {
 }
 
 fn health_check(h: &RawHealthCheck, span: Span, cx: &mut Cx) -> Option<HealthCheck> {
-    let given = usize::from(h.command.is_some())
-        + usize::from(h.tcp.is_some())
-        + usize::from(h.http.is_some());
+    let given =
+        usize::from(h.command.is_some()) + usize::from(h.tcp.is_some()) + usize::from(h.http.is_some());
     if given != 1 {
         cx.error(
-            if given == 0 {
-                Kind::MissingField
-            } else {
-                Kind::InvalidValue
-            },
+            if given == 0 { Kind::MissingField } else { Kind::InvalidValue },
             span,
             format!("a health check needs exactly one of `command`, `tcp`, `http`; {given} given"),
             "for example `health_check: {http: http://127.0.0.1:8080/health}`",
@@ -1324,19 +1158,10 @@ fn tarball(raw: &RawManifest, paths: &Paths, cx: &mut Cx) -> Option<Tarball> {
         Some(d) => absolute_dest(d, cx)?.trim_end_matches('/').to_string(),
         None => DEFAULT_DEST.to_string(),
     };
-    let origin = Origin {
-        file: cx.file.clone(),
-        span: source.span,
-    };
+    let origin = Origin { file: cx.file.clone(), span: source.span };
     let text = source.value.as_str();
     if text.starts_with("https://") || text.starts_with("http://") {
-        return Some(Tarball {
-            source: TarballSource::Url {
-                url: text.to_string(),
-            },
-            dest,
-            origin,
-        });
+        return Some(Tarball { source: TarballSource::Url { url: text.to_string() }, dest, origin });
     }
     if text.contains("://") {
         cx.error(
@@ -1349,15 +1174,9 @@ fn tarball(raw: &RawManifest, paths: &Paths, cx: &mut Cx) -> Option<Tarball> {
     }
     let resolved = resolve(&source, paths.root, paths.root, cx)?;
     let source = if resolved.is_dir {
-        TarballSource::Dir {
-            path: resolved.rel,
-            local: resolved.local,
-        }
+        TarballSource::Dir { path: resolved.rel, local: resolved.local }
     } else if resolved.rel.ends_with(".tar.gz") || resolved.rel.ends_with(".tgz") {
-        TarballSource::Archive {
-            path: resolved.rel,
-            local: resolved.local,
-        }
+        TarballSource::Archive { path: resolved.rel, local: resolved.local }
     } else {
         cx.error(
             Kind::InvalidValue,
@@ -1367,11 +1186,7 @@ fn tarball(raw: &RawManifest, paths: &Paths, cx: &mut Cx) -> Option<Tarball> {
         );
         return None;
     };
-    Some(Tarball {
-        source,
-        dest,
-        origin,
-    })
+    Some(Tarball { source, dest, origin })
 }
 
 fn secrets(raw: &RawManifest, env: &BTreeMap<String, String>, cx: &mut Cx) -> Vec<SecretRef> {
@@ -1382,12 +1197,7 @@ fn secrets(raw: &RawManifest, env: &BTreeMap<String, String>, cx: &mut Cx) -> Ve
             RawSecret::Full(spec) => match &spec.name {
                 Some(n) => (n.clone(), spec.env.clone(), spec.dest.clone()),
                 None => {
-                    cx.error(
-                        Kind::MissingField,
-                        item.span,
-                        "a secret needs `name`",
-                        "add `name: API_TOKEN`",
-                    );
+                    cx.error(Kind::MissingField, item.span, "a secret needs `name`", "add `name: API_TOKEN`");
                     continue;
                 }
             },

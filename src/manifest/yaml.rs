@@ -20,34 +20,18 @@ pub struct Span {
 
 impl Span {
     /// A span for a whole file (no line to point at).
-    pub const FILE: Span = Span {
-        line: 0,
-        col: 0,
-        len: 0,
-    };
+    pub const FILE: Span = Span { line: 0, col: 0, len: 0 };
 
     /// The first character of a file.
-    pub const START: Span = Span {
-        line: 1,
-        col: 1,
-        len: 1,
-    };
+    pub const START: Span = Span { line: 1, col: 1, len: 1 };
 
     pub fn at(line: usize, col: usize, len: usize) -> Self {
-        Self {
-            line,
-            col,
-            len: len.max(1),
-        }
+        Self { line, col, len: len.max(1) }
     }
 
     fn from_parser(span: saphyr_parser::Span) -> Self {
         let (start, end) = (span.start, span.end);
-        let len = if end.line() == start.line() {
-            end.col().saturating_sub(start.col())
-        } else {
-            1
-        };
+        let len = if end.line() == start.line() { end.col().saturating_sub(start.col()) } else { 1 };
         Self::at(start.line(), start.col() + 1, len)
     }
 }
@@ -96,10 +80,7 @@ impl Node {
     /// The value under `key`, if this is a mapping that has it.
     pub fn get(&self, key: &str) -> Option<&Node> {
         match &self.value {
-            Value::Map(entries) => entries
-                .iter()
-                .find(|(k, _)| k.as_scalar() == Some(key))
-                .map(|(_, v)| v),
+            Value::Map(entries) => entries.iter().find(|(k, _)| k.as_scalar() == Some(key)).map(|(_, v)| v),
             _ => None,
         }
     }
@@ -115,25 +96,13 @@ pub struct SyntaxError {
 impl From<ScanError> for SyntaxError {
     fn from(err: ScanError) -> Self {
         let mark = err.marker();
-        Self {
-            span: Span::at(mark.line(), mark.col() + 1, 1),
-            message: err.info().to_string(),
-        }
+        Self { span: Span::at(mark.line(), mark.col() + 1, 1), message: err.info().to_string() }
     }
 }
 
 enum Frame {
-    Seq {
-        span: Span,
-        anchor: usize,
-        items: Vec<Node>,
-    },
-    Map {
-        span: Span,
-        anchor: usize,
-        entries: Vec<(Node, Node)>,
-        key: Option<Node>,
-    },
+    Seq { span: Span, anchor: usize, items: Vec<Node> },
+    Map { span: Span, anchor: usize, entries: Vec<(Node, Node)>, key: Option<Node> },
 }
 
 /// Parses the first YAML document of `src`. `Ok(None)` for an empty file.
@@ -168,25 +137,16 @@ pub fn parse(src: &str) -> Result<Option<Node>, SyntaxError> {
                 let value = if !quoted && matches!(&*text, "" | "~" | "null" | "Null" | "NULL") {
                     Value::Null
                 } else {
-                    Value::Scalar {
-                        text: text.into_owned(),
-                        quoted,
-                    }
+                    Value::Scalar { text: text.into_owned(), quoted }
                 };
-                let node = Node {
-                    value,
-                    span: span_here,
-                };
+                let node = Node { value, span: span_here };
                 if anchor > 0 {
                     anchors.insert(anchor, node.clone());
                 }
                 Some(node)
             }
             Event::Alias(id) => match anchors.get(&id) {
-                Some(node) => Some(Node {
-                    value: node.value.clone(),
-                    span: span_here,
-                }),
+                Some(node) => Some(Node { value: node.value.clone(), span: span_here }),
                 None => {
                     return Err(SyntaxError {
                         span: span_here,
@@ -195,47 +155,21 @@ pub fn parse(src: &str) -> Result<Option<Node>, SyntaxError> {
                 }
             },
             Event::SequenceStart(anchor, _) => {
-                stack.push(Frame::Seq {
-                    span: span_here,
-                    anchor,
-                    items: Vec::new(),
-                });
+                stack.push(Frame::Seq { span: span_here, anchor, items: Vec::new() });
                 None
             }
             Event::MappingStart(anchor, _) => {
-                stack.push(Frame::Map {
-                    span: span_here,
-                    anchor,
-                    entries: Vec::new(),
-                    key: None,
-                });
+                stack.push(Frame::Map { span: span_here, anchor, entries: Vec::new(), key: None });
                 None
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 let (node, anchor) = match stack.pop() {
-                    Some(Frame::Seq {
-                        span,
-                        anchor,
-                        items,
-                    }) => (
-                        Node {
-                            value: Value::Seq(items),
-                            span,
-                        },
-                        anchor,
-                    ),
-                    Some(Frame::Map {
-                        span,
-                        anchor,
-                        entries,
-                        ..
-                    }) => (
-                        Node {
-                            value: Value::Map(entries),
-                            span,
-                        },
-                        anchor,
-                    ),
+                    Some(Frame::Seq { span, anchor, items }) => {
+                        (Node { value: Value::Seq(items), span }, anchor)
+                    }
+                    Some(Frame::Map { span, anchor, entries, .. }) => {
+                        (Node { value: Value::Map(entries), span }, anchor)
+                    }
                     None => {
                         return Err(SyntaxError {
                             span: span_here,
@@ -262,9 +196,8 @@ pub fn parse(src: &str) -> Result<Option<Node>, SyntaxError> {
                                 message: "mapping keys must be plain strings".into(),
                             });
                         }
-                        if let Some((first, _)) = entries
-                            .iter()
-                            .find(|(k, _)| k.as_scalar() == node.as_scalar())
+                        if let Some((first, _)) =
+                            entries.iter().find(|(k, _)| k.as_scalar() == node.as_scalar())
                         {
                             return Err(SyntaxError {
                                 span: node.span,
@@ -295,9 +228,7 @@ mod tests {
         let b = node.get("a").unwrap().get("b").unwrap();
         assert_eq!(b.span.line, 2);
         assert_eq!(b.span.col, 6);
-        let Value::Map(entries) = &node.get("a").unwrap().value else {
-            panic!("map expected")
-        };
+        let Value::Map(entries) = &node.get("a").unwrap().value else { panic!("map expected") };
         assert_eq!(entries[0].0.span, Span::at(2, 3, 1));
     }
 

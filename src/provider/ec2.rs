@@ -20,22 +20,21 @@ use aws_sdk_ec2::primitives::Blob;
 use aws_sdk_ec2::types::{
     AttributeBooleanValue, DefaultTargetCapacityType, Filter, FleetLaunchTemplateConfigRequest,
     FleetLaunchTemplateOverridesRequest, FleetLaunchTemplateSpecificationRequest,
-    FleetOnDemandAllocationStrategy, FleetType, InstanceLifecycle, InstanceType, IpPermission,
-    IpRange, Ipv6Range, LaunchTemplateBlockDeviceMappingRequest,
-    LaunchTemplateEbsBlockDeviceRequest, LaunchTemplateHttpTokensState,
-    LaunchTemplateInstanceMetadataOptionsRequest,
-    LaunchTemplateInstanceNetworkInterfaceSpecificationRequest,
-    LaunchTemplateTagSpecificationRequest, OnDemandOptionsRequest, RequestLaunchTemplateData,
-    ResourceType, ShutdownBehavior, SpotAllocationStrategy, SpotOptionsRequest, Tag,
-    TagSpecification, TargetCapacitySpecificationRequest, VolumeType,
+    FleetOnDemandAllocationStrategy, FleetType, InstanceLifecycle, InstanceType, IpPermission, IpRange,
+    Ipv6Range, LaunchTemplateBlockDeviceMappingRequest, LaunchTemplateEbsBlockDeviceRequest,
+    LaunchTemplateHttpTokensState, LaunchTemplateInstanceMetadataOptionsRequest,
+    LaunchTemplateInstanceNetworkInterfaceSpecificationRequest, LaunchTemplateTagSpecificationRequest,
+    OnDemandOptionsRequest, RequestLaunchTemplateData, ResourceType, ShutdownBehavior,
+    SpotAllocationStrategy, SpotOptionsRequest, Tag, TagSpecification, TargetCapacitySpecificationRequest,
+    VolumeType,
 };
 use aws_smithy_runtime_api::http::Response as HttpResponse;
 use base64::Engine as _;
 
 use super::retry::{self, Policy};
 use super::{
-    Cloud, Error, ErrorKind, FleetOutcome, FleetRequest, Image, Instance, Kind, Launched, Market,
-    Network, PoolError, Resource, Result, Subnet, Tags, TemplateSpec, is_capacity_code,
+    Cloud, Error, ErrorKind, FleetOutcome, FleetRequest, Image, Instance, Kind, Launched, Market, Network,
+    PoolError, Resource, Result, Subnet, Tags, TemplateSpec, is_capacity_code,
 };
 use crate::manifest::types::Arch;
 
@@ -67,18 +66,11 @@ impl Ec2 {
         if let Some(url) = endpoint_url {
             loader = loader.endpoint_url(url);
         }
-        Self {
-            base: loader.load().await,
-            clients: Mutex::new(HashMap::new()),
-            policy: Policy::default(),
-        }
+        Self { base: loader.load().await, clients: Mutex::new(HashMap::new()), policy: Policy::default() }
     }
 
     fn client(&self, region: &str) -> Client {
-        let mut clients = self
-            .clients
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut clients = self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         clients
             .entry(region.to_string())
             .or_insert_with(|| {
@@ -103,11 +95,9 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
             let message = ctx.err().message().unwrap_or_default().to_string();
             (kind_for(&code), code, message)
         }
-        SdkError::TimeoutError(_) => (
-            ErrorKind::Transient,
-            "Timeout".to_string(),
-            "no answer in time".to_string(),
-        ),
+        SdkError::TimeoutError(_) => {
+            (ErrorKind::Transient, "Timeout".to_string(), "no answer in time".to_string())
+        }
         SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             let text = concise(&aws_sdk_ec2::error::DisplayErrorContext(err).to_string());
             if text.contains("credential") {
@@ -129,27 +119,16 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
         }
         (_, kind) => kind,
     };
-    Error {
-        kind,
-        code,
-        message,
-        operation,
-        region: region.to_string(),
-    }
+    Error { kind, code, message, operation, region: region.to_string() }
 }
 
 /// The human part of an SDK error chain, without the debug dump that follows it.
 fn concise(text: &str) -> String {
-    let cut = [
-        "(DispatchFailure",
-        "(ResponseError",
-        "(TimeoutError",
-        "(ConstructionFailure",
-    ]
-    .iter()
-    .filter_map(|marker| text.find(marker))
-    .min()
-    .unwrap_or(text.len());
+    let cut = ["(DispatchFailure", "(ResponseError", "(TimeoutError", "(ConstructionFailure"]
+        .iter()
+        .filter_map(|marker| text.find(marker))
+        .min()
+        .unwrap_or(text.len());
     text[..cut].trim().chars().take(400).collect()
 }
 
@@ -172,9 +151,7 @@ fn kind_for(code: &str) -> ErrorKind {
         | "OptInRequired"
         | "RequestExpired"
         | "SignatureDoesNotMatch" => ErrorKind::Auth,
-        c if c.contains("NotFound")
-            || c.ends_with(".Malformed") && c.starts_with("InvalidInstanceID") =>
-        {
+        c if c.contains("NotFound") || c.ends_with(".Malformed") && c.starts_with("InvalidInstanceID") => {
             ErrorKind::NotFound
         }
         c if c.ends_with(".Duplicate") || c.contains("AlreadyExists") => ErrorKind::Duplicate,
@@ -184,19 +161,12 @@ fn kind_for(code: &str) -> ErrorKind {
 }
 
 fn tag_list(tags: &Tags) -> Vec<Tag> {
-    tags.iter()
-        .map(|(k, v)| Tag::builder().key(k).value(v).build())
-        .collect()
+    tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
 }
 
 fn tags_of(tags: &[Tag]) -> Tags {
     tags.iter()
-        .filter_map(|t| {
-            Some((
-                t.key()?.to_string(),
-                t.value().unwrap_or_default().to_string(),
-            ))
-        })
+        .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string())))
         .collect()
 }
 
@@ -208,16 +178,11 @@ fn spec(resource: &str, tags: &Tags) -> TagSpecification {
 }
 
 fn tag_filters(tags: &Tags) -> Vec<Filter> {
-    tags.iter()
-        .map(|(k, v)| Filter::builder().name(format!("tag:{k}")).values(v).build())
-        .collect()
+    tags.iter().map(|(k, v)| Filter::builder().name(format!("tag:{k}")).values(v).build()).collect()
 }
 
 fn filter(name: &str, values: &[&str]) -> Filter {
-    Filter::builder()
-        .name(name)
-        .set_values(Some(values.iter().map(|v| (*v).to_string()).collect()))
-        .build()
+    Filter::builder().name(name).set_values(Some(values.iter().map(|v| (*v).to_string()).collect())).build()
 }
 
 fn arch_of(value: Option<&aws_sdk_ec2::types::ArchitectureValues>) -> Option<Arch> {
@@ -229,27 +194,18 @@ fn arch_of(value: Option<&aws_sdk_ec2::types::ArchitectureValues>) -> Option<Arc
 }
 
 fn resource(kind: Kind, region: &str, id: &str, name: Option<&str>, tags: Tags) -> Resource {
-    Resource {
-        kind,
-        region: region.to_string(),
-        id: id.to_string(),
-        name: name.map(str::to_string),
-        tags,
-    }
+    Resource { kind, region: region.to_string(), id: id.to_string(), name: name.map(str::to_string), tags }
 }
 
 fn is_ours(tags: &Tags) -> bool {
-    tags.get(crate::plan::tag::MANAGED_BY).map(String::as_str)
-        == Some(crate::plan::tag::MANAGED_BY_VALUE)
+    tags.get(crate::plan::tag::MANAGED_BY).map(String::as_str) == Some(crate::plan::tag::MANAGED_BY_VALUE)
 }
 
 /// `retry::run` over an SDK call: classify, then retry transient kinds.
 macro_rules! call {
     ($self:ident, $region:expr, $op:literal, $build:expr) => {
-        retry::run(&$self.policy, || async {
-            $build.send().await.map_err(|e| classify($op, $region, &e))
-        })
-        .await
+        retry::run(&$self.policy, || async { $build.send().await.map_err(|e| classify($op, $region, &e)) })
+            .await
     };
 }
 
@@ -258,9 +214,7 @@ impl Ec2 {
         Error {
             kind: ErrorKind::Other,
             code: "NotManagedBySpot".into(),
-            message: format!(
-                "{what} exists and is not tagged spot:managed-by=spot; spot will not touch it"
-            ),
+            message: format!("{what} exists and is not tagged spot:managed-by=spot; spot will not touch it"),
             operation,
             region: region.to_string(),
         }
@@ -282,10 +236,7 @@ impl Ec2 {
                 .filters(filter("group-name", &[name]))
                 .filters(filter("vpc-id", &[vpc_id]))
         )?;
-        Ok(out
-            .security_groups()
-            .first()
-            .and_then(|g| Some((g.group_id()?.to_string(), tags_of(g.tags())))))
+        Ok(out.security_groups().first().and_then(|g| Some((g.group_id()?.to_string(), tags_of(g.tags())))))
     }
 }
 
@@ -332,12 +283,7 @@ impl Cloud for Ec2 {
 
     async fn image(&self, region: &str, image_id: &str) -> Result<Option<Image>> {
         let client = self.client(region);
-        let out = match call!(
-            self,
-            region,
-            "DescribeImages",
-            client.describe_images().image_ids(image_id)
-        ) {
+        let out = match call!(self, region, "DescribeImages", client.describe_images().image_ids(image_id)) {
             Ok(out) => out,
             Err(e) if e.kind == ErrorKind::NotFound || e.code.starts_with("InvalidAMIID") => {
                 return Ok(None);
@@ -359,16 +305,9 @@ impl Cloud for Ec2 {
             self,
             region,
             "DescribeVpcs",
-            client
-                .describe_vpcs()
-                .filters(filter("isDefault", &["true"]))
+            client.describe_vpcs().filters(filter("isDefault", &["true"]))
         )?;
-        let Some(vpc_id) = vpcs
-            .vpcs()
-            .first()
-            .and_then(|v| v.vpc_id())
-            .map(str::to_string)
-        else {
+        let Some(vpc_id) = vpcs.vpcs().first().and_then(|v| v.vpc_id()).map(str::to_string) else {
             return Err(Error {
                 kind: ErrorKind::NotFound,
                 code: "NoDefaultVpc".into(),
@@ -390,10 +329,7 @@ impl Cloud for Ec2 {
             .subnets()
             .iter()
             .filter_map(|s| {
-                Some(Subnet {
-                    id: s.subnet_id()?.to_string(),
-                    az: s.availability_zone()?.to_string(),
-                })
+                Some(Subnet { id: s.subnet_id()?.to_string(), az: s.availability_zone()?.to_string() })
             })
             .collect();
         subnets.sort_by(|a, b| a.az.cmp(&b.az));
@@ -411,16 +347,9 @@ impl Cloud for Ec2 {
             self,
             region,
             "CreateVpc",
-            client
-                .create_vpc()
-                .cidr_block(VPC_CIDR)
-                .tag_specifications(spec("vpc", tags))
+            client.create_vpc().cidr_block(VPC_CIDR).tag_specifications(spec("vpc", tags))
         )?;
-        let vpc_id = vpc
-            .vpc()
-            .and_then(|v| v.vpc_id())
-            .unwrap_or_default()
-            .to_string();
+        let vpc_id = vpc.vpc().and_then(|v| v.vpc_id()).unwrap_or_default().to_string();
         made(resource(Kind::Vpc, region, &vpc_id, None, tags.clone()));
         call!(
             self,
@@ -435,52 +364,25 @@ impl Cloud for Ec2 {
             self,
             region,
             "CreateInternetGateway",
-            client
-                .create_internet_gateway()
-                .tag_specifications(spec("internet-gateway", tags))
+            client.create_internet_gateway().tag_specifications(spec("internet-gateway", tags))
         )?;
-        let igw_id = igw
-            .internet_gateway()
-            .and_then(|g| g.internet_gateway_id())
-            .unwrap_or_default()
-            .to_string();
-        made(resource(
-            Kind::InternetGateway,
-            region,
-            &igw_id,
-            None,
-            tags.clone(),
-        ));
+        let igw_id =
+            igw.internet_gateway().and_then(|g| g.internet_gateway_id()).unwrap_or_default().to_string();
+        made(resource(Kind::InternetGateway, region, &igw_id, None, tags.clone()));
         call!(
             self,
             region,
             "AttachInternetGateway",
-            client
-                .attach_internet_gateway()
-                .internet_gateway_id(&igw_id)
-                .vpc_id(&vpc_id)
+            client.attach_internet_gateway().internet_gateway_id(&igw_id).vpc_id(&vpc_id)
         )?;
         let table = call!(
             self,
             region,
             "CreateRouteTable",
-            client
-                .create_route_table()
-                .vpc_id(&vpc_id)
-                .tag_specifications(spec("route-table", tags))
+            client.create_route_table().vpc_id(&vpc_id).tag_specifications(spec("route-table", tags))
         )?;
-        let table_id = table
-            .route_table()
-            .and_then(|t| t.route_table_id())
-            .unwrap_or_default()
-            .to_string();
-        made(resource(
-            Kind::RouteTable,
-            region,
-            &table_id,
-            None,
-            tags.clone(),
-        ));
+        let table_id = table.route_table().and_then(|t| t.route_table_id()).unwrap_or_default().to_string();
+        made(resource(Kind::RouteTable, region, &table_id, None, tags.clone()));
         call!(
             self,
             region,
@@ -500,11 +402,8 @@ impl Cloud for Ec2 {
                 .filters(filter("state", &["available"]))
                 .filters(filter("zone-type", &["availability-zone"]))
         )?;
-        let mut azs: Vec<String> = zones
-            .availability_zones()
-            .iter()
-            .filter_map(|z| z.zone_name().map(str::to_string))
-            .collect();
+        let mut azs: Vec<String> =
+            zones.availability_zones().iter().filter_map(|z| z.zone_name().map(str::to_string)).collect();
         azs.sort();
         azs.truncate(6);
         let mut subnets = Vec::new();
@@ -521,18 +420,8 @@ impl Cloud for Ec2 {
                     .availability_zone(az)
                     .tag_specifications(spec("subnet", tags))
             )?;
-            let subnet_id = subnet
-                .subnet()
-                .and_then(|s| s.subnet_id())
-                .unwrap_or_default()
-                .to_string();
-            made(resource(
-                Kind::Subnet,
-                region,
-                &subnet_id,
-                None,
-                tags.clone(),
-            ));
+            let subnet_id = subnet.subnet().and_then(|s| s.subnet_id()).unwrap_or_default().to_string();
+            made(resource(Kind::Subnet, region, &subnet_id, None, tags.clone()));
             call!(
                 self,
                 region,
@@ -546,15 +435,9 @@ impl Cloud for Ec2 {
                 self,
                 region,
                 "AssociateRouteTable",
-                client
-                    .associate_route_table()
-                    .route_table_id(&table_id)
-                    .subnet_id(&subnet_id)
+                client.associate_route_table().route_table_id(&table_id).subnet_id(&subnet_id)
             )?;
-            subnets.push(Subnet {
-                id: subnet_id,
-                az: az.clone(),
-            });
+            subnets.push(Subnet { id: subnet_id, az: az.clone() });
         }
         Ok(Network { vpc_id, subnets })
     }
@@ -599,22 +482,12 @@ impl Cloud for Ec2 {
         let v4: Vec<IpRange> = cidrs
             .iter()
             .filter(|c| !c.contains(':'))
-            .map(|c| {
-                IpRange::builder()
-                    .cidr_ip(c)
-                    .description("spot ssh")
-                    .build()
-            })
+            .map(|c| IpRange::builder().cidr_ip(c).description("spot ssh").build())
             .collect();
         let v6: Vec<Ipv6Range> = cidrs
             .iter()
             .filter(|c| c.contains(':'))
-            .map(|c| {
-                Ipv6Range::builder()
-                    .cidr_ipv6(c)
-                    .description("spot ssh")
-                    .build()
-            })
+            .map(|c| Ipv6Range::builder().cidr_ipv6(c).description("spot ssh").build())
             .collect();
         let permission = IpPermission::builder()
             .ip_protocol("tcp")
@@ -627,31 +500,16 @@ impl Cloud for Ec2 {
             self,
             region,
             "AuthorizeSecurityGroupIngress",
-            client
-                .authorize_security_group_ingress()
-                .group_id(&group_id)
-                .ip_permissions(permission.clone())
+            client.authorize_security_group_ingress().group_id(&group_id).ip_permissions(permission.clone())
         ) {
             Ok(_) => {}
             Err(e) if e.kind == ErrorKind::Duplicate => {}
             Err(e) => return Err(e),
         }
-        Ok(resource(
-            Kind::SecurityGroup,
-            region,
-            &group_id,
-            Some(name),
-            tags.clone(),
-        ))
+        Ok(resource(Kind::SecurityGroup, region, &group_id, Some(name), tags.clone()))
     }
 
-    async fn import_key(
-        &self,
-        region: &str,
-        name: &str,
-        public_key: &str,
-        tags: &Tags,
-    ) -> Result<Resource> {
+    async fn import_key(&self, region: &str, name: &str, public_key: &str, tags: &Tags) -> Result<Resource> {
         let client = self.client(region);
         for attempt in 0..2 {
             let imported = call!(
@@ -667,39 +525,16 @@ impl Cloud for Ec2 {
             match imported {
                 Ok(out) => {
                     let id = out.key_pair_id().unwrap_or(name).to_string();
-                    return Ok(resource(
-                        Kind::KeyPair,
-                        region,
-                        &id,
-                        Some(name),
-                        tags.clone(),
-                    ));
+                    return Ok(resource(Kind::KeyPair, region, &id, Some(name), tags.clone()));
                 }
                 // A key of this name from an earlier run of the same deployment: replace it.
                 Err(e) if e.kind == ErrorKind::Duplicate && attempt == 0 => {
-                    let found = call!(
-                        self,
-                        region,
-                        "DescribeKeyPairs",
-                        client.describe_key_pairs().key_names(name)
-                    )?;
-                    if !found
-                        .key_pairs()
-                        .first()
-                        .is_some_and(|k| is_ours(&tags_of(k.tags())))
-                    {
-                        return Err(self.not_ours(
-                            "ImportKeyPair",
-                            region,
-                            &format!("key pair `{name}`"),
-                        ));
+                    let found =
+                        call!(self, region, "DescribeKeyPairs", client.describe_key_pairs().key_names(name))?;
+                    if !found.key_pairs().first().is_some_and(|k| is_ours(&tags_of(k.tags()))) {
+                        return Err(self.not_ours("ImportKeyPair", region, &format!("key pair `{name}`")));
                     }
-                    call!(
-                        self,
-                        region,
-                        "DeleteKeyPair",
-                        client.delete_key_pair().key_name(name)
-                    )?;
+                    call!(self, region, "DeleteKeyPair", client.delete_key_pair().key_name(name))?;
                 }
                 Err(e) => return Err(e),
             }
@@ -764,10 +599,7 @@ impl Cloud for Ec2 {
             );
             match created {
                 Ok(out) => {
-                    let id = out
-                        .launch_template()
-                        .and_then(|t| t.launch_template_id())
-                        .unwrap_or_default();
+                    let id = out.launch_template().and_then(|t| t.launch_template_id()).unwrap_or_default();
                     return Ok(resource(
                         Kind::LaunchTemplate,
                         region,
@@ -781,15 +613,9 @@ impl Cloud for Ec2 {
                         self,
                         region,
                         "DescribeLaunchTemplates",
-                        client
-                            .describe_launch_templates()
-                            .launch_template_names(&spec_in.name)
+                        client.describe_launch_templates().launch_template_names(&spec_in.name)
                     )?;
-                    if !found
-                        .launch_templates()
-                        .first()
-                        .is_some_and(|t| is_ours(&tags_of(t.tags())))
-                    {
+                    if !found.launch_templates().first().is_some_and(|t| is_ours(&tags_of(t.tags()))) {
                         return Err(self.not_ours(
                             "CreateLaunchTemplate",
                             region,
@@ -800,19 +626,13 @@ impl Cloud for Ec2 {
                         self,
                         region,
                         "DeleteLaunchTemplate",
-                        client
-                            .delete_launch_template()
-                            .launch_template_name(&spec_in.name)
+                        client.delete_launch_template().launch_template_name(&spec_in.name)
                     )?;
                 }
                 Err(e) => return Err(e),
             }
         }
-        Err(self.not_ours(
-            "CreateLaunchTemplate",
-            region,
-            &format!("launch template `{}`", spec_in.name),
-        ))
+        Err(self.not_ours("CreateLaunchTemplate", region, &format!("launch template `{}`", spec_in.name)))
     }
 
     async fn launch(&self, region: &str, request: &FleetRequest) -> Result<FleetOutcome> {
@@ -881,15 +701,11 @@ impl Cloud for Ec2 {
                 .map(|p| p.az.clone())
                 .unwrap_or_default()
         };
-        let mut outcome = FleetOutcome {
-            fleet_id: out.fleet_id().map(str::to_string),
-            ..FleetOutcome::default()
-        };
+        let mut outcome =
+            FleetOutcome { fleet_id: out.fleet_id().map(str::to_string), ..FleetOutcome::default() };
         for group in out.instances() {
-            let subnet = group
-                .launch_template_and_overrides()
-                .and_then(|l| l.overrides())
-                .and_then(|o| o.subnet_id());
+            let subnet =
+                group.launch_template_and_overrides().and_then(|l| l.overrides()).and_then(|o| o.subnet_id());
             let market = match group.lifecycle() {
                 Some(InstanceLifecycle::Spot) => Market::Spot,
                 Some(_) => Market::OnDemand,
@@ -898,19 +714,14 @@ impl Cloud for Ec2 {
             for id in group.instance_ids() {
                 outcome.launched.push(Launched {
                     id: id.clone(),
-                    instance_type: group
-                        .instance_type()
-                        .map(|t| t.as_str().to_string())
-                        .unwrap_or_default(),
+                    instance_type: group.instance_type().map(|t| t.as_str().to_string()).unwrap_or_default(),
                     az: az_of(subnet),
                     market,
                 });
             }
         }
         for error in out.errors() {
-            let overrides = error
-                .launch_template_and_overrides()
-                .and_then(|l| l.overrides());
+            let overrides = error.launch_template_and_overrides().and_then(|l| l.overrides());
             outcome.errors.push(PoolError {
                 instance_type: overrides
                     .and_then(|o| o.instance_type())
@@ -948,15 +759,8 @@ impl Cloud for Ec2 {
                     found.push(Instance {
                         id: id.to_string(),
                         region: region.to_string(),
-                        az: i
-                            .placement()
-                            .and_then(|p| p.availability_zone())
-                            .unwrap_or_default()
-                            .to_string(),
-                        instance_type: i
-                            .instance_type()
-                            .map(|t| t.as_str().to_string())
-                            .unwrap_or_default(),
+                        az: i.placement().and_then(|p| p.availability_zone()).unwrap_or_default().to_string(),
+                        instance_type: i.instance_type().map(|t| t.as_str().to_string()).unwrap_or_default(),
                         market: if i.instance_lifecycle().is_some_and(|l| l.as_str() == "spot") {
                             Market::Spot
                         } else {
@@ -973,10 +777,7 @@ impl Cloud for Ec2 {
                     });
                 }
             }
-            token = out
-                .next_token()
-                .filter(|t| !t.is_empty())
-                .map(str::to_string);
+            token = out.next_token().filter(|t| !t.is_empty()).map(str::to_string);
             if token.is_none() {
                 break;
             }
@@ -988,16 +789,32 @@ impl Cloud for Ec2 {
     async fn tagged(&self, region: &str, tags: &Tags) -> Result<Vec<Resource>> {
         let client = self.client(region);
         let filters = tag_filters(tags);
+        let f = || Some(filters.clone());
+        // Independent describes: one round trip of latency, not five.
+        let (groups, keys, templates, fleets, vpcs) = futures::join!(
+            async {
+                call!(
+                    self,
+                    region,
+                    "DescribeSecurityGroups",
+                    client.describe_security_groups().set_filters(f())
+                )
+            },
+            async { call!(self, region, "DescribeKeyPairs", client.describe_key_pairs().set_filters(f())) },
+            async {
+                call!(
+                    self,
+                    region,
+                    "DescribeLaunchTemplates",
+                    client.describe_launch_templates().set_filters(f())
+                )
+            },
+            // DescribeFleets has no tag filter: tags are matched below.
+            async { call!(self, region, "DescribeFleets", client.describe_fleets()) },
+            async { call!(self, region, "DescribeVpcs", client.describe_vpcs().set_filters(f())) },
+        );
         let mut out = Vec::new();
-        let groups = call!(
-            self,
-            region,
-            "DescribeSecurityGroups",
-            client
-                .describe_security_groups()
-                .set_filters(Some(filters.clone()))
-        )?;
-        for g in groups.security_groups() {
+        for g in groups?.security_groups() {
             out.push(resource(
                 Kind::SecurityGroup,
                 region,
@@ -1006,15 +823,7 @@ impl Cloud for Ec2 {
                 tags_of(g.tags()),
             ));
         }
-        let keys = call!(
-            self,
-            region,
-            "DescribeKeyPairs",
-            client
-                .describe_key_pairs()
-                .set_filters(Some(filters.clone()))
-        )?;
-        for k in keys.key_pairs() {
+        for k in keys?.key_pairs() {
             let name = k.key_name().unwrap_or_default();
             out.push(resource(
                 Kind::KeyPair,
@@ -1024,69 +833,47 @@ impl Cloud for Ec2 {
                 tags_of(k.tags()),
             ));
         }
-        let templates = call!(
-            self,
-            region,
-            "DescribeLaunchTemplates",
-            client
-                .describe_launch_templates()
-                .set_filters(Some(filters.clone()))
-        )?;
-        for t in templates.launch_templates() {
-            out.push(resource(
-                Kind::LaunchTemplate,
-                region,
-                t.launch_template_id().unwrap_or_default(),
-                t.launch_template_name(),
-                tags_of(t.tags()),
-            ));
+        for t in templates?.launch_templates() {
+            let id = t.launch_template_id().unwrap_or_default();
+            out.push(resource(Kind::LaunchTemplate, region, id, t.launch_template_name(), tags_of(t.tags())));
         }
-        // DescribeFleets has no tag filter: match tags here.
-        let fleets = call!(self, region, "DescribeFleets", client.describe_fleets())?;
-        for f in fleets.fleets() {
-            let fleet_tags = tags_of(f.tags());
-            let state = f
-                .fleet_state()
-                .map(aws_sdk_ec2::types::FleetStateCode::as_str)
-                .unwrap_or_default();
-            if tags.iter().all(|(k, v)| fleet_tags.get(k) == Some(v))
-                && !state.starts_with("deleted")
-            {
+        for fleet in fleets?.fleets() {
+            let fleet_tags = tags_of(fleet.tags());
+            let state =
+                fleet.fleet_state().map(aws_sdk_ec2::types::FleetStateCode::as_str).unwrap_or_default();
+            if tags.iter().all(|(k, v)| fleet_tags.get(k) == Some(v)) && !state.starts_with("deleted") {
                 out.push(resource(
                     Kind::Fleet,
                     region,
-                    f.fleet_id().unwrap_or_default(),
+                    fleet.fleet_id().unwrap_or_default(),
                     None,
                     fleet_tags,
                 ));
             }
         }
-        let vpcs = call!(
-            self,
-            region,
-            "DescribeVpcs",
-            client.describe_vpcs().set_filters(Some(filters.clone()))
-        )?;
+        let vpcs = vpcs?;
         for v in vpcs.vpcs() {
-            out.push(resource(
-                Kind::Vpc,
-                region,
-                v.vpc_id().unwrap_or_default(),
-                None,
-                tags_of(v.tags()),
-            ));
+            out.push(resource(Kind::Vpc, region, v.vpc_id().unwrap_or_default(), None, tags_of(v.tags())));
         }
-        if !out.iter().any(|r| r.kind == Kind::Vpc) {
+        if vpcs.vpcs().is_empty() {
             return Ok(out);
         }
         // Subnets, gateways and route tables exist only inside a dedicated VPC.
-        let subnets = call!(
-            self,
-            region,
-            "DescribeSubnets",
-            client.describe_subnets().set_filters(Some(filters.clone()))
-        )?;
-        for s in subnets.subnets() {
+        let (subnets, gateways, tables) = futures::join!(
+            async { call!(self, region, "DescribeSubnets", client.describe_subnets().set_filters(f())) },
+            async {
+                call!(
+                    self,
+                    region,
+                    "DescribeInternetGateways",
+                    client.describe_internet_gateways().set_filters(f())
+                )
+            },
+            async {
+                call!(self, region, "DescribeRouteTables", client.describe_route_tables().set_filters(f()))
+            },
+        );
+        for s in subnets?.subnets() {
             out.push(resource(
                 Kind::Subnet,
                 region,
@@ -1095,32 +882,11 @@ impl Cloud for Ec2 {
                 tags_of(s.tags()),
             ));
         }
-        let gateways = call!(
-            self,
-            region,
-            "DescribeInternetGateways",
-            client
-                .describe_internet_gateways()
-                .set_filters(Some(filters.clone()))
-        )?;
-        for g in gateways.internet_gateways() {
-            out.push(resource(
-                Kind::InternetGateway,
-                region,
-                g.internet_gateway_id().unwrap_or_default(),
-                None,
-                tags_of(g.tags()),
-            ));
+        for g in gateways?.internet_gateways() {
+            let id = g.internet_gateway_id().unwrap_or_default();
+            out.push(resource(Kind::InternetGateway, region, id, None, tags_of(g.tags())));
         }
-        let tables = call!(
-            self,
-            region,
-            "DescribeRouteTables",
-            client
-                .describe_route_tables()
-                .set_filters(Some(filters.clone()))
-        )?;
-        for t in tables.route_tables() {
+        for t in tables?.route_tables() {
             out.push(resource(
                 Kind::RouteTable,
                 region,
@@ -1139,9 +905,7 @@ impl Cloud for Ec2 {
                 self,
                 region,
                 "TerminateInstances",
-                client
-                    .terminate_instances()
-                    .set_instance_ids(Some(chunk.to_vec()))
+                client.terminate_instances().set_instance_ids(Some(chunk.to_vec()))
             ) {
                 Ok(_) => {}
                 Err(e) if e.kind == ErrorKind::NotFound => {
@@ -1174,26 +938,18 @@ impl Cloud for Ec2 {
                 self,
                 region,
                 "DeleteFleets",
-                client
-                    .delete_fleets()
-                    .fleet_ids(&r.id)
-                    .terminate_instances(true)
+                client.delete_fleets().fleet_ids(&r.id).terminate_instances(true)
             ) {
                 Ok(_) => Ok(()),
                 // Some emulators answer an error for a fleet whose instances are already
                 // gone while deleting it anyway: believe the fleet's state, not the answer.
                 Err(e) => {
-                    let fleets = call!(
-                        self,
-                        region,
-                        "DescribeFleets",
-                        client.describe_fleets().fleet_ids(&r.id)
-                    );
+                    let fleets =
+                        call!(self, region, "DescribeFleets", client.describe_fleets().fleet_ids(&r.id));
                     let deleted = fleets.as_ref().is_ok_and(|out| {
-                        out.fleets().iter().all(|f| {
-                            f.fleet_state()
-                                .is_some_and(|s| s.as_str().starts_with("deleted"))
-                        })
+                        out.fleets()
+                            .iter()
+                            .all(|f| f.fleet_state().is_some_and(|s| s.as_str().starts_with("deleted")))
                     });
                     if deleted { Ok(()) } else { Err(e) }
                 }
@@ -1206,28 +962,16 @@ impl Cloud for Ec2 {
             )
             .map(drop),
             Kind::KeyPair => match &r.name {
-                Some(name) => call!(
-                    self,
-                    region,
-                    "DeleteKeyPair",
-                    client.delete_key_pair().key_name(name)
-                )
-                .map(drop),
-                None => call!(
-                    self,
-                    region,
-                    "DeleteKeyPair",
-                    client.delete_key_pair().key_pair_id(&r.id)
-                )
-                .map(drop),
+                Some(name) => {
+                    call!(self, region, "DeleteKeyPair", client.delete_key_pair().key_name(name)).map(drop)
+                }
+                None => call!(self, region, "DeleteKeyPair", client.delete_key_pair().key_pair_id(&r.id))
+                    .map(drop),
             },
-            Kind::SecurityGroup => call!(
-                self,
-                region,
-                "DeleteSecurityGroup",
-                client.delete_security_group().group_id(&r.id)
-            )
-            .map(drop),
+            Kind::SecurityGroup => {
+                call!(self, region, "DeleteSecurityGroup", client.delete_security_group().group_id(&r.id))
+                    .map(drop)
+            }
             Kind::RouteTable => {
                 let tables = call!(
                     self,
@@ -1236,15 +980,12 @@ impl Cloud for Ec2 {
                     client.describe_route_tables().route_table_ids(&r.id)
                 );
                 if let Ok(tables) = &tables {
-                    for association in tables
-                        .route_tables()
-                        .iter()
-                        .flat_map(aws_sdk_ec2::types::RouteTable::associations)
+                    for association in
+                        tables.route_tables().iter().flat_map(aws_sdk_ec2::types::RouteTable::associations)
                     {
-                        if let (Some(id), false) = (
-                            association.route_table_association_id(),
-                            association.main().unwrap_or(false),
-                        ) {
+                        if let (Some(id), false) =
+                            (association.route_table_association_id(), association.main().unwrap_or(false))
+                        {
                             match call!(
                                 self,
                                 region,
@@ -1258,22 +999,15 @@ impl Cloud for Ec2 {
                         }
                     }
                 }
-                call!(
-                    self,
-                    region,
-                    "DeleteRouteTable",
-                    client.delete_route_table().route_table_id(&r.id)
-                )
-                .map(drop)
+                call!(self, region, "DeleteRouteTable", client.delete_route_table().route_table_id(&r.id))
+                    .map(drop)
             }
             Kind::InternetGateway => {
                 if let Ok(gateways) = call!(
                     self,
                     region,
                     "DescribeInternetGateways",
-                    client
-                        .describe_internet_gateways()
-                        .internet_gateway_ids(&r.id)
+                    client.describe_internet_gateways().internet_gateway_ids(&r.id)
                 ) {
                     for vpc in gateways
                         .internet_gateways()
@@ -1285,10 +1019,7 @@ impl Cloud for Ec2 {
                             self,
                             region,
                             "DetachInternetGateway",
-                            client
-                                .detach_internet_gateway()
-                                .internet_gateway_id(&r.id)
-                                .vpc_id(vpc)
+                            client.detach_internet_gateway().internet_gateway_id(&r.id).vpc_id(vpc)
                         ) {
                             Ok(_) => {}
                             Err(e) if e.kind == ErrorKind::NotFound => {}
@@ -1304,16 +1035,10 @@ impl Cloud for Ec2 {
                 )
                 .map(drop)
             }
-            Kind::Subnet => call!(
-                self,
-                region,
-                "DeleteSubnet",
-                client.delete_subnet().subnet_id(&r.id)
-            )
-            .map(drop),
-            Kind::Vpc => {
-                call!(self, region, "DeleteVpc", client.delete_vpc().vpc_id(&r.id)).map(drop)
+            Kind::Subnet => {
+                call!(self, region, "DeleteSubnet", client.delete_subnet().subnet_id(&r.id)).map(drop)
             }
+            Kind::Vpc => call!(self, region, "DeleteVpc", client.delete_vpc().vpc_id(&r.id)).map(drop),
         };
         match result {
             Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
@@ -1321,11 +1046,7 @@ impl Cloud for Ec2 {
         }
     }
 
-    async fn spot_prices(
-        &self,
-        region: &str,
-        types: &[String],
-    ) -> Result<BTreeMap<(String, String), f64>> {
+    async fn spot_prices(&self, region: &str, types: &[String]) -> Result<BTreeMap<(String, String), f64>> {
         let client = self.client(region);
         let out = call!(
             self,
@@ -1333,36 +1054,23 @@ impl Cloud for Ec2 {
             "DescribeSpotPriceHistory",
             client
                 .describe_spot_price_history()
-                .set_instance_types(Some(
-                    types
-                        .iter()
-                        .map(|t| InstanceType::from(t.as_str()))
-                        .collect()
-                ))
+                .set_instance_types(Some(types.iter().map(|t| InstanceType::from(t.as_str())).collect()))
                 .product_descriptions("Linux/UNIX")
-                .start_time(aws_sdk_ec2::primitives::DateTime::from(
-                    std::time::SystemTime::now()
-                ))
+                .start_time(aws_sdk_ec2::primitives::DateTime::from(std::time::SystemTime::now()))
         )?;
         let mut prices: BTreeMap<(String, String), (aws_sdk_ec2::primitives::DateTime, f64)> =
             BTreeMap::new();
         for p in out.spot_price_history() {
-            let (Some(t), Some(az), Some(price), Some(at)) = (
-                p.instance_type(),
-                p.availability_zone(),
-                p.spot_price(),
-                p.timestamp(),
-            ) else {
+            let (Some(t), Some(az), Some(price), Some(at)) =
+                (p.instance_type(), p.availability_zone(), p.spot_price(), p.timestamp())
+            else {
                 continue;
             };
             let Ok(price) = price.parse::<f64>() else {
                 continue;
             };
             let key = (t.as_str().to_string(), az.to_string());
-            if prices
-                .get(&key)
-                .is_none_or(|(seen, _)| seen.secs() < at.secs())
-            {
+            if prices.get(&key).is_none_or(|(seen, _)| seen.secs() < at.secs()) {
                 prices.insert(key, (*at, price));
             }
         }

@@ -248,11 +248,7 @@ pub struct Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} in {} failed: {}",
-            self.operation, self.region, self.code
-        )?;
+        write!(f, "{} in {} failed: {}", self.operation, self.region, self.code)?;
         if !self.message.is_empty() {
             write!(f, ": {}", self.message)?;
         }
@@ -267,14 +263,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// Everything spot asks of a cloud. Every method is about one region.
 pub trait Cloud: Send + Sync {
     /// The newest Canonical Ubuntu 24.04 LTS image for `arch`.
-    fn latest_ubuntu(&self, region: &str, arch: Arch)
-    -> impl Future<Output = Result<Image>> + Send;
+    fn latest_ubuntu(&self, region: &str, arch: Arch) -> impl Future<Output = Result<Image>> + Send;
     /// An explicit image, if it exists.
-    fn image(
-        &self,
-        region: &str,
-        image_id: &str,
-    ) -> impl Future<Output = Result<Option<Image>>> + Send;
+    fn image(&self, region: &str, image_id: &str) -> impl Future<Output = Result<Option<Image>>> + Send;
     /// The default VPC and its default subnets, one per AZ.
     fn default_network(&self, region: &str) -> impl Future<Output = Result<Network>> + Send;
     /// A tagged VPC with a public subnet per AZ; calls `made` for each part as it exists.
@@ -314,17 +305,9 @@ pub trait Cloud: Send + Sync {
         request: &FleetRequest,
     ) -> impl Future<Output = Result<FleetOutcome>> + Send;
     /// Instances carrying all of `tags`, any state but terminated.
-    fn instances(
-        &self,
-        region: &str,
-        tags: &Tags,
-    ) -> impl Future<Output = Result<Vec<Instance>>> + Send;
+    fn instances(&self, region: &str, tags: &Tags) -> impl Future<Output = Result<Vec<Instance>>> + Send;
     /// Every non-instance resource carrying all of `tags`.
-    fn tagged(
-        &self,
-        region: &str,
-        tags: &Tags,
-    ) -> impl Future<Output = Result<Vec<Resource>>> + Send;
+    fn tagged(&self, region: &str, tags: &Tags) -> impl Future<Output = Result<Vec<Resource>>> + Send;
     /// Terminates instances (already-gone ones are fine).
     fn terminate(&self, region: &str, ids: &[String]) -> impl Future<Output = Result<()>> + Send;
     /// Deletes one non-instance resource (already-gone is fine).

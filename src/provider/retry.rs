@@ -84,16 +84,9 @@ mod tests {
     #[tokio::test]
     async fn retries_transient_errors_then_succeeds() {
         let calls = AtomicU32::new(0);
-        let policy = Policy {
-            base: Duration::from_millis(1),
-            ..Policy::default()
-        };
+        let policy = Policy { base: Duration::from_millis(1), ..Policy::default() };
         let out = run(&policy, || async {
-            if calls.fetch_add(1, Ordering::SeqCst) < 3 {
-                Err(transient())
-            } else {
-                Ok(7)
-            }
+            if calls.fetch_add(1, Ordering::SeqCst) < 3 { Err(transient()) } else { Ok(7) }
         })
         .await;
         assert_eq!(out.unwrap(), 7);
@@ -103,11 +96,7 @@ mod tests {
     #[tokio::test]
     async fn gives_up_after_max_attempts_and_never_retries_other_errors() {
         let calls = AtomicU32::new(0);
-        let policy = Policy {
-            max_attempts: 3,
-            base: Duration::from_millis(1),
-            ..Policy::default()
-        };
+        let policy = Policy { max_attempts: 3, base: Duration::from_millis(1), ..Policy::default() };
         let out: Result<(), _> = run(&policy, || async {
             calls.fetch_add(1, Ordering::SeqCst);
             Err(transient())
@@ -118,10 +107,7 @@ mod tests {
         let calls = AtomicU32::new(0);
         let out: Result<(), _> = run(&policy, || async {
             calls.fetch_add(1, Ordering::SeqCst);
-            Err(Error {
-                kind: ErrorKind::Other,
-                ..transient()
-            })
+            Err(Error { kind: ErrorKind::Other, ..transient() })
         })
         .await;
         assert!(out.is_err());

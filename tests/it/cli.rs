@@ -10,12 +10,7 @@ fn stdout(cmd: &mut assert_cmd::Command) -> String {
 fn generated_scaffolds_validate_and_plan_cleanly() {
     for template in ["minimal", "docker"] {
         let dir = tempfile::tempdir().unwrap();
-        spot()
-            .args(["generate", "--template", template])
-            .arg(dir.path())
-            .write_stdin("")
-            .assert()
-            .success();
+        spot().args(["generate", "--template", template]).arg(dir.path()).write_stdin("").assert().success();
         for f in [
             "config.yaml",
             "deployment.yaml",
@@ -24,10 +19,7 @@ fn generated_scaffolds_validate_and_plan_cleanly() {
             "files/index.html",
             "README.md",
         ] {
-            assert!(
-                dir.path().join(".spot").join(f).is_file(),
-                "{template}: {f}"
-            );
+            assert!(dir.path().join(".spot").join(f).is_file(), "{template}: {f}");
         }
         spot().arg("validate").arg(dir.path()).assert().success();
         spot().arg("plan").arg(dir.path()).assert().success();
@@ -37,84 +29,43 @@ fn generated_scaffolds_validate_and_plan_cleanly() {
 #[test]
 fn generate_never_overwrites_without_force_and_never_prompts_without_a_tty() {
     let dir = tempfile::tempdir().unwrap();
-    spot()
-        .arg("generate")
-        .arg(dir.path())
-        .write_stdin("")
-        .assert()
-        .success();
+    spot().arg("generate").arg(dir.path()).write_stdin("").assert().success();
     let config = dir.path().join(".spot/config.yaml");
     std::fs::write(&config, "# mine\n").unwrap();
-    let out = spot()
-        .arg("generate")
-        .arg(dir.path())
-        .write_stdin("")
-        .output()
-        .unwrap();
+    let out = spot().arg("generate").arg(dir.path()).write_stdin("").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("already exist") && err.contains("--force"),
-        "{err}"
-    );
-    assert_eq!(
-        std::fs::read_to_string(&config).unwrap(),
-        "# mine\n",
-        "nothing was overwritten"
-    );
-    spot()
-        .args(["generate", "--force"])
-        .arg(dir.path())
-        .write_stdin("")
-        .assert()
-        .success();
+    assert!(err.contains("already exist") && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), "# mine\n", "nothing was overwritten");
+    spot().args(["generate", "--force"]).arg(dir.path()).write_stdin("").assert().success();
     assert_ne!(std::fs::read_to_string(&config).unwrap(), "# mine\n");
 }
 
 #[test]
 fn validate_exit_codes() {
-    spot()
-        .arg("validate")
-        .arg(fixtures().join("valid/everything"))
-        .assert()
-        .code(0);
+    spot().arg("validate").arg(fixtures().join("valid/everything")).assert().code(0);
     let bad = Txtar::read(&fixtures().join("invalid/unknown-key.txt")).materialize();
     spot().arg("validate").arg(bad.path()).assert().code(1);
     let empty = tempfile::tempdir().unwrap();
     spot().arg("validate").arg(empty.path()).assert().code(1);
-    spot()
-        .args(["validate", "--format", "nope"])
-        .assert()
-        .code(1);
+    spot().args(["validate", "--format", "nope"]).assert().code(1);
 }
 
 #[test]
 fn human_errors_show_a_caret_and_help() {
     let bad = Txtar::read(&fixtures().join("invalid/unknown-key.txt")).materialize();
-    let out = spot()
-        .args(["validate", "--format", "human"])
-        .arg(bad.path())
-        .output()
-        .unwrap();
+    let out = spot().args(["validate", "--format", "human"]).arg(bad.path()).output().unwrap();
     insta::assert_snapshot!("validate_human", String::from_utf8(out.stderr).unwrap());
 }
 
 #[test]
 fn json_errors_are_machine_readable() {
     let bad = Txtar::read(&fixtures().join("invalid/duplicate.txt")).materialize();
-    let text = stdout(
-        spot()
-            .args(["validate", "--format", "json"])
-            .arg(bad.path()),
-    );
+    let text = stdout(spot().args(["validate", "--format", "json"]).arg(bad.path()));
     let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(doc["valid"], false);
     insta::assert_json_snapshot!("validate_json", doc);
-    let good = stdout(
-        spot()
-            .args(["validate", "--format", "json"])
-            .arg(fixtures().join("valid/everything")),
-    );
+    let good = stdout(spot().args(["validate", "--format", "json"]).arg(fixtures().join("valid/everything")));
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&good).unwrap(),
         serde_json::json!({"valid": true, "errors": []})
@@ -124,12 +75,7 @@ fn json_errors_are_machine_readable() {
 #[test]
 fn inside_github_actions_errors_are_annotations() {
     let bad = Txtar::read(&fixtures().join("invalid/bad-tag.txt")).materialize();
-    let out = spot()
-        .arg("validate")
-        .arg(bad.path())
-        .env("GITHUB_ACTIONS", "true")
-        .output()
-        .unwrap();
+    let out = spot().arg("validate").arg(bad.path()).env("GITHUB_ACTIONS", "true").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     insta::assert_snapshot!("validate_github", String::from_utf8(out.stdout).unwrap());
 }
@@ -183,27 +129,16 @@ fn plan_human_snapshot() {
 #[test]
 fn plan_refuses_bad_ids_and_times() {
     let dir = fixtures().join("valid/everything");
-    let out = spot()
-        .args(["plan", "--deployment-id", "Bad_Id"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = spot().args(["plan", "--deployment-id", "Bad_Id"]).arg(&dir).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("deployment id `Bad_Id`"));
-    spot()
-        .args(["plan", "--now", "yesterday"])
-        .arg(&dir)
-        .assert()
-        .code(1);
+    spot().args(["plan", "--now", "yesterday"]).arg(&dir).assert().code(1);
 }
 
 #[test]
 fn version_and_help() {
     let version = stdout(spot().arg("--version"));
-    assert_eq!(
-        version.trim(),
-        format!("spot {}", env!("CARGO_PKG_VERSION"))
-    );
+    assert_eq!(version.trim(), format!("spot {}", env!("CARGO_PKG_VERSION")));
     for cmd in ["generate", "validate", "plan", "schema"] {
         let help = stdout(spot().args([cmd, "--help"]));
         assert!(help.contains("Usage: spot"), "{cmd}: {help}");
@@ -217,7 +152,6 @@ fn schema_prints_both_or_one() {
     let both: serde_json::Value = serde_json::from_str(&stdout(spot().arg("schema"))).unwrap();
     assert!(both["config.yaml"]["properties"]["regions"].is_object());
     assert!(both["deployment.yaml"]["anyOf"].is_array());
-    let one: serde_json::Value =
-        serde_json::from_str(&stdout(spot().args(["schema", "config"]))).unwrap();
+    let one: serde_json::Value = serde_json::from_str(&stdout(spot().args(["schema", "config"]))).unwrap();
     assert_eq!(one, both["config.yaml"]);
 }

@@ -18,11 +18,7 @@ fn cloud_init_schema(path: &std::path::Path) -> (bool, String) {
         .expect("`cloud-init` must be installed (Debian package cloud-init); .ci/run installs it");
     (
         out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
     )
 }
 
@@ -32,13 +28,10 @@ fn user_data_of_every_valid_fixture_passes_cloud_init_schema() {
     for (i, dir) in valid_dirs().iter().enumerate() {
         let deployment = manifest::load(dir).unwrap();
         let keys = DeploymentKeys::generate("fixture").unwrap();
-        let identity = Identity {
-            deployment_id: "fixture-1".into(),
-            expires_at: "2026-01-01T04:00:00Z".into(),
-        };
+        let identity =
+            Identity { deployment_id: "fixture-1".into(), expires_at: "2026-01-01T04:00:00Z".into() };
         let user_data =
-            cloud_init::render(&deployment, &identity, &UserDataKeys::from_keys(&keys, &[]))
-                .unwrap();
+            cloud_init::render(&deployment, &identity, &UserDataKeys::from_keys(&keys, &[])).unwrap();
         assert!(
             user_data.bytes.len() <= USER_DATA_LIMIT,
             "{}: {} bytes as sent",
@@ -53,19 +46,11 @@ fn user_data_of_every_valid_fixture_passes_cloud_init_schema() {
         );
         if user_data.gzipped {
             let mut text = String::new();
-            flate2::read::GzDecoder::new(&user_data.bytes[..])
-                .read_to_string(&mut text)
-                .unwrap();
+            flate2::read::GzDecoder::new(&user_data.bytes[..]).read_to_string(&mut text).unwrap();
             assert_eq!(text, user_data.text);
         }
-        assert!(
-            user_data.text.contains(&keys.host.public),
-            "the host key is pinned through user-data"
-        );
-        assert!(
-            user_data.text.contains(&keys.client.public),
-            "the deployment key is authorized"
-        );
+        assert!(user_data.text.contains(&keys.host.public), "the host key is pinned through user-data");
+        assert!(user_data.text.contains(&keys.client.public), "the deployment key is authorized");
         assert!(
             !user_data.text.contains(keys.client.private.expose()),
             "the client private key never leaves spot"
@@ -87,23 +72,15 @@ fn cloud_init_schema_really_rejects_bad_documents() {
     // Guards the test above against a `cloud-init schema` that accepts anything.
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("bad.yaml");
-    std::fs::write(
-        &path,
-        "#cloud-config\npackage_update: \"sometimes\"\nusers: 7\n",
-    )
-    .unwrap();
+    std::fs::write(&path, "#cloud-config\npackage_update: \"sometimes\"\nusers: 7\n").unwrap();
     assert!(!cloud_init_schema(&path).0);
 }
 
 #[test]
 fn the_gzip_fixture_is_sent_gzipped() {
     let deployment = manifest::load(&crate::common::fixtures().join("valid/gzip")).unwrap();
-    let identity = Identity {
-        deployment_id: "g".into(),
-        expires_at: "2026-01-01T04:00:00Z".into(),
-    };
-    let user_data =
-        cloud_init::render(&deployment, &identity, &UserDataKeys::placeholders()).unwrap();
+    let identity = Identity { deployment_id: "g".into(), expires_at: "2026-01-01T04:00:00Z".into() };
+    let user_data = cloud_init::render(&deployment, &identity, &UserDataKeys::placeholders()).unwrap();
     assert!(user_data.gzipped && user_data.text.len() > USER_DATA_LIMIT);
     assert_eq!(&user_data.bytes[..2], &[0x1f, 0x8b]);
 }
@@ -113,12 +90,7 @@ fn secret_values_never_reach_user_data_or_plan() {
     let dir = crate::common::fixtures().join("valid/everything");
     let secret_a = "s3cr3t-database-url-value-9f8e7d";
     let secret_b = "s3cr3t-api-key-value-1a2b3c";
-    for args in [
-        &["plan", "--user-data"][..],
-        &["plan", "--json"],
-        &["plan"],
-        &["validate"],
-    ] {
+    for args in [&["plan", "--user-data"][..], &["plan", "--json"], &["plan"], &["validate"]] {
         let out = spot()
             .args(args)
             .arg(&dir)
@@ -126,17 +98,10 @@ fn secret_values_never_reach_user_data_or_plan() {
             .env("SPOT_TEST_API_KEY", secret_b)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
         for stream in [&out.stdout, &out.stderr] {
             let text = String::from_utf8_lossy(stream);
-            assert!(
-                !text.contains(secret_a) && !text.contains(secret_b),
-                "{args:?} printed a secret value"
-            );
+            assert!(!text.contains(secret_a) && !text.contains(secret_b), "{args:?} printed a secret value");
         }
     }
 }
@@ -145,30 +110,15 @@ fn secret_values_never_reach_user_data_or_plan() {
 fn user_data_carries_the_expiry_timer_packages_and_boot_marker() {
     let dir = crate::common::fixtures().join("valid/everything");
     let out = spot()
-        .args([
-            "plan",
-            "--user-data",
-            "--now",
-            "2026-03-01T10:00:00Z",
-            "--deployment-id",
-            "pr-7",
-        ])
+        .args(["plan", "--user-data", "--now", "2026-03-01T10:00:00Z", "--deployment-id", "pr-7"])
         .arg(&dir)
         .output()
         .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.starts_with("#cloud-config\n"));
-    assert!(
-        text.contains("--on-calendar=2026-03-01 11:30:00 UTC"),
-        "ttl 1h30m from --now:\n{text}"
-    );
+    assert!(text.contains("--on-calendar=2026-03-01 11:30:00 UTC"), "ttl 1h30m from --now:\n{text}");
     assert!(text.contains("package_update: true"));
-    for p in [
-        "docker.io",
-        "jq",
-        "nginx=1.24.0-2ubuntu7",
-        "postgresql-client",
-    ] {
+    for p in ["docker.io", "jq", "nginx=1.24.0-2ubuntu7", "postgresql-client"] {
         assert!(
             text.contains(&format!("- {p}")) || text.contains(&format!("- \"{p}\"")),
             "package {p} kept:\n{text}"

@@ -62,10 +62,7 @@ impl Txtar {
         let mut current: Option<(String, String)> = None;
         for line in text.split_inclusive('\n') {
             let trimmed = line.trim_end_matches('\n');
-            if let Some(header) = trimmed
-                .strip_prefix("-- ")
-                .and_then(|l| l.strip_suffix(" --"))
-            {
+            if let Some(header) = trimmed.strip_prefix("-- ").and_then(|l| l.strip_suffix(" --")) {
                 if let Some(done) = current.take() {
                     fixture.files.push(done);
                 }
@@ -87,11 +84,7 @@ impl Txtar {
                         None => (rest, None),
                     };
                     let (kind, location) = spec.split_once(' ').expect("expect KIND LOCATION");
-                    fixture.expects.push(Expect {
-                        kind: kind.into(),
-                        location: location.into(),
-                        help,
-                    });
+                    fixture.expects.push(Expect { kind: kind.into(), location: location.into(), help });
                 }
                 None => {}
             }
@@ -120,11 +113,7 @@ impl Txtar {
             let config = dir.path().join(".spot/config.yaml");
             if !config.exists() {
                 std::fs::create_dir_all(config.parent().unwrap()).unwrap();
-                std::fs::write(
-                    &config,
-                    "regions:\n  - us-west-2:\n      machine_type: t3.micro\n",
-                )
-                .unwrap();
+                std::fs::write(&config, "regions:\n  - us-west-2:\n      machine_type: t3.micro\n").unwrap();
             }
             let manifest = dir.path().join(".spot/deployment.yaml");
             if !manifest.exists() {

@@ -21,23 +21,14 @@ regions:
 ";
 
 fn create_json(emu: &Emulator, dir: &std::path::Path, id: &str) -> Value {
-    let out = emu
-        .spot()
-        .args(["create", "--json", "--deployment-id", id])
-        .arg(dir)
-        .output()
-        .unwrap();
+    let out = emu.spot().args(["create", "--json", "--deployment-id", id]).arg(dir).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "create failed: {stderr}");
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn destroy(emu: &Emulator, dir: &std::path::Path, id: &str) -> std::process::Output {
-    emu.spot()
-        .args(["destroy", id, "--dir"])
-        .arg(dir)
-        .output()
-        .unwrap()
+    emu.spot().args(["destroy", id, "--dir"]).arg(dir).output().unwrap()
 }
 
 fn assert_clean(emu: &Emulator, regions: &[&str]) {
@@ -53,18 +44,11 @@ fn create_list_destroy_round_trip_tags_everything_and_leaves_nothing() {
     let instances = created["instances"].as_array().unwrap();
     assert_eq!(instances.len(), 5);
     assert_eq!(
-        instances
-            .iter()
-            .filter(|i| i["region"] == "us-east-1")
-            .count(),
+        instances.iter().filter(|i| i["region"] == "us-east-1").count(),
         3,
         "5 split 3/2, remainder first"
     );
-    assert!(
-        instances
-            .iter()
-            .all(|i| i["state"] == "running" && i["market"] == "spot")
-    );
+    assert!(instances.iter().all(|i| i["state"] == "running" && i["market"] == "spot"));
 
     // What EC2 was asked for, read back independently.
     let details = emu.details("eu-west-1");
@@ -77,38 +61,22 @@ fn create_list_destroy_round_trip_tags_everything_and_leaves_nothing() {
         "Team",
         "Name",
     ];
-    for kind in [
-        "instances",
-        "security_groups",
-        "key_pairs",
-        "launch_templates",
-        "fleets",
-    ] {
+    for kind in ["instances", "security_groups", "key_pairs", "launch_templates", "fleets"] {
         let items = details[kind].as_array().unwrap();
         assert!(!items.is_empty(), "no {kind}");
         for item in items {
             for t in wanted_tags {
-                assert!(
-                    item["tags"].get(t).is_some(),
-                    "{kind} lacks tag {t}: {item}"
-                );
+                assert!(item["tags"].get(t).is_some(), "{kind} lacks tag {t}: {item}");
             }
             assert_eq!(item["tags"]["spot:deployment"], "rt-1");
         }
     }
     let template = &details["launch_templates"][0]["data"];
-    assert_eq!(
-        template["MetadataOptions"]["HttpTokens"], "required",
-        "IMDSv2 required"
-    );
+    assert_eq!(template["MetadataOptions"]["HttpTokens"], "required", "IMDSv2 required");
     assert_eq!(template["InstanceInitiatedShutdownBehavior"], "terminate");
     let ebs = &template["BlockDeviceMappings"][0]["Ebs"];
     assert_eq!(
-        (
-            ebs["VolumeType"].as_str(),
-            ebs["Encrypted"].as_bool(),
-            ebs["VolumeSize"].as_i64()
-        ),
+        (ebs["VolumeType"].as_str(), ebs["Encrypted"].as_bool(), ebs["VolumeSize"].as_i64()),
         (Some("gp3"), Some(true), Some(12))
     );
     let rules = &details["security_groups"][0]["ingress"];
@@ -126,40 +94,30 @@ fn create_list_destroy_round_trip_tags_everything_and_leaves_nothing() {
         };
         assert_eq!(i["image"], want, "{i}");
     }
-    let user_data = details["user_data"]
-        .as_object()
-        .unwrap()
-        .values()
-        .next()
-        .unwrap()
-        .as_str()
-        .unwrap();
+    let user_data = details["user_data"].as_object().unwrap().values().next().unwrap().as_str().unwrap();
     let text = String::from_utf8(base64_decode(user_data)).unwrap();
-    assert!(
-        text.starts_with("#cloud-config\n") && text.contains("SPOT_DEPLOYMENT_ID=\"rt-1\""),
-        "{text}"
-    );
+    assert!(text.starts_with("#cloud-config\n") && text.contains("SPOT_DEPLOYMENT_ID=\"rt-1\""), "{text}");
+
+    // The state file records every resource and no key material.
+    let state = std::fs::read_to_string(state_dir(dir.path()).join("rt-1.json")).unwrap();
+    assert!(!state.contains("PRIVATE KEY") && !state.contains("ssh-ed25519"), "{state}");
+    let state: Value = serde_json::from_str(&state).unwrap();
+    assert_eq!(state["status"], "ready");
+    let recorded: Vec<&str> =
+        state["resources"].as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    for kind in ["instance", "fleet", "security-group", "key-pair", "launch-template"] {
+        assert!(recorded.contains(&kind), "state lacks {kind}: {recorded:?}");
+    }
 
     // list and destroy from another folder with no local state, regions from flags.
     let elsewhere = tempfile::tempdir().unwrap();
     let out = emu
         .spot()
-        .args([
-            "list",
-            "--json",
-            "--region",
-            "us-east-1",
-            "--region",
-            "eu-west-1",
-        ])
+        .args(["list", "--json", "--region", "us-east-1", "--region", "eu-west-1"])
         .arg(elsewhere.path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed[0]["deployment_id"], "rt-1");
     assert_eq!(listed[0]["instances"].as_array().unwrap().len(), 5);
@@ -167,56 +125,36 @@ fn create_list_destroy_round_trip_tags_everything_and_leaves_nothing() {
 
     let out = emu
         .spot()
-        .args([
-            "destroy",
-            "rt-1",
-            "--region",
-            "us-east-1",
-            "--region",
-            "eu-west-1",
-            "--dir",
-        ])
+        .args(["destroy", "rt-1", "--region", "us-east-1", "--region", "eu-west-1", "--dir"])
         .arg(elsewhere.path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("removed 5 instances"));
     assert_clean(&emu, &["us-east-1", "eu-west-1"]);
     let again = destroy(&emu, dir.path(), "rt-1");
     assert!(again.status.success());
-    assert!(
-        String::from_utf8_lossy(&again.stdout).contains("nothing to do"),
-        "second destroy is harmless"
-    );
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to do"), "second destroy is harmless");
 }
 
 fn base64_decode(text: &str) -> Vec<u8> {
     use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD
-        .decode(text.trim())
-        .unwrap()
+    base64::engine::general_purpose::STANDARD.decode(text.trim()).unwrap()
 }
 
 #[test]
 fn capacity_errors_in_one_az_use_the_other_azs() {
     let emu = Emulator::start();
-    emu.faults(&json!([{"action": "CreateFleet", "fault": "capacity-az", "azs": ["us-east-1a", "us-east-1b"]}]));
+    emu.faults(
+        &json!([{"action": "CreateFleet", "fault": "capacity-az", "azs": ["us-east-1a", "us-east-1b"]}]),
+    );
     let dir = project(
         "aws: {total_instances: 3, ssh_cidr: 127.0.0.1/32}\nregions:\n  - us-east-1: {machine_type: [t3.micro, t3a.micro]}\n",
     );
     let created = create_json(&emu, dir.path(), "az-1");
     let instances = created["instances"].as_array().unwrap();
     assert_eq!(instances.len(), 3);
-    assert!(
-        instances
-            .iter()
-            .all(|i| i["az"] != "us-east-1a" && i["az"] != "us-east-1b"),
-        "{instances:?}"
-    );
+    assert!(instances.iter().all(|i| i["az"] != "us-east-1a" && i["az"] != "us-east-1b"), "{instances:?}");
     assert!(destroy(&emu, dir.path(), "az-1").status.success());
     assert_clean(&emu, &["us-east-1"]);
 }
@@ -231,10 +169,7 @@ fn no_spot_capacity_anywhere_falls_back_to_on_demand_when_allowed() {
     let created = create_json(&emu, dir.path(), "od-1");
     let instances = created["instances"].as_array().unwrap();
     assert_eq!(instances.len(), 2);
-    assert!(
-        instances.iter().all(|i| i["market"] == "on-demand"),
-        "{instances:?}"
-    );
+    assert!(instances.iter().all(|i| i["market"] == "on-demand"), "{instances:?}");
     assert!(destroy(&emu, dir.path(), "od-1").status.success());
     assert_clean(&emu, &["us-east-1", "us-west-2"]);
 }
@@ -246,12 +181,7 @@ fn no_spot_capacity_without_fallback_fails_naming_what_was_tried_and_rolls_back(
     let dir = project(
         "aws: {total_instances: 2, ssh_cidr: 127.0.0.1/32}\nregions:\n  - us-east-1: {machine_type: [t3.micro, t3a.micro]}\n  - us-west-2: {machine_type: t3.micro}\n",
     );
-    let out = emu
-        .spot()
-        .args(["create", "--deployment-id", "nocap-1"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = emu.spot().args(["create", "--deployment-id", "nocap-1"]).arg(dir.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     for needle in [
@@ -265,10 +195,9 @@ fn no_spot_capacity_without_fallback_fails_naming_what_was_tried_and_rolls_back(
         assert!(err.contains(needle), "missing `{needle}` in:\n{err}");
     }
     assert_clean(&emu, &["us-east-1", "us-west-2"]);
-    let state: Value = serde_json::from_str(
-        &std::fs::read_to_string(state_dir(dir.path()).join("nocap-1.json")).unwrap(),
-    )
-    .unwrap();
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(state_dir(dir.path()).join("nocap-1.json")).unwrap())
+            .unwrap();
     assert_eq!(state["status"], "rolled-back");
     assert_eq!(state["resources"], json!([]));
 }
@@ -281,11 +210,7 @@ fn throttling_on_a_third_of_calls_still_succeeds() {
     let created = create_json(&emu, dir.path(), "thr-1");
     assert_eq!(created["instances"].as_array().unwrap().len(), 5);
     let out = destroy(&emu, dir.path(), "thr-1");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     emu.faults(&json!([]));
     assert_clean(&emu, &["us-east-1", "eu-west-1"]);
 }
@@ -312,11 +237,7 @@ fn server_errors_and_lost_answers_mid_create_still_give_exactly_the_count() {
         "duplicates from the retried launch are gone: {live}"
     );
     let out = destroy(&emu, dir.path(), "flaky-1");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_clean(&emu, &["us-east-1"]);
 }
 
@@ -327,22 +248,11 @@ fn a_refused_launch_rolls_back_everything_the_run_made() {
     let dir = project(
         "aws: {total_instances: 2, ssh_cidr: 127.0.0.1/32, use_dedicated_vpc: true}\nregions:\n  - us-east-1: {machine_type: t3.micro}\n",
     );
-    let out = emu
-        .spot()
-        .args(["create", "--deployment-id", "bad-1"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = emu.spot().args(["create", "--deployment-id", "bad-1"]).arg(dir.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("InvalidParameterValue") && err.contains("rolled back: removed"),
-        "{err}"
-    );
-    assert!(
-        err.contains("vpc") && err.contains("security group"),
-        "rollback names what it removed: {err}"
-    );
+    assert!(err.contains("InvalidParameterValue") && err.contains("rolled back: removed"), "{err}");
+    assert!(err.contains("vpc") && err.contains("security group"), "rollback names what it removed: {err}");
     assert_clean(&emu, &["us-east-1"]);
 }
 
@@ -355,21 +265,12 @@ fn dedicated_vpc_parts_are_created_tagged_and_destroyed() {
     create_json(&emu, dir.path(), "vpc-1");
     let left = emu.leftovers(&["us-west-2"]);
     for kind in ["vpcs", "subnets", "internet_gateways", "route_tables"] {
-        assert!(
-            left["us-west-2"][kind]
-                .as_array()
-                .is_some_and(|a| !a.is_empty()),
-            "no {kind}: {left}"
-        );
+        assert!(left["us-west-2"][kind].as_array().is_some_and(|a| !a.is_empty()), "no {kind}: {left}");
     }
     let details = emu.details("us-west-2");
     assert_eq!(details["vpcs"][0]["tags"]["spot:deployment"], "vpc-1");
     let out = destroy(&emu, dir.path(), "vpc-1");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_clean(&emu, &["us-west-2"]);
 }
 
@@ -397,17 +298,12 @@ fn sigterm_mid_create_exits_promptly_and_destroy_cleans_up() {
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while emu.calls().get("CreateFleet").copied().unwrap_or(0) == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "create never reached CreateFleet"
-        );
+        assert!(std::time::Instant::now() < deadline, "create never reached CreateFleet");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let signalled = std::time::Instant::now();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let status =
+        std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let code = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -427,11 +323,7 @@ fn sigterm_mid_create_exits_promptly_and_destroy_cleans_up() {
     std::fs::remove_dir_all(state_dir(dir.path())).unwrap();
     emu.faults(&json!([]));
     let out = destroy(&emu, dir.path(), "sig-1");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_clean(&emu, &["us-east-1", "us-west-2"]);
 }
 
@@ -444,39 +336,15 @@ fn destroy_without_an_id_needs_yes_for_several_and_never_touches_untagged_resour
     );
     create_json(&emu, dir.path(), "many-1");
     create_json(&emu, dir.path(), "many-2");
-    let out = emu
-        .spot()
-        .args(["destroy", "--dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = emu.spot().args(["destroy", "--dir"]).arg(dir.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("many-1") && err.contains("many-2") && err.contains("--yes"),
-        "{err}"
-    );
-    let out = emu
-        .spot()
-        .args(["destroy", "--yes", "--dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(err.contains("many-1") && err.contains("many-2") && err.contains("--yes"), "{err}");
+    let out = emu.spot().args(["destroy", "--yes", "--dir"]).arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let left = emu.leftovers(&["us-east-1"]);
-    assert_eq!(
-        left["us-east-1"]["instances"],
-        json!([foreign["instance"]]),
-        "{left}"
-    );
-    assert_eq!(
-        left["us-east-1"]["security_groups"],
-        json!([foreign["security_group"]])
-    );
+    assert_eq!(left["us-east-1"]["instances"], json!([foreign["instance"]]), "{left}");
+    assert_eq!(left["us-east-1"]["security_groups"], json!([foreign["security_group"]]));
     assert_eq!(left["us-east-1"]["key_pairs"], json!(["not-spot"]));
     assert!(left["us-east-1"].get("launch_templates").is_none());
 }
@@ -491,42 +359,18 @@ fn endpoint_flag_wins_invalid_input_makes_no_call_and_missing_credentials_fail_c
     let out = emu
         .spot()
         .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-        .args([
-            "create",
-            "--json",
-            "--deployment-id",
-            "flag-1",
-            "--endpoint-url",
-            &emu.proxy_url(),
-        ])
+        .args(["create", "--json", "--deployment-id", "flag-1", "--endpoint-url", &emu.proxy_url()])
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(destroy(&emu, dir.path(), "flag-1").status.success());
     // A malformed description creates nothing and makes no call.
-    std::fs::write(
-        dir.path().join(".spot/deployment.yaml"),
-        "version: 1\npackges: [jq]\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join(".spot/deployment.yaml"), "version: 1\npackges: [jq]\n").unwrap();
     let before = emu.calls().values().sum::<u64>();
-    let out = emu
-        .spot()
-        .args(["create", "--deployment-id", "bad-input"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = emu.spot().args(["create", "--deployment-id", "bad-input"]).arg(dir.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        emu.calls().values().sum::<u64>(),
-        before,
-        "invalid input makes no cloud call"
-    );
+    assert_eq!(emu.calls().values().sum::<u64>(), before, "invalid input makes no cloud call");
     std::fs::write(dir.path().join(".spot/deployment.yaml"), "version: 1\n").unwrap();
     let out = emu
         .spot()
@@ -539,5 +383,25 @@ fn endpoint_flag_wins_invalid_input_makes_no_call_and_missing_credentials_fail_c
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("credentials"), "{err}");
+    assert_clean(&emu, &["us-east-1"]);
+}
+
+#[test]
+fn an_explicit_image_is_checked_to_exist() {
+    let emu = Emulator::start();
+    let dir = project(
+        "aws: {total_instances: 1, ssh_cidr: 127.0.0.1/32}\nregions:\n  - us-east-1: {machine_type: t3.micro, image: ami-0123456789abcdef0}\n",
+    );
+    let out = emu.spot().args(["create", "--deployment-id", "ami-1"]).arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("image ami-0123456789abcdef0 does not exist"), "{err}");
+    assert_clean(&emu, &["us-east-1"]);
+    let dir = project(
+        "aws: {total_instances: 1, ssh_cidr: 127.0.0.1/32}\nregions:\n  - us-east-1: {machine_type: t3.micro, image: ami-0000000000000a001}\n",
+    );
+    create_json(&emu, dir.path(), "ami-2");
+    assert_eq!(emu.details("us-east-1")["instances"][0]["image"], "ami-0000000000000a001");
+    assert!(destroy(&emu, dir.path(), "ami-2").status.success());
     assert_clean(&emu, &["us-east-1"]);
 }

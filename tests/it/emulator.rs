@@ -13,11 +13,7 @@ use serde_json::Value;
 use crate::common::{fixtures, repo, spot};
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn wait_listening(port: u16, what: &str, child: &mut Child) {
@@ -27,9 +23,7 @@ fn wait_listening(port: u16, what: &str, child: &mut Child) {
             return;
         }
         if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "{what} exited with {status} before listening (is it installed? .ci/run installs it)"
-            );
+            panic!("{what} exited with {status} before listening (is it installed? .ci/run installs it)");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -39,12 +33,8 @@ fn wait_listening(port: u16, what: &str, child: &mut Child) {
 /// Minimal HTTP/1.0 exchange with the proxy's control endpoint.
 fn http(port: u16, method: &str, path: &str, body: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
@@ -66,37 +56,25 @@ impl Emulator {
 
     pub fn start_with_delay(delay_ms: u64) -> Self {
         let moto_port = free_port();
-        let mut moto = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &moto_port.to_string()])
+        let mut moto = Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &moto_port.to_string()])
             .env("MOTO_AMIS_PATH", fixtures().join("ec2/amis.json"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect(
-                "moto_server must be installed (pip install 'moto[server]'); .ci/run installs it",
-            );
-        wait_listening(moto_port, "moto_server", &mut moto);
+            .unwrap();
+        wait_listening(moto_port, "moto's server (pip install 'moto[server]'; .ci/run installs it)", &mut moto);
         let proxy_port = free_port();
         let mut proxy = Command::new("python3")
             .arg(repo().join("tests/support/faultproxy.py"))
-            .args([
-                "--port",
-                &proxy_port.to_string(),
-                "--upstream",
-                &format!("http://127.0.0.1:{moto_port}"),
-            ])
+            .args(["--port", &proxy_port.to_string(), "--upstream", &format!("http://127.0.0.1:{moto_port}")])
             .args(["--delay-ms", &delay_ms.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         wait_listening(proxy_port, "faultproxy.py", &mut proxy);
-        Self {
-            moto,
-            proxy,
-            moto_port,
-            proxy_port,
-        }
+        Self { moto, proxy, moto_port, proxy_port }
     }
 
     pub fn proxy_url(&self) -> String {
@@ -123,17 +101,9 @@ impl Emulator {
         if let Some(m) = mode {
             cmd.arg(m);
         }
-        let out = cmd
-            .arg(self.moto_url())
-            .args(regions)
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "inventory: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out =
+            cmd.arg(self.moto_url()).args(regions).env("AWS_EC2_METADATA_DISABLED", "true").output().unwrap();
+        assert!(out.status.success(), "inventory: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
@@ -163,10 +133,7 @@ impl Emulator {
             .env_remove("AWS_PROFILE")
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("AWS_CONFIG_FILE", "/nonexistent/spot-test-config")
-            .env(
-                "AWS_SHARED_CREDENTIALS_FILE",
-                "/nonexistent/spot-test-credentials",
-            )
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/spot-test-credentials")
             .env("AWS_REGION", "us-east-1");
         cmd
     }
@@ -187,11 +154,8 @@ pub fn project(config: &str) -> tempfile::TempDir {
     let spot = dir.path().join(".spot");
     std::fs::create_dir_all(&spot).unwrap();
     std::fs::write(spot.join("config.yaml"), config).unwrap();
-    std::fs::write(
-        spot.join("deployment.yaml"),
-        "version: 1\npackages: [curl]\nenv:\n  APP: test\n",
-    )
-    .unwrap();
+    std::fs::write(spot.join("deployment.yaml"), "version: 1\npackages: [curl]\nenv:\n  APP: test\n")
+        .unwrap();
     dir
 }
 

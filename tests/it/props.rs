@@ -13,41 +13,20 @@ fn to_json(node: &Node) -> Value {
     match &node.value {
         yaml::Value::Null => Value::Null,
         yaml::Value::Scalar { text, quoted: true } => Value::String(text.clone()),
-        yaml::Value::Scalar {
-            text,
-            quoted: false,
-        } => match text.as_str() {
+        yaml::Value::Scalar { text, quoted: false } => match text.as_str() {
             "true" => Value::Bool(true),
             "false" => Value::Bool(false),
-            t => t
-                .parse::<i64>()
-                .map(Value::from)
-                .unwrap_or_else(|_| Value::String(t.to_string())),
+            t => t.parse::<i64>().map(Value::from).unwrap_or_else(|_| Value::String(t.to_string())),
         },
         yaml::Value::Seq(items) => Value::Array(items.iter().map(to_json).collect()),
         yaml::Value::Map(entries) => Value::Object(
-            entries
-                .iter()
-                .map(|(k, v)| (k.as_scalar().unwrap().to_string(), to_json(v)))
-                .collect(),
+            entries.iter().map(|(k, v)| (k.as_scalar().unwrap().to_string(), to_json(v))).collect(),
         ),
     }
 }
 
-const REGIONS: &[&str] = &[
-    "us-east-1",
-    "us-west-2",
-    "eu-west-1",
-    "ap-southeast-2",
-    "sa-east-1",
-];
-const TYPES: &[&str] = &[
-    "t3.micro",
-    "t3a.small",
-    "m7g.large",
-    "c6i.xlarge",
-    "t4g.nano",
-];
+const REGIONS: &[&str] = &["us-east-1", "us-west-2", "eu-west-1", "ap-southeast-2", "sa-east-1"];
+const TYPES: &[&str] = &["t3.micro", "t3a.small", "m7g.large", "c6i.xlarge", "t4g.nano"];
 
 fn env_strategy() -> impl Strategy<Value = BTreeMap<String, String>> {
     prop::collection::btree_map("[A-Z_][A-Z0-9_]{0,8}", any::<String>(), 0..6)
@@ -59,37 +38,31 @@ fn manifest_strategy() -> impl Strategy<Value = (Value, Value, BTreeMap<String, 
         prop::collection::vec(prop::sample::subsequence(TYPES, 1..3), 5),
         1u32..=1000,
         prop::sample::select(vec!["10m", "90m", "2h", "1d", "7d", "1h30m"]),
-        prop::collection::btree_map(
-            "[A-Za-z][A-Za-z0-9 _.:/=+@-]{0,20}",
-            "[A-Za-z0-9 _.:/=+@-]{0,30}",
-            0..5,
-        ),
+        prop::collection::btree_map("[A-Za-z][A-Za-z0-9 _.:/=+@-]{0,20}", "[A-Za-z0-9 _.:/=+@-]{0,30}", 0..5),
         prop::collection::vec("[a-z][a-z0-9+.-]{1,12}", 0..6),
         env_strategy(),
         prop::collection::btree_set("[A-Z][A-Z0-9_]{0,6}_SECRET", 0..3),
     )
-        .prop_map(
-            |(regions, types, total, ttl, tags, mut packages, env, secrets)| {
-                packages.sort();
-                packages.dedup();
-                let regions: Vec<Value> = regions
-                    .iter()
-                    .zip(types)
-                    .map(|(r, t)| json!({ *r: { "machine_type": t, "image": "auto" } }))
-                    .collect();
-                let config = json!({
-                    "aws": { "total_instances": total, "ttl": ttl, "tags": tags },
-                    "regions": regions,
-                });
-                let manifest = json!({
-                    "version": 1,
-                    "packages": packages,
-                    "env": env,
-                    "secrets": secrets.into_iter().collect::<Vec<_>>(),
-                });
-                (config, manifest, env)
-            },
-        )
+        .prop_map(|(regions, types, total, ttl, tags, mut packages, env, secrets)| {
+            packages.sort();
+            packages.dedup();
+            let regions: Vec<Value> = regions
+                .iter()
+                .zip(types)
+                .map(|(r, t)| json!({ *r: { "machine_type": t, "image": "auto" } }))
+                .collect();
+            let config = json!({
+                "aws": { "total_instances": total, "ttl": ttl, "tags": tags },
+                "regions": regions,
+            });
+            let manifest = json!({
+                "version": 1,
+                "packages": packages,
+                "env": env,
+                "secrets": secrets.into_iter().collect::<Vec<_>>(),
+            });
+            (config, manifest, env)
+        })
 }
 
 proptest! {

@@ -7,15 +7,10 @@ use crate::common::{repo, spot, valid_dirs};
 #[test]
 fn committed_schemas_are_current() {
     let tmp = tempfile::tempdir().unwrap();
-    spot()
-        .args(["schema", "--out"])
-        .arg(tmp.path())
-        .assert()
-        .success();
+    spot().args(["schema", "--out"]).arg(tmp.path()).assert().success();
     for name in ["config.schema.json", "deployment.schema.json"] {
         let fresh = std::fs::read_to_string(tmp.path().join(name)).unwrap();
-        let committed =
-            std::fs::read_to_string(repo().join("schema").join(name)).unwrap_or_default();
+        let committed = std::fs::read_to_string(repo().join("schema").join(name)).unwrap_or_default();
         assert!(
             fresh == committed,
             "schema/{name} is stale: run `cargo run -- schema --out schema` and commit it"
@@ -29,13 +24,8 @@ fn schemas_know_every_key_the_parser_accepts() {
     let config = spot_deployer::schema::config();
     let deployment = spot_deployer::schema::deployment();
     let keys = |v: &serde_json::Value, ptr: &str| -> Vec<String> {
-        let mut k: Vec<String> = v
-            .pointer(ptr)
-            .and_then(|p| p.as_object())
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect();
+        let mut k: Vec<String> =
+            v.pointer(ptr).and_then(|p| p.as_object()).unwrap().keys().cloned().collect();
         k.sort();
         k
     };
@@ -45,20 +35,11 @@ fn schemas_know_every_key_the_parser_accepts() {
         v
     };
     assert_eq!(keys(&config, "/properties"), sorted(RawConfig::KEYS));
-    assert_eq!(
-        keys(&config, "/$defs/RawAws/properties"),
-        sorted(RawAws::KEYS)
-    );
-    assert_eq!(
-        keys(&deployment, "/$defs/Manifest/properties"),
-        sorted(RawManifest::KEYS)
-    );
+    assert_eq!(keys(&config, "/$defs/RawAws/properties"), sorted(RawAws::KEYS));
+    assert_eq!(keys(&deployment, "/$defs/Manifest/properties"), sorted(RawManifest::KEYS));
     let mut upload = RawUpload::KEYS.to_vec();
     upload.push("destination");
-    assert_eq!(
-        keys(&deployment, "/$defs/RawUpload/properties"),
-        sorted(&upload)
-    );
+    assert_eq!(keys(&deployment, "/$defs/RawUpload/properties"), sorted(&upload));
 }
 
 #[test]
@@ -71,16 +52,15 @@ fn committed_schemas_accept_every_valid_fixture() {
             manifests.push(dir.join(".spot/deployment.yaml"));
         }
     }
-    for (schema, files) in [
-        ("config.schema.json", configs),
-        ("deployment.schema.json", manifests),
-    ] {
+    for (schema, files) in [("config.schema.json", configs), ("deployment.schema.json", manifests)] {
         let out = Command::new("check-jsonschema")
             .arg("--schemafile")
             .arg(repo().join("schema").join(schema))
             .args(&files)
             .output()
-            .expect("`check-jsonschema` must be installed (pip install check-jsonschema); .ci/run installs it");
+            .expect(
+                "`check-jsonschema` must be installed (pip install check-jsonschema); .ci/run installs it",
+            );
         assert!(
             out.status.success(),
             "{schema}: {}{}",

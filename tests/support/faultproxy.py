@@ -33,6 +33,7 @@ import urllib.parse
 
 LOCK = threading.Lock()
 STATS = {}
+UPSTREAM_MS = {}
 RULES = []
 MATCHES = {}
 UPSTREAM = None
@@ -83,6 +84,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.close_connection = True
 
     def do_GET(self):
+        if self.path.startswith("/__stats/upstream-ms"):
+            with LOCK:
+                body = json.dumps({k: round(v) for k, v in UPSTREAM_MS.items()}).encode()
+            return self.reply(200, body, "application/json")
         if self.path.startswith("/__stats"):
             with LOCK:
                 body = json.dumps(STATS).encode()
@@ -118,7 +123,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.capacity(params, set(rule.get("azs", [])), spot_only=False)
         if fault == "capacity-spot" and action == "CreateFleet":
             return self.capacity(params, None, spot_only=True)
+        started = time.monotonic()
         status, headers, answer = self.upstream("POST", body)
+        with LOCK:
+            UPSTREAM_MS[action] = UPSTREAM_MS.get(action, 0) + (time.monotonic() - started) * 1000
         if fault == "reset-after":
             return self.reset()
         self.relay(status, headers, answer)

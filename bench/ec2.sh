@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Benchmark: `spot create` + `spot destroy` of 50 instances in 5 regions vs 50 in 1 region,
+# against moto's server through the fault proxy adding 100 ms to every EC2 call.
+# Prints wall times, the 5:1 ratio, and EC2 calls by operation (they must grow with
+# regions, not instances). No asserts.
+#
+#   bench/ec2.sh                       # uses target/release/spot (builds it if missing)
+#   SPOT_BIN=target/debug/spot DELAY_MS=100 COUNT=50 bench/ec2.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SPOT_BIN=${SPOT_BIN:-target/release/spot}
+DELAY_MS=${DELAY_MS:-100}
+COUNT=${COUNT:-50}
+[[ -x $SPOT_BIN ]] || cargo build --release --quiet
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+
+moto_port=$(free_port)
+MOTO_AMIS_PATH=tests/fixtures/ec2/amis.json python3 -m moto.server -H 127.0.0.1 -p "$moto_port" >/dev/null 2>&1 &
+pids+=($!)
+wait_port "$moto_port"
+proxy_port=$(free_port)
+python3 tests/support/faultproxy.py --port "$proxy_port" --upstream "http://127.0.0.1:$moto_port" --delay-ms "$DELAY_MS" >/dev/null 2>&1 &
+pids+=($!)
+wait_port "$proxy_port"
+
+export AWS_ENDPOINT_URL="http://127.0.0.1:$proxy_port" AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
+export AWS_EC2_METADATA_DISABLED=true AWS_CONFIG_FILE=/nonexistent AWS_SHARED_CREDENTIALS_FILE=/nonexistent AWS_REGION=us-east-1
+
+project() { # name regions...
+  local dir=$work/$1; shift
+  mkdir -p "$dir/.spot"
+  { echo "aws: {total_instances: $COUNT, ssh_cidr: 127.0.0.1/32}"; echo "regions:"
+    for r in "$@"; do echo "  - $r: {machine_type: [t3.micro, t3a.micro]}"; done; } >"$dir/.spot/config.yaml"
+  echo "version: 1" >"$dir/.spot/deployment.yaml"
+  echo "$dir"
+}
+stats() { curl -s "http://127.0.0.1:$proxy_port/__stats"; }
+ms() { echo $(($(date +%s%N) / 1000000)); }
+diff_calls() { python3 -c '
+import json,sys; a=json.loads(sys.argv[1]); b=json.loads(sys.argv[2])
+d={k: b[k]-a.get(k,0) for k in b if b[k]-a.get(k,0)}
+print(sum(d.values()), " ".join(f"{k}={v}" for k,v in sorted(d.items())))' "$1" "$2"; }
+
+run() { # label dir id
+  local before mid after t0 t1 t2
+  before=$(stats); t0=$(ms)
+  "$SPOT_BIN" create --deployment-id "$3" "$2" >/dev/null 2>"$work/$3.create.log" || { cat "$work/$3.create.log"; exit 1; }
+  t1=$(ms); mid=$(stats)
+  "$SPOT_BIN" destroy "$3" --dir "$2" >/dev/null 2>"$work/$3.destroy.log" || { cat "$work/$3.destroy.log"; exit 1; }
+  t2=$(ms); after=$(stats)
+  [[ -n ${SHOW_LOGS:-} ]] && cat "$work/$3.destroy.log" "$work/$3.create.log" >&2
+  left=$(python3 tests/support/ec2_inventory.py "http://127.0.0.1:$moto_port" us-east-1 us-west-2 eu-west-1 eu-central-1 ap-southeast-2)
+  echo "$1: create $((t1 - t0)) ms, destroy $((t2 - t1)) ms, left behind: $left"
+  echo "  create calls:  $(diff_calls "$before" "$mid")"
+  echo "  destroy calls: $(diff_calls "$mid" "$after")"
+  eval "${3//-/_}_create=$((t1 - t0)) ${3//-/_}_destroy=$((t2 - t1))"
+}
+
+# moto builds each region's backend on first use (seconds): do that before timing.
+python3 tests/support/ec2_inventory.py "http://127.0.0.1:$moto_port" us-east-1 us-west-2 eu-west-1 eu-central-1 ap-southeast-2 >/dev/null
+one=$(project one us-east-1)
+five=$(project five us-east-1 us-west-2 eu-west-1 eu-central-1 ap-southeast-2)
+echo "$COUNT instances, ${DELAY_MS} ms added to every EC2 call, $SPOT_BIN"
+run "1 region " "$one" b-one
+run "5 regions" "$five" b-five
+echo "emulator time by action (ms, summed over calls): $(curl -s "http://127.0.0.1:$proxy_port/__stats/upstream-ms")"
+awk -v a="$b_five_create" -v b="$b_one_create" -v c="$b_five_destroy" -v d="$b_one_destroy" \
+  'BEGIN { printf "ratio 5 regions / 1 region: create %.2fx, destroy %.2fx (target <= 1.5x)\n", a / b, c / d }'
+echo "original Python tool, same machine, same 100 ms: 2.2 s to its last launch call (37 calls), destroy 201 calls / 6.0 s, 1 security group per region left"
