@@ -93,5 +93,9 @@ pub(crate) fn sized_placeholder_keys(deployment: &Deployment) -> UserDataKeys {
     // An OpenSSH ed25519 private key with a comment is ~420 bytes; public ~100.
     let mut authorized = vec!["x".repeat(120)];
     authorized.extend(deployment.config.extra_authorized_keys.iter().cloned());
-    UserDataKeys { host_private: "x".repeat(480), host_public: "x".repeat(120), authorized }
+    UserDataKeys {
+        host_private: crate::keys::Secret::new("x".repeat(480)),
+        host_public: "x".repeat(120),
+        authorized,
+    }
 }

@@ -27,8 +27,8 @@ use crate::provider::{
 /// Regions prepared or launched at the same time, at most.
 const REGION_CONCURRENCY: usize = 8;
 
-/// Everything a run needs besides the cloud.
-#[derive(Debug)]
+/// Everything a run needs besides the cloud. The user-data holds the host private key,
+/// so `Debug` omits it.
 pub struct Request<'a> {
     pub deployment: &'a Deployment,
     pub plan: &'a Plan,
@@ -43,6 +43,17 @@ pub struct Request<'a> {
     pub wait_timeout: Duration,
     /// Pause between describes while waiting for `running`.
     pub poll: Duration,
+}
+
+impl std::fmt::Debug for Request<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("deployment_id", &self.plan.deployment_id)
+            .field("user_data_bytes", &self.user_data.len())
+            .field("ssh_cidrs", &self.ssh_cidrs)
+            .field("run_id", &self.run_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a run failed, and what its rollback removed.

@@ -119,8 +119,9 @@ pub struct Network {
     pub subnets: Vec<Subnet>,
 }
 
-/// Inputs for the per-deployment launch template.
-#[derive(Debug, Clone)]
+/// Inputs for the per-deployment launch template. The user-data holds the host private
+/// key, so `Debug` omits it.
+#[derive(Clone)]
 pub struct TemplateSpec {
     pub name: String,
     /// Image used unless an override names another (mixed architectures).
@@ -132,6 +133,17 @@ pub struct TemplateSpec {
     pub storage_gb: u32,
     pub public_ip: bool,
     pub tags: Tags,
+}
+
+impl fmt::Debug for TemplateSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TemplateSpec")
+            .field("name", &self.name)
+            .field("image_id", &self.image_id)
+            .field("security_group_id", &self.security_group_id)
+            .field("user_data_bytes", &self.user_data.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// One capacity pool to try: an instance type in a subnet, with its image.

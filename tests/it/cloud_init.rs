@@ -128,3 +128,16 @@ fn user_data_carries_the_expiry_timer_packages_and_boot_marker() {
     assert!(text.contains("groups: \"sudo, docker\""));
     assert!(text.contains("name: deploy"));
 }
+
+#[test]
+fn debug_output_of_user_data_and_keys_never_shows_the_host_key() {
+    let deployment = manifest::load(&crate::common::fixtures().join("valid/everything")).unwrap();
+    let keys = DeploymentKeys::generate("dbg").unwrap();
+    let identity = Identity { deployment_id: "dbg".into(), expires_at: "2026-01-01T04:00:00Z".into() };
+    let data_keys = UserDataKeys::from_keys(&keys, &[]);
+    let user_data = cloud_init::render(&deployment, &identity, &data_keys).unwrap();
+    assert!(user_data.text.contains("BEGIN OPENSSH PRIVATE KEY"), "the host key is in the user-data itself");
+    for shown in [format!("{user_data:?}"), format!("{data_keys:?}"), format!("{keys:?}")] {
+        assert!(!shown.contains("PRIVATE KEY") && !shown.contains(keys.host.private.expose()), "{shown}");
+    }
+}

@@ -63,7 +63,11 @@ impl Emulator {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        wait_listening(moto_port, "moto's server (pip install 'moto[server]'; .ci/run installs it)", &mut moto);
+        wait_listening(
+            moto_port,
+            "moto's server (pip install 'moto[server]'; .ci/run installs it)",
+            &mut moto,
+        );
         let proxy_port = free_port();
         let mut proxy = Command::new("python3")
             .arg(repo().join("tests/support/faultproxy.py"))
