@@ -1,9 +1,11 @@
 //! What goes onto the instance: every file of scripts, services, uploads and the build.
 //!
-//! This module owns the exclude rules and the walk that lists the bundle's files with
-//! their destinations, sizes and modes, in a stable order. It reads directory entries and
-//! metadata only, never file contents, so listing a large tree costs about what `find`
-//! does. It refuses symlinks that lead out of the repository.
+//! This module owns the exclude rules, the walk that lists the bundle's files with their
+//! destinations, sizes and modes in a stable order (directory entries and metadata only,
+//! so listing a large tree costs about what `find` does), and [`pack`], which streams
+//! that listing as one deterministic tar+gzip: same inputs, same bytes, same sha256,
+//! whatever the files' times and owners, in bounded memory. It refuses symlinks that
+//! lead out of the repository, and build archives with entries that would escape.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -190,6 +192,15 @@ pub fn list(deployment: &Deployment, measure: bool) -> Result<Listing, Vec<Diagn
                 .run(local, &mut listing, &mut errors);
             }
             TarballSource::Archive { path, local } => {
+                if let Err(why) = check_archive(local) {
+                    errors.push(Diagnostic::new(
+                        Kind::PathEscapes,
+                        tarball.origin.file.clone(),
+                        tarball.origin.span,
+                        format!("`{path}` cannot be shipped: {why}"),
+                        "rebuild the archive with paths relative to its top folder (no `..`, no absolute paths)",
+                    ));
+                }
                 let name = path.rsplit('/').next().unwrap_or(path);
                 push_file(
                     &mut listing,
@@ -204,6 +215,123 @@ pub fn list(deployment: &Deployment, measure: bool) -> Result<Listing, Vec<Diagn
         }
     }
     if errors.is_empty() { Ok(listing) } else { Err(errors) }
+}
+
+/// The bundle as sent: its digest and size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Packed {
+    /// Lower-case hex sha256 of the compressed bytes.
+    pub sha256: String,
+    pub bytes: u64,
+    pub files: usize,
+}
+
+/// Counts and hashes what passes through, so the digest needs no second read.
+struct Digest<W> {
+    inner: W,
+    hasher: sha2::Sha256,
+    bytes: u64,
+}
+
+impl<W: std::io::Write> std::io::Write for Digest<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        sha2::Digest::update(&mut self.hasher, &buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Streams `listing` as tar+gzip (at `level`, 0-9) into `out`. Entries keep the
+/// listing's order and are named by their destination without the leading `/`; times,
+/// owners and names of owners are zeroed, modes come from the listing, symlinks stay
+/// symlinks. File contents are copied in chunks, never held whole.
+pub fn pack(listing: &Listing, level: u32, out: impl std::io::Write) -> std::io::Result<Packed> {
+    let digest = Digest { inner: out, hasher: <sha2::Sha256 as sha2::Digest>::new(), bytes: 0 };
+    let gz = flate2::write::GzEncoder::new(digest, flate2::Compression::new(level.min(9)));
+    let mut tar = tar::Builder::new(gz);
+    tar.mode(tar::HeaderMode::Deterministic);
+    tar.follow_symlinks(false);
+    for entry in &listing.entries {
+        let name = entry.dest.trim_start_matches('/');
+        let mut header = tar::Header::new_gnu();
+        header.set_mtime(0);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mode(entry.mode);
+        if let Some(target) = &entry.link {
+            header.set_entry_type(tar::EntryType::Symlink);
+            header.set_size(0);
+            tar.append_link(&mut header, name, target)?;
+        } else {
+            let file = std::fs::File::open(&entry.local)?;
+            let len = file.metadata()?.len();
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(len);
+            // Never more than the listed size, even if the file grows meanwhile.
+            tar.append_data(&mut header, name, std::io::Read::take(file, len))?;
+        }
+    }
+    let gz = tar.into_inner()?;
+    let mut digest = gz.finish()?;
+    std::io::Write::flush(&mut digest)?;
+    let hash = sha2::Digest::finalize(digest.hasher);
+    Ok(Packed {
+        sha256: hash.iter().map(|b| format!("{b:02x}")).collect(),
+        bytes: digest.bytes,
+        files: listing.entries.len(),
+    })
+}
+
+/// Checks a build archive (`.tar.gz`) before it is shipped: every entry must stay inside
+/// the folder it is unpacked into. Returns the first offending entry's name.
+pub fn check_archive(path: &Path) -> Result<(), String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
+    let entries = archive.entries().map_err(|e| format!("not a tar.gz: {e}"))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("not a tar.gz: {e}"))?;
+        let raw = entry.path_bytes();
+        let name = String::from_utf8_lossy(&raw).into_owned();
+        if escapes(&name) {
+            return Err(format!("its entry `{name}` would be written outside the destination"));
+        }
+        let kind = entry.header().entry_type();
+        if kind.is_symlink() || kind.is_hard_link() {
+            let target =
+                entry.link_name_bytes().map(|t| String::from_utf8_lossy(&t).into_owned()).unwrap_or_default();
+            // A link is resolved from its own folder (hard links from the root).
+            let parent = if kind.is_symlink() { name.rsplit_once('/').map_or("", |(p, _)| p) } else { "" };
+            if target.starts_with('/') || escapes(&format!("{parent}/{target}")) {
+                return Err(format!("its link `{name}` -> `{target}` points outside the destination"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a relative path climbs above its starting folder (or is absolute).
+fn escapes(path: &str) -> bool {
+    if path.starts_with('/') {
+        return true;
+    }
+    let mut depth: i64 = 0;
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return true;
+                }
+            }
+            _ => depth += 1,
+        }
+    }
+    false
 }
 
 fn empty_excludes() -> Excludes {
@@ -486,6 +614,16 @@ mod tests {
         let e = ex(&["docs/**/*.md"]);
         assert!(e.matches("docs/a/b/c.md"));
         assert!(!e.matches("x/docs/a.md"));
+    }
+
+    #[test]
+    fn escaping_paths_are_recognised() {
+        for bad in ["../x", "a/../../x", "/etc/passwd", "a/./../.."] {
+            assert!(escapes(bad), "{bad}");
+        }
+        for ok in ["a/b", "a/../b", "./a", "a/b/../../c"] {
+            assert!(!escapes(ok), "{ok}");
+        }
     }
 
     #[test]

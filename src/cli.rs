@@ -28,12 +28,30 @@ pub enum Command {
     Plan(PlanArgs),
     /// Print the JSON Schemas of `config.yaml` and `deployment.yaml`.
     Schema(SchemaArgs),
+    /// Build the bundle `create` ships (deterministic tar+gzip) into a file, and print its sha256.
+    Bundle(BundleArgs),
     /// Launch the deployment's spot instances and wait until they run.
     Create(CreateArgs),
     /// List deployments found by their tags in the configured regions.
     List(ListArgs),
     /// Remove a deployment's instances and every resource spot made for it.
     Destroy(DestroyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BundleArgs {
+    /// Repository folder holding `.spot/` (or `deployment/`).
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Where to write the bundle (`-` for stdout).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// gzip level, 0 (store) to 9 (smallest).
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(0..=9))]
+    pub level: u32,
+    /// How to print problems with the description.
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
 }
 
 /// Where the cloud is.

@@ -27,6 +27,7 @@ pub fn run(cli: cli::Cli) -> Result<(), Error> {
         cli::Command::Validate(args) => commands::validate::run(&args),
         cli::Command::Plan(args) => commands::plan::run(&args),
         cli::Command::Schema(args) => commands::schema::run(&args),
+        cli::Command::Bundle(args) => commands::bundle::run(&args),
         cli::Command::Create(args) => commands::create::run(&args),
         cli::Command::List(args) => commands::list::run(&args),
         cli::Command::Destroy(args) => commands::destroy::run(&args),

@@ -1,5 +1,6 @@
 //! One module per subcommand: gather inputs, call the pure core, print the result.
 
+pub mod bundle;
 pub mod create;
 pub mod destroy;
 pub mod generate;
@@ -12,7 +13,7 @@ use std::io::{self, Write as _};
 use std::path::Path;
 
 use crate::Error;
-use crate::bundle::{self, Listing};
+use crate::bundle::Listing;
 use crate::manifest::{self, Deployment, Format, Report};
 
 /// The format problems are printed in when none was asked for.
@@ -41,7 +42,7 @@ pub(crate) fn load_checked(
     measure: bool,
 ) -> Result<(Deployment, Listing), Error> {
     let deployment = manifest::load(dir).map_err(|report| Error::Invalid { report, format })?;
-    match bundle::list(&deployment, measure) {
+    match crate::bundle::list(&deployment, measure) {
         Ok(listing) => Ok((deployment, listing)),
         Err(diagnostics) => {
             let mut report = Report { diagnostics, ..Report::default() };
