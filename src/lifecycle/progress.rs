@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct Progress {
     tty: bool,
-    quiet: bool,
     started: Instant,
     status_shown: Mutex<bool>,
 }
@@ -27,15 +26,9 @@ impl Progress {
     pub fn new() -> Self {
         Self {
             tty: std::io::stderr().is_terminal(),
-            quiet: false,
             started: Instant::now(),
             status_shown: Mutex::new(false),
         }
-    }
-
-    /// Prints nothing (for library use and tests).
-    pub fn quiet() -> Self {
-        Self { quiet: true, ..Self::new() }
     }
 
     pub fn elapsed(&self) -> Duration {
@@ -44,9 +37,6 @@ impl Progress {
 
     /// One event, kept in the log.
     pub fn event(&self, message: impl AsRef<str>) {
-        if self.quiet {
-            return;
-        }
         let mut shown = self.status_shown.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut err = std::io::stderr().lock();
         if self.tty {
@@ -64,7 +54,7 @@ impl Progress {
 
     /// A transient status line, shown only on a terminal.
     pub fn status(&self, message: impl AsRef<str>) {
-        if self.quiet || !self.tty {
+        if !self.tty {
             return;
         }
         let mut shown = self.status_shown.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -82,13 +72,6 @@ pub struct Cancel {
 }
 
 impl Cancel {
-    /// A token that is never cancelled.
-    pub fn never() -> Self {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        std::mem::forget(tx);
-        Self { rx }
-    }
-
     /// A token cancelled by the first SIGINT or SIGTERM; must be called inside a runtime.
     pub fn on_signals() -> Self {
         let (tx, rx) = tokio::sync::watch::channel(false);

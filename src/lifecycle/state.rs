@@ -71,10 +71,6 @@ impl StateFile {
         &self.path
     }
 
-    pub fn snapshot(&self) -> State {
-        self.lock().clone()
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
