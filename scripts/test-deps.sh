@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond Rust: the real `cloud-init` (its schema
-# check), `check-jsonschema`, and moto's EC2 server (with boto3, used by the leak
+# check), OpenSSH's sshd, `check-jsonschema`, and moto's EC2 server (with boto3, used by the leak
 # detector and the fault proxy's tests). Safe to run again; installs only what is missing.
 set -euo pipefail
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 
-if ! command -v cloud-init >/dev/null 2>&1; then
+missing_apt=()
+command -v cloud-init >/dev/null 2>&1 || missing_apt+=(cloud-init)
+[[ -x /usr/sbin/sshd ]] || missing_apt+=(openssh-server)
+if ((${#missing_apt[@]})); then
   as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends cloud-init >/dev/null
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing_apt[@]}" >/dev/null
 fi
+# sshd's privilege-separation directory (the SSH tests run a private sshd on 127.0.0.1).
+as_root mkdir -p /run/sshd
 missing_pip=()
 command -v check-jsonschema >/dev/null 2>&1 || missing_pip+=(check-jsonschema)
 python3 -c 'import flask, moto.server' 2>/dev/null || missing_pip+=('moto[server]')

@@ -15,6 +15,7 @@ pub mod lifecycle;
 pub mod manifest;
 pub mod plan;
 pub mod provider;
+pub mod remote;
 pub mod schema;
 pub mod yaml_out;
 

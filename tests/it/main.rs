@@ -11,3 +11,4 @@ mod emulator;
 mod fixtures;
 mod props;
 mod schema;
+mod ssh;
