@@ -54,6 +54,20 @@ pub struct BundleArgs {
     pub format: Option<Format>,
 }
 
+/// Who a deployment is: its id and the provenance its tags carry.
+#[derive(Debug, Args)]
+pub struct IdentityArgs {
+    /// Deployment id [default: spot-<date>-<time>-<random>].
+    #[arg(long)]
+    pub deployment_id: Option<String>,
+    /// Repository name for the `spot:repository` tag [default: $GITHUB_REPOSITORY, else the folder name].
+    #[arg(long)]
+    pub repository: Option<String>,
+    /// Pull request number for the `spot:pr` tag.
+    #[arg(long)]
+    pub pr: Option<u64>,
+}
+
 /// Where the cloud is.
 #[derive(Debug, Args)]
 pub struct CloudArgs {
@@ -68,15 +82,8 @@ pub struct CreateArgs {
     /// Repository folder holding `.spot/` (or `deployment/`).
     #[arg(default_value = ".")]
     pub dir: PathBuf,
-    /// Deployment id [default: spot-<date>-<time>-<random>].
-    #[arg(long)]
-    pub deployment_id: Option<String>,
-    /// Repository name for the `spot:repository` tag [default: $GITHUB_REPOSITORY, else the folder name].
-    #[arg(long)]
-    pub repository: Option<String>,
-    /// Pull request number for the `spot:pr` tag.
-    #[arg(long)]
-    pub pr: Option<u64>,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
     /// CIDR allowed to reach SSH, overriding `aws.ssh_cidr` (repeatable).
     #[arg(long = "ssh-cidr", value_name = "CIDR")]
     pub ssh_cidrs: Vec<String>,
@@ -162,15 +169,8 @@ pub struct PlanArgs {
     /// Print only the user-data `create` would send (key material shown as placeholders).
     #[arg(long)]
     pub user_data: bool,
-    /// Deployment id to plan for [default: spot-<date>-<time>-<random>].
-    #[arg(long)]
-    pub deployment_id: Option<String>,
-    /// Repository name for the `spot:repository` tag [default: $GITHUB_REPOSITORY, else the folder name].
-    #[arg(long)]
-    pub repository: Option<String>,
-    /// Pull request number for the `spot:pr` tag.
-    #[arg(long)]
-    pub pr: Option<u64>,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
     /// Plan as if it were this time (RFC 3339); for reproducible plans.
     #[arg(long, hide = true)]
     pub now: Option<String>,

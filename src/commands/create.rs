@@ -20,9 +20,9 @@ pub fn run(args: &CreateArgs) -> Result<(), Error> {
     let format = super::default_format(args.format);
     let mut inputs = super::plan::inputs_for(
         &args.dir,
-        args.deployment_id.clone(),
-        args.repository.clone(),
-        args.pr,
+        args.identity.deployment_id.clone(),
+        args.identity.repository.clone(),
+        args.identity.pr,
         None,
     )?;
     inputs.run_id = Some(format!("local-{:08x}", fastrand::u32(..)));

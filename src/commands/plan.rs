@@ -16,9 +16,9 @@ pub fn run(args: &PlanArgs) -> Result<(), Error> {
     let format = super::default_format(args.format);
     let inputs = inputs_for(
         &args.dir,
-        args.deployment_id.clone(),
-        args.repository.clone(),
-        args.pr,
+        args.identity.deployment_id.clone(),
+        args.identity.repository.clone(),
+        args.identity.pr,
         args.now.as_deref(),
     )?;
     let (deployment, listing) = super::load_checked(&args.dir, format, true)?;
