@@ -405,3 +405,28 @@ fn an_explicit_image_is_checked_to_exist() {
     assert!(destroy(&emu, dir.path(), "ami-2").status.success());
     assert_clean(&emu, &["us-east-1"]);
 }
+
+#[test]
+fn a_region_without_spot_capacity_is_topped_up_from_the_next_region() {
+    let emu = Emulator::start();
+    let all_east = ["us-east-1a", "us-east-1b", "us-east-1c", "us-east-1d", "us-east-1e", "us-east-1f"];
+    emu.faults(&json!([{"action": "CreateFleet", "fault": "capacity-az", "azs": all_east}]));
+    let dir = project(
+        "aws: {total_instances: 4, ssh_cidr: 127.0.0.1/32}\nregions:\n  - us-east-1: {machine_type: t3.micro}\n  - us-west-2: {machine_type: t3.micro}\n",
+    );
+    let out =
+        emu.spot().args(["create", "--json", "--deployment-id", "topup-1"]).arg(dir.path()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let instances = created["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 4);
+    assert!(instances.iter().all(|i| i["region"] == "us-west-2" && i["market"] == "spot"), "{instances:?}");
+    assert!(
+        err.contains("us-west-2: launching 2 spot")
+            && err.contains("unavailable (InsufficientInstanceCapacity)"),
+        "{err}"
+    );
+    assert!(destroy(&emu, dir.path(), "topup-1").status.success());
+    assert_clean(&emu, &["us-east-1", "us-west-2"]);
+}
