@@ -312,8 +312,7 @@ impl<C: Cloud> Run<'_, C> {
 
     async fn launch(&self, ready: &Ready, asked: u32, market: Market, round: u32) -> Result<Attempt, String> {
         let plan = self.region_plan(&ready.region).ok_or("region left the plan")?;
-        let mut tags = self.region_tags(plan);
-        tags.extend(self.req.tags.clone());
+        let tags = self.region_tags(plan);
         // One token per request: a retried call after a lost answer is not a second fleet.
         let token = format!("{}-{}-{round}", self.req.run_id, ready.region);
         let request = FleetRequest {

@@ -18,6 +18,7 @@ regions:
       machine_type: [t3.micro, t3a.micro]
   - eu-west-1:
       machine_type: [m7g.medium, t3.micro]
+      tags: {Team: qa-eu}
 ";
 
 fn create_json(emu: &Emulator, dir: &std::path::Path, id: &str) -> Value {
@@ -69,6 +70,7 @@ fn create_list_destroy_round_trip_tags_everything_and_leaves_nothing() {
                 assert!(item["tags"].get(t).is_some(), "{kind} lacks tag {t}: {item}");
             }
             assert_eq!(item["tags"]["spot:deployment"], "rt-1");
+            assert_eq!(item["tags"]["Team"], "qa-eu", "the region's tag overrides aws.tags on {kind}");
         }
     }
     let template = &details["launch_templates"][0]["data"];
