@@ -58,6 +58,14 @@ impl Found {
     }
 }
 
+/// The deployment a tagged item belongs to, noting its tags.
+fn group<'a>(found: &'a mut BTreeMap<String, Found>, tags: &Tags, region: &str) -> &'a mut Found {
+    let id = tags.get(tag::DEPLOYMENT).cloned().unwrap_or_default();
+    let entry = found.entry(id.clone()).or_insert_with(|| Found { deployment_id: id, ..Found::default() });
+    entry.note_tags(tags, region);
+    entry
+}
+
 /// One region's instances and other resources.
 type RegionFinds = Result<(Vec<Instance>, Vec<Resource>), Error>;
 
@@ -85,18 +93,10 @@ pub async fn discover<C: Cloud>(
     for result in per_region {
         let (instances, resources) = result?;
         for i in instances {
-            let id = i.tags.get(tag::DEPLOYMENT).cloned().unwrap_or_default();
-            let entry =
-                found.entry(id.clone()).or_insert_with(|| Found { deployment_id: id, ..Found::default() });
-            entry.note_tags(&i.tags, &i.region);
-            entry.instances.push(i);
+            group(&mut found, &i.tags, &i.region).instances.push(i);
         }
         for r in resources {
-            let id = r.tags.get(tag::DEPLOYMENT).cloned().unwrap_or_default();
-            let entry =
-                found.entry(id.clone()).or_insert_with(|| Found { deployment_id: id, ..Found::default() });
-            entry.note_tags(&r.tags, &r.region);
-            entry.resources.push(r);
+            group(&mut found, &r.tags, &r.region).resources.push(r);
         }
     }
     for f in found.values_mut() {

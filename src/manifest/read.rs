@@ -399,10 +399,7 @@ impl<'n> MapReader<'n> {
                 );
                 continue;
             }
-            let help = match did_you_mean(name, known) {
-                Some(best) => format!("did you mean `{best}`?"),
-                None => format!("known keys here: {}", known.join(", ")),
-            };
+            let help = suggest(name, known, || format!("known keys here: {}", known.join(", ")));
             cx.error(Kind::UnknownKey, k.span, format!("unknown key `{name}` in {}", self.what), help);
         }
     }
@@ -412,8 +409,16 @@ fn alias_list(aliases: &[&str]) -> String {
     aliases.iter().map(|a| format!(" or `{a}`")).collect()
 }
 
+/// "did you mean `x`?" for a likely typo of a known word, else `otherwise()`.
+pub fn suggest(word: &str, known: &[&str], otherwise: impl FnOnce() -> String) -> String {
+    match did_you_mean(word, known) {
+        Some(best) => format!("did you mean `{best}`?"),
+        None => otherwise(),
+    }
+}
+
 /// The known word closest to `word`, if it is close enough to be a likely typo.
-pub fn did_you_mean<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
+fn did_you_mean<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
     known
         .iter()
         .map(|k| (strsim::jaro_winkler(word, k), *k))

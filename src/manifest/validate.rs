@@ -13,7 +13,7 @@ use super::diagnostic::Kind;
 use super::raw::{
     RawConfig, RawHealthCheck, RawManifest, RawRegionEntry, RawSecret, RawService, RawTarball, RawUpload,
 };
-use super::read::{Cx, Spanned, did_you_mean};
+use super::read::{Cx, Spanned, suggest};
 use super::types::{
     AWS_REGIONS, Config, Fallback, HealthCheck, Image, InstanceType, Manifest, Origin, Probe, RegionSpec,
     Script, ScriptRun, SecretRef, Service, SshAccess, Tarball, TarballSource, Template, Upload,
@@ -102,10 +102,7 @@ pub fn config(raw: &RawConfig, cx: &mut Cx) -> Config {
             "none" => Fallback::None,
             "on-demand" => Fallback::OnDemand,
             other => {
-                let help = match did_you_mean(other, &["none", "on-demand"]) {
-                    Some(best) => format!("did you mean `{best}`?"),
-                    None => "write `none` or `on-demand`".into(),
-                };
+                let help = suggest(other, &["none", "on-demand"], || "write `none` or `on-demand`".into());
                 cx.error(Kind::InvalidValue, f.span, format!("unknown fallback `{other}`"), help);
                 Fallback::None
             }
@@ -346,10 +343,9 @@ fn regions(
     for entry in entries {
         let name = &entry.name;
         if !AWS_REGIONS.contains(&name.value.as_str()) {
-            let help = match did_you_mean(&name.value, AWS_REGIONS) {
-                Some(best) => format!("did you mean `{best}`?"),
-                None => "use an AWS region name such as `us-east-1` or `eu-west-1`".into(),
-            };
+            let help = suggest(&name.value, AWS_REGIONS, || {
+                "use an AWS region name such as `us-east-1` or `eu-west-1`".into()
+            });
             cx.error(Kind::UnknownRegion, name.span, format!("`{}` is not an AWS region", name.value), help);
             continue;
         }
@@ -457,10 +453,8 @@ pub fn manifest(raw: &RawManifest, paths: &Paths, cx: &mut Cx) -> Manifest {
             other => {
                 let help = if other.contains('/') || other.ends_with(".yaml") || other.ends_with(".yml") {
                     "custom cloud-init templates are not supported: use `minimal` or `docker` with packages, scripts and services".to_string()
-                } else if let Some(best) = did_you_mean(other, &["minimal", "docker"]) {
-                    format!("did you mean `{best}`?")
                 } else {
-                    "write `minimal` or `docker`".to_string()
+                    suggest(other, &["minimal", "docker"], || "write `minimal` or `docker`".into())
                 };
                 cx.error(Kind::InvalidValue, t.span, format!("unknown template `{other}`"), help);
                 Template::Minimal
@@ -989,13 +983,12 @@ fn services(list: Vec<&Spanned<RawService>>, paths: &Paths, cx: &mut Cx) -> Vec<
         for d in deps {
             if !known.contains(&d.value) {
                 let refs: Vec<&str> = known.iter().map(String::as_str).collect();
-                let help = match did_you_mean(&d.value, &refs) {
-                    Some(best) => format!("did you mean `{best}`?"),
-                    None => format!(
+                let help = suggest(&d.value, &refs, || {
+                    format!(
                         "services defined here: {}",
                         if refs.is_empty() { "none".into() } else { refs.join(", ") }
-                    ),
-                };
+                    )
+                });
                 cx.error(
                     Kind::UnknownDependency,
                     d.span,
