@@ -50,7 +50,7 @@ print(sum(d.values()), " ".join(f"{k}={v}" for k,v in sorted(d.items())))' "$1" 
 run() { # label dir id
   local before mid after t0 t1 t2
   before=$(stats); t0=$(ms)
-  "$SPOT_BIN" create --deployment-id "$3" "$2" >/dev/null 2>"$work/$3.create.log" || { cat "$work/$3.create.log"; exit 1; }
+  "$SPOT_BIN" create --no-deliver --deployment-id "$3" "$2" >/dev/null 2>"$work/$3.create.log" || { cat "$work/$3.create.log"; exit 1; }
   t1=$(ms); mid=$(stats)
   "$SPOT_BIN" destroy "$3" --dir "$2" >/dev/null 2>"$work/$3.destroy.log" || { cat "$work/$3.destroy.log"; exit 1; }
   t2=$(ms); after=$(stats)

@@ -90,6 +90,19 @@ pub struct CreateArgs {
     /// How long to wait for instances to run (e.g. 5m).
     #[arg(long, default_value = "5m")]
     pub wait: String,
+    /// How long to keep trying to reach each instance over SSH once it runs.
+    #[arg(long, default_value = "5m")]
+    pub ssh_timeout: String,
+    /// How long each instance may take to finish cloud-init (packages) after SSH is up.
+    #[arg(long, default_value = "15m")]
+    pub boot_timeout: String,
+    /// Fewest ready instances that count as success; the others are terminated
+    /// (default: every instance must be ready).
+    #[arg(long, value_name = "N")]
+    pub min_ready: Option<u32>,
+    /// Only launch and wait for `running`: no SSH, no bundle, no scripts or services.
+    #[arg(long)]
+    pub no_deliver: bool,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,

@@ -9,6 +9,7 @@ pub mod bundle;
 pub mod cli;
 pub mod cloud_init;
 pub mod commands;
+pub mod deliver;
 pub mod error;
 pub mod keys;
 pub mod lifecycle;

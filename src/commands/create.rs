@@ -1,13 +1,23 @@
 //! `spot create`: validate, plan, then launch and wait; roll back on any failure.
 
 use std::io::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
+
+use futures::FutureExt as _;
 
 use crate::Error;
 use crate::cli::CreateArgs;
 use crate::cloud_init::{self, UserDataKeys};
 use crate::keys::DeploymentKeys;
-use crate::lifecycle::create::{self, Request};
+use crate::bundle::Listing;
+use crate::deliver::Delivery;
+use crate::deliver::Limits;
+use crate::deliver::run::Shipment;
+use crate::keys::Secret;
+use crate::lifecycle::create::{self, LaunchOnly, Outcome, Request};
+use crate::provider::Instance;
+use crate::remote::Target;
 use crate::lifecycle::progress::{Cancel, Progress};
 use crate::lifecycle::state::{State, StateFile, Status};
 use crate::lifecycle::teardown;
@@ -28,6 +38,21 @@ pub fn run(args: &CreateArgs) -> Result<(), Error> {
     inputs.run_id = Some(format!("local-{:08x}", fastrand::u32(..)));
     let (deployment, listing) = super::load_checked(&args.dir, format, true)?;
     let wait = super::duration_flag("--wait", &args.wait)?;
+    let ssh_budget = super::duration_flag("--ssh-timeout", &args.ssh_timeout)?;
+    let limits = Limits { boot: super::duration_flag("--boot-timeout", &args.boot_timeout)?, ..Limits::default() };
+    let total = deployment.config.total_instances;
+    let min_ready = match args.min_ready {
+        None => total,
+        Some(n) if (1..=total).contains(&n) => n,
+        Some(n) => {
+            return Err(Error::Usage {
+                message: format!("--min-ready {n} is not between 1 and the {total} instance(s) of the deployment"),
+                help: "leave it out to require every instance".into(),
+            });
+        }
+    };
+    // Everything that can be wrong with the input is checked before the first cloud call.
+    let secret_values = if args.no_deliver { Vec::new() } else { read_secrets(&deployment)? };
     let ssh_cidrs = ssh_cidrs(args, &deployment.config.ssh_access)?;
     let keys = DeploymentKeys::generate(&inputs.deployment_id)
         .map_err(|e| Error::Runtime { message: format!("cannot generate keys: {e}"), help: String::new() })?;
@@ -38,7 +63,7 @@ pub fn run(args: &CreateArgs) -> Result<(), Error> {
         &UserDataKeys::from_keys(&keys, &deployment.config.extra_authorized_keys),
     )
     .map_err(|d| Error::Invalid { report: Report { diagnostics: vec![*d], ..Report::default() }, format })?;
-    let plan = plan::build(&deployment, &inputs, listing, &user_data);
+    let plan = plan::build(&deployment, &inputs, listing.clone(), &user_data);
     let run_id = inputs.run_id.clone().unwrap_or_default();
     let request = Request {
         deployment: &deployment,
@@ -50,6 +75,7 @@ pub fn run(args: &CreateArgs) -> Result<(), Error> {
         run_id: run_id.clone(),
         wait_timeout: wait,
         poll: Duration::from_millis(1000),
+        min_ready,
     };
     let state = StateFile::create(
         &deployment.root,
@@ -79,51 +105,30 @@ pub fn run(args: &CreateArgs) -> Result<(), Error> {
     let outcome = super::runtime()?.block_on(async {
         let cloud = Ec2::new(args.cloud.endpoint_url.as_deref()).await;
         let cancel = Cancel::on_signals();
-        create::create(&cloud, &request, &state, &progress, &cancel).await
+        if args.no_deliver {
+            return create::create(&cloud, &LaunchOnly, &request, &state, &progress, &cancel).await;
+        }
+        // The bundle is packed while the instances launch and boot.
+        let deploy = deployment.clone();
+        let packing = tokio::task::spawn_blocking(move || pack_bundle(&deploy, &listing, &limits))
+            .map(|joined| joined.map_err(|e| format!("packing the bundle stopped: {e}")).and_then(|r| r))
+            .boxed()
+            .shared();
+        let deliver = SshDeliver {
+            bundle: packing,
+            host_public: &keys.host.public,
+            client_private: &keys.client.private,
+            secret_values: &secret_values,
+            user: &deployment.config.username,
+            ssh_budget,
+            emulator_dir: std::env::var_os(EMULATOR_SSH_DIR).map(std::path::PathBuf::from),
+            progress: &progress,
+        };
+        create::create(&cloud, &deliver, &request, &state, &progress, &cancel).await
     });
     match outcome {
-        Ok(instances) => {
-            let took = progress.elapsed().as_secs_f64();
-            let mut out = std::io::stdout().lock();
-            if args.json {
-                let doc = serde_json::json!({
-                    "deployment_id": plan.deployment_id,
-                    "expires_at": plan.expires_at,
-                    "state_file": state.path(),
-                    "instances": instances,
-                });
-                let _ = writeln!(out, "{doc:#}");
-            } else {
-                let _ = writeln!(
-                    out,
-                    "deployment {} ready: {} instance(s) in {took:.1}s",
-                    plan.deployment_id,
-                    instances.len()
-                );
-                let _ = writeln!(
-                    out,
-                    "{:<15} {:<16} {:<21} {:<14} {:<10} address",
-                    "region", "az", "instance", "type", "market"
-                );
-                for i in &instances {
-                    let address = i
-                        .public_ip
-                        .clone()
-                        .or_else(|| i.private_ip.clone().map(|p| format!("{p} (private)")))
-                        .unwrap_or_default();
-                    let _ = writeln!(
-                        out,
-                        "{:<15} {:<16} {:<21} {:<14} {:<10} {address}",
-                        i.region,
-                        i.az,
-                        i.id,
-                        i.instance_type,
-                        i.market.to_string()
-                    );
-                }
-                let _ = writeln!(out, "state: {}", state.path().display());
-                let _ = writeln!(out, "remove it with: spot destroy {}", plan.deployment_id);
-            }
+        Ok(outcomes) => {
+            print_ready(args, &plan, &state, &outcomes, progress.elapsed().as_secs_f64());
             Ok(())
         }
         Err(failure) => {
@@ -149,6 +154,163 @@ pub fn run(args: &CreateArgs) -> Result<(), Error> {
                 Err(Error::Runtime { message, help: String::new() })
             }
         }
+    }
+}
+
+/// Emulator-only: a folder where the harness that plays the instances writes, per
+/// instance id, the `host:port` its SSH server listens on (EC2 emulators hand out
+/// addresses nothing answers on). Never set against real AWS.
+pub const EMULATOR_SSH_DIR: &str = "SPOT_EMULATOR_SSH_DIR";
+
+fn print_ready(args: &CreateArgs, plan: &plan::Plan, state: &StateFile, outcomes: &[Outcome], took: f64) {
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let doc = serde_json::json!({
+            "deployment_id": plan.deployment_id,
+            "expires_at": plan.expires_at,
+            "state_file": state.path(),
+            "instances": outcomes,
+        });
+        let _ = writeln!(out, "{doc:#}");
+        return;
+    }
+    let ready = outcomes.iter().filter(|o| o.ready).count();
+    let _ = writeln!(
+        out,
+        "deployment {} ready: {ready} of {} instance(s) in {took:.1}s",
+        plan.deployment_id,
+        outcomes.len()
+    );
+    let _ = writeln!(
+        out,
+        "{:<15} {:<16} {:<21} {:<14} {:<10} {:<22} ready",
+        "region", "az", "instance", "type", "market", "address"
+    );
+    for o in outcomes {
+        let i = &o.instance;
+        let address = i
+            .public_ip
+            .clone()
+            .or_else(|| i.private_ip.clone().map(|p| format!("{p} (private)")))
+            .unwrap_or_default();
+        let ready = match o.seconds_to_ready {
+            Some(secs) => format!("{secs:.1}s"),
+            None => "failed (terminated)".into(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<15} {:<16} {:<21} {:<14} {:<10} {address:<22} {ready}",
+            i.region,
+            i.az,
+            i.id,
+            i.instance_type,
+            i.market.to_string()
+        );
+    }
+    let _ = writeln!(out, "state: {}", state.path().display());
+    let _ = writeln!(out, "remove it with: spot destroy {}", plan.deployment_id);
+}
+
+/// Reads every secret's value from this process's environment; a missing or empty one
+/// is an input error, found before anything is created.
+fn read_secrets(deployment: &crate::manifest::types::Deployment) -> Result<Vec<Secret>, Error> {
+    let mut values = Vec::new();
+    let mut missing = Vec::new();
+    for s in &deployment.manifest.secrets {
+        match std::env::var(&s.env) {
+            Ok(v) if !v.is_empty() => values.push(Secret::new(v)),
+            _ => missing.push(format!("`{}` (environment variable {})", s.name, s.env)),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(values);
+    }
+    Err(Error::Usage {
+        message: format!(
+            "secret {} from `secrets` in the deployment is not set (or empty) in this environment",
+            missing.join(", ")
+        ),
+        help: "export it before `spot create`; in GitHub Actions map it in the step: `env: NAME: ${{ secrets.NAME }}`"
+            .into(),
+    })
+}
+
+/// The bundle packed into a temporary file, and the steps that ship it.
+struct Packed {
+    file: tempfile::NamedTempFile,
+    delivery: Delivery,
+}
+
+type PackResult = Result<Arc<Packed>, String>;
+
+fn pack_bundle(deployment: &crate::manifest::types::Deployment, listing: &Listing, limits: &Limits) -> PackResult {
+    let file = tempfile::Builder::new()
+        .prefix("spot-bundle-")
+        .suffix(".tar.gz")
+        .tempfile()
+        .map_err(|e| format!("cannot create a temporary file for the bundle: {e}"))?;
+    let writer = std::io::BufWriter::with_capacity(256 * 1024, file.as_file());
+    let packed = crate::bundle::pack(listing, 6, writer).map_err(|e| format!("packing the bundle failed: {e}"))?;
+    let delivery = crate::deliver::steps(deployment, &packed.sha256, limits);
+    Ok(Arc::new(Packed { file, delivery }))
+}
+
+/// Delivers over SSH once the bundle is packed.
+struct SshDeliver<'a, F> {
+    bundle: F,
+    host_public: &'a str,
+    client_private: &'a Secret,
+    secret_values: &'a [Secret],
+    user: &'a str,
+    ssh_budget: Duration,
+    emulator_dir: Option<std::path::PathBuf>,
+    progress: &'a Progress,
+}
+
+impl<F> SshDeliver<'_, F> {
+    async fn target(&self, instance: &Instance) -> Result<Target, String> {
+        if let Some(dir) = &self.emulator_dir {
+            let file = dir.join(&instance.id);
+            let deadline = std::time::Instant::now() + self.ssh_budget;
+            loop {
+                if let Ok(text) = tokio::fs::read_to_string(&file).await
+                    && let Some((host, port)) = text.trim().rsplit_once(':')
+                    && let Ok(port) = port.parse()
+                {
+                    return Ok(Target { host: host.to_string(), port, user: self.user.to_string() });
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(format!("no SSH address for {} in {}", instance.id, dir.display()));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        let host = instance
+            .public_ip
+            .clone()
+            .or_else(|| instance.private_ip.clone())
+            .ok_or_else(|| format!("{} has no address to connect to", instance.id))?;
+        Ok(Target { host, port: 22, user: self.user.to_string() })
+    }
+}
+
+impl<F> create::Deliver for SshDeliver<'_, F>
+where
+    F: std::future::Future<Output = PackResult> + Clone + Send + Sync,
+{
+    async fn deliver(&self, instance: &Instance) -> Result<(), String> {
+        let packed = self.bundle.clone().await?;
+        let target = self.target(instance).await?;
+        let shipment = Shipment {
+            delivery: &packed.delivery,
+            bundle: packed.file.path(),
+            host_public: self.host_public,
+            client_private: self.client_private,
+            secret_values: self.secret_values,
+            ssh_budget: self.ssh_budget,
+        };
+        let label = format!("{}: {}", instance.region, instance.id);
+        shipment.deliver(&target, &label, self.progress).await.map_err(|f| f.to_string())
     }
 }
 

@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
+use serde::Serialize;
 
 use super::progress::{Cancel, Progress};
 use super::state::{Recorder, Status};
@@ -26,6 +27,36 @@ use crate::provider::{
 
 /// Regions prepared or launched at the same time, at most.
 const REGION_CONCURRENCY: usize = 8;
+/// Instances being delivered to at the same time, at most.
+pub const DELIVERY_CONCURRENCY: usize = 16;
+
+/// Makes one running instance ready (uploads, scripts, services, health), or says why not.
+pub trait Deliver: Sync {
+    fn deliver(&self, instance: &Instance) -> impl std::future::Future<Output = Result<(), String>> + Send;
+}
+
+/// Launch only: an instance is ready once it runs.
+#[derive(Debug, Clone, Copy)]
+pub struct LaunchOnly;
+
+impl Deliver for LaunchOnly {
+    async fn deliver(&self, _instance: &Instance) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// One instance's end: ready after so many seconds from the start of the run, or failed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    #[serde(flatten)]
+    pub instance: Instance,
+    pub ready: bool,
+    /// Seconds from the start of `create` to ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seconds_to_ready: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
 
 /// Everything a run needs besides the cloud. The user-data holds the host private key,
 /// so `Debug` omits it.
@@ -43,6 +74,8 @@ pub struct Request<'a> {
     pub wait_timeout: Duration,
     /// Pause between describes while waiting for `running`.
     pub poll: Duration,
+    /// Fewest ready instances that count as success (the rest are terminated).
+    pub min_ready: u32,
 }
 
 impl std::fmt::Debug for Request<'_> {
@@ -81,8 +114,9 @@ struct Attempt {
     outcome: FleetOutcome,
 }
 
-struct Run<'a, C: Cloud> {
+struct Run<'a, C: Cloud, D: Deliver> {
     cloud: &'a C,
+    deliver: &'a D,
     req: &'a Request<'a>,
     recorder: &'a dyn Recorder,
     progress: &'a Progress,
@@ -90,15 +124,17 @@ struct Run<'a, C: Cloud> {
     made: Mutex<Vec<Resource>>,
 }
 
-/// Creates the deployment. On success every launched instance is running.
-pub async fn create<C: Cloud>(
+/// Creates the deployment. On success at least `min_ready` instances are ready (each
+/// delivered to as soon as it runs); the outcomes list every instance launched.
+pub async fn create<C: Cloud, D: Deliver>(
     cloud: &C,
+    deliver: &D,
     req: &Request<'_>,
     recorder: &dyn Recorder,
     progress: &Progress,
     cancel: &Cancel,
-) -> Result<Vec<Instance>, Failure> {
-    let run = Run { cloud, req, recorder, progress, cancel, made: Mutex::new(Vec::new()) };
+) -> Result<Vec<Outcome>, Failure> {
+    let run = Run { cloud, deliver, req, recorder, progress, cancel, made: Mutex::new(Vec::new()) };
     // A signal stops the run between steps; a call in flight gets a short grace period,
     // then is abandoned (whatever it made is tagged, and `destroy` finds it).
     let outcome = tokio::select! {
@@ -109,16 +145,18 @@ pub async fn create<C: Cloud>(
         } => Err("cancelled by signal".to_string()),
     };
     match outcome {
-        Ok(instances) => {
-            recorder.instances(&instances);
+        Ok(outcomes) => {
+            let ready: Vec<Instance> =
+                outcomes.iter().filter(|o| o.ready).map(|o| o.instance.clone()).collect();
+            recorder.instances(&ready);
             recorder.status(Status::Ready);
-            Ok(instances)
+            Ok(outcomes)
         }
         Err(message) => Err(run.roll_back(message).await),
     }
 }
 
-impl<C: Cloud> Run<'_, C> {
+impl<C: Cloud, D: Deliver> Run<'_, C, D> {
     fn record(&self, mut resource: Resource) {
         if resource.tags.is_empty() {
             resource.tags = self.req.tags.clone();
@@ -141,7 +179,7 @@ impl<C: Cloud> Run<'_, C> {
         tags
     }
 
-    async fn go(&self) -> Result<Vec<Instance>, String> {
+    async fn go(&self) -> Result<Vec<Outcome>, String> {
         let total = self.req.plan.total_instances;
         let first: Vec<&RegionPlan> = self.req.plan.regions.iter().filter(|r| r.instances > 0).collect();
         let mut ready: BTreeMap<String, Ready> = BTreeMap::new();
@@ -209,7 +247,71 @@ impl<C: Cloud> Run<'_, C> {
             }
         }
         let expected: Vec<Launched> = attempts.iter().flat_map(|a| a.outcome.launched.clone()).collect();
-        self.wait_running(&expected).await
+        self.wait_and_deliver(&expected).await
+    }
+
+    /// Pipelined: each instance is delivered to the moment it runs, while the others
+    /// still start. Fails as soon as too many instances failed to leave `min_ready`.
+    async fn wait_and_deliver(&self, expected: &[Launched]) -> Result<Vec<Outcome>, String> {
+        let total = expected.len();
+        let min_ready = usize::try_from(self.req.min_ready).unwrap_or(usize::MAX).min(total);
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Instance>();
+        let waiting = async move {
+            let result = self
+                .wait_running(expected, &|instance| {
+                    let _ = tx.unbounded_send(instance);
+                })
+                .await;
+            drop(tx);
+            result.map(|_| ())
+        };
+        let delivering = async {
+            let mut stream = rx
+                .map(|instance| async move {
+                    let result = self.deliver.deliver(&instance).await;
+                    (instance, result)
+                })
+                .buffer_unordered(DELIVERY_CONCURRENCY);
+            let mut outcomes: Vec<Outcome> = Vec::new();
+            while let Some((instance, result)) = stream.next().await {
+                let secs = self.progress.elapsed().as_secs_f64();
+                match result {
+                    Ok(()) => {
+                        self.progress.event(format!("{}: {} ready ({secs:.1}s)", instance.region, instance.id));
+                        outcomes.push(Outcome { instance, ready: true, seconds_to_ready: Some(secs), error: None });
+                    }
+                    Err(e) => {
+                        self.progress.event(format!("{}: {} failed: {e}", instance.region, instance.id));
+                        outcomes.push(Outcome { instance, ready: false, seconds_to_ready: None, error: Some(e) });
+                    }
+                }
+                let failed = outcomes.iter().filter(|o| !o.ready).count();
+                if total - failed < min_ready {
+                    return Err(not_ready_report(&outcomes, total, min_ready));
+                }
+                self.progress.status(format!(
+                    "{}/{total} ready, {failed} failed",
+                    outcomes.iter().filter(|o| o.ready).count()
+                ));
+            }
+            Ok(outcomes)
+        };
+        let ((), mut outcomes) = futures::future::try_join(waiting, delivering).await?;
+        let broken: Vec<&Outcome> = outcomes.iter().filter(|o| !o.ready).collect();
+        for o in &broken {
+            self.progress.event(format!(
+                "{}: terminating {} (not ready; {} of {total} ready is enough)",
+                o.instance.region,
+                o.instance.id,
+                total - broken.len()
+            ));
+            self.cloud
+                .terminate(&o.instance.region, std::slice::from_ref(&o.instance.id))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        outcomes.sort_by(|a, b| (&a.instance.region, &a.instance.id).cmp(&(&b.instance.region, &b.instance.id)));
+        Ok(outcomes)
     }
 
     /// Image, network, security group, key pair and launch template for one region.
@@ -366,7 +468,11 @@ impl<C: Cloud> Run<'_, C> {
 
     /// Waits until every launched instance runs; terminates duplicates a retried launch
     /// may have made. One describe per region per poll.
-    async fn wait_running(&self, expected: &[Launched]) -> Result<Vec<Instance>, String> {
+    async fn wait_running(
+        &self,
+        expected: &[Launched],
+        on_running: &(dyn Fn(Instance) + Sync),
+    ) -> Result<Vec<Instance>, String> {
         let deadline = Instant::now() + self.req.wait_timeout;
         let mut regions: Vec<String> = self.req.plan.regions.iter().map(|r| r.region.clone()).collect();
         regions.retain(|r| {
@@ -425,6 +531,7 @@ impl<C: Cloud> Run<'_, C> {
                             i.id,
                             self.progress.elapsed().as_secs_f64()
                         ));
+                        on_running(i.clone());
                     }
                     last.insert(e.id.clone(), label.clone());
                 }
@@ -489,6 +596,25 @@ impl<C: Cloud> Run<'_, C> {
 
 fn count(outcome: &FleetOutcome) -> u32 {
     u32::try_from(outcome.launched.len()).unwrap_or(u32::MAX)
+}
+
+/// Names every instance that did not become ready and why.
+fn not_ready_report(outcomes: &[Outcome], total: usize, min_ready: usize) -> String {
+    let failed: Vec<&Outcome> = outcomes.iter().filter(|o| !o.ready).collect();
+    let mut lines = vec![format!(
+        "{} of {total} instance(s) failed; at least {min_ready} must be ready:",
+        failed.len()
+    )];
+    for o in failed {
+        lines.push(format!(
+            "{} ({} {}): {}",
+            o.instance.id,
+            o.instance.region,
+            o.instance.az,
+            o.error.as_deref().unwrap_or_default()
+        ));
+    }
+    lines.join("\n")
 }
 
 /// Names every region, market, AZ and type tried and why it gave nothing.

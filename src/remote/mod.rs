@@ -99,6 +99,8 @@ impl client::Handler for Pinned {
 /// One authenticated connection to one instance.
 pub struct Session {
     handle: client::Handle<Pinned>,
+    /// Whether root work needs `sudo -n` (the login user is not root).
+    sudo: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -178,7 +180,7 @@ pub async fn connect(
     if !auth.success() {
         return Err(Error::AuthRejected(target.user.clone()));
     }
-    Ok(Session { handle })
+    Ok(Session { handle, sudo: false })
 }
 
 /// [`connect`], retried with backoff while the instance is unreachable, within `budget`.
@@ -213,6 +215,23 @@ pub async fn connect_with_budget(
 }
 
 impl Session {
+    /// Asks the instance who we are: root work goes through `sudo -n` unless the login
+    /// user is root.
+    pub async fn detect_root(&mut self, timeout: Duration) -> Result<(), Error> {
+        let out = self.run("id -u", timeout).await?;
+        self.sudo = out.tail.trim() != "0";
+        Ok(())
+    }
+
+    /// `script` as a command line run by root.
+    pub fn as_root(&self, script: &str) -> String {
+        if self.sudo {
+            format!("sudo -n sh -c {}", shell_quote(script))
+        } else {
+            format!("sh -c {}", shell_quote(script))
+        }
+    }
+
     /// Runs `command` (through the login shell), collecting its exit status and output tail.
     pub async fn run(&self, command: &str, timeout: Duration) -> Result<Output, Error> {
         self.run_with_input(command, None::<&[u8]>, timeout).await
@@ -263,6 +282,7 @@ impl Session {
 
     /// Streams `data` to `remote_path` (written to a temporary name, then renamed, mode
     /// `mode`) and checks its sha256 on the instance before it takes the final name.
+    /// Written as root (see [`Session::detect_root`]).
     pub async fn upload<R: AsyncRead + Unpin>(
         &self,
         data: R,
@@ -280,7 +300,7 @@ impl Session {
              chmod {mode:o} {part}; mv -f {part} {path}",
             want = shell_quote(sha256),
         );
-        let out = self.run_with_input(&command, Some(data), timeout).await?;
+        let out = self.run_with_input(&self.as_root(&command), Some(data), timeout).await?;
         if out.status == 0 {
             Ok(())
         } else {

@@ -1,0 +1,346 @@
+//! Pure: what has to happen on each instance, as a list of shell steps.
+//!
+//! [`steps`] turns the validated manifest and the packed bundle into the ordered steps
+//! [`run`] executes over one SSH connection per instance: wait for boot, unpack the bundle
+//! (refusing entries that escape), apply owners, unpack the build, run the scripts in
+//! order, install and start the services in dependency order, run their health checks,
+//! and write the completion marker. Each step is a `sh` script run as root (through
+//! `sudo -n` when the login user is not root), with its own time limit. Secrets are not
+//! steps here: their values are read from the runner's environment and streamed over
+//! the connection by [`run`], never placed in a command line.
+
+pub mod run;
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::cloud_init::{BOOT_MARKER, ENV_FILE};
+use crate::manifest::types::{Deployment, Probe, ScriptRun, TarballSource};
+use crate::remote::shell_quote;
+
+/// Where bundles are kept on the instance, by sha256 (a redeploy of the same bundle
+/// skips the upload).
+pub const BUNDLES_DIR: &str = "/var/lib/spot/bundles";
+/// Written last, when the deployment is verified on the instance.
+pub const READY_MARKER: &str = "/var/lib/spot/ready.json";
+/// The exit status a step uses for "refused" (bad bundle entry, unknown owner).
+pub const EXIT_REFUSED: u32 = 65;
+
+/// What a step is about, for reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    Boot,
+    Unpack,
+    Script,
+    Service,
+    Health,
+    Finish,
+}
+
+/// One shell step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    /// As shown in the log and in errors: `script setup`, `service hello`, ...
+    pub name: String,
+    pub kind: StepKind,
+    /// A POSIX `sh` script, run as root.
+    pub script: String,
+    #[serde(with = "secs")]
+    pub timeout: Duration,
+    /// The systemd unit whose journal explains a failure of this step.
+    pub unit: Option<String>,
+}
+
+mod secs {
+    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+}
+
+/// A secret to write: its value comes from the runner's environment variable `env`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretFile {
+    pub name: String,
+    pub env: String,
+    pub dest: String,
+}
+
+/// Time limits that are not in the manifest.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Waiting for cloud-init to finish (packages can be slow).
+    pub boot: Duration,
+    /// Unpacking the bundle and applying owners.
+    pub unpack: Duration,
+    /// Enabling and starting one service.
+    pub service: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            boot: Duration::from_secs(900),
+            unpack: Duration::from_secs(600),
+            service: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Everything delivery does on an instance, in order.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Path of the bundle on the instance.
+    pub bundle_path: String,
+    pub bundle_sha256: String,
+    pub secrets: Vec<SecretFile>,
+    /// Steps before the secrets are written (boot, unpack).
+    pub before_secrets: Vec<Step>,
+    /// Steps after (scripts, services, health, finish).
+    pub after_secrets: Vec<Step>,
+}
+
+/// Loads the non-secret environment cloud-init wrote.
+fn with_env(body: &str) -> String {
+    format!("set -a; [ -r {ENV_FILE} ] && . {ENV_FILE}; set +a\n{body}")
+}
+
+/// The boot step: waits for cloud-init's last command, failing fast when cloud-init
+/// itself reports an error.
+fn boot_step(limits: &Limits) -> Step {
+    let script = format!(
+        "while [ ! -e {BOOT_MARKER} ]; do\n\
+         \x20 if command -v cloud-init >/dev/null 2>&1 && cloud-init status 2>/dev/null | grep -q 'status: error'; then\n\
+         \x20   echo 'cloud-init failed:'; cloud-init status --long 2>&1; tail -n 40 /var/log/cloud-init-output.log 2>/dev/null; exit 1\n\
+         \x20 fi\n\
+         \x20 sleep 1\n\
+         done"
+    );
+    Step {
+        name: "wait for boot (cloud-init)".into(),
+        kind: StepKind::Boot,
+        script,
+        timeout: limits.boot,
+        unit: None,
+    }
+}
+
+/// Refuses any entry of the archive `path` whose name is absolute or has a `..`
+/// component, then extracts it under `dir`.
+fn safe_extract(path: &str, dir: &str) -> String {
+    let (path, dir) = (shell_quote(path), shell_quote(dir));
+    format!(
+        "bad=$(tar -tzf {path} | awk '/^\\// || /(^|\\/)\\.\\.(\\/|$)/ {{print; exit}}')\n\
+         if [ -n \"$bad\" ]; then echo \"refusing {path}: entry '$bad' would be written outside {dir}\" >&2; exit {EXIT_REFUSED}; fi\n\
+         mkdir -p {dir}\n\
+         tar -xzf {path} -C {dir} --no-same-owner\n"
+    )
+}
+
+/// Builds the steps for `deployment` with its packed bundle.
+pub fn steps(deployment: &Deployment, bundle_sha256: &str, limits: &Limits) -> Delivery {
+    let manifest = &deployment.manifest;
+    let bundle_path = format!("{BUNDLES_DIR}/{bundle_sha256}.tar.gz");
+
+    let mut unpack = String::from("set -eu\n");
+    unpack.push_str(&safe_extract(&bundle_path, "/"));
+    for upload in &manifest.uploads {
+        if let Some(owner) = &upload.owner {
+            let dest = shell_quote(upload.dest.trim_end_matches('/'));
+            let flag = if upload.is_dir { "-R " } else { "" };
+            unpack.push_str(&format!(
+                "chown {flag}{owner} {dest} || {{ echo \"cannot give {dest} to owner {owner}: does the user exist (packages, scripts)?\" >&2; exit {EXIT_REFUSED}; }}\n",
+                owner = shell_quote(owner),
+            ));
+        }
+    }
+    if let Some(tarball) = &manifest.tarball {
+        match &tarball.source {
+            TarballSource::Dir { .. } => {}
+            TarballSource::Archive { path, .. } => {
+                let name = path.rsplit('/').next().unwrap_or(path);
+                let archive = format!("{}/{name}", tarball.dest);
+                unpack.push_str(&safe_extract(&archive, &tarball.dest));
+                unpack.push_str(&format!("rm -f {}\n", shell_quote(&archive)));
+            }
+            TarballSource::Url { url } => {
+                let archive = format!("{BUNDLES_DIR}/build-download.tar.gz");
+                unpack.push_str(&format!(
+                    "curl -fsSL --retry 3 -o {a} {u} || wget -q -O {a} {u}\n",
+                    a = shell_quote(&archive),
+                    u = shell_quote(url)
+                ));
+                unpack.push_str(&safe_extract(&archive, &tarball.dest));
+                unpack.push_str(&format!("rm -f {}\n", shell_quote(&archive)));
+            }
+        }
+    }
+    let before_secrets = vec![
+        boot_step(limits),
+        Step {
+            name: "unpack bundle".into(),
+            kind: StepKind::Unpack,
+            script: unpack,
+            timeout: limits.unpack,
+            unit: None,
+        },
+    ];
+
+    let mut after = Vec::new();
+    for script in &manifest.scripts {
+        let body = match &script.run {
+            ScriptRun::File { .. } => {
+                let path = shell_quote(&format!("{}/{}", crate::bundle::SCRIPTS_DIR, script.name));
+                format!(
+                    "cd /var/lib/spot\nif [ \"$(head -c 2 {path})\" = '#!' ]; then exec {path}; else exec bash {path}; fi"
+                )
+            }
+            ScriptRun::Command { command } => format!("cd /var/lib/spot\n{command}"),
+        };
+        after.push(Step {
+            name: format!("script {}", script.name),
+            kind: StepKind::Script,
+            script: with_env(&body),
+            timeout: Duration::from_secs(script.timeout_secs),
+            unit: None,
+        });
+    }
+    if !manifest.services.is_empty() {
+        let mut first = true;
+        for service in &manifest.services {
+            let unit = format!("{}.service", service.name);
+            let q = shell_quote(&unit);
+            let mut script = String::from("set -e\n");
+            if first {
+                script.push_str("systemctl daemon-reload\n");
+                first = false;
+            }
+            if service.enabled {
+                script.push_str(&format!("systemctl enable {q}\n"));
+            }
+            if service.start {
+                script.push_str(&format!("systemctl restart {q}\nsystemctl is-active {q}\n"));
+            }
+            after.push(Step {
+                name: format!("service {}", service.name),
+                kind: StepKind::Service,
+                script,
+                timeout: limits.service,
+                unit: Some(unit),
+            });
+        }
+        for service in manifest.services.iter().filter(|s| s.start) {
+            let unit = format!("{}.service", service.name);
+            after.push(health_step(&unit, service.health_check.as_ref()));
+        }
+    }
+    after.push(Step {
+        name: "completion marker".into(),
+        kind: StepKind::Finish,
+        script: with_env(&format!(
+            "set -e\nprintf '{{\"deployment_id\":\"%s\",\"bundle_sha256\":\"%s\",\"ready_at\":\"%s\"}}\\n' \"${{SPOT_DEPLOYMENT_ID:-}}\" {sha} \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" > {READY_MARKER}.part\nmv -f {READY_MARKER}.part {READY_MARKER}",
+            sha = shell_quote(bundle_sha256),
+        )),
+        timeout: Duration::from_secs(30),
+        unit: None,
+    });
+
+    Delivery {
+        bundle_path,
+        bundle_sha256: bundle_sha256.to_string(),
+        secrets: manifest
+            .secrets
+            .iter()
+            .map(|s| SecretFile { name: s.name.clone(), env: s.env.clone(), dest: s.dest.clone() })
+            .collect(),
+        before_secrets,
+        after_secrets: after,
+    }
+}
+
+/// A service's health: its probe until it passes (or the time runs out), failing at once
+/// when the unit stops. Without a probe, the unit must still be active.
+fn health_step(unit: &str, check: Option<&crate::manifest::types::HealthCheck>) -> Step {
+    let q = shell_quote(unit);
+    let Some(check) = check else {
+        return Step {
+            name: format!("health {unit} (active)"),
+            kind: StepKind::Health,
+            script: format!("sleep 1\nsystemctl is-active {q}"),
+            timeout: Duration::from_secs(30),
+            unit: Some(unit.to_string()),
+        };
+    };
+    let (probe, what) = match &check.probe {
+        Probe::Command(c) => (with_env(c), format!("command `{c}`")),
+        Probe::Tcp(port) => (
+            format!("timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}'"),
+            format!("TCP port {port}"),
+        ),
+        Probe::Http(url) => (
+            format!(
+                "if command -v curl >/dev/null 2>&1; then curl -fsS -o /dev/null --max-time 5 {u}; else wget -q -O /dev/null -T 5 {u}; fi",
+                u = shell_quote(url)
+            ),
+            format!("HTTP {url}"),
+        ),
+    };
+    let secs = check.timeout_secs;
+    let script = format!(
+        "end=$(( $(date +%s) + {secs} ))\n\
+         while :; do\n\
+         \x20 if out=$( ( {probe}\n ) 2>&1 ); then exit 0; fi\n\
+         \x20 if ! systemctl is-active --quiet {q}; then echo \"$out\"; echo \"{unit} stopped while its health check ({what_q}) was failing\"; exit 3; fi\n\
+         \x20 if [ \"$(date +%s)\" -ge \"$end\" ]; then echo \"$out\"; echo \"health check ({what_q}) did not pass within {secs}s\"; exit 1; fi\n\
+         \x20 sleep {interval}\n\
+         done",
+        interval = check.interval_secs.max(1),
+        what_q = what.replace(['"', '`', '$', '\\'], "'"),
+    );
+    Step {
+        name: format!("health {unit} ({what})"),
+        kind: StepKind::Health,
+        script,
+        timeout: Duration::from_secs(secs + 30),
+        unit: Some(unit.to_string()),
+    }
+}
+
+/// The script that writes one secret from stdin: root-only, in place atomically.
+pub fn secret_script(dest: &str) -> String {
+    let d = shell_quote(dest);
+    let part = shell_quote(&format!("{dest}.part"));
+    format!(
+        "set -e; umask 077; mkdir -p \"$(dirname {d})\"; cat > {part}; chown root:root {part}; chmod 600 {part}; mv -f {part} {d}"
+    )
+}
+
+/// Replaces every secret value (3 characters or more) in `text` with `***`.
+pub fn redact(text: &str, secrets: &[crate::keys::Secret]) -> String {
+    let mut out = text.to_string();
+    for s in secrets {
+        let v = s.expose();
+        if v.len() >= 3 {
+            out = out.replace(v, "***");
+            // A value printed line by line still hides each line.
+            for line in v.lines().filter(|l| l.trim().len() >= 3) {
+                out = out.replace(line, "***");
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::Secret;
+
+    #[test]
+    fn redaction_hides_whole_values_and_lines() {
+        let secrets = [Secret::new("hunter22"), Secret::new("line-one\nline-two"), Secret::new("ab")];
+        let text = "token=hunter22 and line-one then line-two, ab stays";
+        assert_eq!(redact(text, &secrets), "token=*** and *** then ***, ab stays");
+    }
+}
