@@ -8,6 +8,12 @@ as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 missing_apt=()
 command -v cloud-init >/dev/null 2>&1 || missing_apt+=(cloud-init)
 [[ -x /usr/sbin/sshd ]] || missing_apt+=(openssh-server)
+# The test "instances": sudo for a non-root login user, curl for HTTP health checks,
+# systemd-analyze to verify unit files, unshare (util-linux) for their mount namespaces.
+command -v sudo >/dev/null 2>&1 || missing_apt+=(sudo)
+command -v curl >/dev/null 2>&1 || missing_apt+=(curl)
+command -v systemd-analyze >/dev/null 2>&1 || missing_apt+=(systemd)
+command -v unshare >/dev/null 2>&1 || missing_apt+=(util-linux)
 if ((${#missing_apt[@]})); then
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing_apt[@]}" >/dev/null
@@ -18,6 +24,7 @@ missing_pip=()
 command -v check-jsonschema >/dev/null 2>&1 || missing_pip+=(check-jsonschema)
 python3 -c 'import flask, moto.server' 2>/dev/null || missing_pip+=('moto[server]')
 python3 -c 'import boto3' 2>/dev/null || missing_pip+=(boto3)
+python3 -c 'import yaml' 2>/dev/null || missing_pip+=(pyyaml)
 if ((${#missing_pip[@]})); then
   python3 -m pip install --quiet --disable-pip-version-check "${missing_pip[@]}"
 fi

@@ -1,0 +1,227 @@
+#!/usr/bin/env python3
+"""Plays the EC2 instances of an emulator (moto) with real OpenSSH servers.
+
+moto boots nothing, so this harness does what a booting Ubuntu instance would, from
+exactly the user-data `spot` handed to EC2: for every running instance tagged by spot it
+reads the user-data back (DescribeInstanceAttribute), takes the SSH host key, login user
+and authorized keys from it, writes cloud-init's `write_files`, runs the `sh` entries of
+`runcmd` (which write spot's boot marker), and starts `sshd` with exactly those keys on a
+free 127.0.0.1 port. It then writes `<ssh-dir>/<instance-id>` = `127.0.0.1:<port>`, which
+`spot` reads when SPOT_EMULATOR_SSH_DIR is set.
+
+Each instance gets its own mount namespace (unshare -m) with empty tmpfs over the folders
+a deployment writes (/opt, /srv, /etc/spot, /etc/systemd/system, /var/lib/spot, /home,
+/etc/sudoers.d), its own /etc/passwd, /etc/shadow and /etc/group when the login user is
+not root, and the systemctl/journalctl stand-in (standin/systemctl) in place of systemd,
+so nothing on the real machine is touched. Packages are not installed (the machine has
+python3 and curl). On SIGTERM/SIGINT it stops every sshd and service it started, by PID.
+
+Usage: instance_player.py --endpoint URL --regions r1,r2 --ssh-dir DIR --work DIR
+       [--deployment ID] [--wrong-host-key]
+"""
+import argparse
+import base64
+import gzip
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import boto3
+import yaml
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+STANDIN = os.path.join(HERE, "standin", "systemctl")
+TMPFS = ["/run/spot-keys", "/opt", "/srv", "/etc/spot", "/etc/systemd/system", "/var/lib/spot", "/home", "/etc/sudoers.d"]
+
+
+def log(msg):
+    print(f"[player] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def user_data(client, instance_id):
+    attr = client.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
+    raw = base64.b64decode(attr["UserData"]["Value"])
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    return yaml.safe_load(raw.decode())
+
+
+def free_uid():
+    used = set()
+    with open("/etc/passwd") as f:
+        for line in f:
+            parts = line.split(":")
+            if len(parts) > 2:
+                used.add(int(parts[2]))
+    uid = 1000
+    while uid in used:
+        uid += 1
+    return uid
+
+
+class Instance:
+    def __init__(self, instance_id, doc, work, wrong_host_key):
+        self.id = instance_id
+        self.dir = os.path.join(work, instance_id)
+        self.standin_state = os.path.join(self.dir, "standin")
+        os.makedirs(self.standin_state, exist_ok=True)
+        self.port = free_port()
+        user = doc["users"][0]
+        self.user = user["name"]
+        host_key = os.path.join(self.dir, "ssh_host_ed25519_key")
+        if wrong_host_key:
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", host_key], check=True)
+        else:
+            with open(host_key, "w") as f:
+                f.write(doc["ssh_keys"]["ed25519_private"])
+        os.chmod(host_key, 0o600)
+        with open(os.path.join(self.dir, "authorized_keys"), "w") as f:
+            f.write("\n".join(user.get("ssh_authorized_keys", [])) + "\n")
+        with open(os.path.join(self.dir, "sshd_config"), "w") as f:
+            f.write(
+                f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"
+                "AuthorizedKeysFile /run/spot-keys/authorized_keys\n"
+                f"PidFile {self.dir}/sshd.pid\n"
+                f"AllowUsers {self.user}\nStrictModes no\nPasswordAuthentication no\n"
+                "KbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
+                "PermitRootLogin prohibit-password\nUsePAM no\nLogLevel ERROR\n"
+            )
+        self.script = self.setup_script(doc, user)
+        out = open(os.path.join(self.dir, "sshd.log"), "ab")
+        self.proc = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", self.script],
+            stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"sshd for {instance_id} exited; see {self.dir}/sshd.log")
+                time.sleep(0.05)
+
+    def setup_script(self, doc, user):
+        q = shlex.quote
+        lines = ["set -e"]
+        for d in TMPFS:
+            lines.append(f"mkdir -p {d} && mount -t tmpfs -o mode=0755 spot-instance {d}")
+        # Read as the login user: it must not sit in a root-only folder.
+        lines.append(f"cp {q(os.path.join(self.dir, 'authorized_keys'))} /run/spot-keys/ && chmod 0644 /run/spot-keys/authorized_keys")
+        lines.append(f"mkdir -p /run/spot-standin && mount --bind {q(self.standin_state)} /run/spot-standin")
+        for tool in ["/usr/bin/systemctl", "/usr/bin/journalctl"]:
+            lines.append(f"mount --bind {q(STANDIN)} {tool}")
+        if self.user != "root":
+            uid = free_uid()
+            for name, line in [
+                ("passwd", f"{self.user}:x:{uid}:{uid}::/home/{self.user}:{user.get('shell', '/bin/bash')}"),
+                ("shadow", f"{self.user}:*:19000:0:99999:7:::"),
+                ("group", f"{self.user}:x:{uid}:"),
+            ]:
+                copy = os.path.join(self.dir, name)
+                with open(f"/etc/{name}") as src, open(copy, "w") as dst:
+                    dst.write(src.read().rstrip("\n") + "\n" + line + "\n")
+                lines.append(f"mount --bind {q(copy)} /etc/{name}")
+            lines.append(f"mkdir -p /home/{self.user} && chown {uid}:{uid} /home/{self.user}")
+            if user.get("sudo"):
+                lines.append(
+                    f"printf '%s\\n' {q(self.user + ' ' + user['sudo'])} > /etc/sudoers.d/90-spot-user"
+                    " && chmod 0440 /etc/sudoers.d/90-spot-user"
+                )
+        for i, wf in enumerate(doc.get("write_files", [])):
+            staged = os.path.join(self.dir, f"write_file_{i}")
+            with open(staged, "w") as f:
+                f.write(wf.get("content", ""))
+            path = q(wf["path"])
+            lines.append(f'mkdir -p "$(dirname {path})" && cp {q(staged)} {path}')
+            lines.append(f"chmod {wf.get('permissions', '0644')} {path}")
+        # cloud-init's final stage: the runcmd entries that are plain shell.
+        for cmd in doc.get("runcmd", []):
+            if isinstance(cmd, list) and cmd and cmd[0] == "sh":
+                lines.append(" ".join(q(c) for c in cmd))
+        lines.append(f"exec /usr/sbin/sshd -D -e -f {q(os.path.join(self.dir, 'sshd_config'))}")
+        return "\n".join(lines)
+
+    def stop(self):
+        for name in os.listdir(self.standin_state):
+            if name.endswith(".pid"):
+                try:
+                    with open(os.path.join(self.standin_state, name)) as f:
+                        pid = int(f.read().strip())
+                    os.killpg(pid, signal.SIGKILL)
+                except (OSError, ValueError):
+                    pass
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--endpoint", required=True)
+    ap.add_argument("--regions", required=True)
+    ap.add_argument("--ssh-dir", required=True)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--deployment")
+    ap.add_argument("--wrong-host-key", action="store_true")
+    args = ap.parse_args()
+    os.makedirs("/run/sshd", exist_ok=True)
+    os.makedirs(args.ssh_dir, exist_ok=True)
+    os.makedirs(args.work, exist_ok=True)
+    clients = {
+        r: boto3.client("ec2", region_name=r, endpoint_url=args.endpoint,
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+        for r in args.regions.split(",")
+    }
+    playing = {}
+    stopping = []
+
+    def on_signal(_sig, _frame):
+        stopping.append(True)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    filters = [{"Name": "tag:spot:managed-by", "Values": ["spot"]},
+               {"Name": "instance-state-name", "Values": ["running"]}]
+    if args.deployment:
+        filters.append({"Name": "tag:spot:deployment", "Values": [args.deployment]})
+    try:
+        while not stopping:
+            for region, client in clients.items():
+                try:
+                    found = client.describe_instances(Filters=filters)
+                except Exception as e:  # the emulator may be busy or gone; try again
+                    log(f"{region}: describe failed: {e}")
+                    continue
+                for res in found["Reservations"]:
+                    for inst in res["Instances"]:
+                        iid = inst["InstanceId"]
+                        if iid in playing:
+                            continue
+                        doc = user_data(client, iid)
+                        playing[iid] = Instance(iid, doc, args.work, args.wrong_host_key)
+                        target = os.path.join(args.ssh_dir, iid)
+                        with open(target + ".part", "w") as f:
+                            f.write(f"127.0.0.1:{playing[iid].port}\n")
+                        os.rename(target + ".part", target)
+                        log(f"{region}: {iid} plays on 127.0.0.1:{playing[iid].port} as {playing[iid].user}")
+            time.sleep(0.2)
+    finally:
+        for inst in playing.values():
+            inst.stop()
+        log(f"stopped {len(playing)} instance(s)")
+
+
+if __name__ == "__main__":
+    main()
