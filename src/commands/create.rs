@@ -7,24 +7,24 @@ use std::time::Duration;
 use futures::FutureExt as _;
 
 use crate::Error;
+use crate::bundle::Listing;
 use crate::cli::CreateArgs;
 use crate::cloud_init::{self, UserDataKeys};
-use crate::keys::DeploymentKeys;
-use crate::bundle::Listing;
 use crate::deliver::Delivery;
 use crate::deliver::Limits;
 use crate::deliver::run::Shipment;
+use crate::keys::DeploymentKeys;
 use crate::keys::Secret;
 use crate::lifecycle::create::{self, LaunchOnly, Outcome, Request};
-use crate::provider::Instance;
-use crate::remote::Target;
 use crate::lifecycle::progress::{Cancel, Progress};
 use crate::lifecycle::state::{State, StateFile, Status};
 use crate::lifecycle::teardown;
 use crate::manifest::Report;
 use crate::manifest::types::SshAccess;
 use crate::plan;
+use crate::provider::Instance;
 use crate::provider::ec2::Ec2;
+use crate::remote::Target;
 
 pub fn run(args: &CreateArgs) -> Result<(), Error> {
     let format = super::default_format(args.format);
@@ -39,14 +39,17 @@ pub fn run(args: &CreateArgs) -> Result<(), Error> {
     let (deployment, listing) = super::load_checked(&args.dir, format, true)?;
     let wait = super::duration_flag("--wait", &args.wait)?;
     let ssh_budget = super::duration_flag("--ssh-timeout", &args.ssh_timeout)?;
-    let limits = Limits { boot: super::duration_flag("--boot-timeout", &args.boot_timeout)?, ..Limits::default() };
+    let limits =
+        Limits { boot: super::duration_flag("--boot-timeout", &args.boot_timeout)?, ..Limits::default() };
     let total = deployment.config.total_instances;
     let min_ready = match args.min_ready {
         None => total,
         Some(n) if (1..=total).contains(&n) => n,
         Some(n) => {
             return Err(Error::Usage {
-                message: format!("--min-ready {n} is not between 1 and the {total} instance(s) of the deployment"),
+                message: format!(
+                    "--min-ready {n} is not between 1 and the {total} instance(s) of the deployment"
+                ),
                 help: "leave it out to require every instance".into(),
             });
         }
@@ -243,14 +246,19 @@ struct Packed {
 
 type PackResult = Result<Arc<Packed>, String>;
 
-fn pack_bundle(deployment: &crate::manifest::types::Deployment, listing: &Listing, limits: &Limits) -> PackResult {
+fn pack_bundle(
+    deployment: &crate::manifest::types::Deployment,
+    listing: &Listing,
+    limits: &Limits,
+) -> PackResult {
     let file = tempfile::Builder::new()
         .prefix("spot-bundle-")
         .suffix(".tar.gz")
         .tempfile()
         .map_err(|e| format!("cannot create a temporary file for the bundle: {e}"))?;
     let writer = std::io::BufWriter::with_capacity(256 * 1024, file.as_file());
-    let packed = crate::bundle::pack(listing, 6, writer).map_err(|e| format!("packing the bundle failed: {e}"))?;
+    let packed =
+        crate::bundle::pack(listing, 6, writer).map_err(|e| format!("packing the bundle failed: {e}"))?;
     let delivery = crate::deliver::steps(deployment, &packed.sha256, limits);
     Ok(Arc::new(Packed { file, delivery }))
 }

@@ -274,10 +274,9 @@ fn health_step(unit: &str, check: Option<&crate::manifest::types::HealthCheck>) 
     };
     let (probe, what) = match &check.probe {
         Probe::Command(c) => (with_env(c), format!("command `{c}`")),
-        Probe::Tcp(port) => (
-            format!("timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}'"),
-            format!("TCP port {port}"),
-        ),
+        Probe::Tcp(port) => {
+            (format!("timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}'"), format!("TCP port {port}"))
+        }
         Probe::Http(url) => (
             format!(
                 "if command -v curl >/dev/null 2>&1; then curl -fsS -o /dev/null --max-time 5 {u}; else wget -q -O /dev/null -T 5 {u}; fi",

@@ -98,11 +98,17 @@ impl<'a> Shipment<'a> {
     }
 
     /// Delivers to one instance; `label` names it in the log.
-    pub async fn deliver(&self, target: &Target, label: &str, progress: &Progress) -> Result<(), StepFailure> {
+    pub async fn deliver(
+        &self,
+        target: &Target,
+        label: &str,
+        progress: &Progress,
+    ) -> Result<(), StepFailure> {
         let started = Instant::now();
-        let mut session = remote::connect_with_budget(target, self.host_public, self.client_private, self.ssh_budget)
-            .await
-            .map_err(|e| self.ssh_failure("connect", &e))?;
+        let mut session =
+            remote::connect_with_budget(target, self.host_public, self.client_private, self.ssh_budget)
+                .await
+                .map_err(|e| self.ssh_failure("connect", &e))?;
         progress.event(format!(
             "{label}: SSH up at {}:{} (host key verified, {:.1}s)",
             target.host,
@@ -114,7 +120,12 @@ impl<'a> Shipment<'a> {
         result
     }
 
-    async fn steps(&self, session: &mut Session, label: &str, progress: &Progress) -> Result<(), StepFailure> {
+    async fn steps(
+        &self,
+        session: &mut Session,
+        label: &str,
+        progress: &Progress,
+    ) -> Result<(), StepFailure> {
         session.detect_root(Duration::from_secs(30)).await.map_err(|e| self.ssh_failure("connect", &e))?;
         self.upload(session, label, progress).await?;
         for step in &self.delivery.before_secrets {
@@ -131,7 +142,12 @@ impl<'a> Shipment<'a> {
                 .await
                 .map_err(|e| self.ssh_failure(&name, &e))?;
             if out.status != 0 {
-                return Err(self.fail(&name, Some(out.status), &format!("writing {} failed", file.dest), &out.tail));
+                return Err(self.fail(
+                    &name,
+                    Some(out.status),
+                    &format!("writing {} failed", file.dest),
+                    &out.tail,
+                ));
             }
         }
         if !self.delivery.secrets.is_empty() {
@@ -179,21 +195,30 @@ impl<'a> Shipment<'a> {
         Ok(())
     }
 
-    async fn step(&self, session: &Session, step: &Step, label: &str, progress: &Progress) -> Result<(), StepFailure> {
+    async fn step(
+        &self,
+        session: &Session,
+        step: &Step,
+        label: &str,
+        progress: &Progress,
+    ) -> Result<(), StepFailure> {
         let started = Instant::now();
         let result = session.run(&session.as_root(&step.script), step.timeout).await;
         let failure = match result {
             Ok(out) if out.status == 0 => {
-                progress.event(format!("{label}: {} ok ({:.1}s)", step.name, started.elapsed().as_secs_f64()));
+                progress.event(format!(
+                    "{label}: {} ok ({:.1}s)",
+                    step.name,
+                    started.elapsed().as_secs_f64()
+                ));
                 return Ok(());
             }
-            Ok(out) => self.fail(&step.name, Some(out.status), &format!("exit status {}", out.status), &out.tail),
-            Err(remote::Error::Timeout(_)) => self.fail(
-                &step.name,
-                None,
-                &format!("did not finish within {}s", step.timeout.as_secs()),
-                "",
-            ),
+            Ok(out) => {
+                self.fail(&step.name, Some(out.status), &format!("exit status {}", out.status), &out.tail)
+            }
+            Err(remote::Error::Timeout(_)) => {
+                self.fail(&step.name, None, &format!("did not finish within {}s", step.timeout.as_secs()), "")
+            }
             Err(e) => self.ssh_failure(&step.name, &e),
         };
         let mut failure = failure;

@@ -277,12 +277,23 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
                 let secs = self.progress.elapsed().as_secs_f64();
                 match result {
                     Ok(()) => {
-                        self.progress.event(format!("{}: {} ready ({secs:.1}s)", instance.region, instance.id));
-                        outcomes.push(Outcome { instance, ready: true, seconds_to_ready: Some(secs), error: None });
+                        self.progress
+                            .event(format!("{}: {} ready ({secs:.1}s)", instance.region, instance.id));
+                        outcomes.push(Outcome {
+                            instance,
+                            ready: true,
+                            seconds_to_ready: Some(secs),
+                            error: None,
+                        });
                     }
                     Err(e) => {
                         self.progress.event(format!("{}: {} failed: {e}", instance.region, instance.id));
-                        outcomes.push(Outcome { instance, ready: false, seconds_to_ready: None, error: Some(e) });
+                        outcomes.push(Outcome {
+                            instance,
+                            ready: false,
+                            seconds_to_ready: None,
+                            error: Some(e),
+                        });
                     }
                 }
                 let failed = outcomes.iter().filter(|o| !o.ready).count();
@@ -310,7 +321,8 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        outcomes.sort_by(|a, b| (&a.instance.region, &a.instance.id).cmp(&(&b.instance.region, &b.instance.id)));
+        outcomes
+            .sort_by(|a, b| (&a.instance.region, &a.instance.id).cmp(&(&b.instance.region, &b.instance.id)));
         Ok(outcomes)
     }
 
@@ -601,10 +613,8 @@ fn count(outcome: &FleetOutcome) -> u32 {
 /// Names every instance that did not become ready and why.
 fn not_ready_report(outcomes: &[Outcome], total: usize, min_ready: usize) -> String {
     let failed: Vec<&Outcome> = outcomes.iter().filter(|o| !o.ready).collect();
-    let mut lines = vec![format!(
-        "{} of {total} instance(s) failed; at least {min_ready} must be ready:",
-        failed.len()
-    )];
+    let mut lines =
+        vec![format!("{} of {total} instance(s) failed; at least {min_ready} must be ready:", failed.len())];
     for o in failed {
         lines.push(format!(
             "{} ({} {}): {}",

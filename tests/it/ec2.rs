@@ -22,7 +22,12 @@ regions:
 ";
 
 fn create_json(emu: &Emulator, dir: &std::path::Path, id: &str) -> Value {
-    let out = emu.spot().args(["create", "--no-deliver", "--json", "--deployment-id", id]).arg(dir).output().unwrap();
+    let out = emu
+        .spot()
+        .args(["create", "--no-deliver", "--json", "--deployment-id", id])
+        .arg(dir)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "create failed: {stderr}");
     serde_json::from_slice(&out.stdout).unwrap()
@@ -183,7 +188,12 @@ fn no_spot_capacity_without_fallback_fails_naming_what_was_tried_and_rolls_back(
     let dir = project(
         "aws: {total_instances: 2, ssh_cidr: 127.0.0.1/32}\nregions:\n  - us-east-1: {machine_type: [t3.micro, t3a.micro]}\n  - us-west-2: {machine_type: t3.micro}\n",
     );
-    let out = emu.spot().args(["create", "--no-deliver", "--deployment-id", "nocap-1"]).arg(dir.path()).output().unwrap();
+    let out = emu
+        .spot()
+        .args(["create", "--no-deliver", "--deployment-id", "nocap-1"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     for needle in [
@@ -250,7 +260,12 @@ fn a_refused_launch_rolls_back_everything_the_run_made() {
     let dir = project(
         "aws: {total_instances: 2, ssh_cidr: 127.0.0.1/32, use_dedicated_vpc: true}\nregions:\n  - us-east-1: {machine_type: t3.micro}\n",
     );
-    let out = emu.spot().args(["create", "--no-deliver", "--deployment-id", "bad-1"]).arg(dir.path()).output().unwrap();
+    let out = emu
+        .spot()
+        .args(["create", "--no-deliver", "--deployment-id", "bad-1"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("InvalidParameterValue") && err.contains("rolled back: removed"), "{err}");
@@ -361,7 +376,15 @@ fn endpoint_flag_wins_invalid_input_makes_no_call_and_missing_credentials_fail_c
     let out = emu
         .spot()
         .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-        .args(["create", "--no-deliver", "--json", "--deployment-id", "flag-1", "--endpoint-url", &emu.proxy_url()])
+        .args([
+            "create",
+            "--no-deliver",
+            "--json",
+            "--deployment-id",
+            "flag-1",
+            "--endpoint-url",
+            &emu.proxy_url(),
+        ])
         .arg(dir.path())
         .output()
         .unwrap();
@@ -370,7 +393,12 @@ fn endpoint_flag_wins_invalid_input_makes_no_call_and_missing_credentials_fail_c
     // A malformed description creates nothing and makes no call.
     std::fs::write(dir.path().join(".spot/deployment.yaml"), "version: 1\npackges: [jq]\n").unwrap();
     let before = emu.calls().values().sum::<u64>();
-    let out = emu.spot().args(["create", "--no-deliver", "--deployment-id", "bad-input"]).arg(dir.path()).output().unwrap();
+    let out = emu
+        .spot()
+        .args(["create", "--no-deliver", "--deployment-id", "bad-input"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(emu.calls().values().sum::<u64>(), before, "invalid input makes no cloud call");
     std::fs::write(dir.path().join(".spot/deployment.yaml"), "version: 1\n").unwrap();
@@ -394,7 +422,12 @@ fn an_explicit_image_is_checked_to_exist() {
     let dir = project(
         "aws: {total_instances: 1, ssh_cidr: 127.0.0.1/32}\nregions:\n  - us-east-1: {machine_type: t3.micro, image: ami-0123456789abcdef0}\n",
     );
-    let out = emu.spot().args(["create", "--no-deliver", "--deployment-id", "ami-1"]).arg(dir.path()).output().unwrap();
+    let out = emu
+        .spot()
+        .args(["create", "--no-deliver", "--deployment-id", "ami-1"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("image ami-0123456789abcdef0 does not exist"), "{err}");
@@ -416,8 +449,12 @@ fn a_region_without_spot_capacity_is_topped_up_from_the_next_region() {
     let dir = project(
         "aws: {total_instances: 4, ssh_cidr: 127.0.0.1/32}\nregions:\n  - us-east-1: {machine_type: t3.micro}\n  - us-west-2: {machine_type: t3.micro}\n",
     );
-    let out =
-        emu.spot().args(["create", "--no-deliver", "--json", "--deployment-id", "topup-1"]).arg(dir.path()).output().unwrap();
+    let out = emu
+        .spot()
+        .args(["create", "--no-deliver", "--json", "--deployment-id", "topup-1"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     let created: Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -6,6 +6,7 @@ mod bundle;
 mod cli;
 mod cloud_init;
 mod common;
+mod deliver;
 mod ec2;
 mod emulator;
 mod fixtures;

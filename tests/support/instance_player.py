@@ -102,6 +102,9 @@ class Instance:
             ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", self.script],
             stdout=out, stderr=out, stdin=subprocess.DEVNULL,
         )
+        # The namespace's first process (sshd after the exec): tests look inside through it.
+        with open(os.path.join(self.dir, "pid"), "w") as f:
+            f.write(str(self.proc.pid))
         deadline = time.time() + 20
         while time.time() < deadline:
             try:

@@ -1,0 +1,336 @@
+//! Delivery end to end: `spot create` against moto, with each instance played by a real
+//! OpenSSH `sshd` that `tests/support/instance_player.py` starts from the user-data spot
+//! handed to the emulator (host key, login user, authorized key). If the user-data or the
+//! host-key pinning is wrong, SSH fails and so does the test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::repo;
+use crate::emulator::{Emulator, state_dir};
+
+/// The instance player for one test, stopped with SIGTERM (it then stops every sshd and
+/// service it started) when dropped.
+struct Player {
+    child: Child,
+    ssh_dir: PathBuf,
+    work: tempfile::TempDir,
+}
+
+impl Player {
+    fn start(emu: &Emulator, regions: &[&str], extra: &[&str]) -> Self {
+        let work = tempfile::tempdir().unwrap();
+        let ssh_dir = work.path().join("ssh");
+        let log = std::fs::File::create(work.path().join("player.log")).unwrap();
+        let child = Command::new("python3")
+            .arg(repo().join("tests/support/instance_player.py"))
+            .args(["--endpoint", &emu.moto_url(), "--regions", &regions.join(",")])
+            .arg("--ssh-dir")
+            .arg(&ssh_dir)
+            .arg("--work")
+            .arg(work.path().join("instances"))
+            .args(extra)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Self { child, ssh_dir, work }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.work.path().join("player.log")).unwrap_or_default()
+    }
+
+    /// Runs `script` inside the mount namespace of the sshd playing `instance`.
+    fn on_instance(&self, instance: &str, script: &str) -> String {
+        let pid =
+            std::fs::read_to_string(self.work.path().join("instances").join(instance).join("pid")).unwrap();
+        let out = Command::new("nsenter")
+            .arg(format!("--mount=/proc/{}/ns/mnt", pid.trim()))
+            .args(["sh", "-c", script])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+impl Drop for Player {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A repository with `.spot/config.yaml`, `.spot/deployment.yaml` and more files.
+fn repository(config: &str, deployment: &str, files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let spot = dir.path().join(".spot");
+    std::fs::create_dir_all(&spot).unwrap();
+    std::fs::write(spot.join("config.yaml"), config).unwrap();
+    std::fs::write(spot.join("deployment.yaml"), deployment).unwrap();
+    for (path, text) in files {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    dir
+}
+
+fn config(instances: u32, user: &str) -> String {
+    format!(
+        "aws:\n  total_instances: {instances}\n  username: {user}\n  ssh_cidr: 127.0.0.1/32\n  ttl: 1h\n\
+         regions:\n  - us-east-1:\n      machine_type: [t3.small]\n"
+    )
+}
+
+fn create(emu: &Emulator, player: &Player, dir: &Path, id: &str, extra: &[&str]) -> std::process::Output {
+    emu.spot()
+        .args(["create", "--json", "--ssh-timeout", "60s", "--deployment-id", id])
+        .args(extra)
+        .arg(dir)
+        .env("SPOT_EMULATOR_SSH_DIR", &player.ssh_dir)
+        .timeout(Duration::from_secs(240))
+        .output()
+        .unwrap()
+}
+
+fn assert_clean(emu: &Emulator) {
+    let left = emu.leftovers(&["us-east-1"]);
+    assert_eq!(left, json!({}), "resources left behind: {left:#}");
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Every file below `dir`, as text (lossy).
+fn all_files(dir: &Path) -> String {
+    let mut text = String::new();
+    for entry in walkdir::WalkDir::new(dir).into_iter().flatten().filter(|e| e.file_type().is_file()) {
+        text.push_str(&String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap()));
+    }
+    text
+}
+
+#[test]
+fn the_example_is_delivered_verified_and_its_secret_stays_secret() {
+    const SECRET: &str = "s3cret-Value-7f2a9c";
+    let emu = Emulator::start();
+    let player = Player::start(&emu, &["us-east-1"], &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let copy = Command::new("cp").arg("-r").arg(repo().join("examples/hello/.")).arg(dir.path()).status();
+    assert!(copy.unwrap().success());
+    std::fs::write(dir.path().join(".spot/files/notes.tmp"), "excluded by the manifest").unwrap();
+    // The example's config, pointed at the emulator's region with SSH from 127.0.0.1.
+    std::fs::write(
+        dir.path().join(".spot/config.yaml"),
+        "aws:\n  total_instances: 1\n  username: ubuntu\n  ssh_cidr: 127.0.0.1/32\n\
+         regions:\n  - us-east-1:\n      machine_type: [t3.small]\n",
+    )
+    .unwrap();
+
+    let out = emu
+        .spot()
+        .args(["create", "--json", "--ssh-timeout", "60s", "--deployment-id", "hello-1"])
+        .arg(dir.path())
+        .env("SPOT_EMULATOR_SSH_DIR", &player.ssh_dir)
+        .env("APP_TOKEN", SECRET)
+        .timeout(Duration::from_secs(240))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "create failed: {}\nplayer: {}", stderr(&out), player.log());
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let instance = &doc["instances"][0];
+    assert_eq!(instance["ready"], true);
+    assert!(instance["seconds_to_ready"].as_f64().unwrap() > 0.0);
+    let id = instance["id"].as_str().unwrap();
+    let log = stderr(&out);
+    for step in
+        ["host key verified", "sha256 verified", "script setup ok", "script announce ok", "service hello ok"]
+    {
+        assert!(log.contains(step), "no `{step}` in the log:\n{log}");
+    }
+
+    // What the instance holds now: files, owners, the secret, the marker; the service runs.
+    let page = Command::new("curl").args(["-fsS", "http://127.0.0.1:8080/"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&page.stdout).contains("Hello from a spot instance"));
+    let facts = player.on_instance(
+        id,
+        "stat -c '%a %U' /etc/spot/secrets/APP_TOKEN; cat /etc/spot/secrets/APP_TOKEN; echo; \
+         cat /opt/app/deployed.txt; ls /opt/app /opt/app/dist 2>/dev/null | sort; cat /var/lib/spot/ready.json",
+    );
+    assert!(facts.starts_with(&format!("600 root\n{SECRET}\n")), "{facts}");
+    assert!(facts.contains("deployed hello-1"), "{facts}");
+    assert!(facts.contains("index.html"), "{facts}");
+    assert!(!facts.contains("notes.tmp"), "excluded file shipped: {facts}");
+    assert!(facts.contains("\"deployment_id\":\"hello-1\""), "{facts}");
+    let enabled = player.on_instance(id, "systemctl is-enabled hello.service");
+    assert_eq!(enabled.trim(), "enabled");
+
+    // The secret is nowhere spot wrote: stdout, stderr, state, the user-data EC2 holds.
+    let user_data = emu.details("us-east-1").to_string();
+    for (what, text) in [
+        ("stdout", String::from_utf8_lossy(&out.stdout).into_owned()),
+        ("stderr", log.clone()),
+        ("state", all_files(&state_dir(dir.path()))),
+        ("user-data", user_data),
+    ] {
+        assert!(!text.contains(SECRET), "the secret leaked into {what}");
+    }
+
+    let destroyed = emu.spot().args(["destroy", "hello-1", "--dir"]).arg(dir.path()).output().unwrap();
+    assert!(destroyed.status.success(), "{}", stderr(&destroyed));
+    assert_clean(&emu);
+}
+
+#[test]
+fn a_wrong_host_key_is_refused_and_everything_rolled_back() {
+    let emu = Emulator::start();
+    let player = Player::start(&emu, &["us-east-1"], &["--wrong-host-key"]);
+    let dir = repository(
+        &config(1, "root"),
+        "version: 1\nscripts:\n  - name: never\n    command: touch /opt/ran\n",
+        &[],
+    );
+    let out = create(&emu, &player, dir.path(), "hostkey-1", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("host key mismatch"), "{err}");
+    assert!(err.contains("refusing to connect"), "{err}");
+    assert!(!err.contains("script never ok"), "{err}");
+    assert!(err.contains("rolled back"), "{err}");
+    assert_clean(&emu);
+}
+
+#[test]
+fn a_failing_script_reports_its_status_and_output_tail_then_rolls_back() {
+    let emu = Emulator::start();
+    let player = Player::start(&emu, &["us-east-1"], &[]);
+    let deployment = "version: 1\nscripts:\n  - name: first\n    command: echo first ran\n    order: 1\n  \
+                      - name: breaks\n    command: 'echo early line; echo \"disk says no: $APP\" >&2; exit 7'\n    order: 2\n\
+                      env:\n  APP: widget\n";
+    let dir = repository(&config(1, "root"), deployment, &[]);
+    let out = create(&emu, &player, dir.path(), "script-1", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("script first ok"), "{err}");
+    assert!(err.contains("step `script breaks` failed: exit status 7"), "{err}");
+    assert!(
+        err.contains("| disk says no: widget"),
+        "the output tail (with the env loaded) is missing: {err}"
+    );
+    assert!(err.contains("rolled back: removed 1 instance"), "{err}");
+    assert_clean(&emu);
+}
+
+#[test]
+fn a_health_check_that_never_passes_times_out_with_the_units_journal() {
+    let emu = Emulator::start();
+    let player = Player::start(&emu, &["us-east-1"], &[]);
+    let unit = "[Unit]\nDescription=never listens\n[Service]\nExecStart=/bin/sh -c 'echo worker started; exec sleep 300'\n\
+                [Install]\nWantedBy=multi-user.target\n";
+    let deployment = "version: 1\nservices:\n  - name: worker\n    file: services/worker.service\n    \
+                      health_check:\n      tcp: 1\n      timeout: 3s\n      interval: 1s\n";
+    let dir = repository(&config(1, "root"), deployment, &[(".spot/services/worker.service", unit)]);
+    let verify = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(dir.path().join(".spot/services/worker.service"))
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "systemd-analyze verify: {}", String::from_utf8_lossy(&verify.stderr));
+    let started = Instant::now();
+    let out = create(&emu, &player, dir.path(), "health-1", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("service worker ok"), "{err}");
+    assert!(err.contains("health worker.service (TCP port 1)"), "{err}");
+    assert!(err.contains("did not pass within 3s"), "{err}");
+    assert!(
+        err.contains("journal:") && err.contains("worker started"),
+        "the unit's journal is missing: {err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(120));
+    assert_clean(&emu);
+}
+
+#[test]
+fn min_ready_keeps_the_ready_instances_and_terminates_the_failed_one() {
+    let emu = Emulator::start();
+    let player = Player::start(&emu, &["us-east-1"], &[]);
+    // Exactly one of the three instances wins the race for a folder in the shared /tmp,
+    // and that one fails its script.
+    let claim = tempfile::tempdir().unwrap();
+    let flag = claim.path().join("loser");
+    let deployment = format!(
+        "version: 1\nscripts:\n  - name: race\n    command: 'if mkdir {} 2>/dev/null; then echo unlucky; exit 3; fi'\n",
+        flag.display()
+    );
+    let dir = repository(&config(3, "root"), &deployment, &[]);
+    let out = create(&emu, &player, dir.path(), "minready-1", &["--min-ready", "2"]);
+    assert!(out.status.success(), "{}\nplayer: {}", stderr(&out), player.log());
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let outcomes = doc["instances"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 3);
+    let failed: Vec<&Value> = outcomes.iter().filter(|o| o["ready"] == false).collect();
+    assert_eq!(failed.len(), 1, "{doc:#}");
+    assert!(failed[0]["error"].as_str().unwrap().contains("unlucky"), "{doc:#}");
+    // The failed instance is gone; the two ready ones run and are in the state file.
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(state_dir(dir.path()).join("minready-1.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["instances"].as_array().unwrap().len(), 2);
+    let listed = emu.spot().args(["list", "--json"]).arg(dir.path()).output().unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(!listed.contains(failed[0]["id"].as_str().unwrap()) || listed.contains("terminated"), "{listed}");
+    let destroyed = emu.spot().args(["destroy", "minready-1", "--dir"]).arg(dir.path()).output().unwrap();
+    assert!(destroyed.status.success(), "{}", stderr(&destroyed));
+    assert_clean(&emu);
+}
+
+#[test]
+fn bad_input_creates_nothing_in_the_cloud() {
+    let emu = Emulator::start();
+    // A missing secret, and (separately) a build archive whose entry climbs out.
+    let dir = repository(&config(1, "root"), "version: 1\nsecrets:\n  - DB_PASSWORD\n", &[]);
+    let out = emu
+        .spot()
+        .args(["create", "--deployment-id", "nosecret"])
+        .arg(dir.path())
+        .env_remove("DB_PASSWORD")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("`DB_PASSWORD` (environment variable DB_PASSWORD)"), "{}", stderr(&out));
+
+    let evil = tempfile::tempdir().unwrap();
+    std::fs::write(evil.path().join("payload"), "x").unwrap();
+    let dir = repository(&config(1, "root"), "version: 1\ntarball: build.tar.gz\n", &[]);
+    let made = Command::new("tar")
+        .arg("-czf")
+        .arg(dir.path().join("build.tar.gz"))
+        .arg("-C")
+        .arg(evil.path())
+        .args(["--transform", "s,^,../../,", "-P", "payload"])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let out = emu.spot().args(["create", "--deployment-id", "traversal"]).arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("deployment.yaml:2:"), "no position: {err}");
+    assert!(err.contains("outside the destination"), "{err}");
+    assert_eq!(emu.calls(), Default::default(), "EC2 was called for bad input");
+}
