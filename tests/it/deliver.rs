@@ -334,3 +334,70 @@ fn bad_input_creates_nothing_in_the_cloud() {
     assert!(err.contains("outside the destination"), "{err}");
     assert_eq!(emu.calls(), Default::default(), "EC2 was called for bad input");
 }
+
+/// The process's peak resident set so far (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn a_one_gigabyte_bundle_is_shipped_in_bounded_memory() {
+    let emu = Emulator::start();
+    let player = Player::start(&emu, &["us-east-1"], &[]);
+    let dir =
+        repository(&config(1, "root"), "version: 1\ntarball:\n  source: build\n  dest: /opt/big\n", &[]);
+    // Incompressible, so the bundle itself is about 1 GB.
+    std::fs::create_dir_all(dir.path().join("build")).unwrap();
+    let made = Command::new("head")
+        .args(["-c", "1G", "/dev/urandom"])
+        .stdout(std::fs::File::create(dir.path().join("build/blob.bin")).unwrap())
+        .status()
+        .unwrap();
+    assert!(made.success());
+
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("spot"));
+    for (k, v) in emu.spot().get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = cmd
+        .args(["create", "--json", "--ssh-timeout", "60s", "--deployment-id", "big-1"])
+        .arg(dir.path())
+        .env("SPOT_EMULATOR_SSH_DIR", &player.ssh_dir)
+        .stdout(Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut peak = 0;
+    let status = loop {
+        if let Some(kib) = peak_rss_kib(pid) {
+            peak = peak.max(kib);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = std::fs::read_to_string(log.path()).unwrap();
+    assert!(status.success(), "create failed: {err}\nplayer: {}", player.log());
+    let line = err.lines().find(|l| l.contains("bundle uploaded")).unwrap_or_default();
+    assert!(line.contains("MB in"), "{err}");
+    let mb: f64 = line.split('(').nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(mb > 1000.0, "the bundle was only {mb} MB: {line}");
+    assert!(peak > 0 && peak < 100 * 1024, "peak resident set {peak} KiB, over 100 MiB");
+    eprintln!("1 GB bundle: peak RSS {} MiB", peak / 1024);
+    let size = player.on_instance(
+        &std::fs::read_dir(&player.ssh_dir).unwrap().next().unwrap().unwrap().file_name().to_string_lossy(),
+        "stat -c %s /opt/big/blob.bin",
+    );
+    assert_eq!(size.trim(), "1073741824");
+    let destroyed = emu.spot().args(["destroy", "big-1", "--dir"]).arg(dir.path()).output().unwrap();
+    assert!(destroyed.status.success(), "{}", stderr(&destroyed));
+    assert_clean(&emu);
+}
