@@ -127,34 +127,54 @@ fn boot_step(limits: &Limits) -> Step {
 }
 
 /// Refuses any entry of the archive `path` whose name is absolute or has a `..`
-/// component, then extracts it under `dir`.
+/// component, then extracts it under `dir`. The entry names stay in `$list`.
 fn safe_extract(path: &str, dir: &str) -> String {
     let (path, dir) = (shell_quote(path), shell_quote(dir));
     format!(
-        "bad=$(tar -tzf {path} | awk '/^\\// || /(^|\\/)\\.\\.(\\/|$)/ {{print; exit}}')\n\
+        "list=$(mktemp)\n\
+         tar -tzf {path} > \"$list\"\n\
+         bad=$(awk '/^\\// || /(^|\\/)\\.\\.(\\/|$)/ {{print; exit}}' \"$list\")\n\
          if [ -n \"$bad\" ]; then echo \"refusing {path}: entry '$bad' would be written outside {dir}\" >&2; exit {EXIT_REFUSED}; fi\n\
          mkdir -p {dir}\n\
          tar -xzf {path} -C {dir} --no-same-owner\n"
     )
 }
 
+/// Gives the bundle entries of one upload (those named in `$list` under its destination)
+/// to `owner`.
+fn chown_upload(dest: &str, is_dir: bool, owner: &str) -> String {
+    let name = dest.trim_start_matches('/').trim_end_matches('/');
+    // A folder's entries and the folders between them and the destination.
+    let select = if is_dir {
+        "index($0, p \"/\") == 1 { print; n = $0; \
+         while ((i = match(n, /\\/[^\\/]*$/)) > length(p) + 1) { n = substr(n, 1, i - 1); if (!(n in seen)) { seen[n] = 1; print n } } }"
+    } else {
+        "$0 == p"
+    };
+    let (q_owner, q_dest) = (shell_quote(owner), shell_quote(&format!("/{name}")));
+    format!(
+        "if ! awk -v p={p} '{select}' \"$list\" | (cd / && xargs -r -d '\\n' chown -h -- {q_owner}) \\\n\
+         \x20  || ! chown {q_owner} {q_dest}; then\n\
+         \x20 echo \"cannot give {q_dest} to {q_owner}: does that user exist (created by a package or script)?\" >&2; exit {EXIT_REFUSED}\n\
+         fi\n",
+        p = shell_quote(name),
+    )
+}
+
 /// Builds the steps for `deployment` with its packed bundle.
+/// Uploads without an `owner` go to the login user.
 pub fn steps(deployment: &Deployment, bundle_sha256: &str, limits: &Limits) -> Delivery {
     let manifest = &deployment.manifest;
     let bundle_path = format!("{BUNDLES_DIR}/{bundle_sha256}.tar.gz");
 
     let mut unpack = String::from("set -eu\n");
     unpack.push_str(&safe_extract(&bundle_path, "/"));
+    let login_user = format!("{}:", deployment.config.username);
     for upload in &manifest.uploads {
-        if let Some(owner) = &upload.owner {
-            let dest = shell_quote(upload.dest.trim_end_matches('/'));
-            let flag = if upload.is_dir { "-R " } else { "" };
-            unpack.push_str(&format!(
-                "chown {flag}{owner} {dest} || {{ echo \"cannot give {dest} to owner {owner}: does the user exist (packages, scripts)?\" >&2; exit {EXIT_REFUSED}; }}\n",
-                owner = shell_quote(owner),
-            ));
-        }
+        let owner = upload.owner.as_deref().unwrap_or(&login_user);
+        unpack.push_str(&chown_upload(&upload.dest, upload.is_dir, owner));
     }
+    unpack.push_str("rm -f \"$list\"\n");
     if let Some(tarball) = &manifest.tarball {
         match &tarball.source {
             TarballSource::Dir { .. } => {}
@@ -162,7 +182,7 @@ pub fn steps(deployment: &Deployment, bundle_sha256: &str, limits: &Limits) -> D
                 let name = path.rsplit('/').next().unwrap_or(path);
                 let archive = format!("{}/{name}", tarball.dest);
                 unpack.push_str(&safe_extract(&archive, &tarball.dest));
-                unpack.push_str(&format!("rm -f {}\n", shell_quote(&archive)));
+                unpack.push_str(&format!("rm -f {} \"$list\"\n", shell_quote(&archive)));
             }
             TarballSource::Url { url } => {
                 let archive = format!("{BUNDLES_DIR}/build-download.tar.gz");
@@ -172,7 +192,7 @@ pub fn steps(deployment: &Deployment, bundle_sha256: &str, limits: &Limits) -> D
                     u = shell_quote(url)
                 ));
                 unpack.push_str(&safe_extract(&archive, &tarball.dest));
-                unpack.push_str(&format!("rm -f {}\n", shell_quote(&archive)));
+                unpack.push_str(&format!("rm -f {} \"$list\"\n", shell_quote(&archive)));
             }
         }
     }
@@ -335,6 +355,43 @@ pub fn redact(text: &str, secrets: &[crate::keys::Secret]) -> String {
 mod tests {
     use super::*;
     use crate::keys::Secret;
+
+    fn example() -> Deployment {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello");
+        crate::manifest::load(&root).unwrap()
+    }
+
+    #[test]
+    fn every_step_is_valid_sh_and_in_order() {
+        let delivery = steps(&example(), &"ab".repeat(32), &Limits::default());
+        let all: Vec<&Step> = delivery.before_secrets.iter().chain(&delivery.after_secrets).collect();
+        let names: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "wait for boot (cloud-init)",
+                "unpack bundle",
+                "script setup",
+                "script announce",
+                "service hello",
+                "health hello.service (HTTP http://127.0.0.1:8080/)",
+                "completion marker"
+            ]
+        );
+        for step in all {
+            let out = std::process::Command::new("sh").args(["-n", "-c", &step.script]).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}\n{}",
+                step.name,
+                String::from_utf8_lossy(&out.stderr),
+                step.script
+            );
+        }
+        assert_eq!(delivery.secrets[0].dest, "/etc/spot/secrets/APP_TOKEN");
+        let unpack = &delivery.before_secrets[1].script;
+        assert!(unpack.contains("chown -h -- 'ubuntu:'"), "uploads default to the login user: {unpack}");
+    }
 
     #[test]
     fn redaction_hides_whole_values_and_lines() {

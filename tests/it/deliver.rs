@@ -170,10 +170,10 @@ fn the_example_is_delivered_verified_and_its_secret_stays_secret() {
     let facts = player.on_instance(
         id,
         "stat -c '%a %U' /etc/spot/secrets/APP_TOKEN; cat /etc/spot/secrets/APP_TOKEN; echo; \
-         cat /opt/app/deployed.txt; ls /opt/app /opt/app/dist 2>/dev/null | sort; cat /var/lib/spot/ready.json",
+         stat -c '%U' /opt/app/index.html; cat /opt/app/deployed.txt; ls /opt/app /opt/app/dist 2>/dev/null | sort; cat /var/lib/spot/ready.json",
     );
     assert!(facts.starts_with(&format!("600 root\n{SECRET}\n")), "{facts}");
-    assert!(facts.contains("deployed hello-1"), "{facts}");
+    assert!(facts.contains("\nubuntu\ndeployed hello-1"), "uploads belong to the login user: {facts}");
     assert!(facts.contains("index.html"), "{facts}");
     assert!(!facts.contains("notes.tmp"), "excluded file shipped: {facts}");
     assert!(facts.contains("\"deployment_id\":\"hello-1\""), "{facts}");
