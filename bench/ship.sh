@@ -54,6 +54,7 @@ KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password
 UsePAM no
 LogLevel ERROR
+Subsystem sftp internal-sftp
 CONF
   /usr/sbin/sshd -D -e -f "$work/sshd_$1.conf" 2>>"$work/sshd.log" &
   pids+=($!)
@@ -62,7 +63,7 @@ CONF
   cat "$work/sshd.log" >&2
   exit 1
 }
-ship() { # file port...
+ship() { # file [--raw] port...
   local file=$1
   shift
   "$SHIP" --user root --host-key "$work/host.pub" --key "$work/client" --file "$file" --dest "$work/dest" "$@" |
@@ -72,26 +73,50 @@ scp_once() { # file port
   local t0 t1
   t0=$(date +%s.%N)
   scp -q -i "$work/client" -P "$2" -o UserKnownHostsFile="$work/known" -o StrictHostKeyChecking=no \
-    -o LogLevel=ERROR "$1" "root@127.0.0.1:$work/dest/scp.bin"
+    -o LogLevel=ERROR "$1" "root@127.0.0.1:$work/dest/scp.bin" || { echo "scp failed" >&2; exit 1; }
   t1=$(date +%s.%N)
   calc "$t1 - $t0"
 }
 best() { sort -g | head -n 1; }
-calc() { awk "BEGIN { printf \"%.6f\", $1 }"; }
+calc() { awk "BEGIN { printf \"%.6f\\n\", $1 }"; }
 
 # 1. One host, no throttle: spot vs scp.
+if [[ ${PARTS:-upload,fanout} == *upload* ]]; then
 head -c "$((SIZE_MB * 1024 * 1024))" /dev/urandom >"$work/bundle.bin"
 start_sshd 2200
-spot_t=$(for _ in $(seq 1 "$RUNS"); do ship "$work/bundle.bin" 2200; rm -f "$work"/dest/*; done | best)
-scp_t=$(for _ in $(seq 1 "$RUNS"); do scp_once "$work/bundle.bin" 2200; rm -f "$work"/dest/*; done | best)
-printf 'upload %d MB to 1 sshd (best of %d): spot %.2fs (%.0f MB/s), scp %.2fs (%.0f MB/s)\n' \
-  "$SIZE_MB" "$RUNS" "$spot_t" "$(calc "$SIZE_MB / $spot_t")" "$scp_t" "$(calc "$SIZE_MB / $scp_t")"
-printf 'ratio spot/scp throughput: %.2fx (target >= 0.8x)\n' "$(calc "$scp_t / $spot_t")"
+timed() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null; t1=$(date +%s.%N); calc "$t1 - $t0"; }
+ssh_cat() {
+  ssh -i "$work/client" -p "$2" -o UserKnownHostsFile="$work/known" -o StrictHostKeyChecking=no \
+    -o LogLevel=ERROR root@127.0.0.1 'cat > /dev/null' <"$1"
+}
+scp_verified() { # scp, then sha256sum on the server: the same work as spot's upload
+  scp_once "$1" "$2" >/dev/null
+  ssh -i "$work/client" -p "$2" -o UserKnownHostsFile="$work/known" -o StrictHostKeyChecking=no \
+    -o LogLevel=ERROR root@127.0.0.1 "sha256sum $work/dest/scp.bin" >/dev/null
+}
+runs() { for _ in $(seq 1 "$RUNS"); do "$@"; rm -f "$work"/dest/*; done | best; }
+raw_t=$(runs ship "$work/bundle.bin" --raw 2200)
+cat_t=$(runs timed ssh_cat "$work/bundle.bin" 2200)
+spot_t=$(runs ship "$work/bundle.bin" 2200)
+scp_t=$(runs scp_once "$work/bundle.bin" 2200)
+scpv_t=$(runs timed scp_verified "$work/bundle.bin" 2200)
+sha_t=$(timed sha256sum "$work/bundle.bin")
+mbs() { calc "$SIZE_MB / $1"; }
+printf 'upload %d MB to 1 sshd, best of %d (MB/s):\n' "$SIZE_MB" "$RUNS"
+printf '  transport only: spot %.0f, ssh "cat > /dev/null" %.0f -> %.2fx\n' \
+  "$(mbs "$raw_t")" "$(mbs "$cat_t")" "$(calc "$cat_t / $raw_t")"
+printf '  upload: spot (written + sha256 checked on the server) %.0f, scp (no check) %.0f -> %.2fx (target >= 0.8x)\n' \
+  "$(mbs "$spot_t")" "$(mbs "$scp_t")" "$(calc "$scp_t / $spot_t")"
+printf '  same work: spot %.0f, scp + sha256sum on the server %.0f -> %.2fx\n' \
+  "$(mbs "$spot_t")" "$(mbs "$scpv_t")" "$(calc "$scpv_t / $spot_t")"
+printf '  (this machine'"'"'s sha256sum alone: %.0f MB/s)\n' "$(mbs "$sha_t")"
 rm -f "$work/bundle.bin"
+fi
+[[ ${PARTS:-upload,fanout} == *fanout* ]] || exit 0
 
 # 2. Fan-out over 50 Mbit/s links.
 head -c "$((FAN_MB * 1024 * 1024))" /dev/urandom >"$work/fan.bin"
-tc qdisc add dev lo root handle 1: htb default 99
+tc qdisc add dev lo root handle 1: htb default 99 r2q 100
 tc class add dev lo parent 1: classid 1:99 htb rate 10gbit
 ports=()
 for i in $(seq 1 8); do

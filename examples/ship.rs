@@ -2,7 +2,9 @@
 //! SSH layer (`spot_deployer::remote`: pinned host key, streaming upload, sha256 checked
 //! on the far side), the way `spot create` ships a bundle to its instances.
 //!
-//! ship --user USER --host-key HOST_KEY.pub --key CLIENT_KEY --file FILE --dest DIR PORT...
+//! ship --user USER --host-key HOST_KEY.pub --key CLIENT_KEY --file FILE --dest DIR [--raw] PORT...
+//!
+//! `--raw` sends the bytes to `cat > /dev/null` instead: the SSH transport alone.
 //!
 //! Prints one line: `<seconds> <bytes> <hosts>`. Used by bench/ship.sh.
 
@@ -28,10 +30,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let key = Secret::new(std::fs::read_to_string(arg(&args, "--key"))?);
     let file = arg(&args, "--file");
     let dest = arg(&args, "--dest");
+    let raw = args.iter().any(|a| a == "--raw");
     let ports: Vec<u16> = args
         .iter()
         .enumerate()
-        .filter(|(i, a)| !a.starts_with("--") && (*i == 0 || !args[i - 1].starts_with("--")))
+        .filter(|(i, a)| !a.starts_with("--") && (*i == 0 || !args[i - 1].starts_with("--") || args[i - 1] == "--raw"))
         .map(|(_, a)| a.parse())
         .collect::<Result<_, _>>()?;
     // spot knows the digest from packing; computing it is not part of the upload.
@@ -42,14 +45,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let started = Instant::now();
     let uploads = ports.iter().map(|port| {
-        let (user, host_key, key, file, sha, dest) = (&user, &host_key, &key, &file, &sha, &dest);
+        let (user, host_key, key, file, sha, dest, raw) = (&user, &host_key, &key, &file, &sha, &dest, raw);
         async move {
             let target = Target { host: "127.0.0.1".into(), port: *port, user: user.clone() };
             let session = connect(&target, host_key.trim(), key, Duration::from_secs(10)).await?;
             let data = tokio::io::BufReader::with_capacity(256 * 1024, tokio::fs::File::open(file).await?);
-            session
-                .upload(data, &format!("{dest}/ship-{port}.bin"), 0o600, sha, Duration::from_secs(3600))
-                .await?;
+            if raw {
+                // The transport alone: no file written, no digest.
+                session.run_with_input("cat > /dev/null", Some(data), Duration::from_secs(3600)).await?;
+            } else {
+                session
+                    .upload(data, &format!("{dest}/ship-{port}.bin"), 0o600, sha, Duration::from_secs(3600))
+                    .await?;
+            }
             session.close().await;
             Ok::<(), Box<dyn std::error::Error>>(())
         }
