@@ -34,7 +34,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ports: Vec<u16> = args
         .iter()
         .enumerate()
-        .filter(|(i, a)| !a.starts_with("--") && (*i == 0 || !args[i - 1].starts_with("--") || args[i - 1] == "--raw"))
+        .filter(|(i, a)| {
+            !a.starts_with("--") && (*i == 0 || !args[i - 1].starts_with("--") || args[i - 1] == "--raw")
+        })
         .map(|(_, a)| a.parse())
         .collect::<Result<_, _>>()?;
     // spot knows the digest from packing; computing it is not part of the upload.

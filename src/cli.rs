@@ -31,7 +31,7 @@ pub enum Command {
     /// Build the bundle `create` ships (deterministic tar+gzip) into a file, and print its sha256.
     Bundle(BundleArgs),
     /// Launch the deployment's spot instances and wait until they run.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List deployments found by their tags in the configured regions.
     List(ListArgs),
     /// Remove a deployment's instances and every resource spot made for it.
@@ -68,6 +68,52 @@ pub struct IdentityArgs {
     pub pr: Option<u64>,
 }
 
+/// Values that replace parts of `.spot/config.yaml` for one run.
+#[derive(Debug, Args, Default)]
+pub struct OverrideArgs {
+    /// Region to use instead of the config's (repeatable, or comma-separated).
+    #[arg(long = "region", value_name = "REGION")]
+    pub regions: Vec<String>,
+    /// Instance type for every region instead of the config's (repeatable, or comma-separated).
+    #[arg(long = "instance-type", value_name = "TYPE")]
+    pub instance_types: Vec<String>,
+    /// Number of instances (`aws.total_instances`).
+    #[arg(long, value_name = "N")]
+    pub count: Option<String>,
+    /// Time to live (`aws.ttl`), such as 2h.
+    #[arg(long)]
+    pub ttl: Option<String>,
+    /// The build: a folder or .tar.gz in the repository, or an https:// URL.
+    #[arg(long, value_name = "PATH")]
+    pub tarball: Option<String>,
+    /// `none` or `on-demand` when spot capacity runs out (`spot.fallback`).
+    #[arg(long = "spot-fallback", value_name = "none|on-demand")]
+    pub fallback: Option<String>,
+    /// Highest spot price in USD per instance-hour.
+    #[arg(long, value_name = "USD")]
+    pub max_price: Option<String>,
+    /// Extra tag on every resource (repeatable).
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    pub tags: Vec<String>,
+}
+
+impl OverrideArgs {
+    pub fn to_overrides(&self) -> crate::overrides::Overrides {
+        let split = |v: &[String]| v.iter().flat_map(|s| crate::overrides::list(s)).collect();
+        crate::overrides::Overrides {
+            regions: split(&self.regions),
+            instance_types: split(&self.instance_types),
+            count: self.count.clone(),
+            ttl: self.ttl.clone(),
+            tarball: self.tarball.clone(),
+            fallback: self.fallback.clone(),
+            max_price: self.max_price.clone(),
+            ssh_cidrs: Vec::new(),
+            tags: self.tags.clone(),
+        }
+    }
+}
+
 /// Where the cloud is.
 #[derive(Debug, Args)]
 pub struct CloudArgs {
@@ -87,6 +133,8 @@ pub struct CreateArgs {
     /// CIDR allowed to reach SSH, overriding `aws.ssh_cidr` (repeatable).
     #[arg(long = "ssh-cidr", value_name = "CIDR")]
     pub ssh_cidrs: Vec<String>,
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
     /// How long to wait for instances to run (e.g. 5m).
     #[arg(long, default_value = "5m")]
     pub wait: String,

@@ -14,6 +14,7 @@ pub mod error;
 pub mod keys;
 pub mod lifecycle;
 pub mod manifest;
+pub mod overrides;
 pub mod plan;
 pub mod provider;
 pub mod remote;

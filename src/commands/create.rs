@@ -17,48 +17,125 @@ use crate::keys::DeploymentKeys;
 use crate::keys::Secret;
 use crate::lifecycle::create::{self, LaunchOnly, Outcome, Request};
 use crate::lifecycle::progress::{Cancel, Progress};
-use crate::lifecycle::state::{State, StateFile, Status};
+use crate::lifecycle::state::{Recorder, State, StateFile, Status};
 use crate::lifecycle::teardown;
+use crate::manifest::Format;
 use crate::manifest::Report;
 use crate::manifest::types::SshAccess;
+use crate::overrides::{Overrides, Source};
 use crate::plan;
 use crate::provider::Instance;
 use crate::provider::ec2::Ec2;
 use crate::remote::Target;
 
+/// One `create`, however it was asked for (flags or action inputs).
+#[derive(Debug)]
+pub struct Job {
+    pub dir: std::path::PathBuf,
+    pub deployment_id: Option<String>,
+    pub repository: Option<String>,
+    pub pr: Option<u64>,
+    pub run_id: String,
+    pub overrides: Overrides,
+    pub source: Source,
+    pub wait: Duration,
+    pub ssh_budget: Duration,
+    pub boot: Duration,
+    pub min_ready: Option<u32>,
+    pub deliver: bool,
+    pub endpoint_url: Option<String>,
+    pub format: Format,
+}
+
+/// What the caller (the CLI, the action) adds to a run.
+pub trait Hooks {
+    /// Every secret value of the run, before anything else is printed (the action masks
+    /// them). Lines of multi-line values are given one by one.
+    fn secrets(&self, _values: &[&str]) {}
+    /// The deployment is about to be created: nothing exists yet.
+    fn starting(&self, _plan: &plan::Plan) {}
+    /// Receives each resource as it is created, besides the state file.
+    fn recorder(&self) -> Option<&dyn Recorder> {
+        None
+    }
+}
+
+/// The CLI adds nothing.
+#[derive(Debug)]
+pub struct NoHooks;
+impl Hooks for NoHooks {}
+
+/// A finished `create`.
+#[derive(Debug)]
+pub struct Created {
+    pub plan: plan::Plan,
+    pub outcomes: Vec<Outcome>,
+    pub state_path: std::path::PathBuf,
+    pub seconds: f64,
+}
+
 pub fn run(args: &CreateArgs) -> Result<(), Error> {
-    let format = super::default_format(args.format);
-    let mut inputs = super::plan::inputs_for(
-        &args.dir,
-        args.identity.deployment_id.clone(),
-        args.identity.repository.clone(),
-        args.identity.pr,
-        None,
-    )?;
-    inputs.run_id = Some(format!("local-{:08x}", fastrand::u32(..)));
-    let (deployment, listing) = super::load_checked(&args.dir, format, true)?;
-    let wait = super::duration_flag("--wait", &args.wait)?;
-    let ssh_budget = super::duration_flag("--ssh-timeout", &args.ssh_timeout)?;
-    let limits =
-        Limits { boot: super::duration_flag("--boot-timeout", &args.boot_timeout)?, ..Limits::default() };
+    let mut overrides = args.overrides.to_overrides();
+    overrides.ssh_cidrs.clone_from(&args.ssh_cidrs);
+    let job = Job {
+        dir: args.dir.clone(),
+        deployment_id: args.identity.deployment_id.clone(),
+        repository: args.identity.repository.clone(),
+        pr: args.identity.pr,
+        run_id: format!("local-{:08x}", fastrand::u32(..)),
+        overrides,
+        source: Source::Flags,
+        wait: super::duration_flag("--wait", &args.wait)?,
+        ssh_budget: super::duration_flag("--ssh-timeout", &args.ssh_timeout)?,
+        boot: super::duration_flag("--boot-timeout", &args.boot_timeout)?,
+        min_ready: args.min_ready,
+        deliver: !args.no_deliver,
+        endpoint_url: args.cloud.endpoint_url.clone(),
+        format: super::default_format(args.format),
+    };
+    let created = execute(&job, &NoHooks)?;
+    print_ready(args.json, &created);
+    Ok(())
+}
+
+/// Loads, checks, plans and creates: the whole of `create` but the printing.
+pub fn execute(job: &Job, hooks: &dyn Hooks) -> Result<Created, Error> {
+    let format = job.format;
+    let mut inputs =
+        super::plan::inputs_for(&job.dir, job.deployment_id.clone(), job.repository.clone(), job.pr, None)?;
+    inputs.run_id = Some(job.run_id.clone());
+    let (mut deployment, mut listing) = super::load_checked(&job.dir, format, true)?;
+    if job.overrides.apply(&mut deployment, job.source).map_err(|errors| Error::Usage {
+        message: errors.join("\n"),
+        help: "fix the value, or leave it out to use .spot/config.yaml".into(),
+    })? {
+        listing = super::relist(&deployment, format)?;
+    }
+    let limits = Limits { boot: job.boot, ..Limits::default() };
     let total = deployment.config.total_instances;
-    let min_ready = match args.min_ready {
+    let min_ready = match job.min_ready {
         None => total,
         Some(n) if (1..=total).contains(&n) => n,
         Some(n) => {
             return Err(Error::Usage {
                 message: format!(
-                    "--min-ready {n} is not between 1 and the {total} instance(s) of the deployment"
+                    "min-ready {n} is not between 1 and the {total} instance(s) of the deployment"
                 ),
                 help: "leave it out to require every instance".into(),
             });
         }
     };
     // Everything that can be wrong with the input is checked before the first cloud call.
-    let secret_values = if args.no_deliver { Vec::new() } else { read_secrets(&deployment)? };
-    let ssh_cidrs = ssh_cidrs(args, &deployment.config.ssh_access)?;
+    let secret_values = if job.deliver { read_secrets(&deployment)? } else { Vec::new() };
     let keys = DeploymentKeys::generate(&inputs.deployment_id)
         .map_err(|e| Error::Runtime { message: format!("cannot generate keys: {e}"), help: String::new() })?;
+    let mut masked: Vec<&str> = Vec::new();
+    for secret in secret_values.iter().chain([&keys.client.private, &keys.host.private]) {
+        masked.push(secret.expose());
+        masked.extend(secret.expose().lines().filter(|l| !l.trim().is_empty()));
+    }
+    hooks.secrets(&masked);
+    let ssh_cidrs = ssh_cidrs(&deployment.config.ssh_access)?;
     let identity = plan::identity(&deployment, &inputs);
     let user_data = cloud_init::render(
         &deployment,
@@ -67,7 +144,6 @@ pub fn run(args: &CreateArgs) -> Result<(), Error> {
     )
     .map_err(|d| Error::Invalid { report: Report { diagnostics: vec![*d], ..Report::default() }, format })?;
     let plan = plan::build(&deployment, &inputs, listing.clone(), &user_data);
-    let run_id = inputs.run_id.clone().unwrap_or_default();
     let request = Request {
         deployment: &deployment,
         plan: &plan,
@@ -75,8 +151,8 @@ pub fn run(args: &CreateArgs) -> Result<(), Error> {
         public_key: &keys.client.public,
         ssh_cidrs,
         tags: plan.tags.clone(),
-        run_id: run_id.clone(),
-        wait_timeout: wait,
+        run_id: job.run_id.clone(),
+        wait_timeout: job.wait,
         poll: Duration::from_millis(1000),
         min_ready,
     };
@@ -84,7 +160,7 @@ pub fn run(args: &CreateArgs) -> Result<(), Error> {
         &deployment.root,
         State {
             deployment_id: plan.deployment_id.clone(),
-            run_id,
+            run_id: job.run_id.clone(),
             repository: plan.repository.clone(),
             created_at: plan.created_at.clone(),
             expires_at: plan.expires_at.clone(),
@@ -94,6 +170,8 @@ pub fn run(args: &CreateArgs) -> Result<(), Error> {
         },
     )
     .map_err(|e| Error::io(deployment.root.join(crate::lifecycle::state::STATE_DIR), "write", e))?;
+    hooks.starting(&plan);
+    let tee = Tee { first: &state, second: hooks.recorder() };
 
     let progress = Progress::new();
     let regions: Vec<&str> =
@@ -106,10 +184,10 @@ pub fn run(args: &CreateArgs) -> Result<(), Error> {
         plan.expires_at
     ));
     let outcome = super::runtime()?.block_on(async {
-        let cloud = Ec2::new(args.cloud.endpoint_url.as_deref()).await;
+        let cloud = Ec2::new(job.endpoint_url.as_deref()).await;
         let cancel = Cancel::on_signals();
-        if args.no_deliver {
-            return create::create(&cloud, &LaunchOnly, &request, &state, &progress, &cancel).await;
+        if !job.deliver {
+            return create::create(&cloud, &LaunchOnly, &request, &tee, &progress, &cancel).await;
         }
         // The bundle is packed while the instances launch and boot.
         let deploy = deployment.clone();
@@ -123,17 +201,19 @@ pub fn run(args: &CreateArgs) -> Result<(), Error> {
             client_private: &keys.client.private,
             secret_values: &secret_values,
             user: &deployment.config.username,
-            ssh_budget,
+            ssh_budget: job.ssh_budget,
             emulator_dir: std::env::var_os(EMULATOR_SSH_DIR).map(std::path::PathBuf::from),
             progress: &progress,
         };
-        create::create(&cloud, &deliver, &request, &state, &progress, &cancel).await
+        create::create(&cloud, &deliver, &request, &tee, &progress, &cancel).await
     });
     match outcome {
-        Ok(outcomes) => {
-            print_ready(args, &plan, &state, &outcomes, progress.elapsed().as_secs_f64());
-            Ok(())
-        }
+        Ok(outcomes) => Ok(Created {
+            outcomes,
+            state_path: state.path().to_path_buf(),
+            seconds: progress.elapsed().as_secs_f64(),
+            plan,
+        }),
         Err(failure) => {
             let removed = teardown::summarize(&failure.removal.removed);
             let mut message = format!("create failed: {}\nrolled back: removed {removed}", failure.message);
@@ -160,18 +240,52 @@ pub fn run(args: &CreateArgs) -> Result<(), Error> {
     }
 }
 
+/// The state file and the caller's recorder, both told everything.
+struct Tee<'a> {
+    first: &'a StateFile,
+    second: Option<&'a dyn Recorder>,
+}
+
+impl Recorder for Tee<'_> {
+    fn created(&self, resource: &crate::provider::Resource) {
+        self.first.created(resource);
+        if let Some(s) = self.second {
+            s.created(resource);
+        }
+    }
+    fn removed(&self, resource: &crate::provider::Resource) {
+        self.first.removed(resource);
+        if let Some(s) = self.second {
+            s.removed(resource);
+        }
+    }
+    fn status(&self, status: Status) {
+        self.first.status(status);
+        if let Some(s) = self.second {
+            s.status(status);
+        }
+    }
+    fn instances(&self, instances: &[Instance]) {
+        self.first.instances(instances);
+        if let Some(s) = self.second {
+            s.instances(instances);
+        }
+    }
+}
+
 /// Emulator-only: a folder where the harness that plays the instances writes, per
 /// instance id, the `host:port` its SSH server listens on (EC2 emulators hand out
 /// addresses nothing answers on). Never set against real AWS.
 pub const EMULATOR_SSH_DIR: &str = "SPOT_EMULATOR_SSH_DIR";
 
-fn print_ready(args: &CreateArgs, plan: &plan::Plan, state: &StateFile, outcomes: &[Outcome], took: f64) {
+fn print_ready(json: bool, created: &Created) {
+    let (plan, outcomes, took) = (&created.plan, &created.outcomes, created.seconds);
     let mut out = std::io::stdout().lock();
-    if args.json {
+    if json {
         let doc = serde_json::json!({
             "deployment_id": plan.deployment_id,
             "expires_at": plan.expires_at,
-            "state_file": state.path(),
+            "state_file": created.state_path,
             "instances": outcomes,
         });
         let _ = writeln!(out, "{doc:#}");
@@ -210,7 +324,7 @@ fn print_ready(args: &CreateArgs, plan: &plan::Plan, state: &StateFile, outcomes
             i.market.to_string()
         );
     }
-    let _ = writeln!(out, "state: {}", state.path().display());
+    let _ = writeln!(out, "state: {}", created.state_path.display());
     let _ = writeln!(out, "remove it with: spot destroy {}", plan.deployment_id);
 }
 
@@ -322,18 +436,7 @@ where
     }
 }
 
-fn ssh_cidrs(args: &CreateArgs, access: &SshAccess) -> Result<Vec<String>, Error> {
-    if !args.ssh_cidrs.is_empty() {
-        for c in &args.ssh_cidrs {
-            if !crate::manifest::validate::is_cidr(c) {
-                return Err(Error::Usage {
-                    message: format!("--ssh-cidr `{c}` is not a CIDR block"),
-                    help: "write e.g. 203.0.113.7/32".into(),
-                });
-            }
-        }
-        return Ok(args.ssh_cidrs.clone());
-    }
+fn ssh_cidrs(access: &SshAccess) -> Result<Vec<String>, Error> {
     match access {
         SshAccess::Cidrs(c) => Ok(c.clone()),
         SshAccess::Runner => public_address()

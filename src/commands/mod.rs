@@ -57,6 +57,15 @@ pub(crate) fn load_checked(
     }
 }
 
+/// Lists the bundle again after overrides changed the build.
+pub(crate) fn relist(deployment: &Deployment, format: Format) -> Result<Listing, Error> {
+    crate::bundle::list(deployment, true).map_err(|diagnostics| {
+        let mut report = Report { diagnostics, ..Report::default() };
+        report.finish();
+        Error::Invalid { report, format }
+    })
+}
+
 /// The async runtime for commands that talk to the cloud.
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Error> {
     tokio::runtime::Builder::new_multi_thread()
