@@ -34,6 +34,10 @@ pub enum Command {
     Create(Box<CreateArgs>),
     /// List deployments found by their tags in the configured regions.
     List(ListArgs),
+    /// Scheduled teardown: remove expired, closed-PR and orphaned deployments (by tags).
+    Reap(ReapArgs),
+    /// The GitHub Action's steps: `main` and `post` (the container's entrypoints).
+    Action(ActionArgs),
     /// Remove a deployment's instances and every resource spot made for it.
     Destroy(DestroyArgs),
 }
@@ -159,6 +163,40 @@ pub struct CreateArgs {
     /// How to print problems with the description.
     #[arg(long, value_enum)]
     pub format: Option<Format>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReapArgs {
+    /// Repository folder whose config names the regions to search.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Region to search instead of the config's (repeatable).
+    #[arg(long = "region", value_name = "REGION")]
+    pub regions: Vec<String>,
+    /// Print what would be removed and why, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How long a deployment with no instance must stay so before it counts as an orphan.
+    #[arg(long, default_value = "30s")]
+    pub orphan_grace: String,
+    /// Print the decisions as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub cloud: CloudArgs,
+}
+
+/// Which step of the action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ActionStep {
+    Main,
+    Post,
+}
+
+#[derive(Debug, Args)]
+pub struct ActionArgs {
+    #[arg(value_enum)]
+    pub step: ActionStep,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ pub mod cloud_init;
 pub mod commands;
 pub mod deliver;
 pub mod error;
+pub mod github;
 pub mod keys;
 pub mod lifecycle;
 pub mod manifest;
@@ -32,6 +33,11 @@ pub fn run(cli: cli::Cli) -> Result<(), Error> {
         cli::Command::Schema(args) => commands::schema::run(&args),
         cli::Command::Bundle(args) => commands::bundle::run(&args),
         cli::Command::Create(args) => commands::create::run(&args),
+        cli::Command::Reap(args) => commands::reap::run(&args),
+        cli::Command::Action(args) => match args.step {
+            cli::ActionStep::Main => commands::action::main(),
+            cli::ActionStep::Post => commands::action::post(),
+        },
         cli::Command::List(args) => commands::list::run(&args),
         cli::Command::Destroy(args) => commands::destroy::run(&args),
     }

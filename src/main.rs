@@ -7,7 +7,18 @@ use clap::Parser as _;
 use spot_deployer::error::{Error, exit};
 
 fn main() -> ExitCode {
-    let cli = match spot_deployer::cli::Cli::try_parse() {
+    // The action's image calls the binary as `spot-action` and `spot-action-post`.
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let called = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned());
+    match called.as_deref() {
+        Some("spot-action") => args.splice(1..1, ["action".into(), "main".into()]).for_each(drop),
+        Some("spot-action-post") => args.splice(1..1, ["action".into(), "post".into()]).for_each(drop),
+        _ => {}
+    }
+    let cli = match spot_deployer::cli::Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();

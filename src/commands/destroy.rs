@@ -21,16 +21,39 @@ pub fn run(args: &DestroyArgs) -> Result<(), Error> {
             .map_err(|message| Error::Usage { message, help: "pass the id shown by `spot list`".into() })?;
     }
     let progress = Progress::new();
-    let filter: Tags = args.deployment.iter().map(|id| (tag::DEPLOYMENT.to_string(), id.clone())).collect();
-    let removal: Result<Option<Removal>, Error> = super::runtime()?.block_on(async {
-        let cloud = Ec2::new(args.cloud.endpoint_url.as_deref()).await;
+    let removal = remove(
+        &args.dir,
+        &regions,
+        args.deployment.as_deref(),
+        args.yes,
+        timeout,
+        args.cloud.endpoint_url.as_deref(),
+        &progress,
+    );
+    report(removal, args.deployment.as_deref(), &regions, &progress)
+}
+
+/// Finds `deployment` (or every deployment, with `all`) by tags in `regions` and removes
+/// it; `None` when there was nothing to remove.
+pub fn remove(
+    dir: &std::path::Path,
+    regions: &[String],
+    deployment: Option<&str>,
+    all: bool,
+    timeout: std::time::Duration,
+    endpoint_url: Option<&str>,
+    progress: &Progress,
+) -> Result<Option<Removal>, Error> {
+    let filter: Tags = deployment.iter().map(|id| (tag::DEPLOYMENT.to_string(), (*id).to_string())).collect();
+    super::runtime()?.block_on(async {
+        let cloud = Ec2::new(endpoint_url).await;
         let found =
-            inventory::discover(&cloud, &regions, &filter).await.map_err(|e| super::cloud_error(&e))?;
+            inventory::discover(&cloud, regions, &filter).await.map_err(|e| super::cloud_error(&e))?;
         let chosen: Vec<&Found> = found.values().collect();
         if chosen.is_empty() {
             return Ok(None);
         }
-        if args.deployment.is_none() && chosen.len() > 1 && !args.yes {
+        if deployment.is_none() && chosen.len() > 1 && !all {
             let ids: Vec<&str> = chosen.iter().map(|f| f.deployment_id.as_str()).collect();
             return Err(Error::Usage {
                 message: format!("{} deployments found: {}", ids.len(), ids.join(", ")),
@@ -46,22 +69,29 @@ pub fn run(args: &DestroyArgs) -> Result<(), Error> {
                 f.instances.len(),
                 teardown::summarize(&f.resources)
             ));
-            teardown::teardown(&cloud, &f.deployment_id, f.all_resources(), deadline, &progress, None)
+            teardown::teardown(&cloud, &f.deployment_id, f.all_resources(), deadline, progress, None)
         });
         for r in futures::future::join_all(sweeps).await {
             total.merge(r);
         }
         for f in &chosen {
-            mark_destroyed(&args.dir, &f.deployment_id);
+            mark_destroyed(dir, &f.deployment_id);
         }
         Ok(Some(total))
-    });
+    })
+}
+
+/// Prints what `remove` did; an error when something is left.
+pub fn report(
+    removal: Result<Option<Removal>, Error>,
+    deployment: Option<&str>,
+    regions: &[String],
+    progress: &Progress,
+) -> Result<(), Error> {
     let mut out = std::io::stdout().lock();
     match removal? {
         None => {
-            let what = args
-                .deployment
-                .as_deref()
+            let what = deployment
                 .map_or_else(|| "no deployments".to_string(), |id| format!("no resources of `{id}`"));
             let _ = writeln!(out, "nothing to do: {what} in {}", regions.join(", "));
             Ok(())

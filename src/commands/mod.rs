@@ -1,11 +1,13 @@
 //! One module per subcommand: gather inputs, call the pure core, print the result.
 
+pub mod action;
 pub mod bundle;
 pub mod create;
 pub mod destroy;
 pub mod generate;
 pub mod list;
 pub mod plan;
+pub mod reap;
 pub mod schema;
 pub mod validate;
 

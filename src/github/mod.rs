@@ -1,0 +1,81 @@
+//! The GitHub REST API through `octocrab`: the only module that imports it.
+//!
+//! Three things: a pull request's state (for `reap`), the sticky pull-request comment
+//! (found again by a hidden marker, created once, then updated), and nothing else. The
+//! base URL comes from `GITHUB_API_URL` (GitHub Enterprise, tests).
+
+use octocrab::Octocrab;
+use octocrab::models::IssueState;
+
+use crate::keys::Secret;
+
+/// The hidden marker that identifies spot's comment on a pull request.
+pub const COMMENT_MARKER: &str = "<!-- spot:environment -->";
+
+/// A repository on GitHub, with a token.
+#[derive(Debug)]
+pub struct GitHub {
+    client: Octocrab,
+    owner: String,
+    repo: String,
+}
+
+/// Where a comment came from or went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upsert {
+    Created(u64),
+    Updated(u64),
+}
+
+fn describe(e: &octocrab::Error) -> String {
+    match e {
+        octocrab::Error::GitHub { source, .. } => {
+            format!("GitHub answered {}: {}", source.status_code, source.message)
+        }
+        other => format!("GitHub API call failed: {}", other.to_string().lines().next().unwrap_or_default()),
+    }
+}
+
+impl GitHub {
+    /// `repository` is `owner/name`.
+    pub fn new(token: &Secret, api_url: &str, repository: &str) -> Result<Self, String> {
+        let (owner, repo) =
+            repository.split_once('/').ok_or_else(|| format!("`{repository}` is not owner/name"))?;
+        let client = Octocrab::builder()
+            .base_uri(api_url)
+            .map_err(|e| format!("bad GitHub API URL `{api_url}`: {e}"))?
+            .personal_token(token.expose().to_string())
+            .build()
+            .map_err(|e| describe(&e))?;
+        Ok(Self { client, owner: owner.to_string(), repo: repo.to_string() })
+    }
+
+    /// Whether pull request `number` is closed (merged counts as closed).
+    pub async fn pr_closed(&self, number: u64) -> Result<bool, String> {
+        let pr = self.client.pulls(&self.owner, &self.repo).get(number).await.map_err(|e| describe(&e))?;
+        Ok(matches!(pr.state, Some(IssueState::Closed)))
+    }
+
+    /// Creates spot's comment on pull request `number`, or updates the one carrying the
+    /// marker (every page of comments is searched).
+    pub async fn upsert_comment(&self, number: u64, body: &str) -> Result<Upsert, String> {
+        let body = format!("{COMMENT_MARKER}\n{body}");
+        let issues = self.client.issues(&self.owner, &self.repo);
+        let mut page = issues.list_comments(number).per_page(100).send().await.map_err(|e| describe(&e))?;
+        loop {
+            if let Some(c) =
+                page.items.iter().find(|c| c.body.as_deref().is_some_and(|b| b.contains(COMMENT_MARKER)))
+            {
+                let id = c.id;
+                issues.update_comment(id, body).await.map_err(|e| describe(&e))?;
+                return Ok(Upsert::Updated(id.into_inner()));
+            }
+            match self.client.get_page(&page.next).await.map_err(|e| describe(&e))? {
+                Some(next) => page = next,
+                None => break,
+            }
+        }
+        let made = issues.create_comment(number, body).await.map_err(|e| describe(&e))?;
+        Ok(Upsert::Created(made.id.into_inner()))
+    }
+}
