@@ -374,13 +374,16 @@ fn environment_comment(created: &Created) -> String {
     );
     for o in created.outcomes.iter().filter(|o| o.ready) {
         let i = &o.instance;
-        let _ = writeln!(md, "| `{}` | {} | {} | {} | {} |", i.id, i.az, i.instance_type, i.market, address(i));
+        let _ =
+            writeln!(md, "| `{}` | {} | {} | {} | {} |", i.id, i.az, i.instance_type, i.market, address(i));
     }
     let _ = writeln!(
         md,
         "\nExpires at `{}`; removed when this pull request closes. Updated for {}.",
         created.plan.expires_at,
-        actions::pull_request().and_then(|p| p.head_sha).map_or_else(|| "the latest push".into(), |s| format!("`{}`", &s[..s.len().min(12)]))
+        actions::pull_request()
+            .and_then(|p| p.head_sha)
+            .map_or_else(|| "the latest push".into(), |s| format!("`{}`", &s[..s.len().min(12)]))
     );
     md
 }
@@ -393,7 +396,11 @@ fn comment(number: u64, body: &str) {
     };
     let done = super::runtime().map_err(|e| e.to_string()).and_then(|rt| {
         rt.block_on(async {
-            let github = crate::github::GitHub::new(&crate::keys::Secret::new(token), &actions::api_url(), &repository)?;
+            let github = crate::github::GitHub::new(
+                &crate::keys::Secret::new(token),
+                &actions::api_url(),
+                &repository,
+            )?;
             github.upsert_comment(number, body).await
         })
     });

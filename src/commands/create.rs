@@ -50,7 +50,7 @@ pub struct Job {
 /// What the caller (the CLI, the action) adds to a run.
 pub trait Hooks {
     /// Every secret value of the run, before anything else is printed (the action masks
-    /// them). Lines of multi-line values are given one by one.
+    /// them, line by line).
     fn secrets(&self, _values: &[&str]) {}
     /// The deployment is about to be created: nothing exists yet.
     fn starting(&self, _plan: &plan::Plan) {}
@@ -129,11 +129,8 @@ pub fn execute(job: &Job, hooks: &dyn Hooks) -> Result<Created, Error> {
     let secret_values = if job.deliver { read_secrets(&deployment)? } else { Vec::new() };
     let keys = DeploymentKeys::generate(&inputs.deployment_id)
         .map_err(|e| Error::Runtime { message: format!("cannot generate keys: {e}"), help: String::new() })?;
-    let mut masked: Vec<&str> = Vec::new();
-    for secret in secret_values.iter().chain([&keys.client.private, &keys.host.private]) {
-        masked.push(secret.expose());
-        masked.extend(secret.expose().lines().filter(|l| !l.trim().is_empty()));
-    }
+    let masked: Vec<&str> =
+        secret_values.iter().chain([&keys.client.private, &keys.host.private]).map(Secret::expose).collect();
     hooks.secrets(&masked);
     let ssh_cidrs = ssh_cidrs(&deployment.config.ssh_access)?;
     let identity = plan::identity(&deployment, &inputs);

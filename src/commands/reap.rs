@@ -71,8 +71,9 @@ pub struct Reap<'a> {
     pub regions: &'a [String],
     pub dry_run: bool,
     pub endpoint_url: Option<&'a str>,
-    pub github: Option<&'a crate::github::GitHub>,
-    /// `owner/name` the GitHub client is for: only its pull requests are asked about.
+    /// Token and API URL to ask about pull requests with.
+    pub github: Option<(crate::keys::Secret, String)>,
+    /// `owner/name` of this repository: only its pull requests are asked about.
     pub repository: Option<&'a str>,
     pub orphan_grace: Duration,
 }
@@ -81,13 +82,20 @@ pub struct Reap<'a> {
 pub fn reap(r: &Reap<'_>, progress: &Progress) -> Result<Vec<Decision>, Error> {
     super::runtime()?.block_on(async {
         let cloud = Ec2::new(r.endpoint_url).await;
+        let github = match (&r.github, r.repository) {
+            (Some((token, api)), Some(repo)) => Some(
+                crate::github::GitHub::new(token, api, repo)
+                    .map_err(|message| Error::Usage { message, help: String::new() })?,
+            ),
+            _ => None,
+        };
         let found =
             inventory::discover(&cloud, r.regions, &Tags::new()).await.map_err(|e| super::cloud_error(&e))?;
         let mut decisions = Vec::new();
         let mut orphans = Vec::new();
         let now = jiff::Timestamp::now();
         for f in found.values() {
-            let (closed, note) = pr_state(r, f).await;
+            let (closed, note) = pr_state(github.as_ref(), r.repository, f).await;
             let verdict = judge(f, now, closed, &note);
             if f.instances.is_empty()
                 && matches!(verdict, Verdict::Remove(ref why) if why.starts_with("orphan"))
@@ -150,14 +158,18 @@ pub fn reap(r: &Reap<'_>, progress: &Progress) -> Result<Vec<Decision>, Error> {
     })
 }
 
-async fn pr_state(r: &Reap<'_>, f: &Found) -> (Option<bool>, String) {
+async fn pr_state(
+    github: Option<&crate::github::GitHub>,
+    repository: Option<&str>,
+    f: &Found,
+) -> (Option<bool>, String) {
     let Some(pr) = f.pr.as_deref() else {
         return (None, String::new());
     };
-    let Some(github) = r.github else {
+    let Some(github) = github else {
         return (None, "not asked (no GitHub token)".into());
     };
-    if f.repository.as_deref() != r.repository {
+    if f.repository.as_deref() != repository {
         return (None, format!("not asked (repository {})", f.repository.as_deref().unwrap_or("unknown")));
     }
     let Ok(number) = pr.parse::<u64>() else {
@@ -174,20 +186,14 @@ pub fn run(args: &crate::cli::ReapArgs) -> Result<(), Error> {
     let regions = super::regions_for(&args.dir, &args.regions)?;
     let grace = super::duration_flag("--orphan-grace", &args.orphan_grace)?;
     let repository = crate::actions::repository();
-    let github = match (crate::actions::token_from_env(), &repository) {
-        (Some(token), Some(repo)) => Some(
-            crate::github::GitHub::new(&token, &crate::actions::api_url(), repo)
-                .map_err(|message| Error::Usage { message, help: String::new() })?,
-        ),
-        _ => None,
-    };
+    let github = crate::actions::token_from_env().map(|t| (t, crate::actions::api_url()));
     let progress = Progress::new();
     let decisions = reap(
         &Reap {
             regions: &regions,
             dry_run: args.dry_run,
             endpoint_url: args.cloud.endpoint_url.as_deref(),
-            github: github.as_ref(),
+            github,
             repository: repository.as_deref(),
             orphan_grace: grace,
         },
@@ -204,20 +210,14 @@ pub fn run_action(dir: &std::path::Path) -> Result<(), Error> {
     let dry_run =
         actions::input_bool("dry-run").map_err(|message| Error::Usage { message, help: String::new() })?;
     let repository = actions::repository();
-    let github = match (actions::input("github-token"), &repository) {
-        (Some(token), Some(repo)) => Some(
-            crate::github::GitHub::new(&crate::keys::Secret::new(token), &actions::api_url(), repo)
-                .map_err(|message| Error::Usage { message, help: String::new() })?,
-        ),
-        _ => None,
-    };
+    let github = actions::input("github-token").map(|t| (crate::keys::Secret::new(t), actions::api_url()));
     let progress = Progress::new();
     let decisions = reap(
         &Reap {
             regions: &regions,
             dry_run,
             endpoint_url: actions::input("endpoint-url").as_deref(),
-            github: github.as_ref(),
+            github,
             repository: repository.as_deref(),
             orphan_grace: Duration::from_secs(30),
         },

@@ -14,14 +14,14 @@ use crate::emulator::{Emulator, state_dir};
 
 /// The instance player for one test, stopped with SIGTERM (it then stops every sshd and
 /// service it started) when dropped.
-struct Player {
+pub struct Player {
     child: Child,
-    ssh_dir: PathBuf,
+    pub ssh_dir: PathBuf,
     work: tempfile::TempDir,
 }
 
 impl Player {
-    fn start(emu: &Emulator, regions: &[&str], extra: &[&str]) -> Self {
+    pub fn start(emu: &Emulator, regions: &[&str], extra: &[&str]) -> Self {
         let work = tempfile::tempdir().unwrap();
         let ssh_dir = work.path().join("ssh");
         let log = std::fs::File::create(work.path().join("player.log")).unwrap();
@@ -41,7 +41,7 @@ impl Player {
         Self { child, ssh_dir, work }
     }
 
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         std::fs::read_to_string(self.work.path().join("player.log")).unwrap_or_default()
     }
 
@@ -75,7 +75,7 @@ impl Drop for Player {
 }
 
 /// A repository with `.spot/config.yaml`, `.spot/deployment.yaml` and more files.
-fn repository(config: &str, deployment: &str, files: &[(&str, &str)]) -> tempfile::TempDir {
+pub fn repository(config: &str, deployment: &str, files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let spot = dir.path().join(".spot");
     std::fs::create_dir_all(&spot).unwrap();
@@ -89,7 +89,7 @@ fn repository(config: &str, deployment: &str, files: &[(&str, &str)]) -> tempfil
     dir
 }
 
-fn config(instances: u32, user: &str) -> String {
+pub fn config(instances: u32, user: &str) -> String {
     format!(
         "aws:\n  total_instances: {instances}\n  username: {user}\n  ssh_cidr: 127.0.0.1/32\n  ttl: 1h\n\
          regions:\n  - us-east-1:\n      machine_type: [t3.small]\n"

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod action;
 mod bundle;
 mod cli;
 mod cloud_init;

@@ -1,0 +1,504 @@
+//! The action, run exactly as the runner runs it: `INPUT_*` (with action.yml's defaults
+//! filled in), temporary `GITHUB_OUTPUT`/`GITHUB_STATE`/`GITHUB_STEP_SUMMARY` files, an
+//! event file, then the post step with `STATE_*` taken from the state file; against
+//! moto, instances played by real sshd, and a local fake of GitHub's REST API.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::repo;
+use crate::deliver::{Player, config, repository};
+use crate::emulator::Emulator;
+
+const TOKEN: &str = "ghs_testTOKEN0123456789abcdefXYZ";
+const SECRET: &str = "app-secret-value-4711";
+
+/// action.yml's inputs and their defaults, read the simple way (the file is ours).
+fn declared() -> (Vec<(String, String)>, Vec<String>) {
+    let text = std::fs::read_to_string(repo().join("action.yml")).unwrap();
+    let mut inputs = Vec::new();
+    let mut outputs = Vec::new();
+    let mut section = "";
+    for line in text.lines() {
+        if !line.starts_with(' ') && line.ends_with(':') {
+            section = if line == "inputs:" {
+                "in"
+            } else if line == "outputs:" {
+                "out"
+            } else {
+                ""
+            };
+            continue;
+        }
+        if let Some(name) =
+            line.strip_prefix("  ").filter(|l| !l.starts_with(' ')).and_then(|l| l.strip_suffix(':'))
+        {
+            match section {
+                "in" => inputs.push((name.to_string(), String::new())),
+                "out" => outputs.push(name.to_string()),
+                _ => {}
+            }
+        } else if let Some(default) = line.trim().strip_prefix("default: ")
+            && section == "in"
+            && let Some(last) = inputs.last_mut()
+        {
+            last.1 = default.trim_matches('"').to_string();
+        }
+    }
+    (inputs, outputs)
+}
+
+/// Reads `name=value` and `name<<DELIM` entries of a runner file (last one wins).
+fn file_commands(path: &Path) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut out = BTreeMap::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if let Some((name, delimiter)) = line.split_once("<<") {
+            let mut value = Vec::new();
+            for l in lines.by_ref() {
+                if l == delimiter {
+                    break;
+                }
+                value.push(l);
+            }
+            out.insert(name.to_string(), value.join("\n"));
+        } else if let Some((name, value)) = line.split_once('=') {
+            out.insert(name.to_string(), value.to_string());
+        }
+    }
+    out
+}
+
+/// One job's runner files and settings.
+struct Job {
+    files: tempfile::TempDir,
+    run_id: String,
+    event_name: String,
+    event: Value,
+    api_url: Option<String>,
+}
+
+impl Job {
+    fn new(run_id: &str, event_name: &str, event: Value) -> Self {
+        Self {
+            files: tempfile::tempdir().unwrap(),
+            run_id: run_id.into(),
+            event_name: event_name.into(),
+            event,
+            api_url: None,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.files.path().join(name)
+    }
+
+    fn command(
+        &self,
+        emu: &Emulator,
+        step: &str,
+        inputs: &[(&str, &str)],
+        player: Option<&Player>,
+    ) -> Command {
+        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("spot"));
+        for (k, v) in emu.spot().get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        for (k, _) in std::env::vars() {
+            if k.starts_with("GITHUB_")
+                || k.starts_with("INPUT_")
+                || k.starts_with("STATE_")
+                || k.starts_with("ACTIONS_")
+            {
+                cmd.env_remove(k);
+            }
+        }
+        std::fs::write(self.path("event.json"), self.event.to_string()).unwrap();
+        cmd.env("GITHUB_ACTIONS", "true")
+            .env("GITHUB_RUN_ID", &self.run_id)
+            .env("GITHUB_RUN_ATTEMPT", "1")
+            .env("GITHUB_REPOSITORY", "acme/app")
+            .env("GITHUB_EVENT_NAME", &self.event_name)
+            .env("GITHUB_EVENT_PATH", self.path("event.json"))
+            .env("GITHUB_OUTPUT", self.path(&format!("output-{step}")))
+            .env("GITHUB_STATE", self.path("state"))
+            .env("GITHUB_STEP_SUMMARY", self.path(&format!("summary-{step}")))
+            .env("APP_TOKEN", SECRET);
+        if let Some(api) = &self.api_url {
+            cmd.env("GITHUB_API_URL", api);
+        }
+        if let Some(p) = player {
+            cmd.env("SPOT_EMULATOR_SSH_DIR", &p.ssh_dir);
+        }
+        let (declared, _) = declared();
+        for (name, default) in declared {
+            let given = inputs.iter().find(|(n, _)| *n == name).map_or(default, |(_, v)| (*v).to_string());
+            cmd.env(format!("INPUT_{}", name.to_uppercase()), given);
+        }
+        if step == "post" {
+            for (k, v) in file_commands(&self.path("state")) {
+                cmd.env(format!("STATE_{k}"), v);
+            }
+        }
+        cmd.args(["action", step]);
+        cmd
+    }
+
+    fn run(&self, emu: &Emulator, step: &str, inputs: &[(&str, &str)], player: Option<&Player>) -> Output {
+        let out = self.command(emu, step, inputs, player).output().unwrap();
+        std::fs::write(self.path(&format!("stdout-{step}")), &out.stdout).unwrap();
+        std::fs::write(self.path(&format!("stderr-{step}")), &out.stderr).unwrap();
+        out
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn assert_clean(emu: &Emulator) {
+    let left = emu.leftovers(&["us-east-1"]);
+    assert_eq!(left, json!({}), "resources left behind: {left:#}");
+}
+
+fn project() -> tempfile::TempDir {
+    repository(
+        &config(1, "root"),
+        "version: 1\nscripts:\n  - name: hello\n    command: echo hello from the action\nsecrets:\n  - APP_TOKEN\n",
+        &[],
+    )
+}
+
+/// Every byte the binary wrote, outside `::add-mask::` lines, must be free of `needles`.
+fn assert_no_secret(job: &Job, dir: &Path, needles: &[&str]) {
+    let mut haystacks: Vec<(String, String)> = Vec::new();
+    for entry in std::fs::read_dir(job.files.path()).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        haystacks.push((name, String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap()).into_owned()));
+    }
+    for entry in walkdir::WalkDir::new(dir.join(".spot-state"))
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+    {
+        haystacks.push((entry.path().display().to_string(), std::fs::read_to_string(entry.path()).unwrap()));
+    }
+    for (name, text) in haystacks {
+        for line in text.lines().filter(|l| !l.starts_with("::add-mask::")) {
+            for needle in needles {
+                assert!(!line.contains(needle), "a secret leaked into {name}: {line}");
+            }
+        }
+    }
+}
+
+#[test]
+fn up_then_post_reports_everything_and_leaves_nothing() {
+    let emu = Emulator::start();
+    let player = Player::start(&emu, &["us-east-1"], &[]);
+    let dir = project();
+    let job = Job::new("9001", "push", json!({"ref": "refs/heads/main"}));
+    let inputs = [
+        ("working-directory", dir.path().to_str().unwrap()),
+        ("ssh-cidr", "127.0.0.1/32"),
+        ("github-token", TOKEN),
+        ("tags", "Team=qa\nCost=ci"),
+        ("count", "2"),
+    ];
+    let main = job.run(&emu, "main", &inputs, Some(&player));
+    assert!(main.status.success(), "{}\nplayer: {}", text(&main), player.log());
+    let stdout = String::from_utf8_lossy(&main.stdout);
+    // Masks come before anything else, line by line for the keys.
+    let first = stdout.lines().next().unwrap_or_default();
+    assert_eq!(first, format!("::add-mask::{TOKEN}"));
+    assert!(
+        stdout.lines().filter(|l| l.starts_with("::add-mask::")).count() > 4,
+        "keys not masked line by line"
+    );
+    assert!(stdout.contains("::group::Create gh-9001-1"));
+
+    let outputs = file_commands(&job.path("output-main"));
+    let (_, declared_outputs) = declared();
+    for name in &declared_outputs {
+        assert!(outputs.contains_key(name), "output {name} missing: {outputs:?}");
+    }
+    assert_eq!(outputs["deployment-id"], "gh-9001-1");
+    assert_eq!(outputs["market"], "spot");
+    assert_eq!(outputs["instance-ids"].split(',').count(), 2);
+    assert_eq!(outputs["regions"], "us-east-1");
+    let doc: Value = serde_json::from_str(&outputs["json"]).unwrap();
+    assert_eq!(doc["instances"].as_array().unwrap().len(), 2);
+    assert!(doc["instances"].as_array().unwrap().iter().all(|i| i["ready"] == true));
+
+    let summary = std::fs::read_to_string(job.path("summary-main")).unwrap();
+    for id in outputs["instance-ids"].split(',') {
+        assert_eq!(summary.lines().filter(|l| l.contains(id)).count(), 1, "one row per instance: {summary}");
+    }
+    assert!(summary.contains("Estimated cost") && summary.contains("Teardown"), "{summary}");
+    assert!(summary.len() < 64 * 1024);
+
+    let state = file_commands(&job.path("state"));
+    assert_eq!(state["deployment-id"], "gh-9001-1");
+    assert_eq!(state["regions"], "us-east-1");
+    assert!(state.keys().any(|k| k.starts_with("resource_")), "{state:?}");
+    let details = emu.details("us-east-1").to_string();
+    assert!(details.contains("\"Team\"") && details.contains("qa"), "input tags not applied");
+
+    let post = job.run(&emu, "post", &[("working-directory", dir.path().to_str().unwrap())], None);
+    assert!(post.status.success(), "{}", text(&post));
+    let post_summary = std::fs::read_to_string(job.path("summary-post")).unwrap();
+    assert!(post_summary.contains("removed 2 instance"), "{post_summary}");
+    assert_clean(&emu);
+    assert_no_secret(&job, dir.path(), &[TOKEN, SECRET, "PRIVATE KEY"]);
+}
+
+#[test]
+fn a_main_step_killed_midway_is_cleaned_up_by_its_post_step() {
+    let emu = Emulator::start();
+    emu.faults(&json!([{"action": "CreateFleet", "fault": "delay", "delay_ms": 4000}]));
+    let dir = project();
+    let job = Job::new("9002", "push", json!({}));
+    let inputs = [("working-directory", dir.path().to_str().unwrap()), ("ssh-cidr", "127.0.0.1/32")];
+    let mut child: Child =
+        job.command(&emu, "main", &inputs, None).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while emu.calls().get("CreateFleet").copied().unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "main never reached CreateFleet");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    child.kill().unwrap(); // SIGKILL: no handler runs, like a lost runner step
+    child.wait().unwrap();
+    // The fleet call still completes in the emulator: instances exist now.
+    std::thread::sleep(Duration::from_secs(4));
+    let state = file_commands(&job.path("state"));
+    assert_eq!(state["deployment-id"], "gh-9002-1", "the id is saved before the first resource");
+    let post = job.run(&emu, "post", &[("working-directory", dir.path().to_str().unwrap())], None);
+    assert!(post.status.success(), "{}", text(&post));
+    assert_clean(&emu);
+}
+
+/// The fake GitHub API for one test, stopped by PID.
+struct FakeGitHub {
+    child: Child,
+    port: u16,
+}
+
+impl FakeGitHub {
+    fn start(pulls: &[&str]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut cmd = Command::new("python3");
+        cmd.arg(repo().join("tests/support/fake_github.py")).args(["--port", &port.to_string()]);
+        for p in pulls {
+            cmd.args(["--pull", p]);
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "fake GitHub did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn requests(&self) -> Vec<Value> {
+        let out =
+            Command::new("curl").args(["-fsS", &format!("{}/__requests", self.url())]).output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for FakeGitHub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_pull_request_environment_keeps_one_comment_through_pushes_and_close() {
+    let emu = Emulator::start();
+    let player = Player::start(&emu, &["us-east-1"], &[]);
+    let github = FakeGitHub::start(&["7=open"]);
+    let dir = project();
+    let wd = dir.path().to_str().unwrap();
+    let up =
+        [("working-directory", wd), ("ssh-cidr", "127.0.0.1/32"), ("keep", "true"), ("github-token", TOKEN)];
+    let event = |action: &str, sha: &str| json!({"action": action, "pull_request": {"number": 7, "head": {"sha": sha}}});
+
+    let mut first = Job::new("9101", "pull_request", event("opened", "aaaaaaaaaaaaaaaa"));
+    first.api_url = Some(github.url());
+    let out = first.run(&emu, "main", &up, Some(&player));
+    assert!(out.status.success(), "{}\nplayer: {}", text(&out), player.log());
+    assert_eq!(file_commands(&first.path("output-main"))["deployment-id"], "pr-7");
+    let post = first.run(&emu, "post", &[], None);
+    assert!(post.status.success() && text(&post).contains("keeping pr-7"), "{}", text(&post));
+    let kept = emu.leftovers(&["us-east-1"]);
+    assert!(kept.to_string().contains("i-"), "keep: true must keep the instance");
+
+    let mut second = Job::new("9102", "pull_request", event("synchronize", "bbbbbbbbbbbbbbbb"));
+    second.api_url = Some(github.url());
+    let out = second.run(&emu, "main", &up, Some(&player));
+    assert!(out.status.success(), "{}\nplayer: {}", text(&out), player.log());
+    assert!(text(&out).contains("replaced the previous environment"), "{}", text(&out));
+
+    let mut close = Job::new("9103", "pull_request", event("closed", "bbbbbbbbbbbbbbbb"));
+    close.api_url = Some(github.url());
+    let out = close.run(
+        &emu,
+        "main",
+        &[("working-directory", wd), ("mode", "down"), ("github-token", TOKEN)],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_clean(&emu);
+
+    let requests = github.requests();
+    let creates: Vec<&Value> = requests
+        .iter()
+        .filter(|r| r["method"] == "POST" && r["path"] == "/repos/acme/app/issues/7/comments")
+        .collect();
+    let updates: Vec<&Value> = requests
+        .iter()
+        .filter(|r| {
+            r["method"] != "GET"
+                && r["path"].as_str().unwrap().starts_with("/repos/acme/app/issues/comments/")
+        })
+        .collect();
+    assert_eq!(creates.len(), 1, "one comment, not duplicated: {requests:#?}");
+    assert_eq!(updates.len(), 2, "updated on the push and on close: {requests:#?}");
+    assert!(creates[0]["body"]["body"].as_str().unwrap().contains("<!-- spot:environment -->"));
+    assert!(updates[0]["body"]["body"].as_str().unwrap().contains("`bbbbbbbbbbbb`"));
+    assert!(updates[1]["body"]["body"].as_str().unwrap().contains("removed"));
+    assert!(requests.iter().all(|r| r["auth"] == format!("Bearer {TOKEN}")));
+    for job in [&first, &second, &close] {
+        assert_no_secret(job, dir.path(), &[TOKEN, SECRET]);
+    }
+}
+
+/// Sets tags on every resource of a deployment, or terminates its instances, directly.
+fn tamper(emu: &Emulator, deployment: &str, action: &str) {
+    let script = format!(
+        "import boto3\nec2 = boto3.client('ec2', region_name='us-east-1', endpoint_url='{url}', aws_access_key_id='t', aws_secret_access_key='t')\n\
+         f = [{{'Name': 'tag:spot:deployment', 'Values': ['{deployment}']}}]\n\
+         ids = [i['InstanceId'] for r in ec2.describe_instances(Filters=f)['Reservations'] for i in r['Instances']]\n\
+         if '{action}' == 'expire':\n\
+         \x20   ids += [g['GroupId'] for g in ec2.describe_security_groups(Filters=f)['SecurityGroups']]\n\
+         \x20   ids += [k['KeyPairId'] for k in ec2.describe_key_pairs(Filters=f)['KeyPairs']]\n\
+         \x20   ids += [t['LaunchTemplateId'] for t in ec2.describe_launch_templates(Filters=f)['LaunchTemplates']]\n\
+         \x20   ec2.create_tags(Resources=ids, Tags=[{{'Key': 'spot:expires-at', 'Value': '2020-01-01T00:00:00Z'}}])\n\
+         else:\n\
+         \x20   ec2.terminate_instances(InstanceIds=ids)\n",
+        url = emu.moto_url()
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn reap_removes_expired_closed_and_orphaned_deployments_and_keeps_the_rest() {
+    let emu = Emulator::start();
+    let github = FakeGitHub::start(&["7=closed", "8=open"]);
+    let dir = repository(&config(1, "root"), "version: 1\n", &[]);
+    for (id, pr) in [("closed-pr", Some("7")), ("open-pr", Some("8")), ("expired", None), ("orphan", None)] {
+        let mut cmd = emu.spot();
+        cmd.args(["create", "--no-deliver", "--repository", "acme/app", "--deployment-id", id])
+            .arg(dir.path());
+        if let Some(pr) = pr {
+            cmd.args(["--pr", pr]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    tamper(&emu, "expired", "expire");
+    tamper(&emu, "orphan", "terminate");
+    let foreign = emu.foreign("us-east-1");
+    let reap = |dry: bool| {
+        let mut cmd = emu.spot();
+        cmd.args(["reap", "--json", "--orphan-grace", "1s"])
+            .arg(dir.path())
+            .env("GITHUB_TOKEN", TOKEN)
+            .env("GITHUB_REPOSITORY", "acme/app")
+            .env("GITHUB_API_URL", github.url());
+        if dry {
+            cmd.arg("--dry-run");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+        doc["deployments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    d["deployment_id"].as_str().unwrap().to_string(),
+                    (d["verdict"].as_str().unwrap().to_string(), d["reason"].as_str().unwrap().to_string()),
+                )
+            })
+            .collect::<BTreeMap<String, (String, String)>>()
+    };
+    let dry = reap(true);
+    assert_eq!(dry["closed-pr"].0, "remove", "{dry:?}");
+    assert!(dry["closed-pr"].1.contains("#7 is closed"));
+    assert_eq!(dry["expired"].0, "remove");
+    assert!(dry["expired"].1.contains("expired at 2020-01-01"));
+    assert_eq!(dry["orphan"].0, "remove");
+    assert!(dry["orphan"].1.starts_with("orphan"));
+    assert_eq!(dry["open-pr"].0, "keep");
+    assert!(dry["open-pr"].1.contains("#8 is open"));
+    assert!(emu.leftovers(&["us-east-1"]).to_string().contains("closed-pr"), "dry run removed something");
+
+    let done = reap(false);
+    assert_eq!(done.values().filter(|v| v.0 == "remove").count(), 3);
+    let left = emu.leftovers(&["us-east-1"]).to_string();
+    for gone in ["closed-pr", "\"expired\"", "\"orphan\""] {
+        assert!(!left.contains(gone), "{gone} still there: {left}");
+    }
+    assert!(left.contains("open-pr"), "the open PR's environment was removed: {left}");
+    let instance = foreign["instance"].as_str().unwrap();
+    assert!(left.contains(instance) && left.contains("not-spot"), "untagged resources were touched: {left}");
+}
+
+#[test]
+fn every_input_and_output_is_documented_and_read() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let code = ["src/commands/action.rs", "src/commands/reap.rs"]
+        .map(|p| std::fs::read_to_string(repo().join(p)).unwrap())
+        .join("\n");
+    let (inputs, outputs) = declared();
+    assert!(inputs.len() >= 15 && outputs.len() == 6);
+    for (name, _) in &inputs {
+        assert!(readme.contains(&format!("| `{name}` |")), "input {name} is not in the README's table");
+        assert!(
+            code.contains(&format!("input(\"{name}\")")) || code.contains(&format!("input_bool(\"{name}\")")),
+            "input {name} is never read"
+        );
+    }
+    for name in &outputs {
+        assert!(readme.contains(&format!("| `{name}` |")), "output {name} is not in the README's table");
+        assert!(code.contains(&format!("set_output(\"{name}\"")), "output {name} is never set");
+    }
+    let consts: Vec<&str> = spot_deployer::commands::action::INPUTS.to_vec();
+    assert_eq!(consts, inputs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>());
+    assert_eq!(
+        spot_deployer::commands::action::OUTPUTS.to_vec(),
+        outputs.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+}
