@@ -41,6 +41,7 @@ pub const INPUTS: &[&str] = &[
     "min-ready",
     "ssh-timeout",
     "github-token",
+    "role-to-assume",
     "endpoint-url",
     "dry-run",
 ];
@@ -160,6 +161,9 @@ pub fn main() -> Result<(), Error> {
     let mode = mode()?;
     let keep = actions::input_bool("keep").map_err(usage)?;
     let dir = working_directory();
+    if mode != Mode::Validate {
+        assume_role()?;
+    }
     match mode {
         Mode::Validate => {
             super::validate::run(&crate::cli::ValidateArgs { dir, format: Some(Format::Github) })
@@ -446,6 +450,33 @@ fn regions(dir: &std::path::Path) -> Result<Vec<String>, Error> {
     super::regions_for(dir, &given)
 }
 
+/// With `role-to-assume`: fresh credentials from the runner's OIDC token, so a long job's
+/// teardown never meets an expired one-hour session.
+fn assume_role() -> Result<(), Error> {
+    let Some(role) = actions::input("role-to-assume") else {
+        return Ok(());
+    };
+    let Some((url, request_token)) = actions::oidc_request() else {
+        return Err(usage(
+            "input `role-to-assume` needs the runner's OIDC token: add `permissions: id-token: write` to the job".into(),
+        ));
+    };
+    let session =
+        actions::run().map_or_else(|| "spot".into(), |(id, attempt)| format!("spot-{id}-{attempt}"));
+    let endpoint_url = actions::input("endpoint-url");
+    let expires = super::runtime()?.block_on(async {
+        let token = crate::github::oidc_token(&url, &request_token, "sts.amazonaws.com").await.map_err(
+            |message| Error::Runtime { message, help: "check the job's `id-token: write` permission".into() },
+        )?;
+        actions::mask(token.expose());
+        crate::provider::ec2::assume_role_with_web_identity(endpoint_url.as_deref(), &role, &session, &token)
+            .await
+            .map_err(|e| super::cloud_error(&e))
+    })?;
+    println!("assumed {role} with the runner's OIDC token (credentials valid until {expires})");
+    Ok(())
+}
+
 /// The post step: destroys what main made, unless `keep`.
 pub fn post() -> Result<(), Error> {
     if actions::state("mode").is_some_and(|m| m != "up") {
@@ -459,6 +490,7 @@ pub fn post() -> Result<(), Error> {
         );
         return Ok(());
     }
+    assume_role()?;
     let Some(id) = actions::state("deployment-id").or_else(|| deployment_id(Mode::Up, false)) else {
         println!("post: no deployment id saved or derivable; nothing to do");
         return Ok(());

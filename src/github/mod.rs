@@ -35,6 +35,29 @@ fn describe(e: &octocrab::Error) -> String {
     }
 }
 
+/// Asks the runner's OIDC endpoint (`ACTIONS_ID_TOKEN_REQUEST_URL`, with its bearer
+/// token) for an ID token with `audience`.
+pub async fn oidc_token(request_url: &str, request_token: &Secret, audience: &str) -> Result<Secret, String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let after_scheme = request_url.find("://").map_or(0, |i| i + 3);
+    let split = request_url[after_scheme..].find('/').map_or(request_url.len(), |i| after_scheme + i);
+    let (base, path) = request_url.split_at(split);
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let route = format!("{}{sep}audience={audience}", if path.is_empty() { "/" } else { path });
+    let client = Octocrab::builder()
+        .base_uri(base)
+        .map_err(|e| format!("bad ACTIONS_ID_TOKEN_REQUEST_URL: {e}"))?
+        .personal_token(request_token.expose().to_string())
+        .build()
+        .map_err(|e| describe(&e))?;
+    let answer: serde_json::Value = client.get(route, None::<&()>).await.map_err(|e| describe(&e))?;
+    answer
+        .get("value")
+        .and_then(serde_json::Value::as_str)
+        .map(Secret::new)
+        .ok_or_else(|| "the OIDC endpoint answered without a token".into())
+}
+
 impl GitHub {
     /// `repository` is `owner/name`.
     pub fn new(token: &Secret, api_url: &str, repository: &str) -> Result<Self, String> {

@@ -66,6 +66,9 @@ impl Ec2 {
         if let Some(url) = endpoint_url {
             loader = loader.endpoint_url(url);
         }
+        if let Some(credentials) = MINTED.get() {
+            loader = loader.credentials_provider(credentials.clone());
+        }
         Self { base: loader.load().await, clients: Mutex::new(HashMap::new()), policy: Policy::default() }
     }
 
@@ -81,6 +84,66 @@ impl Ec2 {
             })
             .clone()
     }
+}
+
+/// Credentials minted from the runner's OIDC token; every later client uses them.
+static MINTED: std::sync::OnceLock<aws_credential_types::Credentials> = std::sync::OnceLock::new();
+
+/// Exchanges a web identity token (the runner's OIDC token) for credentials of `role_arn`
+/// (`AssumeRoleWithWebIdentity`, an unsigned call) and makes every EC2 client created
+/// afterwards in this process use them. Returns their expiry (RFC 3339).
+pub async fn assume_role_with_web_identity(
+    endpoint_url: Option<&str>,
+    role_arn: &str,
+    session_name: &str,
+    token: &crate::keys::Secret,
+) -> Result<String> {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .no_credentials()
+        .timeout_config(TimeoutConfig::builder().operation_attempt_timeout(Duration::from_secs(30)).build());
+    if let Some(url) = endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    let config = loader.load().await;
+    let mut sts = aws_sdk_sts::config::Builder::from(&config);
+    if config.region().is_none() {
+        sts = sts.region(Region::new("us-east-1"));
+    }
+    let answer = aws_sdk_sts::Client::from_conf(sts.build())
+        .assume_role_with_web_identity()
+        .role_arn(role_arn)
+        .role_session_name(session_name)
+        .web_identity_token(token.expose())
+        .duration_seconds(3600)
+        .send()
+        .await
+        .map_err(|e| Error {
+            kind: ErrorKind::Auth,
+            code: e.code().unwrap_or("AssumeRoleWithWebIdentity").to_string(),
+            message: format!(
+                "cannot assume {role_arn} with the runner's OIDC token: {}",
+                e.message().unwrap_or(&e.to_string())
+            ),
+            operation: "AssumeRoleWithWebIdentity",
+            region: String::new(),
+        })?;
+    let c = answer.credentials().ok_or_else(|| Error {
+        kind: ErrorKind::Auth,
+        code: "NoCredentials".into(),
+        message: "AssumeRoleWithWebIdentity answered without credentials".into(),
+        operation: "AssumeRoleWithWebIdentity",
+        region: String::new(),
+    })?;
+    let expires = std::time::SystemTime::try_from(*c.expiration()).ok();
+    let credentials = aws_credential_types::Credentials::new(
+        c.access_key_id(),
+        c.secret_access_key(),
+        Some(c.session_token().to_string()),
+        expires,
+        "github-oidc",
+    );
+    let _ = MINTED.set(credentials);
+    Ok(c.expiration().to_string())
 }
 
 /// Maps an SDK failure to spot's error kinds.

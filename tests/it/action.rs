@@ -502,3 +502,45 @@ fn every_input_and_output_is_documented_and_read() {
         outputs.iter().map(String::as_str).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn role_to_assume_mints_credentials_from_the_runners_oidc_token() {
+    let emu = Emulator::start();
+    let github = FakeGitHub::start(&[]);
+    let dir = repository(&config(1, "root"), "version: 1\n", &[]);
+    let job = Job::new("9201", "schedule", json!({}));
+    let inputs = [
+        ("working-directory", dir.path().to_str().unwrap()),
+        ("mode", "reap"),
+        ("dry-run", "true"),
+        ("role-to-assume", "arn:aws:iam::123456789012:role/spot-reaper"),
+    ];
+    let mut cmd = job.command(&emu, "main", &inputs, None);
+    // No credentials but the ones minted from the OIDC token.
+    cmd.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("ACTIONS_ID_TOKEN_REQUEST_URL", format!("{}/oidc/token?api-version=2.0", github.url()))
+        .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "request-token-123");
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let calls = emu.calls();
+    assert_eq!(calls.get("AssumeRoleWithWebIdentity").copied(), Some(1), "{calls:?}");
+    assert!(
+        calls.get("DescribeInstances").copied().unwrap_or(0) > 0,
+        "no EC2 call with the minted credentials: {calls:?}"
+    );
+    let asked = github.requests();
+    let oidc = asked.iter().find(|r| r["path"] == "/oidc/token").expect("the OIDC endpoint was not asked");
+    assert_eq!(oidc["auth"], "Bearer request-token-123");
+    assert!(oidc["query"].as_str().unwrap().contains("audience=sts.amazonaws.com"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("::add-mask::eyJhbGciOiJSUzI1NiJ9.fake-oidc-for-sts.amazonaws.com"), "{stdout}");
+    assert_eq!(stdout.matches("fake-oidc").count(), 1, "the token was printed: {stdout}");
+
+    // Without the job's id-token permission: a clear input error, no call.
+    let mut cmd = job.command(&emu, "main", &inputs, None);
+    cmd.env_remove("AWS_ACCESS_KEY_ID").env_remove("AWS_SECRET_ACCESS_KEY");
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("id-token: write"), "{}", text(&out));
+}

@@ -5,6 +5,7 @@ GET  /repos/{o}/{r}/pulls/{n}                  -> the pull request, state from -
 GET  /repos/{o}/{r}/issues/{n}/comments        -> comments on it (paginated by per_page/page)
 POST /repos/{o}/{r}/issues/{n}/comments        -> creates one
 PATCH|POST /repos/{o}/{r}/issues/comments/{id} -> updates one
+GET  /oidc/token?audience=A                     -> {"value": <a fake JWT>} (the runner's OIDC endpoint)
 GET  /__requests                               -> every request seen: [{method, path, auth}]
 POST /__pull?n=N&state=S                       -> changes a pull request's state
 
@@ -72,6 +73,10 @@ class Handler(BaseHTTPRequestHandler):
         with LOCK:
             REQUESTS.append({"method": method, "path": url.path, "query": url.query,
                              "auth": self.headers.get("Authorization", ""), "body": body})
+        if url.path == "/oidc/token" and method == "GET":
+            # The runner's OIDC endpoint: a (fake) JWT for the asked audience.
+            aud = parse_qs(url.query).get("audience", [""])[0]
+            return self.send(200, {"value": f"eyJhbGciOiJSUzI1NiJ9.fake-oidc-for-{aud}.c2lnbmF0dXJl"})
         m = re.fullmatch(r"/repos/([^/]+)/([^/]+)/pulls/(\d+)", url.path)
         if m and method == "GET":
             n = int(m[3])
