@@ -215,11 +215,7 @@ pub fn list(text: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn example() -> Deployment {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello");
-        crate::manifest::load(&root).unwrap()
-    }
+    use crate::manifest::example;
 
     #[test]
     fn overrides_replace_config_values() {

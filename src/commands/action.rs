@@ -195,7 +195,7 @@ fn up(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
     // A pull request environment is replaced on every push: the previous run's key was
     // never stored, so its instances cannot be logged into again.
     if keep && pr.is_some() {
-        let regions = super::regions_for(dir, &[]).unwrap_or_default();
+        let regions = regions(dir).unwrap_or_default();
         if !regions.is_empty() {
             actions::group(&format!("Replace the previous {id}"));
             let progress = Progress::new();
@@ -420,21 +420,7 @@ fn down(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
         .ok_or_else(|| usage("no deployment to remove: set input `deployment-id`".into()))?;
     let regions = regions(dir)?;
     let progress = Progress::new();
-    let removal = super::destroy::remove(
-        dir,
-        &regions,
-        Some(&id),
-        false,
-        POST_BUDGET,
-        actions::input("endpoint-url").as_deref(),
-        &progress,
-    );
-    let text = match &removal {
-        Ok(Some(r)) => format!("## spot: `{id}` removed\n\n{}\n", r.summary()),
-        Ok(None) => format!("## spot: `{id}`\n\nnothing to remove in {}\n", regions.join(", ")),
-        Err(e) => format!("## spot: removing `{id}` failed\n\n```\n{e}\n```\n"),
-    };
-    let _ = actions::summary(&text);
+    let removal = remove_with_summary(dir, &id, &regions, &progress);
     if let Some(pr) = actions::pull_request().filter(|p| id == format!("pr-{}", p.number)) {
         let state = match &removal {
             Ok(_) => "removed",
@@ -477,6 +463,37 @@ fn assume_role() -> Result<(), Error> {
     Ok(())
 }
 
+/// Removes deployment `id` by its tags within the post budget and says in the job
+/// summary what was removed or left.
+fn remove_with_summary(
+    dir: &std::path::Path,
+    id: &str,
+    regions: &[String],
+    progress: &Progress,
+) -> Result<Option<crate::lifecycle::teardown::Removal>, Error> {
+    let endpoint_url = actions::input("endpoint-url");
+    let removal =
+        super::destroy::remove(dir, regions, Some(id), false, POST_BUDGET, endpoint_url.as_deref(), progress);
+    let text = match &removal {
+        Ok(Some(r)) if r.failed.is_empty() => format!(
+            "## spot: teardown of `{id}`\n\nremoved {} in {:.1}s\n",
+            r.summary(),
+            progress.elapsed().as_secs_f64()
+        ),
+        Ok(Some(r)) => format!(
+            "## spot: teardown of `{id}` incomplete\n\nremoved {}; {} left (tagged; `mode: reap` or `spot destroy {id}` removes them)\n",
+            r.summary(),
+            r.failed.len()
+        ),
+        Ok(None) => {
+            format!("## spot: teardown of `{id}`\n\nnothing left to remove in {}\n", regions.join(", "))
+        }
+        Err(e) => format!("## spot: teardown of `{id}` failed\n\n```\n{e}\n```\n"),
+    };
+    let _ = actions::summary(&text);
+    removal
+}
+
 /// The post step: destroys what main made, unless `keep`.
 pub fn post() -> Result<(), Error> {
     if actions::state("mode").is_some_and(|m| m != "up") {
@@ -503,34 +520,7 @@ pub fn post() -> Result<(), Error> {
     let recorded = (1..).take_while(|n| actions::state(&format!("resource_{n}")).is_some()).count();
     println!("post: main recorded {recorded} resource(s); removing everything tagged spot:deployment={id}");
     let progress = Progress::new();
-    let removal = super::destroy::remove(
-        &dir,
-        &regions,
-        Some(&id),
-        false,
-        POST_BUDGET,
-        actions::input("endpoint-url").as_deref(),
-        &progress,
-    );
-    let text = match &removal {
-        Ok(Some(r)) if r.failed.is_empty() => {
-            format!(
-                "## spot: teardown of `{id}`\n\nremoved {} in {:.1}s\n",
-                r.summary(),
-                progress.elapsed().as_secs_f64()
-            )
-        }
-        Ok(Some(r)) => format!(
-            "## spot: teardown of `{id}` incomplete\n\nremoved {}; {} left (tagged; `mode: reap` or `spot destroy {id}` removes them)\n",
-            r.summary(),
-            r.failed.len()
-        ),
-        Ok(None) => {
-            format!("## spot: teardown of `{id}`\n\nnothing left to remove in {}\n", regions.join(", "))
-        }
-        Err(e) => format!("## spot: teardown of `{id}` failed\n\n```\n{e}\n```\n"),
-    };
-    let _ = actions::summary(&text);
+    let removal = remove_with_summary(&dir, &id, &regions, &progress);
     let result = super::destroy::report(removal, Some(&id), &regions, &progress);
     if let Err(e) = &result {
         actions::error("spot: teardown failed", &e.to_string());

@@ -355,11 +355,7 @@ pub fn redact(text: &str, secrets: &[crate::keys::Secret]) -> String {
 mod tests {
     use super::*;
     use crate::keys::Secret;
-
-    fn example() -> Deployment {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello");
-        crate::manifest::load(&root).unwrap()
-    }
+    use crate::manifest::example;
 
     #[test]
     fn every_step_is_valid_sh_and_in_order() {

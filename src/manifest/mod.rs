@@ -137,3 +137,10 @@ fn load_spot(root: &Path, report: &mut Report) -> Option<Deployment> {
     });
     Some(Deployment { root: root.to_path_buf(), layout: Layout::Spot, config: config?, manifest: manifest? })
 }
+
+/// The bundled example (`examples/hello`), loaded; for unit tests.
+#[cfg(test)]
+pub fn example() -> Deployment {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello");
+    load(&root).unwrap_or_else(|r| panic!("the example must load: {r:?}"))
+}
