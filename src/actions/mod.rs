@@ -78,6 +78,17 @@ pub fn pull_request() -> Option<PullRequest> {
     })
 }
 
+/// The commit the workflow runs for (`GITHUB_SHA`).
+pub fn sha() -> Option<String> {
+    std::env::var("GITHUB_SHA").ok().filter(|v| !v.is_empty())
+}
+
+/// The link to this run's log, from `GITHUB_SERVER_URL`, `GITHUB_REPOSITORY`, `GITHUB_RUN_ID`.
+pub fn run_url() -> Option<String> {
+    let server = std::env::var("GITHUB_SERVER_URL").ok().filter(|v| !v.is_empty())?;
+    Some(format!("{server}/{}/actions/runs/{}", repository()?, run()?.0))
+}
+
 /// `GITHUB_API_URL`, for GitHub Enterprise and for tests.
 pub fn api_url() -> String {
     std::env::var("GITHUB_API_URL")

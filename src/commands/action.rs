@@ -41,6 +41,7 @@ pub const INPUTS: &[&str] = &[
     "min-ready",
     "ssh-timeout",
     "github-token",
+    "github-deployment",
     "role-to-assume",
     "endpoint-url",
     "dry-run",
@@ -253,6 +254,19 @@ fn up(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
     if let Some(number) = pr.filter(|_| keep) {
         comment(number, &environment_comment(&created));
     }
+    if actions::input_bool("github-deployment").map_err(usage)? {
+        let head = actions::pull_request().and_then(|p| p.head_sha).or_else(actions::sha);
+        let url =
+            created.outcomes.iter().find(|o| o.ready).map(|o| format!("http://{}", address(&o.instance)));
+        let environment = created.plan.deployment_id.clone();
+        github(|gh| async move {
+            let git_ref = head.ok_or("no commit to deploy (GITHUB_SHA is not set)")?;
+            let run_url = actions::run_url();
+            gh.deployment_ready(&environment, &git_ref, url.as_deref(), run_url.as_deref())
+                .await
+                .map(|id| format!("GitHub deployment {id} of `{environment}`: success"))
+        });
+    }
     actions::summary(&summary_markdown(&created, &prices, keep)).map_err(|e| io("GITHUB_STEP_SUMMARY", e))?;
     println!(
         "deployment {} ready: {} instance(s) in {:.1}s",
@@ -392,27 +406,40 @@ fn environment_comment(created: &Created) -> String {
     md
 }
 
-/// Creates or updates the pull request's sticky comment, when a token is given. A
+/// Runs `call` against the GitHub API when a token is given, printing what it did. A
 /// failure (a fork's read-only token, say) is a warning, not a failed deployment.
-fn comment(number: u64, body: &str) {
+fn github<F, Fut>(call: F)
+where
+    F: FnOnce(crate::github::GitHub) -> Fut,
+    Fut: std::future::Future<Output = Result<String, String>>,
+{
     let (Some(token), Some(repository)) = (actions::input("github-token"), actions::repository()) else {
         return;
     };
     let done = super::runtime().map_err(|e| e.to_string()).and_then(|rt| {
         rt.block_on(async {
-            let github = crate::github::GitHub::new(
+            let gh = crate::github::GitHub::new(
                 &crate::keys::Secret::new(token),
                 &actions::api_url(),
                 &repository,
             )?;
-            github.upsert_comment(number, body).await
+            call(gh).await
         })
     });
     match done {
-        Ok(crate::github::Upsert::Created(id)) => println!("pull request #{number}: comment {id} created"),
-        Ok(crate::github::Upsert::Updated(id)) => println!("pull request #{number}: comment {id} updated"),
-        Err(e) => println!("::warning title=spot: pull request comment::{}", actions::escape_data(&e)),
+        Ok(said) => println!("{said}"),
+        Err(e) => println!("::warning title=spot: GitHub::{}", actions::escape_data(&e)),
     }
+}
+
+/// Creates or updates the pull request's sticky comment.
+fn comment(number: u64, body: &str) {
+    github(|gh| async move {
+        match gh.upsert_comment(number, body).await? {
+            crate::github::Upsert::Created(id) => Ok(format!("pull request #{number}: comment {id} created")),
+            crate::github::Upsert::Updated(id) => Ok(format!("pull request #{number}: comment {id} updated")),
+        }
+    });
 }
 
 fn down(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
@@ -427,6 +454,13 @@ fn down(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
             Err(_) => "removal failed (see the job log; `mode: reap` retries)",
         };
         comment(pr.number, &format!("### spot environment `{id}`: {state}\n"));
+    }
+    if actions::input_bool("github-deployment").map_err(usage)? && removal.is_ok() {
+        let environment = id.clone();
+        github(|gh| async move {
+            let n = gh.deployments_inactive(&environment).await?;
+            Ok(format!("{n} GitHub deployment(s) of `{environment}` marked inactive"))
+        });
     }
     super::destroy::report(removal, Some(&id), &regions, &progress)
 }

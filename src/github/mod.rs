@@ -86,6 +86,66 @@ impl GitHub {
         }
     }
 
+    /// Records a deployment of `git_ref` to `environment` (transient, not production) and
+    /// marks it `success` with `url`. Returns the deployment id.
+    pub async fn deployment_ready(
+        &self,
+        environment: &str,
+        git_ref: &str,
+        url: Option<&str>,
+        log_url: Option<&str>,
+    ) -> Result<u64, String> {
+        let route = format!("/repos/{}/{}/deployments", self.owner, self.repo);
+        let body = serde_json::json!({
+            "ref": git_ref,
+            "environment": environment,
+            "transient_environment": true,
+            "production_environment": false,
+            "auto_merge": false,
+            "required_contexts": [],
+            "description": "spot environment",
+        });
+        let made: serde_json::Value = self.client.post(route, Some(&body)).await.map_err(|e| describe(&e))?;
+        let id = made.get("id").and_then(serde_json::Value::as_u64).ok_or_else(|| {
+            "GitHub created no deployment (a merge or status check may block it)".to_string()
+        })?;
+        self.deployment_status(id, "success", url, log_url).await?;
+        Ok(id)
+    }
+
+    /// Marks every deployment of `environment` inactive (shown as destroyed).
+    pub async fn deployments_inactive(&self, environment: &str) -> Result<usize, String> {
+        let route =
+            format!("/repos/{}/{}/deployments?environment={environment}&per_page=100", self.owner, self.repo);
+        let list: Vec<serde_json::Value> =
+            self.client.get(route, None::<&()>).await.map_err(|e| describe(&e))?;
+        let ids: Vec<u64> =
+            list.iter().filter_map(|d| d.get("id").and_then(serde_json::Value::as_u64)).collect();
+        for id in &ids {
+            self.deployment_status(*id, "inactive", None, None).await?;
+        }
+        Ok(ids.len())
+    }
+
+    async fn deployment_status(
+        &self,
+        id: u64,
+        state: &str,
+        url: Option<&str>,
+        log_url: Option<&str>,
+    ) -> Result<(), String> {
+        let route = format!("/repos/{}/{}/deployments/{id}/statuses", self.owner, self.repo);
+        let mut body = serde_json::json!({ "state": state, "auto_inactive": true, "description": format!("spot: {state}") });
+        if let Some(u) = url {
+            body["environment_url"] = u.into();
+        }
+        if let Some(u) = log_url {
+            body["log_url"] = u.into();
+        }
+        let _: serde_json::Value = self.client.post(route, Some(&body)).await.map_err(|e| describe(&e))?;
+        Ok(())
+    }
+
     /// Creates spot's comment on pull request `number`, or updates the one carrying the
     /// marker (every page of comments is searched).
     pub async fn upsert_comment(&self, number: u64, body: &str) -> Result<Upsert, String> {

@@ -126,6 +126,8 @@ impl Job {
             .env("GITHUB_RUN_ID", &self.run_id)
             .env("GITHUB_RUN_ATTEMPT", "1")
             .env("GITHUB_REPOSITORY", "acme/app")
+            .env("GITHUB_SERVER_URL", "https://github.example")
+            .env("GITHUB_SHA", "0123456789abcdef0123456789abcdef01234567")
             .env("GITHUB_EVENT_NAME", &self.event_name)
             .env("GITHUB_EVENT_PATH", self.path("event.json"))
             .env("GITHUB_OUTPUT", self.path(&format!("output-{step}")))
@@ -435,6 +437,8 @@ fn reap_removes_expired_closed_and_orphaned_deployments_and_keeps_the_rest() {
             .arg(dir.path())
             .env("GITHUB_TOKEN", TOKEN)
             .env("GITHUB_REPOSITORY", "acme/app")
+            .env("GITHUB_SERVER_URL", "https://github.example")
+            .env("GITHUB_SHA", "0123456789abcdef0123456789abcdef01234567")
             .env("GITHUB_API_URL", github.url());
         if dry {
             cmd.arg("--dry-run");

@@ -5,6 +5,7 @@ GET  /repos/{o}/{r}/pulls/{n}                  -> the pull request, state from -
 GET  /repos/{o}/{r}/issues/{n}/comments        -> comments on it (paginated by per_page/page)
 POST /repos/{o}/{r}/issues/{n}/comments        -> creates one
 PATCH|POST /repos/{o}/{r}/issues/comments/{id} -> updates one
+POST /repos/{o}/{r}/deployments, GET ...?environment=E, POST .../deployments/{id}/statuses
 GET  /oidc/token?audience=A                     -> {"value": <a fake JWT>} (the runner's OIDC endpoint)
 GET  /__requests                               -> every request seen: [{method, path, auth}]
 POST /__pull?n=N&state=S                       -> changes a pull request's state
@@ -23,6 +24,7 @@ REQUESTS = []
 PULLS = {}
 COMMENTS = {}  # id -> {issue, body}
 NEXT_ID = [1000]
+DEPLOYMENTS = {}  # id -> {environment, ref, statuses: [state]}
 
 
 def user(base):
@@ -84,6 +86,22 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send(404, {"message": "Not Found", "documentation_url": "https://docs.github.com"})
             return self.send(200, {"url": f"{base}{url.path}", "id": 500 + n, "number": n, "state": PULLS[n],
                                    "locked": False, "title": f"PR {n}"})
+        m = re.fullmatch(r"/repos/([^/]+)/([^/]+)/deployments", url.path)
+        if m and method == "POST":
+            with LOCK:
+                did = 3000 + len(DEPLOYMENTS)
+                DEPLOYMENTS[did] = {"environment": body.get("environment"), "ref": body.get("ref"), "statuses": []}
+                return self.send(201, {"id": did, "url": f"{base}{url.path}/{did}", **DEPLOYMENTS[did]})
+        if m and method == "GET":
+            env = parse_qs(url.query).get("environment", [None])[0]
+            with LOCK:
+                found = [{"id": d, **v} for d, v in DEPLOYMENTS.items() if env is None or v["environment"] == env]
+            return self.send(200, found)
+        m = re.fullmatch(r"/repos/([^/]+)/([^/]+)/deployments/(\d+)/statuses", url.path)
+        if m and method == "POST":
+            with LOCK:
+                DEPLOYMENTS[int(m[3])]["statuses"].append(body.get("state"))
+            return self.send(201, {"id": 1, "state": body.get("state")})
         m = re.fullmatch(r"/repos/([^/]+)/([^/]+)/issues/(\d+)/comments", url.path)
         if m and method == "GET":
             q = parse_qs(url.query)
