@@ -246,6 +246,15 @@ fn up(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
                 "## spot: {id} failed\n\n```\n{}\n```\n",
                 e.to_string().chars().take(20_000).collect::<String>()
             ));
+            if let Some(number) = pr.filter(|_| keep) {
+                let first = e.to_string().lines().next().unwrap_or_default().to_string();
+                comment(
+                    number,
+                    &format!(
+                        "### spot environment `{id}`: failed\n\n{first}\n\nSee the job log; nothing of this run was kept.\n"
+                    ),
+                );
+            }
             return Err(e);
         }
     };
