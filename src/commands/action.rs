@@ -194,8 +194,11 @@ fn up(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
     let pr = actions::pull_request().map(|p| p.number);
 
     // A pull request environment is replaced on every push: the previous run's key was
-    // never stored, so its instances cannot be logged into again.
+    // never stored, so its instances cannot be logged into again. A push with a broken
+    // description leaves the previous environment alone.
     if keep && pr.is_some() {
+        let (mut deployment, _) = super::load_checked(dir, Format::Github, false)?;
+        overrides().apply(&mut deployment, Source::Inputs).map_err(|errors| usage(errors.join("\n")))?;
         let regions = regions(dir).unwrap_or_default();
         if !regions.is_empty() {
             actions::group(&format!("Replace the previous {id}"));

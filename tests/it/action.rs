@@ -356,6 +356,25 @@ fn a_pull_request_environment_keeps_one_comment_through_pushes_and_close() {
     assert!(out.status.success(), "{}\nplayer: {}", text(&out), player.log());
     assert!(text(&out).contains("replaced the previous environment"), "{}", text(&out));
 
+    // A push that breaks the description fails before touching the running environment.
+    let manifest = dir.path().join(".spot/deployment.yaml");
+    let good = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, "version: 2\n").unwrap();
+    let mut broken = Job::new("9104", "pull_request", event("synchronize", "cccccccccccccccc"));
+    broken.api_url = Some(github.url());
+    let out = broken.run(&emu, "main", &up, Some(&player));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("::error file=.spot/deployment.yaml,line=1"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        emu.leftovers(&["us-east-1"]).to_string().contains("i-"),
+        "the environment was removed for a bad push"
+    );
+    std::fs::write(&manifest, good).unwrap();
+
     let mut close = Job::new("9103", "pull_request", event("closed", "bbbbbbbbbbbbbbbb"));
     close.api_url = Some(github.url());
     let out = close.run(
