@@ -61,11 +61,6 @@ pub struct PullRequest {
     pub head_sha: Option<String>,
 }
 
-/// The event's name (`GITHUB_EVENT_NAME`).
-pub fn event_name() -> Option<String> {
-    std::env::var("GITHUB_EVENT_NAME").ok().filter(|v| !v.is_empty())
-}
-
 /// The pull request of a `pull_request`/`pull_request_target` event, from the event file.
 pub fn pull_request() -> Option<PullRequest> {
     let path = std::env::var_os("GITHUB_EVENT_PATH")?;
@@ -135,11 +130,6 @@ pub fn mask(value: &str) {
 /// An error annotation.
 pub fn error(title: &str, message: &str) {
     command(&format!("::error title={}::{}", escape_property(title), escape_data(message)));
-}
-
-/// A notice annotation.
-pub fn notice(title: &str, message: &str) {
-    command(&format!("::notice title={}::{}", escape_property(title), escape_data(message)));
 }
 
 /// Opens a collapsible log group (groups do not nest).

@@ -13,8 +13,6 @@ pub mod run;
 
 use std::time::Duration;
 
-use serde::Serialize;
-
 use crate::cloud_init::{BOOT_MARKER, ENV_FILE};
 use crate::manifest::types::{Deployment, Probe, ScriptRun, TarballSource};
 use crate::remote::shell_quote;
@@ -27,36 +25,16 @@ pub const READY_MARKER: &str = "/var/lib/spot/ready.json";
 /// The exit status a step uses for "refused" (bad bundle entry, unknown owner).
 pub const EXIT_REFUSED: u32 = 65;
 
-/// What a step is about, for reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepKind {
-    Boot,
-    Unpack,
-    Script,
-    Service,
-    Health,
-    Finish,
-}
-
 /// One shell step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
     /// As shown in the log and in errors: `script setup`, `service hello`, ...
     pub name: String,
-    pub kind: StepKind,
     /// A POSIX `sh` script, run as root.
     pub script: String,
-    #[serde(with = "secs")]
     pub timeout: Duration,
     /// The systemd unit whose journal explains a failure of this step.
     pub unit: Option<String>,
-}
-
-mod secs {
-    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_secs())
-    }
 }
 
 /// A secret to write: its value comes from the runner's environment variable `env`.
@@ -117,13 +95,7 @@ fn boot_step(limits: &Limits) -> Step {
          \x20 sleep 1\n\
          done"
     );
-    Step {
-        name: "wait for boot (cloud-init)".into(),
-        kind: StepKind::Boot,
-        script,
-        timeout: limits.boot,
-        unit: None,
-    }
+    Step { name: "wait for boot (cloud-init)".into(), script, timeout: limits.boot, unit: None }
 }
 
 /// Refuses any entry of the archive `path` whose name is absolute or has a `..`
@@ -198,13 +170,7 @@ pub fn steps(deployment: &Deployment, bundle_sha256: &str, limits: &Limits) -> D
     }
     let before_secrets = vec![
         boot_step(limits),
-        Step {
-            name: "unpack bundle".into(),
-            kind: StepKind::Unpack,
-            script: unpack,
-            timeout: limits.unpack,
-            unit: None,
-        },
+        Step { name: "unpack bundle".into(), script: unpack, timeout: limits.unpack, unit: None },
     ];
 
     let mut after = Vec::new();
@@ -220,7 +186,6 @@ pub fn steps(deployment: &Deployment, bundle_sha256: &str, limits: &Limits) -> D
         };
         after.push(Step {
             name: format!("script {}", script.name),
-            kind: StepKind::Script,
             script: with_env(&body),
             timeout: Duration::from_secs(script.timeout_secs),
             unit: None,
@@ -244,7 +209,6 @@ pub fn steps(deployment: &Deployment, bundle_sha256: &str, limits: &Limits) -> D
             }
             after.push(Step {
                 name: format!("service {}", service.name),
-                kind: StepKind::Service,
                 script,
                 timeout: limits.service,
                 unit: Some(unit),
@@ -257,7 +221,6 @@ pub fn steps(deployment: &Deployment, bundle_sha256: &str, limits: &Limits) -> D
     }
     after.push(Step {
         name: "completion marker".into(),
-        kind: StepKind::Finish,
         script: with_env(&format!(
             "set -e\nprintf '{{\"deployment_id\":\"%s\",\"bundle_sha256\":\"%s\",\"ready_at\":\"%s\"}}\\n' \"${{SPOT_DEPLOYMENT_ID:-}}\" {sha} \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" > {READY_MARKER}.part\nmv -f {READY_MARKER}.part {READY_MARKER}",
             sha = shell_quote(bundle_sha256),
@@ -286,7 +249,6 @@ fn health_step(unit: &str, check: Option<&crate::manifest::types::HealthCheck>) 
     let Some(check) = check else {
         return Step {
             name: format!("health {unit} (active)"),
-            kind: StepKind::Health,
             script: format!("sleep 1\nsystemctl is-active {q}"),
             timeout: Duration::from_secs(30),
             unit: Some(unit.to_string()),
@@ -319,7 +281,6 @@ fn health_step(unit: &str, check: Option<&crate::manifest::types::HealthCheck>) 
     );
     Step {
         name: format!("health {unit} ({what})"),
-        kind: StepKind::Health,
         script,
         timeout: Duration::from_secs(secs + 30),
         unit: Some(unit.to_string()),

@@ -10,8 +10,6 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
 use super::{Delivery, Step, secret_script};
 use crate::keys::Secret;
 use crate::lifecycle::progress::Progress;
@@ -44,7 +42,7 @@ impl std::fmt::Debug for Shipment<'_> {
 }
 
 /// Why delivery to one instance failed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepFailure {
     pub step: String,
     /// The step's exit status, when it ran to an end.
@@ -53,7 +51,6 @@ pub struct StepFailure {
     /// The last lines of the step's output (secrets redacted).
     pub tail: String,
     /// The failing unit's journal, for service and health steps.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub journal: Option<String>,
 }
 
@@ -93,8 +90,7 @@ impl<'a> Shipment<'a> {
     }
 
     fn ssh_failure(&self, step: &str, e: &remote::Error) -> StepFailure {
-        let status = None;
-        self.fail(step, status, &e.to_string(), "")
+        self.fail(step, None, &e.to_string(), "")
     }
 
     /// Delivers to one instance; `label` names it in the log.
