@@ -290,7 +290,7 @@ fn up(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
 }
 
 fn address(i: &Instance) -> String {
-    i.public_ip.clone().or_else(|| i.private_ip.clone()).unwrap_or_default()
+    i.address().unwrap_or_default().to_string()
 }
 
 fn outputs(created: &Created) -> std::io::Result<()> {

@@ -404,12 +404,9 @@ impl<F> SshDeliver<'_, F> {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-        let host = instance
-            .public_ip
-            .clone()
-            .or_else(|| instance.private_ip.clone())
-            .ok_or_else(|| format!("{} has no address to connect to", instance.id))?;
-        Ok(Target { host, port: 22, user: self.user.to_string() })
+        let host =
+            instance.address().ok_or_else(|| format!("{} has no address to connect to", instance.id))?;
+        Ok(Target { host: host.to_string(), port: 22, user: self.user.to_string() })
     }
 }
 

@@ -35,7 +35,7 @@ pub fn run(args: &ListArgs) -> Result<(), Error> {
             f.regions.iter().cloned().collect::<Vec<_>>().join(",")
         );
         for i in &f.instances {
-            let address = i.public_ip.as_deref().or(i.private_ip.as_deref()).unwrap_or("-");
+            let address = i.address().unwrap_or("-");
             let _ = writeln!(
                 out,
                 "  {:<15} {:<16} {:<21} {:<14} {:<10} {:<13} {address}",

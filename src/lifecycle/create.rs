@@ -535,8 +535,7 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
                 let label = state.map_or("gone", |i| i.state.as_str()).to_string();
                 if last.get(&e.id) != Some(&label) {
                     if let Some(i) = state.filter(|i| i.state == "running") {
-                        let address =
-                            i.public_ip.as_deref().or(i.private_ip.as_deref()).unwrap_or("no address");
+                        let address = i.address().unwrap_or("no address");
                         self.progress.event(format!(
                             "{}: {} running at {address} ({:.1}s)",
                             i.region,

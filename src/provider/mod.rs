@@ -232,6 +232,13 @@ pub struct Instance {
     pub tags: Tags,
 }
 
+impl Instance {
+    /// Where to reach it: the public address, else the private one.
+    pub fn address(&self) -> Option<&str> {
+        self.public_ip.as_deref().or(self.private_ip.as_deref())
+    }
+}
+
 /// The kinds of failure any cloud can have; decisions are made on these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
