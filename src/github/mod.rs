@@ -35,21 +35,27 @@ fn describe(e: &octocrab::Error) -> String {
     }
 }
 
+/// An octocrab client for `base` with a bearer `token`; `what` names the URL in errors.
+fn client(base: &str, token: &Secret, what: &str) -> Result<Octocrab, String> {
+    // Two TLS back ends are linked (the AWS SDK's and octocrab's): name one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Octocrab::builder()
+        .base_uri(base)
+        .map_err(|e| format!("bad {what} `{base}`: {e}"))?
+        .personal_token(token.expose().to_string())
+        .build()
+        .map_err(|e| describe(&e))
+}
+
 /// Asks the runner's OIDC endpoint (`ACTIONS_ID_TOKEN_REQUEST_URL`, with its bearer
 /// token) for an ID token with `audience`.
 pub async fn oidc_token(request_url: &str, request_token: &Secret, audience: &str) -> Result<Secret, String> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let after_scheme = request_url.find("://").map_or(0, |i| i + 3);
     let split = request_url[after_scheme..].find('/').map_or(request_url.len(), |i| after_scheme + i);
     let (base, path) = request_url.split_at(split);
     let sep = if path.contains('?') { '&' } else { '?' };
     let route = format!("{}{sep}audience={audience}", if path.is_empty() { "/" } else { path });
-    let client = Octocrab::builder()
-        .base_uri(base)
-        .map_err(|e| format!("bad ACTIONS_ID_TOKEN_REQUEST_URL: {e}"))?
-        .personal_token(request_token.expose().to_string())
-        .build()
-        .map_err(|e| describe(&e))?;
+    let client = client(base, request_token, "ACTIONS_ID_TOKEN_REQUEST_URL")?;
     let answer: serde_json::Value = client.get(route, None::<&()>).await.map_err(|e| describe(&e))?;
     answer
         .get("value")
@@ -61,16 +67,9 @@ pub async fn oidc_token(request_url: &str, request_token: &Secret, audience: &st
 impl GitHub {
     /// `repository` is `owner/name`.
     pub fn new(token: &Secret, api_url: &str, repository: &str) -> Result<Self, String> {
-        // Two TLS back ends are linked (the AWS SDK's and octocrab's): name one.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let (owner, repo) =
             repository.split_once('/').ok_or_else(|| format!("`{repository}` is not owner/name"))?;
-        let client = Octocrab::builder()
-            .base_uri(api_url)
-            .map_err(|e| format!("bad GitHub API URL `{api_url}`: {e}"))?
-            .personal_token(token.expose().to_string())
-            .build()
-            .map_err(|e| describe(&e))?;
+        let client = client(api_url, token, "GitHub API URL")?;
         Ok(Self { client, owner: owner.to_string(), repo: repo.to_string() })
     }
 
