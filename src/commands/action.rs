@@ -477,7 +477,8 @@ fn down(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
     super::destroy::report(removal, Some(&id), &regions, &progress)
 }
 
-fn regions(dir: &std::path::Path) -> Result<Vec<String>, Error> {
+/// Regions to search: input `regions`, else the config's in `dir`.
+pub(super) fn regions(dir: &std::path::Path) -> Result<Vec<String>, Error> {
     let given = actions::input("regions").map(|v| list(&v)).unwrap_or_default();
     super::regions_for(dir, &given)
 }

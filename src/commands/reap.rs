@@ -205,8 +205,7 @@ pub fn run(args: &crate::cli::ReapArgs) -> Result<(), Error> {
 /// The action's `mode: reap`.
 pub fn run_action(dir: &std::path::Path) -> Result<(), Error> {
     use crate::actions;
-    let given = actions::input("regions").map(|v| crate::overrides::list(&v)).unwrap_or_default();
-    let regions = super::regions_for(dir, &given)?;
+    let regions = super::action::regions(dir)?;
     let dry_run =
         actions::input_bool("dry-run").map_err(|message| Error::Usage { message, help: String::new() })?;
     let repository = actions::repository();
