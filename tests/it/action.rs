@@ -105,22 +105,8 @@ impl Job {
         inputs: &[(&str, &str)],
         player: Option<&Player>,
     ) -> Command {
-        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("spot"));
-        for (k, v) in emu.spot().get_envs() {
-            match v {
-                Some(v) => cmd.env(k, v),
-                None => cmd.env_remove(k),
-            };
-        }
-        for (k, _) in std::env::vars() {
-            if k.starts_with("GITHUB_")
-                || k.starts_with("INPUT_")
-                || k.starts_with("STATE_")
-                || k.starts_with("ACTIONS_")
-            {
-                cmd.env_remove(k);
-            }
-        }
+        // Without anything the machine's own environment says about Actions.
+        let mut cmd = emu.spot_process();
         std::fs::write(self.path("event.json"), self.event.to_string()).unwrap();
         cmd.env("GITHUB_ACTIONS", "true")
             .env("GITHUB_RUN_ID", &self.run_id)

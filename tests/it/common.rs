@@ -23,6 +23,7 @@ pub fn spot() -> Command {
             || key.starts_with("RUNNER_")
             || key.starts_with("ACTIONS_")
             || key.starts_with("INPUT_")
+            || key.starts_with("STATE_")
         {
             cmd.env_remove(key);
         }

@@ -357,15 +357,9 @@ fn a_one_gigabyte_bundle_is_shipped_in_bounded_memory() {
         .unwrap();
     assert!(made.success());
 
-    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("spot"));
-    for (k, v) in emu.spot().get_envs() {
-        match v {
-            Some(v) => cmd.env(k, v),
-            None => cmd.env_remove(k),
-        };
-    }
     let log = tempfile::NamedTempFile::new().unwrap();
-    let mut child = cmd
+    let mut child = emu
+        .spot_process()
         .args(["create", "--json", "--ssh-timeout", "60s", "--deployment-id", "big-1"])
         .arg(dir.path())
         .env("SPOT_EMULATOR_SSH_DIR", &player.ssh_dir)

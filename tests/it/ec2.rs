@@ -298,15 +298,8 @@ fn sigterm_mid_create_exits_promptly_and_destroy_cleans_up() {
     let dir = project(
         "aws: {total_instances: 2, ssh_cidr: 127.0.0.1/32}\nregions:\n  - us-east-1: {machine_type: t3.micro}\n  - us-west-2: {machine_type: t3.micro}\n",
     );
-    let bin = assert_cmd::cargo::cargo_bin("spot");
-    let mut cmd = std::process::Command::new(bin);
-    for (k, v) in emu.spot().get_envs() {
-        match v {
-            Some(v) => cmd.env(k, v),
-            None => cmd.env_remove(k),
-        };
-    }
-    let mut child = cmd
+    let mut child = emu
+        .spot_process()
         .args(["create", "--no-deliver", "--deployment-id", "sig-1"])
         .arg(dir.path())
         .stdout(std::process::Stdio::null())

@@ -143,6 +143,21 @@ impl Emulator {
     }
 }
 
+impl Emulator {
+    /// [`Emulator::spot`] as a plain `std::process::Command`, for tests that spawn the
+    /// process (to signal it, kill it or watch its memory) instead of waiting for it.
+    pub fn spot_process(&self) -> Command {
+        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("spot"));
+        for (k, v) in self.spot().get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        cmd
+    }
+}
+
 impl Drop for Emulator {
     fn drop(&mut self) {
         for child in [&mut self.proxy, &mut self.moto] {
