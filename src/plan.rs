@@ -25,6 +25,10 @@ pub mod tag {
     pub const PR: &str = "spot:pr";
     pub const RUN_ID: &str = "spot:run-id";
     pub const EXPIRES_AT: &str = "spot:expires-at";
+    /// The instances' SSH host public key (spot generated it): a later run pins it.
+    pub const HOST_KEY: &str = "spot:host-key";
+    /// [`super::launch_digest`] of what the instances were launched with.
+    pub const LAUNCH: &str = "spot:launch";
     /// The value of [`MANAGED_BY`]; teardown never touches a resource without it.
     pub const MANAGED_BY_VALUE: &str = "spot";
 }
@@ -156,6 +160,42 @@ fn expires_at(deployment: &Deployment, now: Timestamp) -> String {
 
 fn rfc3339(t: Timestamp) -> String {
     t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// What a deployment's instances are launched with, but for its keys, expiry and SSH
+/// sources: regions, types, images, market, storage, network, login user, time to live
+/// and the whole user-data (packages, template, env). A kept deployment whose digest
+/// equals a new run's can take the new build in place; any difference needs new
+/// instances. 16 hex digits of a sha256.
+pub fn launch_digest(deployment: &Deployment, plan: &Plan) -> String {
+    use sha2::Digest as _;
+    let mut keys = crate::cloud_init::UserDataKeys::placeholders();
+    keys.authorized.extend(deployment.config.extra_authorized_keys.iter().cloned());
+    let identity =
+        Identity { deployment_id: plan.deployment_id.clone(), expires_at: "2000-01-01T00:00:00Z".into() };
+    let user_data = crate::cloud_init::render(deployment, &identity, &keys).map(|u| u.bytes).unwrap_or_default();
+    let regions: Vec<_> = plan
+        .regions
+        .iter()
+        .map(|r| (&r.region, r.instances, &r.instance_types, &r.images, r.max_price, r.storage_gb))
+        .collect();
+    let launch = serde_json::json!({
+        "regions": regions,
+        "market": plan.market,
+        "fallback": plan.fallback,
+        "max_price": plan.max_price,
+        "dedicated_vpc": plan.dedicated_vpc,
+        "public_ip": plan.public_ip,
+        "ssh_user": plan.ssh_user,
+        "ttl": plan.ttl,
+    });
+    let mut hash = sha2::Sha256::new();
+    hash.update(&user_data);
+    hash.update(launch.to_string().as_bytes());
+    hash.finalize().iter().take(8).fold(String::new(), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
 }
 
 /// The tags every resource of this deployment carries (before per-region extras).

@@ -22,6 +22,7 @@ use crate::overrides::{Overrides, Source, list};
 use crate::provider::{Cloud as _, Instance, Market, Resource};
 
 use super::create::{Created, Hooks, Job};
+use super::redeploy::Reuse;
 
 /// Every input the action reads (action.yml declares exactly these).
 pub const INPUTS: &[&str] = &[
@@ -193,32 +194,6 @@ fn up(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
         .map_or_else(|| format!("local-{:08x}", fastrand::u32(..)), |(id, a)| format!("{id}-{a}"));
     let pr = actions::pull_request().map(|p| p.number);
 
-    // A pull request environment is replaced on every push: the previous run's key was
-    // never stored, so its instances cannot be logged into again. A push with a broken
-    // description leaves the previous environment alone.
-    if keep && pr.is_some() {
-        let (mut deployment, _) = super::load_checked(dir, Format::Github, false)?;
-        overrides().apply(&mut deployment, Source::Inputs).map_err(|errors| usage(errors.join("\n")))?;
-        let regions = regions(dir).unwrap_or_default();
-        if !regions.is_empty() {
-            actions::group(&format!("Replace the previous {id}"));
-            let progress = Progress::new();
-            let removed = super::destroy::remove(
-                dir,
-                &regions,
-                Some(&id),
-                false,
-                POST_BUDGET,
-                endpoint_url.as_deref(),
-                &progress,
-            );
-            actions::end_group();
-            if let Some(r) = removed? {
-                println!("replaced the previous environment: removed {}", r.summary());
-            }
-        }
-    }
-
     let job = Job {
         dir: dir.to_path_buf(),
         deployment_id: Some(id.clone()),
@@ -236,12 +211,52 @@ fn up(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
         format: Format::Github,
     };
     let hooks = ActionHooks { recorder: StateRecorder::default() };
-    actions::group(&format!("Create {id}"));
-    let result = super::create::execute(&job, &hooks);
-    actions::end_group();
+
+    // A pull request environment takes each push in place when it still fits and runs
+    // (EC2 Instance Connect gets this run back in); otherwise it is replaced. A push with
+    // a broken description fails here and leaves the environment alone.
+    let mut result = None;
+    if keep && pr.is_some() {
+        actions::group(&format!("Redeploy into {id}"));
+        let attempt = super::redeploy::attempt(&job, &hooks);
+        actions::end_group();
+        match attempt {
+            Ok(Reuse::Redeployed(created)) => {
+                println!("redeployed into the running {id}: same instances, new build");
+                result = Some(Ok(created));
+            }
+            Ok(Reuse::Absent) => {}
+            Ok(Reuse::Replace(why)) => {
+                println!("replacing {id}: {why}");
+                let regions = regions(dir).unwrap_or_default();
+                actions::group(&format!("Replace the previous {id}"));
+                let progress = Progress::new();
+                let removed = super::destroy::remove(
+                    dir,
+                    &regions,
+                    Some(&id),
+                    false,
+                    POST_BUDGET,
+                    endpoint_url.as_deref(),
+                    &progress,
+                );
+                actions::end_group();
+                if let Some(r) = removed? {
+                    println!("replaced the previous environment: removed {}", r.summary());
+                }
+            }
+            Err(e) => result = Some(Err((e, true))),
+        }
+    }
+    let result = result.unwrap_or_else(|| {
+        actions::group(&format!("Create {id}"));
+        let created = super::create::execute(&job, &hooks);
+        actions::end_group();
+        created.map_err(|e| (e, false))
+    });
     let created = match result {
         Ok(created) => created,
-        Err(e) => {
+        Err((e, kept)) => {
             if !matches!(e, Error::Invalid { .. }) {
                 actions::error("spot: create failed", &e.to_string());
             }
@@ -251,12 +266,12 @@ fn up(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
             ));
             if let Some(number) = pr.filter(|_| keep) {
                 let first = e.to_string().lines().next().unwrap_or_default().to_string();
-                comment(
-                    number,
-                    &format!(
-                        "### spot environment `{id}`: failed\n\n{first}\n\nSee the job log; nothing of this run was kept.\n"
-                    ),
-                );
+                let left = if kept {
+                    "its instances keep running and the next push tries again"
+                } else {
+                    "nothing of this run was kept"
+                };
+                comment(number, &format!("### spot environment `{id}`: failed\n\n{first}\n\nSee the job log; {left}.\n"));
             }
             return Err(e);
         }
@@ -344,6 +359,9 @@ fn summary_markdown(created: &Created, prices: &BTreeMap<(String, String), f64>,
     let mut md = String::new();
     let ready = created.outcomes.iter().filter(|o| o.ready).count();
     let _ = writeln!(md, "## spot: `{}` ready\n", plan.deployment_id);
+    if created.reused {
+        let _ = writeln!(md, "The new build went into the running instances of an earlier run.\n");
+    }
     let _ = writeln!(
         md,
         "| region | AZ | instance | type | market | price $/h | address | state | ready after |"
@@ -409,7 +427,8 @@ fn environment_comment(created: &Created) -> String {
     }
     let _ = writeln!(
         md,
-        "\nExpires at `{}`; removed when this pull request closes. Updated for {}.",
+        "\n{} Expires at `{}`; removed when this pull request closes. Updated for {}.",
+        if created.reused { "The new build went into the running instances." } else { "New instances." },
         created.plan.expires_at,
         actions::pull_request()
             .and_then(|p| p.head_sha)

@@ -72,6 +72,8 @@ pub struct Created {
     pub outcomes: Vec<Outcome>,
     pub state_path: std::path::PathBuf,
     pub seconds: f64,
+    /// The build went into instances an earlier run made (a kept deployment).
+    pub reused: bool,
 }
 
 pub fn run(args: &CreateArgs) -> Result<(), Error> {
@@ -98,8 +100,19 @@ pub fn run(args: &CreateArgs) -> Result<(), Error> {
     Ok(())
 }
 
-/// Loads, checks, plans and creates: the whole of `create` but the printing.
-pub fn execute(job: &Job, hooks: &dyn Hooks) -> Result<Created, Error> {
+/// A job's input, loaded and checked: all that is decided before the first cloud call.
+pub(super) struct Prepared {
+    pub inputs: plan::Inputs,
+    pub deployment: crate::manifest::types::Deployment,
+    pub listing: Listing,
+    pub limits: Limits,
+    pub min_ready: u32,
+    pub secret_values: Vec<Secret>,
+}
+
+/// Loads and checks the description, applies the job's overrides and reads the secrets;
+/// every input error surfaces here.
+pub(super) fn prepare(job: &Job) -> Result<Prepared, Error> {
     let format = job.format;
     let mut inputs =
         super::plan::inputs_for(&job.dir, job.deployment_id.clone(), job.repository.clone(), job.pr, None)?;
@@ -125,8 +138,15 @@ pub fn execute(job: &Job, hooks: &dyn Hooks) -> Result<Created, Error> {
             });
         }
     };
-    // Everything that can be wrong with the input is checked before the first cloud call.
     let secret_values = if job.deliver { read_secrets(&deployment)? } else { Vec::new() };
+    Ok(Prepared { inputs, deployment, listing, limits, min_ready, secret_values })
+}
+
+/// Loads, checks, plans and creates: the whole of `create` but the printing.
+pub fn execute(job: &Job, hooks: &dyn Hooks) -> Result<Created, Error> {
+    let format = job.format;
+    // Everything that can be wrong with the input is checked before the first cloud call.
+    let Prepared { inputs, deployment, listing, limits, min_ready, secret_values } = prepare(job)?;
     let keys = DeploymentKeys::generate(&inputs.deployment_id)
         .map_err(|e| Error::Runtime { message: format!("cannot generate keys: {e}"), help: String::new() })?;
     let masked: Vec<&str> =
@@ -147,7 +167,7 @@ pub fn execute(job: &Job, hooks: &dyn Hooks) -> Result<Created, Error> {
         user_data: &user_data.bytes,
         public_key: &keys.client.public,
         ssh_cidrs,
-        tags: plan.tags.clone(),
+        tags: launch_tags(&plan, &deployment, &keys.host.public),
         run_id: job.run_id.clone(),
         wait_timeout: job.wait,
         poll: Duration::from_millis(1000),
@@ -199,7 +219,6 @@ pub fn execute(job: &Job, hooks: &dyn Hooks) -> Result<Created, Error> {
             secret_values: &secret_values,
             user: &deployment.config.username,
             ssh_budget: job.ssh_budget,
-            emulator_dir: std::env::var_os(EMULATOR_SSH_DIR).map(std::path::PathBuf::from),
             progress: &progress,
         };
         create::create(&cloud, &deliver, &request, &tee, &progress, &cancel).await
@@ -210,6 +229,7 @@ pub fn execute(job: &Job, hooks: &dyn Hooks) -> Result<Created, Error> {
             state_path: state.path().to_path_buf(),
             seconds: progress.elapsed().as_secs_f64(),
             plan,
+            reused: false,
         }),
         Err(failure) => {
             let removed = teardown::summarize(&failure.removal.removed);
@@ -268,6 +288,20 @@ impl Recorder for Tee<'_> {
             s.instances(instances);
         }
     }
+}
+
+/// The plan's tags, plus what a later run needs to deliver into these instances again:
+/// the host public key (to pin it) and the launch digest (to know they still fit).
+fn launch_tags(
+    plan: &plan::Plan,
+    deployment: &crate::manifest::types::Deployment,
+    host_public: &str,
+) -> crate::provider::Tags {
+    let mut tags = plan.tags.clone();
+    let key: Vec<&str> = host_public.split_whitespace().take(2).collect();
+    tags.insert(plan::tag::HOST_KEY.into(), key.join(" "));
+    tags.insert(plan::tag::LAUNCH.into(), plan::launch_digest(deployment, plan));
+    tags
 }
 
 /// Emulator-only: a folder where the harness that plays the instances writes, per
@@ -350,14 +384,14 @@ fn read_secrets(deployment: &crate::manifest::types::Deployment) -> Result<Vec<S
 }
 
 /// The bundle packed into a temporary file, and the steps that ship it.
-struct Packed {
-    file: tempfile::NamedTempFile,
-    delivery: Delivery,
+pub(super) struct Packed {
+    pub file: tempfile::NamedTempFile,
+    pub delivery: Delivery,
 }
 
-type PackResult = Result<Arc<Packed>, String>;
+pub(super) type PackResult = Result<Arc<Packed>, String>;
 
-fn pack_bundle(
+pub(super) fn pack_bundle(
     deployment: &crate::manifest::types::Deployment,
     listing: &Listing,
     limits: &Limits,
@@ -382,32 +416,30 @@ struct SshDeliver<'a, F> {
     secret_values: &'a [Secret],
     user: &'a str,
     ssh_budget: Duration,
-    emulator_dir: Option<std::path::PathBuf>,
     progress: &'a Progress,
 }
 
-impl<F> SshDeliver<'_, F> {
-    async fn target(&self, instance: &Instance) -> Result<Target, String> {
-        if let Some(dir) = &self.emulator_dir {
-            let file = dir.join(&instance.id);
-            let deadline = std::time::Instant::now() + self.ssh_budget;
-            loop {
-                if let Ok(text) = tokio::fs::read_to_string(&file).await
-                    && let Some((host, port)) = text.trim().rsplit_once(':')
-                    && let Ok(port) = port.parse()
-                {
-                    return Ok(Target { host: host.to_string(), port, user: self.user.to_string() });
-                }
-                if std::time::Instant::now() >= deadline {
-                    return Err(format!("no SSH address for {} in {}", instance.id, dir.display()));
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+/// Where to reach `instance` over SSH as `user`: its address, or (emulator only) what the
+/// harness wrote for it in [`EMULATOR_SSH_DIR`], waited for within `budget`.
+pub(super) async fn ssh_target(instance: &Instance, user: &str, budget: Duration) -> Result<Target, String> {
+    if let Some(dir) = std::env::var_os(EMULATOR_SSH_DIR).map(std::path::PathBuf::from) {
+        let file = dir.join(&instance.id);
+        let deadline = std::time::Instant::now() + budget;
+        loop {
+            if let Ok(text) = tokio::fs::read_to_string(&file).await
+                && let Some((host, port)) = text.trim().rsplit_once(':')
+                && let Ok(port) = port.parse()
+            {
+                return Ok(Target { host: host.to_string(), port, user: user.to_string() });
             }
+            if std::time::Instant::now() >= deadline {
+                return Err(format!("no SSH address for {} in {}", instance.id, dir.display()));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let host =
-            instance.address().ok_or_else(|| format!("{} has no address to connect to", instance.id))?;
-        Ok(Target { host: host.to_string(), port: 22, user: self.user.to_string() })
     }
+    let host = instance.address().ok_or_else(|| format!("{} has no address to connect to", instance.id))?;
+    Ok(Target { host: host.to_string(), port: 22, user: user.to_string() })
 }
 
 impl<F> create::Deliver for SshDeliver<'_, F>
@@ -416,7 +448,7 @@ where
 {
     async fn deliver(&self, instance: &Instance) -> Result<(), String> {
         let packed = self.bundle.clone().await?;
-        let target = self.target(instance).await?;
+        let target = ssh_target(instance, self.user, self.ssh_budget).await?;
         let shipment = Shipment {
             delivery: &packed.delivery,
             bundle: packed.file.path(),
@@ -430,7 +462,7 @@ where
     }
 }
 
-fn ssh_cidrs(access: &SshAccess) -> Result<Vec<String>, Error> {
+pub(super) fn ssh_cidrs(access: &SshAccess) -> Result<Vec<String>, Error> {
     match access {
         SshAccess::Cidrs(c) => Ok(c.clone()),
         SshAccess::Runner => public_address()

@@ -8,6 +8,7 @@ pub mod generate;
 pub mod list;
 pub mod plan;
 pub mod reap;
+pub mod redeploy;
 pub mod schema;
 pub mod validate;
 

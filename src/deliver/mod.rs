@@ -242,6 +242,21 @@ pub fn steps(deployment: &Deployment, bundle_sha256: &str, limits: &Limits) -> D
     }
 }
 
+/// Whether an instance of a kept deployment can take a new build in place: its last
+/// delivery finished (the completion marker) and every started service is still active.
+pub fn still_ready(deployment: &Deployment) -> Step {
+    let mut script = format!(
+        "[ -f {READY_MARKER} ] || {{ echo 'no completion marker: its last delivery did not finish'; exit 1; }}\n"
+    );
+    for service in deployment.manifest.services.iter().filter(|s| s.start) {
+        let unit = shell_quote(&format!("{}.service", service.name));
+        script.push_str(&format!(
+            "systemctl is-active --quiet {unit} || {{ echo {unit} is not active; exit 1; }}\n"
+        ));
+    }
+    Step { name: "check the running deployment".into(), script, timeout: Duration::from_secs(30), unit: None }
+}
+
 /// A service's health: its probe until it passes (or the time runs out), failing at once
 /// when the unit stops. Without a probe, the unit must still be active.
 fn health_step(unit: &str, check: Option<&crate::manifest::types::HealthCheck>) -> Step {

@@ -1,4 +1,5 @@
-//! [`Cloud`] on AWS EC2: the only module that imports `aws_sdk_ec2`.
+//! [`Cloud`] on AWS EC2: the only module that imports `aws_sdk_ec2` (and EC2 Instance
+//! Connect's `aws_sdk_ec2instanceconnect`).
 //!
 //! One SDK client per region, built from the standard credential chain and region
 //! handling; `endpoint_url` (or the SDK's own `AWS_ENDPOINT_URL`) points every call at
@@ -147,6 +148,27 @@ pub async fn assume_role_with_web_identity(
 }
 
 /// Maps an SDK failure to spot's error kinds.
+/// TCP port 22 from `cidrs` (IPv4 and IPv6 alike).
+fn ssh_permission(cidrs: &[String]) -> IpPermission {
+    let v4: Vec<IpRange> = cidrs
+        .iter()
+        .filter(|c| !c.contains(':'))
+        .map(|c| IpRange::builder().cidr_ip(c).description("spot ssh").build())
+        .collect();
+    let v6: Vec<Ipv6Range> = cidrs
+        .iter()
+        .filter(|c| c.contains(':'))
+        .map(|c| Ipv6Range::builder().cidr_ipv6(c).description("spot ssh").build())
+        .collect();
+    IpPermission::builder()
+        .ip_protocol("tcp")
+        .from_port(22)
+        .to_port(22)
+        .set_ip_ranges(Some(v4))
+        .set_ipv6_ranges(Some(v6))
+        .build()
+}
+
 fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
     operation: &'static str,
     region: &str,
@@ -205,7 +227,9 @@ fn kind_for(code: &str) -> ErrorKind {
         | "ServiceUnavailable"
         | "Unavailable"
         | "RequestTimeout"
-        | "RequestTimeoutException" => ErrorKind::Transient,
+        | "RequestTimeoutException"
+        | "ServiceException"
+        | "EC2InstanceUnavailableException" => ErrorKind::Transient,
         "DependencyViolation" | "InvalidGroup.InUse" => ErrorKind::InUse,
         "AuthFailure"
         | "UnauthorizedOperation"
@@ -213,7 +237,8 @@ fn kind_for(code: &str) -> ErrorKind {
         | "InvalidClientTokenId"
         | "OptInRequired"
         | "RequestExpired"
-        | "SignatureDoesNotMatch" => ErrorKind::Auth,
+        | "SignatureDoesNotMatch"
+        | "AccessDeniedException" => ErrorKind::Auth,
         c if c.contains("NotFound") || c.ends_with(".Malformed") && c.starts_with("InvalidInstanceID") => {
             ErrorKind::NotFound
         }
@@ -542,28 +567,11 @@ impl Cloud for Ec2 {
             }
             Err(e) => return Err(e),
         };
-        let v4: Vec<IpRange> = cidrs
-            .iter()
-            .filter(|c| !c.contains(':'))
-            .map(|c| IpRange::builder().cidr_ip(c).description("spot ssh").build())
-            .collect();
-        let v6: Vec<Ipv6Range> = cidrs
-            .iter()
-            .filter(|c| c.contains(':'))
-            .map(|c| Ipv6Range::builder().cidr_ipv6(c).description("spot ssh").build())
-            .collect();
-        let permission = IpPermission::builder()
-            .ip_protocol("tcp")
-            .from_port(22)
-            .to_port(22)
-            .set_ip_ranges(Some(v4))
-            .set_ipv6_ranges(Some(v6))
-            .build();
         match call!(
             self,
             region,
             "AuthorizeSecurityGroupIngress",
-            client.authorize_security_group_ingress().group_id(&group_id).ip_permissions(permission.clone())
+            client.authorize_security_group_ingress().group_id(&group_id).ip_permissions(ssh_permission(cidrs))
         ) {
             Ok(_) => {}
             Err(e) if e.kind == ErrorKind::Duplicate => {}
@@ -1106,6 +1114,83 @@ impl Cloud for Ec2 {
         match result {
             Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
             other => other,
+        }
+    }
+
+    async fn set_ssh_sources(&self, region: &str, group_id: &str, cidrs: &[String]) -> Result<()> {
+        let client = self.client(region);
+        let out = call!(
+            self,
+            region,
+            "DescribeSecurityGroups",
+            client.describe_security_groups().group_ids(group_id)
+        )?;
+        let mut have: Vec<String> = Vec::new();
+        for group in out.security_groups() {
+            let ssh = group.ip_permissions().iter().filter(|p| {
+                p.ip_protocol() == Some("tcp") && p.from_port() == Some(22) && p.to_port() == Some(22)
+            });
+            for p in ssh {
+                have.extend(p.ip_ranges().iter().filter_map(|r| r.cidr_ip()).map(str::to_string));
+                have.extend(p.ipv6_ranges().iter().filter_map(|r| r.cidr_ipv6()).map(str::to_string));
+            }
+        }
+        let missing: Vec<String> = cidrs.iter().filter(|c| !have.contains(c)).cloned().collect();
+        let stale: Vec<String> = have.into_iter().filter(|c| !cidrs.contains(c)).collect();
+        if !missing.is_empty() {
+            match call!(
+                self,
+                region,
+                "AuthorizeSecurityGroupIngress",
+                client.authorize_security_group_ingress().group_id(group_id).ip_permissions(ssh_permission(&missing))
+            ) {
+                Ok(_) => {}
+                Err(e) if e.kind == ErrorKind::Duplicate => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !stale.is_empty() {
+            match call!(
+                self,
+                region,
+                "RevokeSecurityGroupIngress",
+                client.revoke_security_group_ingress().group_id(group_id).ip_permissions(ssh_permission(&stale))
+            ) {
+                Ok(_) => {}
+                Err(e) if e.kind == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    async fn push_ssh_key(&self, instance: &Instance, user: &str, public_key: &str) -> Result<()> {
+        let region = instance.region.as_str();
+        let config = aws_sdk_ec2instanceconnect::config::Builder::from(&self.base)
+            .region(Region::new(region.to_string()))
+            .build();
+        let client = aws_sdk_ec2instanceconnect::Client::from_conf(config);
+        let out = call!(
+            self,
+            region,
+            "SendSSHPublicKey",
+            client
+                .send_ssh_public_key()
+                .instance_id(&instance.id)
+                .availability_zone(&instance.az)
+                .instance_os_user(user)
+                .ssh_public_key(public_key)
+        )?;
+        if out.success() {
+            Ok(())
+        } else {
+            Err(Error {
+                kind: ErrorKind::Other,
+                code: "SendSSHPublicKey".into(),
+                message: format!("EC2 Instance Connect did not accept a key for {}", instance.id),
+                operation: "SendSSHPublicKey",
+                region: region.to_string(),
+            })
         }
     }
 

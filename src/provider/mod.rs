@@ -331,6 +331,22 @@ pub trait Cloud: Send + Sync {
     fn terminate(&self, region: &str, ids: &[String]) -> impl Future<Output = Result<()>> + Send;
     /// Deletes one non-instance resource (already-gone is fine).
     fn delete(&self, resource: &Resource) -> impl Future<Output = Result<()>> + Send;
+    /// Makes SSH (TCP 22) in one of our security groups open to exactly `cidrs`:
+    /// missing sources are added, others removed.
+    fn set_ssh_sources(
+        &self,
+        region: &str,
+        group_id: &str,
+        cidrs: &[String],
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Lets `public_key` log in to `instance` as `user` for the next 60 seconds (EC2
+    /// Instance Connect): how a later run gets back into a kept deployment.
+    fn push_ssh_key(
+        &self,
+        instance: &Instance,
+        user: &str,
+        public_key: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Current spot prices (USD/hour) by (instance type, AZ).
     fn spot_prices(
         &self,
