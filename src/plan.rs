@@ -173,7 +173,8 @@ pub fn launch_digest(deployment: &Deployment, plan: &Plan) -> String {
     keys.authorized.extend(deployment.config.extra_authorized_keys.iter().cloned());
     let identity =
         Identity { deployment_id: plan.deployment_id.clone(), expires_at: "2000-01-01T00:00:00Z".into() };
-    let user_data = crate::cloud_init::render(deployment, &identity, &keys).map(|u| u.bytes).unwrap_or_default();
+    let user_data =
+        crate::cloud_init::render(deployment, &identity, &keys).map(|u| u.bytes).unwrap_or_default();
     let regions: Vec<_> = plan
         .regions
         .iter()

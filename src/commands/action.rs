@@ -267,11 +267,14 @@ fn up(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
             if let Some(number) = pr.filter(|_| keep) {
                 let first = e.to_string().lines().next().unwrap_or_default().to_string();
                 let left = if kept {
-                    "its instances keep running and the next push tries again"
+                    "what ran before keeps running, and the next push tries again"
                 } else {
                     "nothing of this run was kept"
                 };
-                comment(number, &format!("### spot environment `{id}`: failed\n\n{first}\n\nSee the job log; {left}.\n"));
+                comment(
+                    number,
+                    &format!("### spot environment `{id}`: failed\n\n{first}\n\nSee the job log; {left}.\n"),
+                );
             }
             return Err(e);
         }

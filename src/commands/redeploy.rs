@@ -48,13 +48,18 @@ pub fn judge(found: &Found, digest: &str, total: u32, ttl_secs: u64, now: Timest
         return Err(format!("instance {} is {}", i.id, i.state));
     }
     if found.instances.len() != total as usize {
-        return Err(format!("it has {} instance(s) running, the description asks for {total}", found.instances.len()));
+        return Err(format!(
+            "it has {} instance(s) running, the description asks for {total}",
+            found.instances.len()
+        ));
     }
     if let Some(i) = found.instances.iter().find(|i| !i.tags.contains_key(tag::HOST_KEY)) {
         return Err(format!("instance {} has no `{}` tag (made by an older spot)", i.id, tag::HOST_KEY));
     }
     if found.instances.iter().any(|i| i.tags.get(tag::LAUNCH).map(String::as_str) != Some(digest)) {
-        return Err("what the instances are launched with changed (config.yaml, packages, env or template)".into());
+        return Err(
+            "what the instances are launched with changed (config.yaml, packages, env or template)".into()
+        );
     }
     let expires = found.expires_at.as_deref().and_then(|e| e.parse::<Timestamp>().ok());
     let Some(expires) = expires else {
@@ -76,12 +81,12 @@ fn runtime_error(message: String) -> Error {
 pub fn attempt(job: &Job, hooks: &dyn Hooks) -> Result<Reuse, Error> {
     let Prepared { inputs, deployment, listing, limits, secret_values, .. } = super::create::prepare(job)?;
     let id = inputs.deployment_id.clone();
-    let user_data = cloud_init::render(
-        &deployment,
-        &plan::identity(&deployment, &inputs),
-        &UserDataKeys::placeholders(),
-    )
-    .map_err(|d| Error::Invalid { report: Report { diagnostics: vec![*d], ..Report::default() }, format: job.format })?;
+    let user_data =
+        cloud_init::render(&deployment, &plan::identity(&deployment, &inputs), &UserDataKeys::placeholders())
+            .map_err(|d| Error::Invalid {
+                report: Report { diagnostics: vec![*d], ..Report::default() },
+                format: job.format,
+            })?;
     let mut plan = plan::build(&deployment, &inputs, listing.clone(), &user_data);
     let digest = plan::launch_digest(&deployment, &plan);
     let regions: Vec<String> = plan.regions.iter().map(|r| r.region.clone()).collect();
@@ -112,7 +117,8 @@ pub fn attempt(job: &Job, hooks: &dyn Hooks) -> Result<Reuse, Error> {
                 .await
                 .map_err(|e| runtime_error(format!("cannot open SSH to this runner: {e}")))?;
         }
-        progress.event(format!("{id}: {} instance(s) fit the description; checking them", found.instances.len()));
+        progress
+            .event(format!("{id}: {} instance(s) fit the description; checking them", found.instances.len()));
         let entry = Entry { cloud: &cloud, key: &key, user: &user };
         let check = crate::deliver::still_ready(&deployment);
         let checks: Vec<Result<(), String>> = futures::stream::iter(&found.instances)
@@ -125,10 +131,11 @@ pub fn attempt(job: &Job, hooks: &dyn Hooks) -> Result<Reuse, Error> {
         }
 
         let deploy = deployment.clone();
-        let packed = tokio::task::spawn_blocking(move || super::create::pack_bundle(&deploy, &listing, &limits))
-            .await
-            .map_err(|e| runtime_error(format!("packing the bundle stopped: {e}")))?
-            .map_err(runtime_error)?;
+        let packed =
+            tokio::task::spawn_blocking(move || super::create::pack_bundle(&deploy, &listing, &limits))
+                .await
+                .map_err(|e| runtime_error(format!("packing the bundle stopped: {e}")))?
+                .map_err(runtime_error)?;
         let outcomes: Vec<Outcome> = futures::stream::iter(&found.instances)
             .map(|i| async {
                 let result = entry.deliver(i, &packed, &secret_values, &progress).await;
@@ -166,7 +173,12 @@ pub fn attempt(job: &Job, hooks: &dyn Hooks) -> Result<Reuse, Error> {
 }
 
 /// The local state file of a redeployed deployment: what exists, ready.
-fn record(root: &std::path::Path, found: &Found, plan: &plan::Plan, run_id: &str) -> Result<StateFile, Error> {
+fn record(
+    root: &std::path::Path,
+    found: &Found,
+    plan: &plan::Plan,
+    run_id: &str,
+) -> Result<StateFile, Error> {
     let state = StateFile::create(
         root,
         State {
@@ -207,13 +219,15 @@ impl<'a> Entry<'a> {
 
     /// Is the instance still running its last delivery?
     async fn check(&self, instance: &'a Instance, step: &crate::deliver::Step) -> Result<(), String> {
-        let (target, host_key) = self.open(instance).await.map_err(|why| format!("{}: {why}", instance.id))?;
+        let (target, host_key) =
+            self.open(instance).await.map_err(|why| format!("{}: {why}", instance.id))?;
         let mut session = remote::connect_with_budget(&target, host_key, &self.key.private, PUSHED_KEY_LIFE)
             .await
             .map_err(|e| format!("{}: {e}", instance.id))?;
         let result = async {
             session.detect_root(step.timeout).await.map_err(|e| e.to_string())?;
-            let out = session.run(&session.as_root(&step.script), step.timeout).await.map_err(|e| e.to_string())?;
+            let out =
+                session.run(&session.as_root(&step.script), step.timeout).await.map_err(|e| e.to_string())?;
             if out.status == 0 { Ok(()) } else { Err(out.tail.trim().to_string()) }
         }
         .await
@@ -250,7 +264,8 @@ mod tests {
     use crate::provider::Market;
 
     fn found(instances: usize, tags: &[(&str, &str)], expires: &str) -> Found {
-        let tags: crate::provider::Tags = tags.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect();
+        let tags: crate::provider::Tags =
+            tags.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect();
         Found {
             deployment_id: "pr-7".into(),
             expires_at: Some(expires.into()),

@@ -571,7 +571,10 @@ impl Cloud for Ec2 {
             self,
             region,
             "AuthorizeSecurityGroupIngress",
-            client.authorize_security_group_ingress().group_id(&group_id).ip_permissions(ssh_permission(cidrs))
+            client
+                .authorize_security_group_ingress()
+                .group_id(&group_id)
+                .ip_permissions(ssh_permission(cidrs))
         ) {
             Ok(_) => {}
             Err(e) if e.kind == ErrorKind::Duplicate => {}
@@ -1142,7 +1145,10 @@ impl Cloud for Ec2 {
                 self,
                 region,
                 "AuthorizeSecurityGroupIngress",
-                client.authorize_security_group_ingress().group_id(group_id).ip_permissions(ssh_permission(&missing))
+                client
+                    .authorize_security_group_ingress()
+                    .group_id(group_id)
+                    .ip_permissions(ssh_permission(&missing))
             ) {
                 Ok(_) => {}
                 Err(e) if e.kind == ErrorKind::Duplicate => {}
@@ -1154,7 +1160,10 @@ impl Cloud for Ec2 {
                 self,
                 region,
                 "RevokeSecurityGroupIngress",
-                client.revoke_security_group_ingress().group_id(group_id).ip_permissions(ssh_permission(&stale))
+                client
+                    .revoke_security_group_ingress()
+                    .group_id(group_id)
+                    .ip_permissions(ssh_permission(&stale))
             ) {
                 Ok(_) => {}
                 Err(e) if e.kind == ErrorKind::NotFound => {}

@@ -315,36 +315,60 @@ impl Drop for FakeGitHub {
     }
 }
 
+/// A pull request's description: its script stamps `version` on the instance.
+fn stamped(version: &str) -> String {
+    format!(
+        "version: 1\nscripts:\n  - name: stamp\n    command: echo {version} > /var/lib/spot/version\nsecrets:\n  - APP_TOKEN\n"
+    )
+}
+
 #[test]
-fn a_pull_request_environment_keeps_one_comment_through_pushes_and_close() {
+fn a_pull_request_environment_takes_pushes_in_place_is_replaced_when_it_must_be_and_keeps_one_comment() {
     let emu = Emulator::start();
     let player = Player::start(&emu, &["us-east-1"], &[]);
     let github = FakeGitHub::start(&["7=open"]);
-    let dir = project();
+    let dir = repository(&config(1, "root"), &stamped("v1"), &[]);
     let wd = dir.path().to_str().unwrap();
+    let manifest = dir.path().join(".spot/deployment.yaml");
     let up =
         [("working-directory", wd), ("ssh-cidr", "127.0.0.1/32"), ("keep", "true"), ("github-token", TOKEN)];
     let event = |action: &str, sha: &str| json!({"action": action, "pull_request": {"number": 7, "head": {"sha": sha}}});
+    let push = |run: &str, sha: &str, inputs: &[(&str, &str)]| {
+        let mut job = Job::new(run, "pull_request", event("synchronize", sha));
+        job.api_url = Some(github.url());
+        let out = job.run(&emu, "main", inputs, Some(&player));
+        assert!(out.status.success(), "{}\nplayer: {}", text(&out), player.log());
+        let id = file_commands(&job.path("output-main"))["instance-ids"].clone();
+        (job, text(&out), id)
+    };
+    let version =
+        |instance: &str| player.on_instance(instance, "cat /var/lib/spot/version").trim().to_string();
 
     let mut first = Job::new("9101", "pull_request", event("opened", "aaaaaaaaaaaaaaaa"));
     first.api_url = Some(github.url());
     let out = first.run(&emu, "main", &up, Some(&player));
     assert!(out.status.success(), "{}\nplayer: {}", text(&out), player.log());
-    assert_eq!(file_commands(&first.path("output-main"))["deployment-id"], "pr-7");
+    let outputs = file_commands(&first.path("output-main"));
+    assert_eq!(outputs["deployment-id"], "pr-7");
+    let original = outputs["instance-ids"].clone();
+    assert_eq!(version(&original), "v1");
     let post = first.run(&emu, "post", &[], None);
     assert!(post.status.success() && text(&post).contains("keeping pr-7"), "{}", text(&post));
-    let kept = emu.leftovers(&["us-east-1"]);
-    assert!(kept.to_string().contains("i-"), "keep: true must keep the instance");
 
-    let mut second = Job::new("9102", "pull_request", event("synchronize", "bbbbbbbbbbbbbbbb"));
-    second.api_url = Some(github.url());
-    let out = second.run(&emu, "main", &up, Some(&player));
-    assert!(out.status.success(), "{}\nplayer: {}", text(&out), player.log());
-    assert!(text(&out).contains("replaced the previous environment"), "{}", text(&out));
+    // A push to a healthy environment goes into the same instance, entered with a key
+    // pushed through EC2 Instance Connect; SSH now opens to this run's address only.
+    std::fs::write(&manifest, stamped("v2")).unwrap();
+    let moved =
+        [("ssh-cidr", "127.0.0.0/8"), ("working-directory", wd), ("keep", "true"), ("github-token", TOKEN)];
+    let (second, log, ids) = push("9102", "bbbbbbbbbbbbbbbb", &moved);
+    assert!(log.contains("redeployed into the running pr-7"), "{log}");
+    assert_eq!(ids, original, "the same instance takes the push");
+    assert_eq!(version(&original), "v2");
+    assert!(emu.calls().get("SendSSHPublicKey").copied().unwrap_or(0) >= 2, "{:?}", emu.calls());
+    let groups = emu.details("us-east-1")["security_groups"].clone();
+    assert_eq!(groups[0]["ingress"][0]["cidrs"], json!(["127.0.0.0/8"]), "{groups:#}");
 
-    // A push that breaks the description fails before touching the running environment.
-    let manifest = dir.path().join(".spot/deployment.yaml");
-    let good = std::fs::read_to_string(&manifest).unwrap();
+    // A push with a broken description fails before touching the running environment.
     std::fs::write(&manifest, "version: 2\n").unwrap();
     let mut broken = Job::new("9104", "pull_request", event("synchronize", "cccccccccccccccc"));
     broken.api_url = Some(github.url());
@@ -355,13 +379,34 @@ fn a_pull_request_environment_keeps_one_comment_through_pushes_and_close() {
         "{}",
         text(&out)
     );
-    assert!(
-        emu.leftovers(&["us-east-1"]).to_string().contains("i-"),
-        "the environment was removed for a bad push"
+    assert_eq!(
+        emu.leftovers(&["us-east-1"])["us-east-1"]["instances"],
+        json!([original]),
+        "a bad push removed the environment"
     );
-    std::fs::write(&manifest, good).unwrap();
 
-    let mut close = Job::new("9103", "pull_request", event("closed", "bbbbbbbbbbbbbbbb"));
+    // An instance whose last delivery did not finish is replaced, not patched.
+    std::fs::write(&manifest, stamped("v3")).unwrap();
+    player.on_instance(&original, "rm /var/lib/spot/ready.json");
+    let (third, log, replacement) = push("9105", "dddddddddddddddd", &up);
+    assert!(log.contains("replacing pr-7") && log.contains("no completion marker"), "{log}");
+    assert_ne!(replacement, original);
+    assert_eq!(version(&replacement), "v3");
+
+    // So is one whose launch settings changed (here its time to live).
+    let config_path = dir.path().join(".spot/config.yaml");
+    let changed = std::fs::read_to_string(&config_path).unwrap().replace("ttl: 1h", "ttl: 2h");
+    std::fs::write(&config_path, changed).unwrap();
+    let (fourth, log, latest) = push("9106", "eeeeeeeeeeeeeeee", &up);
+    assert!(log.contains("replacing pr-7") && log.contains("launched with changed"), "{log}");
+    assert_ne!(latest, replacement);
+    assert_eq!(
+        emu.leftovers(&["us-east-1"])["us-east-1"]["instances"],
+        json!([latest]),
+        "one environment at a time"
+    );
+
+    let mut close = Job::new("9103", "pull_request", event("closed", "eeeeeeeeeeeeeeee"));
     close.api_url = Some(github.url());
     let out = close.run(
         &emu,
@@ -385,12 +430,19 @@ fn a_pull_request_environment_keeps_one_comment_through_pushes_and_close() {
         })
         .collect();
     assert_eq!(creates.len(), 1, "one comment, not duplicated: {requests:#?}");
-    assert_eq!(updates.len(), 2, "updated on the push and on close: {requests:#?}");
+    assert_eq!(updates.len(), 5, "updated on each push and on close: {requests:#?}");
     assert!(creates[0]["body"]["body"].as_str().unwrap().contains("<!-- spot:environment -->"));
-    assert!(updates[0]["body"]["body"].as_str().unwrap().contains("`bbbbbbbbbbbb`"));
-    assert!(updates[1]["body"]["body"].as_str().unwrap().contains("removed"));
+    let body = |n: usize| updates[n]["body"]["body"].as_str().unwrap().to_string();
+    assert!(
+        body(0).contains("`bbbbbbbbbbbb`") && body(0).contains("went into the running instances"),
+        "{}",
+        body(0)
+    );
+    assert!(body(1).contains("failed") && body(1).contains("what ran before keeps running"), "{}", body(1));
+    assert!(body(2).contains("`dddddddddddd`") && body(2).contains("New instances"), "{}", body(2));
+    assert!(body(4).contains("removed"));
     assert!(requests.iter().all(|r| r["auth"] == format!("Bearer {TOKEN}")));
-    for job in [&first, &second, &close] {
+    for job in [&first, &second, &third, &fourth, &close] {
         assert_no_secret(job, dir.path(), &[TOKEN, SECRET]);
     }
 }

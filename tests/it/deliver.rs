@@ -32,6 +32,8 @@ impl Player {
             .arg(&ssh_dir)
             .arg("--work")
             .arg(work.path().join("instances"))
+            .arg("--instance-connect-dir")
+            .arg(emu.instance_connect.path())
             .args(extra)
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .stdout(Stdio::null())
@@ -46,7 +48,7 @@ impl Player {
     }
 
     /// Runs `script` inside the mount namespace of the sshd playing `instance`.
-    fn on_instance(&self, instance: &str, script: &str) -> String {
+    pub fn on_instance(&self, instance: &str, script: &str) -> String {
         let pid =
             std::fs::read_to_string(self.work.path().join("instances").join(instance).join("pid")).unwrap();
         let out = Command::new("nsenter")

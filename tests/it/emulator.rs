@@ -44,6 +44,8 @@ fn http(port: u16, method: &str, path: &str, body: &str) -> String {
 pub struct Emulator {
     moto: Child,
     proxy: Child,
+    /// Where the proxy writes the keys EC2 Instance Connect was asked to push.
+    pub instance_connect: tempfile::TempDir,
     pub moto_port: u16,
     pub proxy_port: u16,
 }
@@ -69,16 +71,19 @@ impl Emulator {
             &mut moto,
         );
         let proxy_port = free_port();
+        let instance_connect = tempfile::tempdir().unwrap();
         let mut proxy = Command::new("python3")
             .arg(repo().join("tests/support/faultproxy.py"))
             .args(["--port", &proxy_port.to_string(), "--upstream", &format!("http://127.0.0.1:{moto_port}")])
             .args(["--delay-ms", &delay_ms.to_string()])
+            .arg("--instance-connect-dir")
+            .arg(instance_connect.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         wait_listening(proxy_port, "faultproxy.py", &mut proxy);
-        Self { moto, proxy, moto_port, proxy_port }
+        Self { moto, proxy, instance_connect, moto_port, proxy_port }
     }
 
     pub fn proxy_url(&self) -> String {

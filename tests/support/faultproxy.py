@@ -19,10 +19,16 @@ Faults, each optionally limited by "every": N (every Nth matching call) and "tim
                            are removed before forwarding, reported in errorSet)
   capacity-spot            CreateFleet for spot: every pool has no capacity; on-demand
                            requests pass through
+
+With --instance-connect-dir DIR it also plays the instance side of EC2 Instance Connect:
+each SendSSHPublicKey (forwarded to moto, which only answers "Success") is written to
+DIR/<instance-id> as three lines, the OS user, the epoch second it expires (60 s, as on
+AWS) and the key, where the instance player's sshd reads it (AuthorizedKeysCommand).
 """
 
 import argparse
 import http.client
+import os
 import http.server
 import json
 import re
@@ -38,6 +44,7 @@ RULES = []
 MATCHES = {}
 UPSTREAM = None
 DELAY = 0.0
+INSTANCE_CONNECT_DIR = None
 NS = "http://ec2.amazonaws.com/doc/2016-11-15/"
 
 
@@ -105,6 +112,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.reply(200, b"{}", "application/json")
         params = urllib.parse.parse_qsl(body.decode(), keep_blank_values=True)
         action = dict(params).get("Action", "?")
+        target = self.headers.get("X-Amz-Target")
+        if target:  # JSON protocol services (EC2 Instance Connect)
+            action = target.rsplit(".", 1)[-1]
+            if action == "SendSSHPublicKey" and INSTANCE_CONNECT_DIR:
+                self.push_key(json.loads(body or b"{}"))
         with LOCK:
             STATS[action] = STATS.get(action, 0) + 1
         if DELAY:
@@ -130,6 +142,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if fault == "reset-after":
             return self.reset()
         self.relay(status, headers, answer)
+
+    def push_key(self, request):
+        path = os.path.join(INSTANCE_CONNECT_DIR, os.path.basename(request["InstanceId"]))
+        with open(path + ".part", "w") as f:
+            f.write(f"{request['InstanceOSUser']}\n{int(time.time()) + 60}\n{request['SSHPublicKey']}\n")
+        os.rename(path + ".part", path)
 
     def reset(self):
         self.close_connection = True
@@ -213,13 +231,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 def main():
-    global UPSTREAM, DELAY, RULES
+    global UPSTREAM, DELAY, RULES, INSTANCE_CONNECT_DIR
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--upstream", required=True)
     ap.add_argument("--delay-ms", type=int, default=0)
     ap.add_argument("--rules", default="[]")
+    ap.add_argument("--instance-connect-dir")
     args = ap.parse_args()
+    INSTANCE_CONNECT_DIR = args.instance_connect_dir
     UPSTREAM = urllib.parse.urlparse(args.upstream)
     DELAY = args.delay_ms / 1000
     RULES = json.loads(args.rules)

@@ -16,8 +16,12 @@ not root, and the systemctl/journalctl stand-in (standin/systemctl) in place of 
 so nothing on the real machine is touched. Packages are not installed (the machine has
 python3 and curl). On SIGTERM/SIGINT it stops every sshd and service it started, by PID.
 
+With --instance-connect-dir DIR (the fault proxy's), each sshd also accepts the key EC2
+Instance Connect pushed for its instance and login user within the last 60 seconds, as
+the ec2-instance-connect package's AuthorizedKeysCommand does on an Ubuntu AMI.
+
 Usage: instance_player.py --endpoint URL --regions r1,r2 --ssh-dir DIR --work DIR
-       [--deployment ID] [--wrong-host-key]
+       [--deployment ID] [--wrong-host-key] [--instance-connect-dir DIR]
 """
 import argparse
 import base64
@@ -35,6 +39,17 @@ import yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STANDIN = os.path.join(HERE, "standin", "systemctl")
+# sshd runs an AuthorizedKeysCommand only from a root-owned path no one else can write,
+# so not from /tmp: the player writes it under /run for as long as it runs.
+KEYS_COMMAND_DIR = f"/run/spot-player-{os.getpid()}"
+KEYS_COMMAND = f"{KEYS_COMMAND_DIR}/instance-connect-keys"
+KEYS_SCRIPT = """#!/bin/sh
+# $1: the file the fault proxy wrote for this instance, $2: the user logging in.
+[ -r "$1" ] || exit 0
+{ read -r user; read -r until; read -r key; } < "$1"
+[ "$user" = "$2" ] && [ "$(date +%s)" -lt "$until" ] && printf '%s\\n' "$key"
+exit 0
+"""
 TMPFS = ["/run/spot-keys", "/opt", "/srv", "/etc/spot", "/etc/systemd/system", "/var/lib/spot", "/home", "/etc/sudoers.d"]
 
 
@@ -70,7 +85,7 @@ def free_uid():
 
 
 class Instance:
-    def __init__(self, instance_id, doc, work, wrong_host_key):
+    def __init__(self, instance_id, doc, work, wrong_host_key, instance_connect_dir):
         self.id = instance_id
         self.dir = os.path.join(work, instance_id)
         self.standin_state = os.path.join(self.dir, "standin")
@@ -96,6 +111,9 @@ class Instance:
                 "KbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
                 "PermitRootLogin prohibit-password\nUsePAM no\nLogLevel ERROR\n"
             )
+            if instance_connect_dir:
+                pushed = os.path.join(instance_connect_dir, instance_id)
+                f.write(f"AuthorizedKeysCommand {KEYS_COMMAND} {pushed} %u\nAuthorizedKeysCommandUser root\n")
         self.script = self.setup_script(doc, user)
         out = open(os.path.join(self.dir, "sshd.log"), "ab")
         self.proc = subprocess.Popen(
@@ -178,7 +196,13 @@ def main():
     ap.add_argument("--work", required=True)
     ap.add_argument("--deployment")
     ap.add_argument("--wrong-host-key", action="store_true")
+    ap.add_argument("--instance-connect-dir")
     args = ap.parse_args()
+    if args.instance_connect_dir:
+        os.makedirs(KEYS_COMMAND_DIR, mode=0o755, exist_ok=True)
+        with open(KEYS_COMMAND, "w") as f:
+            f.write(KEYS_SCRIPT)
+        os.chmod(KEYS_COMMAND, 0o755)
     os.makedirs("/run/sshd", exist_ok=True)
     os.makedirs(args.ssh_dir, exist_ok=True)
     os.makedirs(args.work, exist_ok=True)
@@ -213,7 +237,7 @@ def main():
                         if iid in playing:
                             continue
                         doc = user_data(client, iid)
-                        playing[iid] = Instance(iid, doc, args.work, args.wrong_host_key)
+                        playing[iid] = Instance(iid, doc, args.work, args.wrong_host_key, args.instance_connect_dir)
                         target = os.path.join(args.ssh_dir, iid)
                         with open(target + ".part", "w") as f:
                             f.write(f"127.0.0.1:{playing[iid].port}\n")
@@ -223,6 +247,12 @@ def main():
     finally:
         for inst in playing.values():
             inst.stop()
+        if args.instance_connect_dir:
+            for path in (KEYS_COMMAND, KEYS_COMMAND_DIR):
+                try:
+                    os.remove(path) if path == KEYS_COMMAND else os.rmdir(path)
+                except OSError:
+                    pass
         log(f"stopped {len(playing)} instance(s)")
 
 
