@@ -480,4 +480,42 @@ mod tests {
         let now: Timestamp = "2026-11-26T03:04:05Z".parse().unwrap();
         assert_eq!(new_deployment_id(now, 0xab), "spot-20261126-030405-00ab");
     }
+
+    #[test]
+    fn the_launch_digest_follows_what_instances_are_launched_with_and_nothing_else() {
+        let at = |d: &Deployment, now: &str| {
+            let inputs = Inputs {
+                deployment_id: "pr-7".into(),
+                now: now.parse().unwrap(),
+                repository: "acme/app".into(),
+                pr: Some(7),
+                run_id: Some(now.into()),
+            };
+            let user_data = crate::cloud_init::render(
+                d,
+                &identity(d, &inputs),
+                &crate::cloud_init::UserDataKeys::placeholders(),
+            )
+            .unwrap();
+            launch_digest(d, &build(d, &inputs, Listing::default(), &user_data))
+        };
+        let base = crate::manifest::example();
+        let digest = at(&base, "2026-11-26T03:04:05Z");
+        assert_eq!(digest.len(), 16);
+        assert_eq!(at(&base, "2026-11-27T00:00:00Z"), digest, "a later run, same launch");
+        let mut cidr = base.clone();
+        cidr.config.ssh_access = SshAccess::Cidrs(vec!["10.0.0.0/8".into()]);
+        assert_eq!(at(&cidr, "2026-11-26T03:04:05Z"), digest, "SSH sources change in place");
+        let mut packages = base.clone();
+        packages.manifest.packages.push("jq".into());
+        let mut env = base.clone();
+        env.manifest.env.insert("MODE".into(), "other".into());
+        let mut count = base.clone();
+        count.config.total_instances += 1;
+        let mut ttl = base.clone();
+        ttl.config.ttl_secs += 60;
+        for (what, d) in [("packages", packages), ("env", env), ("count", count), ("ttl", ttl)] {
+            assert_ne!(at(&d, "2026-11-26T03:04:05Z"), digest, "{what} changes the launch");
+        }
+    }
 }
