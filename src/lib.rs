@@ -26,6 +26,7 @@ pub use error::Error;
 
 /// Runs one parsed command line.
 pub fn run(cli: cli::Cli) -> Result<(), Error> {
+    lifecycle::progress::exit_on_signals();
     match cli.command {
         cli::Command::Generate(args) => commands::generate::run(&args),
         cli::Command::Validate(args) => commands::validate::run(&args),

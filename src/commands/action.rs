@@ -223,7 +223,7 @@ fn up(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
         match attempt {
             Ok(Reuse::Redeployed(created)) => {
                 println!("redeployed into the running {id}: same instances, new build");
-                result = Some(Ok(created));
+                result = Some(Ok(*created));
             }
             Ok(Reuse::Absent) => {}
             Ok(Reuse::Replace(why)) => {

@@ -36,7 +36,7 @@ pub enum Reuse {
     /// It exists but cannot take the build in place, for this reason.
     Replace(String),
     /// The new build runs on the existing instances.
-    Redeployed(Created),
+    Redeployed(Box<Created>),
 }
 
 /// Pure: can the deployment `found` take a new build in place? `Err` says why not.
@@ -162,13 +162,13 @@ pub fn attempt(job: &Job, hooks: &dyn Hooks) -> Result<Reuse, Error> {
         }
         plan.expires_at = found.expires_at.clone().unwrap_or_default();
         let state = record(&deployment.root, &found, &plan, &job.run_id)?;
-        Ok(Reuse::Redeployed(Created {
+        Ok(Reuse::Redeployed(Box::new(Created {
             plan,
             outcomes,
             state_path: state.path().to_path_buf(),
             seconds: progress.elapsed().as_secs_f64(),
             reused: true,
-        }))
+        })))
     })
 }
 

@@ -6,6 +6,7 @@
 
 use std::io::{IsTerminal as _, Write as _};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Event lines for a run.
@@ -65,6 +66,67 @@ impl Progress {
     }
 }
 
+/// How many [`Cancel`] tokens are listening for signals right now.
+static LISTENING: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts one listening [`Cancel`] for as long as it lives.
+struct Listening;
+
+impl Listening {
+    fn new() -> Self {
+        LISTENING.fetch_add(1, Ordering::SeqCst);
+        Self
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        LISTENING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The first SIGINT or SIGTERM (tokio's handlers; must be inside a runtime).
+async fn interrupted() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let term = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+/// SIGINT and SIGTERM end the process (exit 130) whenever no [`Cancel`] is listening.
+/// Needed because in the action's container the binary is PID 1, and the kernel ignores
+/// a signal PID 1 has no handler for: without this, the runner's cancel would go
+/// unheard and the job would wait for its kill. While a `Cancel` listens (during
+/// `create`), it stops the run and rolls back instead.
+pub fn exit_on_signals() {
+    let watcher = std::thread::Builder::new().name("signals".into()).spawn(|| {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            return;
+        };
+        runtime.block_on(async {
+            loop {
+                interrupted().await;
+                if LISTENING.load(Ordering::SeqCst) == 0 {
+                    eprintln!("spot: stopped by a signal");
+                    std::process::exit(i32::from(crate::error::exit::INTERRUPTED));
+                }
+            }
+        });
+    });
+    if let Err(e) = watcher {
+        eprintln!("warning: cannot watch for signals: {e}");
+    }
+}
+
 /// Set once when the run should stop (SIGINT, SIGTERM).
 #[derive(Debug, Clone)]
 pub struct Cancel {
@@ -75,20 +137,10 @@ impl Cancel {
     /// A token cancelled by the first SIGINT or SIGTERM; must be called inside a runtime.
     pub fn on_signals() -> Self {
         let (tx, rx) = tokio::sync::watch::channel(false);
+        let listening = Listening::new();
         tokio::spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            let term = async {
-                match term.as_mut() {
-                    Some(t) => {
-                        t.recv().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                () = term => {}
-            }
+            let _listening = listening;
+            interrupted().await;
             let _ = tx.send(true);
             // Keep the sender alive so receivers see the value, not a closed channel.
             std::future::pending::<()>().await;

@@ -274,6 +274,77 @@ fn a_main_step_killed_midway_is_cleaned_up_by_its_post_step() {
     assert_clean(&emu);
 }
 
+/// `cmd` as PID 1 of a new PID namespace, as in the action's container: the kernel
+/// ignores any signal PID 1 has no handler for.
+fn as_pid_1(cmd: &Command) -> Command {
+    let mut wrapped = Command::new("unshare");
+    wrapped.args(["--pid", "--fork", "--kill-child"]).arg(cmd.get_program()).args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(v) => wrapped.env(key, v),
+            None => wrapped.env_remove(key),
+        };
+    }
+    wrapped.stdout(Stdio::piped()).stderr(Stdio::piped());
+    wrapped
+}
+
+/// Sends SIGINT (the runner's cancel) to the namespace's PID 1 once `ready` holds, and
+/// waits for the step to end.
+fn cancel_pid_1(mut unshare: Child, ready: impl Fn() -> bool) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let children = format!("/proc/{0}/task/{0}/children", unshare.id());
+    let init = loop {
+        let text = std::fs::read_to_string(&children).unwrap_or_default();
+        if let Some(pid) = text.split_whitespace().next() {
+            break pid.to_string();
+        }
+        assert!(Instant::now() < deadline, "unshare started no child");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    while !ready() {
+        assert!(Instant::now() < deadline, "the step never got there");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(Command::new("kill").args(["-INT", &init]).status().unwrap().success());
+    // A step that ignored the signal finishes its held-up call (20 s) and exits 0.
+    let waited = Instant::now();
+    while unshare.try_wait().unwrap().is_none() && waited.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if unshare.try_wait().unwrap().is_none() {
+        let _ = unshare.kill();
+    }
+    unshare.wait_with_output().unwrap()
+}
+
+#[test]
+fn as_pid_1_the_runners_cancel_stops_the_step_and_create_rolls_back() {
+    let emu = Emulator::start();
+    let dir = project();
+    let wd = dir.path().to_str().unwrap();
+    let calls = |action: &str| emu.calls().get(action).copied().unwrap_or(0);
+
+    // Outside create (here reap, its first EC2 call held up): stop at once.
+    emu.faults(&json!([{"action": "DescribeInstances", "fault": "delay", "delay_ms": 20000}]));
+    let job = Job::new("9301", "schedule", json!({}));
+    let reap = job.command(&emu, "main", &[("working-directory", wd), ("mode", "reap")], None);
+    let out = cancel_pid_1(as_pid_1(&reap).spawn().unwrap(), || calls("DescribeInstances") > 0);
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    assert!(text(&out).contains("stopped by a signal"), "{}", text(&out));
+
+    // During create (CreateFleet held up): stop, roll back what exists, exit 130.
+    emu.faults(&json!([{"action": "CreateFleet", "fault": "delay", "delay_ms": 4000}]));
+    let job = Job::new("9302", "push", json!({}));
+    let up = job.command(&emu, "main", &[("working-directory", wd), ("ssh-cidr", "127.0.0.1/32")], None);
+    let out = cancel_pid_1(as_pid_1(&up).spawn().unwrap(), || calls("CreateFleet") > 0);
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    assert!(text(&out).contains("rolled back"), "{}", text(&out));
+    emu.faults(&json!([]));
+    assert_clean(&emu);
+}
+
 /// The fake GitHub API for one test, stopped by PID.
 struct FakeGitHub {
     child: Child,

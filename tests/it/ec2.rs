@@ -108,7 +108,8 @@ fn create_list_destroy_round_trip_tags_everything_and_leaves_nothing() {
     // The state file records every resource and no key material but the host public key
     // (tagged for a later run to pin).
     let state = std::fs::read_to_string(state_dir(dir.path()).join("rt-1.json")).unwrap();
-    let untagged: String = state.lines().filter(|l| !l.contains("\"spot:host-key\": \"ssh-ed25519 ")).collect();
+    let untagged: String =
+        state.lines().filter(|l| !l.contains("\"spot:host-key\": \"ssh-ed25519 ")).collect();
     assert!(!state.contains("PRIVATE KEY") && !untagged.contains("ssh-ed25519"), "{state}");
     let state: Value = serde_json::from_str(&state).unwrap();
     assert_eq!(state["status"], "ready");
