@@ -293,26 +293,14 @@ pub fn markdown(decisions: &[Decision], dry_run: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provider::{Instance, Market};
+    use crate::provider::Instance;
 
     fn found(expires: &str, pr: Option<&str>, instances: usize) -> Found {
         Found {
             deployment_id: "d".into(),
             expires_at: Some(expires.into()),
             pr: pr.map(String::from),
-            instances: (0..instances)
-                .map(|n| Instance {
-                    id: format!("i-{n}"),
-                    region: "us-east-1".into(),
-                    az: "us-east-1a".into(),
-                    instance_type: "t3.micro".into(),
-                    market: Market::Spot,
-                    state: "running".into(),
-                    public_ip: None,
-                    private_ip: None,
-                    tags: Tags::new(),
-                })
-                .collect(),
+            instances: (0..instances).map(|n| Instance::running(&format!("i-{n}"), Tags::new())).collect(),
             ..Found::default()
         }
     }

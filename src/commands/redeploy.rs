@@ -261,7 +261,6 @@ impl<'a> Entry<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provider::Market;
 
     fn found(instances: usize, tags: &[(&str, &str)], expires: &str) -> Found {
         let tags: crate::provider::Tags =
@@ -269,19 +268,7 @@ mod tests {
         Found {
             deployment_id: "pr-7".into(),
             expires_at: Some(expires.into()),
-            instances: (0..instances)
-                .map(|n| Instance {
-                    id: format!("i-{n}"),
-                    region: "us-east-1".into(),
-                    az: "us-east-1a".into(),
-                    instance_type: "t3.micro".into(),
-                    market: Market::Spot,
-                    state: "running".into(),
-                    public_ip: None,
-                    private_ip: None,
-                    tags: tags.clone(),
-                })
-                .collect(),
+            instances: (0..instances).map(|n| Instance::running(&format!("i-{n}"), tags.clone())).collect(),
             ..Found::default()
         }
     }

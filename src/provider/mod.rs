@@ -233,6 +233,22 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// A running spot instance in us-east-1a, for tests.
+    #[cfg(test)]
+    pub fn running(id: &str, tags: Tags) -> Self {
+        Self {
+            id: id.to_string(),
+            region: "us-east-1".into(),
+            az: "us-east-1a".into(),
+            instance_type: "t3.micro".into(),
+            market: Market::Spot,
+            state: "running".into(),
+            public_ip: None,
+            private_ip: None,
+            tags,
+        }
+    }
+
     /// Where to reach it: the public address, else the private one.
     pub fn address(&self) -> Option<&str> {
         self.public_ip.as_deref().or(self.private_ip.as_deref())
