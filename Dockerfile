@@ -1,4 +1,4 @@
-# The action's image: a static `spot` on distroless. Built once per release and
+# The action's image: a static `spot` (musl) from scratch. Built once per release and
 # referenced by digest from action.yml on tagged releases (see
 # .github/workflows/release.yml); the in-repo `image: Dockerfile` is for branches.
 FROM rust:1.89-bookworm AS build

@@ -10,33 +10,13 @@ scripts/test-deps.sh >/dev/null
 cargo build --quiet
 spot=$repo/target/debug/spot
 
-work=$(mktemp -d /tmp/spot-try.XXXXXX)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [[ -n ${SPOT_TRY_KEEP:-} ]]; then echo "kept $work"; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "nothing listens on $1" >&2; exit 1; }
-
-moto_port=$(port)
-MOTO_AMIS_PATH=$repo/tests/fixtures/ec2/amis.json python3 -m moto.server -H 127.0.0.1 -p "$moto_port" \
-  >"$work/moto.log" 2>&1 &
-pids+=($!)
-wait_port "$moto_port"
-echo "EC2 emulator (moto) on 127.0.0.1:$moto_port"
-
+source scripts/emulator.sh
+start_moto
+export AWS_REGION=us-west-2
 cp -r examples/hello "$work/hello"
-export AWS_ENDPOINT_URL=http://127.0.0.1:$moto_port AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
-export AWS_EC2_METADATA_DISABLED=true AWS_REGION=us-west-2
-export SPOT_EMULATOR_SSH_DIR=$work/ssh
 # The example's secret; a real run takes it from the CI's secret store.
 export APP_TOKEN=try-local-demo-token
-python3 tests/support/instance_player.py --endpoint "$AWS_ENDPOINT_URL" --regions us-west-2 \
-  --ssh-dir "$SPOT_EMULATOR_SSH_DIR" --work "$work/instances" 2>"$work/player.log" &
-pids+=($!)
+start_player us-west-2
 
 echo "--- spot create"
 "$spot" create --deployment-id try-local --ssh-cidr 127.0.0.1/32 "$work/hello"

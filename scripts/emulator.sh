@@ -1,0 +1,36 @@
+# Sourced by scripts that run spot against the local emulator: a work folder removed at
+# exit (kept with SPOT_TRY_KEEP=1), the processes started here stopped at exit by PID,
+# moto's EC2 server and the instance player (a real sshd per instance) on 127.0.0.1.
+# Expects $repo; sets $work, and $moto_port once start_moto ran.
+work=$(mktemp -d /tmp/spot-try.XXXXXX)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [[ -n ${SPOT_TRY_KEEP:-} ]]; then echo "kept $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "nothing listens on $1" >&2; exit 1; }
+
+# moto with the Ubuntu images of tests/fixtures; exports the SDK's endpoint and test
+# credentials for everything started afterwards.
+start_moto() {
+  moto_port=$(port)
+  MOTO_AMIS_PATH=$repo/tests/fixtures/ec2/amis.json python3 -m moto.server -H 127.0.0.1 -p "$moto_port" \
+    >"$work/moto.log" 2>&1 &
+  pids+=($!)
+  wait_port "$moto_port"
+  echo "EC2 emulator (moto) on 127.0.0.1:$moto_port"
+  export AWS_ENDPOINT_URL=http://127.0.0.1:$moto_port AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
+  export AWS_EC2_METADATA_DISABLED=true
+}
+
+# Plays the instances of region $1 with real sshd; spot finds them through
+# SPOT_EMULATOR_SSH_DIR.
+start_player() {
+  export SPOT_EMULATOR_SSH_DIR=$work/ssh
+  python3 "$repo/tests/support/instance_player.py" --endpoint "$AWS_ENDPOINT_URL" --regions "$1" \
+    --ssh-dir "$SPOT_EMULATOR_SSH_DIR" --work "$work/instances" 2>"$work/player.log" &
+  pids+=($!)
+}
