@@ -26,11 +26,26 @@ start_moto() {
   export AWS_EC2_METADATA_DISABLED=true
 }
 
+# The fault proxy in front of moto, adding $1 ms to every call and playing EC2 Instance
+# Connect's key push (run after start_moto, before start_player); spot then talks to it.
+start_proxy() {
+  local proxy_port
+  proxy_port=$(port)
+  mkdir -p "$work/instance-connect"
+  python3 "$repo/tests/support/faultproxy.py" --port "$proxy_port" --upstream "http://127.0.0.1:$moto_port" \
+    --delay-ms "${1:-0}" --instance-connect-dir "$work/instance-connect" >/dev/null 2>&1 &
+  pids+=($!)
+  wait_port "$proxy_port"
+  export AWS_ENDPOINT_URL=http://127.0.0.1:$proxy_port
+}
+
 # Plays the instances of region $1 with real sshd; spot finds them through
 # SPOT_EMULATOR_SSH_DIR.
 start_player() {
   export SPOT_EMULATOR_SSH_DIR=$work/ssh
-  python3 "$repo/tests/support/instance_player.py" --endpoint "$AWS_ENDPOINT_URL" --regions "$1" \
-    --ssh-dir "$SPOT_EMULATOR_SSH_DIR" --work "$work/instances" 2>"$work/player.log" &
+  local connect=()
+  [[ -d $work/instance-connect ]] && connect=(--instance-connect-dir "$work/instance-connect")
+  python3 "$repo/tests/support/instance_player.py" --endpoint "http://127.0.0.1:$moto_port" --regions "$1" \
+    --ssh-dir "$SPOT_EMULATOR_SSH_DIR" --work "$work/instances" "${connect[@]}" 2>"$work/player.log" &
   pids+=($!)
 }

@@ -231,6 +231,15 @@ def main():
                 except Exception as e:  # the emulator may be busy or gone; try again
                     log(f"{region}: describe failed: {e}")
                     continue
+                running = {i["InstanceId"] for r in found["Reservations"] for i in r["Instances"]}
+                # An instance that stopped running (terminated) takes its sshd and services with it.
+                for iid in [i for i, inst in playing.items() if inst.region == region and i not in running]:
+                    playing.pop(iid).stop()
+                    try:
+                        os.remove(os.path.join(args.ssh_dir, iid))
+                    except OSError:
+                        pass
+                    log(f"{region}: {iid} is no longer running; stopped")
                 for res in found["Reservations"]:
                     for inst in res["Instances"]:
                         iid = inst["InstanceId"]
@@ -238,6 +247,7 @@ def main():
                             continue
                         doc = user_data(client, iid)
                         playing[iid] = Instance(iid, doc, args.work, args.wrong_host_key, args.instance_connect_dir)
+                        playing[iid].region = region
                         target = os.path.join(args.ssh_dir, iid)
                         with open(target + ".part", "w") as f:
                             f.write(f"127.0.0.1:{playing[iid].port}\n")
