@@ -226,9 +226,8 @@ fn up(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
                 result = Some(Ok(*created));
             }
             Ok(Reuse::Absent) => {}
-            Ok(Reuse::Replace(why)) => {
+            Ok(Reuse::Replace { why, regions }) => {
                 println!("replacing {id}: {why}");
-                let regions = regions(dir).unwrap_or_default();
                 actions::group(&format!("Replace the previous {id}"));
                 let progress = Progress::new();
                 let removed = super::destroy::remove(

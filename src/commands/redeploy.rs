@@ -33,8 +33,8 @@ const PUSHED_KEY_LIFE: Duration = Duration::from_secs(45);
 pub enum Reuse {
     /// Nothing of the deployment exists.
     Absent,
-    /// It exists but cannot take the build in place, for this reason.
-    Replace(String),
+    /// It exists (in `regions`) but cannot take the build in place, for `why`.
+    Replace { why: String, regions: Vec<String> },
     /// The new build runs on the existing instances.
     Redeployed(Box<Created>),
 }
@@ -104,7 +104,7 @@ pub fn attempt(job: &Job, hooks: &dyn Hooks) -> Result<Reuse, Error> {
         };
         let ttl = deployment.config.ttl_secs;
         if let Err(why) = judge(&found, &digest, deployment.config.total_instances, ttl, inputs.now) {
-            return Ok(Reuse::Replace(why));
+            return Ok(Reuse::Replace { why, regions: found.regions.into_iter().collect() });
         }
         let key = KeyPair::generate(&format!("{id} redeploy"))
             .map_err(|e| runtime_error(format!("cannot generate a key: {e}")))?;
@@ -127,7 +127,7 @@ pub fn attempt(job: &Job, hooks: &dyn Hooks) -> Result<Reuse, Error> {
             .collect()
             .await;
         if let Some(why) = checks.into_iter().find_map(Result::err) {
-            return Ok(Reuse::Replace(why));
+            return Ok(Reuse::Replace { why, regions: found.regions.into_iter().collect() });
         }
 
         let deploy = deployment.clone();
