@@ -119,6 +119,10 @@ pub fn attempt(job: &Job, hooks: &dyn Hooks) -> Result<Reuse, Error> {
         }
         progress
             .event(format!("{id}: {} instance(s) fit the description; checking them", found.instances.len()));
+        // The bundle is packed while the instances are checked.
+        let deploy = deployment.clone();
+        let packing =
+            tokio::task::spawn_blocking(move || super::create::pack_bundle(&deploy, &listing, &limits));
         let entry = Entry { cloud: &cloud, key: &key, user: &user };
         let check = crate::deliver::still_ready(&deployment);
         let checks: Vec<Result<(), String>> = futures::stream::iter(&found.instances)
@@ -130,12 +134,10 @@ pub fn attempt(job: &Job, hooks: &dyn Hooks) -> Result<Reuse, Error> {
             return Ok(Reuse::Replace { why, regions: found.regions.into_iter().collect() });
         }
 
-        let deploy = deployment.clone();
-        let packed =
-            tokio::task::spawn_blocking(move || super::create::pack_bundle(&deploy, &listing, &limits))
-                .await
-                .map_err(|e| runtime_error(format!("packing the bundle stopped: {e}")))?
-                .map_err(runtime_error)?;
+        let packed = packing
+            .await
+            .map_err(|e| runtime_error(format!("packing the bundle stopped: {e}")))?
+            .map_err(runtime_error)?;
         let outcomes: Vec<Outcome> = futures::stream::iter(&found.instances)
             .map(|i| async {
                 let result = entry.deliver(i, &packed, &secret_values, &progress).await;
