@@ -478,8 +478,10 @@ fn comment(number: u64, body: &str) {
 fn down(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
     let id = deployment_id(Mode::Down, keep)
         .ok_or_else(|| usage("no deployment to remove: set input `deployment-id`".into()))?;
-    let regions = regions(dir)?;
     let progress = Progress::new();
+    // Every region: the description may have moved since the deployment was made.
+    let regions =
+        super::destroy::everywhere(&regions(dir)?, actions::input("endpoint-url").as_deref(), &progress);
     let removal = remove_with_summary(dir, &id, &regions, &progress);
     if let Some(pr) = actions::pull_request().filter(|p| id == format!("pr-{}", p.number)) {
         let state = match &removal {

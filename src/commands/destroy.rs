@@ -10,8 +10,8 @@ use crate::lifecycle::progress::Progress;
 use crate::lifecycle::state::{self, Status};
 use crate::lifecycle::teardown::{self, Removal};
 use crate::plan::tag;
-use crate::provider::Tags;
 use crate::provider::ec2::Ec2;
+use crate::provider::{Cloud as _, Tags};
 
 pub fn run(args: &DestroyArgs) -> Result<(), Error> {
     let regions = super::regions_for(&args.dir, &args.regions)?;
@@ -35,6 +35,31 @@ pub fn run(args: &DestroyArgs) -> Result<(), Error> {
 
 /// Finds `deployment` (or every deployment, with `all`) by tags in `regions` and removes
 /// it; `None` when there was nothing to remove.
+/// `configured` and then every other region enabled for the account: where a deployment
+/// may be when its description has moved since it was made (a pull request that changed
+/// its regions). Without an answer from EC2, the configured ones, with a warning.
+pub fn everywhere(configured: &[String], endpoint_url: Option<&str>, progress: &Progress) -> Vec<String> {
+    let mut regions = configured.to_vec();
+    let near = configured.first().map_or("us-east-1", String::as_str).to_string();
+    let all = super::runtime().map_err(|e| e.to_string()).and_then(|rt| {
+        rt.block_on(async { Ec2::new(endpoint_url).await.regions(&near).await.map_err(|e| e.to_string()) })
+    });
+    match all {
+        Ok(all) => {
+            for r in all {
+                if !regions.contains(&r) {
+                    regions.push(r);
+                }
+            }
+        }
+        Err(e) => progress.event(format!(
+            "warning: cannot list the account's regions ({e}); looking in {} only",
+            configured.join(", ")
+        )),
+    }
+    regions
+}
+
 pub fn remove(
     dir: &std::path::Path,
     regions: &[String],

@@ -1203,6 +1203,12 @@ impl Cloud for Ec2 {
         }
     }
 
+    async fn regions(&self, region: &str) -> Result<Vec<String>> {
+        let client = self.client(region);
+        let out = call!(self, region, "DescribeRegions", client.describe_regions())?;
+        Ok(out.regions().iter().filter_map(|r| r.region_name()).map(str::to_string).collect())
+    }
+
     async fn spot_prices(&self, region: &str, types: &[String]) -> Result<BTreeMap<(String, String), f64>> {
         let client = self.client(region);
         let out = call!(

@@ -363,6 +363,8 @@ pub trait Cloud: Send + Sync {
         user: &str,
         public_key: &str,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// Every region enabled for the account (asked in `region`).
+    fn regions(&self, region: &str) -> impl Future<Output = Result<Vec<String>>> + Send;
     /// Current spot prices (USD/hour) by (instance type, AZ).
     fn spot_prices(
         &self,

@@ -477,6 +477,10 @@ fn a_pull_request_environment_takes_pushes_in_place_is_replaced_when_it_must_be_
         "one environment at a time"
     );
 
+    // The pull request moved its environment's region before closing: `down` still finds
+    // the one it has, in any region of the account.
+    let moved = std::fs::read_to_string(&config_path).unwrap().replace("us-east-1", "eu-west-1");
+    std::fs::write(&config_path, moved).unwrap();
     let mut close = Job::new("9103", "pull_request", event("closed", "eeeeeeeeeeeeeeee"));
     close.api_url = Some(github.url());
     let out = close.run(
