@@ -33,8 +33,6 @@ pub fn run(args: &DestroyArgs) -> Result<(), Error> {
     report(removal, args.deployment.as_deref(), &regions, &progress)
 }
 
-/// Finds `deployment` (or every deployment, with `all`) by tags in `regions` and removes
-/// it; `None` when there was nothing to remove.
 /// `configured` and then every other region enabled for the account: where a deployment
 /// may be when its description has moved since it was made (a pull request that changed
 /// its regions). Without an answer from EC2, the configured ones, with a warning.
@@ -60,6 +58,8 @@ pub fn everywhere(configured: &[String], endpoint_url: Option<&str>, progress: &
     regions
 }
 
+/// Finds `deployment` (or every deployment, with `all`) by tags in `regions` and removes
+/// it; `None` when there was nothing to remove.
 pub fn remove(
     dir: &std::path::Path,
     regions: &[String],
