@@ -308,6 +308,23 @@ impl Ec2 {
         }
     }
 
+    /// Allows SSH into `group_id` from `cidrs`; a rule that is already there is fine.
+    async fn allow_ssh(&self, region: &str, group_id: &str, cidrs: &[String]) -> Result<()> {
+        let client = self.client(region);
+        match call!(
+            self,
+            region,
+            "AuthorizeSecurityGroupIngress",
+            client
+                .authorize_security_group_ingress()
+                .group_id(group_id)
+                .ip_permissions(ssh_permission(cidrs))
+        ) {
+            Err(e) if e.kind != ErrorKind::Duplicate => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     async fn find_security_group(
         &self,
         region: &str,
@@ -567,19 +584,7 @@ impl Cloud for Ec2 {
             }
             Err(e) => return Err(e),
         };
-        match call!(
-            self,
-            region,
-            "AuthorizeSecurityGroupIngress",
-            client
-                .authorize_security_group_ingress()
-                .group_id(&group_id)
-                .ip_permissions(ssh_permission(cidrs))
-        ) {
-            Ok(_) => {}
-            Err(e) if e.kind == ErrorKind::Duplicate => {}
-            Err(e) => return Err(e),
-        }
+        self.allow_ssh(region, &group_id, cidrs).await?;
         Ok(resource(Kind::SecurityGroup, region, &group_id, Some(name), tags.clone()))
     }
 
@@ -1141,19 +1146,7 @@ impl Cloud for Ec2 {
         let missing: Vec<String> = cidrs.iter().filter(|c| !have.contains(c)).cloned().collect();
         let stale: Vec<String> = have.into_iter().filter(|c| !cidrs.contains(c)).collect();
         if !missing.is_empty() {
-            match call!(
-                self,
-                region,
-                "AuthorizeSecurityGroupIngress",
-                client
-                    .authorize_security_group_ingress()
-                    .group_id(group_id)
-                    .ip_permissions(ssh_permission(&missing))
-            ) {
-                Ok(_) => {}
-                Err(e) if e.kind == ErrorKind::Duplicate => {}
-                Err(e) => return Err(e),
-            }
+            self.allow_ssh(region, group_id, &missing).await?;
         }
         if !stale.is_empty() {
             match call!(
