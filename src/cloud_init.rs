@@ -4,7 +4,8 @@
 //! [`crate::yaml_out`]. It installs packages (after an index update), creates the login
 //! user with the deployment's authorized key, installs the SSH host key `spot` generated
 //! (so the connection is pinned, not trusted on first use), arms a power-off timer at the
-//! time to live, writes the non-secret environment, and marks boot as finished. Secrets
+//! time to live on every boot ([`expiry`]), writes the non-secret environment, and marks
+//! boot as finished. Secrets
 //! never go here: they travel over SSH later. When the text exceeds EC2's 16 KB it is
 //! gzipped; when even that does not fit, the error names what made it large.
 
@@ -18,6 +19,8 @@ use serde::Serialize;
 use crate::manifest::types::{Deployment, Template};
 use crate::manifest::yaml::Span;
 use crate::manifest::{Diagnostic, Kind};
+
+mod expiry;
 
 /// EC2's limit on user-data, before base64.
 pub const USER_DATA_LIMIT: usize = 16 * 1024;
@@ -119,11 +122,6 @@ impl std::fmt::Debug for UserData {
     }
 }
 
-/// `systemd-run --on-calendar` wants `YYYY-MM-DD HH:MM:SS UTC`.
-fn calendar(rfc3339: &str) -> String {
-    format!("{} UTC", rfc3339.trim_end_matches('Z').replace('T', " "))
-}
-
 /// A value for an `EnvironmentFile=` / `sh .` line: double-quoted, escaped for both.
 fn env_value(v: &str) -> String {
     let mut out = String::from("\"");
@@ -207,16 +205,8 @@ fn document(deployment: &Deployment, identity: &Identity, keys: &UserDataKeys) -
                 owner: "root:root",
             },
         ],
-        // bootcmd runs early on every boot, so the expiry timer exists even when package
-        // installation later fails, and comes back after a reboot.
-        bootcmd: vec![vec![
-            "systemd-run".into(),
-            "--unit=spot-expiry".into(),
-            format!("--on-calendar={}", calendar(&identity.expires_at)),
-            "--timer-property=AccuracySec=1s".into(),
-            "/bin/systemctl".into(),
-            "poweroff".into(),
-        ]],
+        // The first module of every boot, before packages, users or anything that can fail.
+        bootcmd: vec![expiry::arm(identity)],
         runcmd,
         final_message: format!("spot: boot of {} finished after $UPTIME seconds", identity.deployment_id),
     }
@@ -281,6 +271,5 @@ mod tests {
     #[test]
     fn env_values_are_escaped_for_shell_and_systemd() {
         assert_eq!(env_value("a \"b\" $c `d` \\"), "\"a \\\"b\\\" \\$c \\`d\\` \\\\\"");
-        assert_eq!(calendar("2026-11-26T06:48:13Z"), "2026-11-26 06:48:13 UTC");
     }
 }

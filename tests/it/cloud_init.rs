@@ -116,7 +116,11 @@ fn user_data_carries_the_expiry_timer_packages_and_boot_marker() {
         .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.starts_with("#cloud-config\n"));
-    assert!(text.contains("--on-calendar=2026-03-01 11:30:00 UTC"), "ttl 1h30m from --now:\n{text}");
+    assert!(text.contains("OnCalendar=2026-03-01 11:30:00 UTC"), "ttl 1h30m from --now:\n{text}");
+    assert!(
+        text.contains("- spot-expiry\n    - \"1772364600\"\n"),
+        "the expiry in seconds, as an argument:\n{text}"
+    );
     assert!(text.contains("package_update: true"));
     for p in ["docker.io", "jq", "nginx=1.24.0-2ubuntu7", "postgresql-client"] {
         assert!(

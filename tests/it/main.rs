@@ -14,3 +14,4 @@ mod fixtures;
 mod props;
 mod schema;
 mod ssh;
+mod vm;

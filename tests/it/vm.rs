@@ -1,0 +1,391 @@
+//! Real boots: `spot` against moto (through the fault proxy), each instance a Debian VM
+//! that `tests/support/vm_player.py` boots under qemu from exactly the user-data spot gave
+//! the emulator. cloud-init, systemd, sshd, sudo and apt are the real ones, so what the
+//! instance player fakes is proven here. The VM tests run one at a time (nextest group
+//! `vm`, `.config/nextest.toml`): under TCG they take both cores.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::repo;
+use crate::emulator::{Emulator, state_dir};
+
+/// The image of `scripts/vm-image.sh SUITE`: built once, then taken from its cache.
+fn image(suite: &str) -> PathBuf {
+    let out = Command::new(repo().join("scripts/vm-image.sh"))
+        .arg(suite)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "scripts/vm-image.sh {suite} failed");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim())
+}
+
+/// The VM harness for one test; SIGTERM when dropped (it stops every qemu by PID).
+pub struct VmPlayer {
+    child: Child,
+    pub ssh_dir: PathBuf,
+    work: tempfile::TempDir,
+    image: PathBuf,
+}
+
+impl VmPlayer {
+    pub fn start(emu: &Emulator, suite: &str, forwards: &[u16]) -> Self {
+        let image = image(suite);
+        let work = tempfile::tempdir().unwrap();
+        let ssh_dir = work.path().join("ssh");
+        let log = std::fs::File::create(work.path().join("vm.log")).unwrap();
+        let mut cmd = Command::new("python3");
+        cmd.arg(repo().join("tests/support/vm_player.py"))
+            .args(["--endpoint", &emu.moto_url(), "--regions", "us-east-1"])
+            .arg("--ssh-dir")
+            .arg(&ssh_dir)
+            .arg("--work")
+            .arg(work.path().join("instances"))
+            .arg("--image")
+            .arg(&image);
+        for port in forwards {
+            cmd.args(["--forward", &port.to_string()]);
+        }
+        let child =
+            cmd.env("AWS_EC2_METADATA_DISABLED", "true").stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        Self { child, ssh_dir, work, image }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.work.path().join("vm.log")).unwrap_or_default()
+    }
+
+    fn vm(&self, instance: &str) -> Value {
+        let path = self.work.path().join("instances").join(instance).join("vm.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    pub fn console(&self, instance: &str) -> String {
+        let path = self.work.path().join("instances").join(instance).join("console.log");
+        String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
+    }
+
+    /// Everything the harness and the guests wrote, for a failure message.
+    pub fn story(&self, instance: &str) -> String {
+        let console = self.console(instance);
+        let tail: Vec<&str> = console.lines().rev().take(60).collect();
+        format!(
+            "harness:\n{}\nconsole (last lines):\n{}",
+            self.log(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )
+    }
+
+    /// The 127.0.0.1 port where the guest's `port` is forwarded.
+    pub fn forwarded(&self, instance: &str, port: u16) -> u16 {
+        let vm = self.vm(instance);
+        u16::try_from(vm["forwards"][port.to_string()].as_u64().unwrap()).unwrap()
+    }
+
+    /// Runs `script` as root in the guest through the harness door (the image's second
+    /// sshd, which spot never uses), waiting up to `wait` for the door to open.
+    pub fn door(&self, instance: &str, script: &str, wait: Duration) -> std::process::Output {
+        let vm = self.vm(instance);
+        let port = vm["door"].as_u64().unwrap();
+        let known = self.work.path().join(format!("{instance}.known_hosts"));
+        let host_key = std::fs::read_to_string(self.image.join("harness_host_key.pub")).unwrap();
+        std::fs::write(&known, format!("[127.0.0.1]:{port} {host_key}")).unwrap();
+        let deadline = Instant::now() + wait;
+        loop {
+            let out = Command::new("ssh")
+                .args(["-q", "-i", vm["door_key"].as_str().unwrap(), "-p", &port.to_string()])
+                .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "StrictHostKeyChecking=yes"])
+                .arg("-o")
+                .arg(format!("UserKnownHostsFile={}", known.display()))
+                .args(["root@127.0.0.1", script])
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            // 255: ssh itself failed (the door is not open yet); anything else is the script's.
+            if out.status.code() != Some(255) || Instant::now() > deadline {
+                return out;
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+
+    /// [`VmPlayer::door`] for a script that must succeed; its stdout.
+    pub fn run(&self, instance: &str, script: &str) -> String {
+        let out = self.door(instance, script, Duration::from_secs(180));
+        assert!(
+            out.status.success(),
+            "`{script}` in the guest: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.story(instance)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Waits until the harness saw the guest power itself off.
+    pub fn wait_powered_off(&self, instance: &str, within: Duration) -> Duration {
+        let pid = self.vm(instance)["pid"].as_u64().unwrap();
+        let started = Instant::now();
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(
+                started.elapsed() < within,
+                "{instance} still runs after {within:?}\n{}",
+                self.story(instance)
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        started.elapsed()
+    }
+}
+
+impl Drop for VmPlayer {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Every file below `dir`, as text (lossy).
+fn all_files(dir: &Path) -> String {
+    let mut text = String::new();
+    for entry in walkdir::WalkDir::new(dir).into_iter().flatten().filter(|e| e.file_type().is_file()) {
+        text.push_str(&String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap()));
+    }
+    text
+}
+
+/// The instance's state in the emulator, asked directly.
+fn state(emu: &Emulator, instance: &str) -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import boto3,sys; e=boto3.client('ec2',region_name='us-east-1',endpoint_url=sys.argv[1],aws_access_key_id='t',aws_secret_access_key='t'); print(e.describe_instances(InstanceIds=[sys.argv[2]])['Reservations'][0]['Instances'][0]['State']['Name'])"])
+        .args([&emu.moto_url(), instance])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn wait_state(emu: &Emulator, instance: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while state(emu, instance) != want {
+        assert!(
+            Instant::now() < deadline,
+            "{instance} is {} in the emulator, not {want}",
+            state(emu, instance)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The calendar time the guest's expiry timer is armed for, as systemd shows it.
+fn armed_for(vm: &VmPlayer, instance: &str) -> String {
+    let shown = vm.run(
+        instance,
+        "systemctl show spot-expiry.timer -p TimersCalendar --value; systemctl is-active spot-expiry.timer",
+    );
+    assert!(shown.ends_with("active\n"), "the expiry timer is not armed: {shown}");
+    shown.split("OnCalendar=").nth(1).and_then(|s| s.split(" ;").next()).unwrap_or_default().to_string()
+}
+
+fn boot_id(vm: &VmPlayer, instance: &str) -> String {
+    vm.run(instance, "cat /proc/sys/kernel/random/boot_id").trim().to_string()
+}
+
+fn reboot(vm: &VmPlayer, instance: &str, how: &str) {
+    let before = boot_id(vm, instance);
+    // The door closes under the command; its exit status says nothing.
+    let _ = vm.door(instance, how, Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let out = vm.door(instance, "cat /proc/sys/kernel/random/boot_id", Duration::from_secs(300));
+        let now = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if out.status.success() && !now.is_empty() && now != before {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{instance} did not come back from `{how}`\n{}",
+            vm.story(instance)
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+#[test]
+fn vm_the_example_boots_for_real_survives_a_reboot_and_a_late_boot_powers_off() {
+    const SECRET: &str = "vm-s3cret-Value-41d8";
+    let emu = Emulator::start();
+    let vm = VmPlayer::start(&emu, "trixie", &[8080]);
+    let dir = tempfile::tempdir().unwrap();
+    let copy = Command::new("cp").arg("-r").arg(repo().join("examples/hello/.")).arg(dir.path()).status();
+    assert!(copy.unwrap().success());
+    std::fs::write(
+        dir.path().join(".spot/config.yaml"),
+        "aws:\n  total_instances: 1\n  username: ubuntu\n  ssh_cidr: 127.0.0.1/32\n  ttl: 2h\n\
+         regions:\n  - us-east-1:\n      machine_type: [t3.small]\n",
+    )
+    .unwrap();
+
+    let out = emu
+        .spot()
+        .args(["create", "--json", "--ssh-timeout", "10m", "--deployment-id", "vm-hello"])
+        .arg(dir.path())
+        .env("SPOT_EMULATOR_SSH_DIR", &vm.ssh_dir)
+        .env("APP_TOKEN", SECRET)
+        .timeout(Duration::from_secs(900))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "create failed: {}\n{}", stderr(&out), vm.log());
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let instance = doc["instances"][0]["id"].as_str().unwrap().to_string();
+    let id = instance.as_str();
+    eprintln!("vm-hello ready in {}s", doc["instances"][0]["seconds_to_ready"]);
+    let log = stderr(&out);
+    for step in ["host key verified", "script setup ok", "script announce ok", "service hello ok"] {
+        assert!(log.contains(step), "no `{step}` in the log:\n{log}");
+    }
+
+    // The page, served by the real systemd unit, through the forwarded port.
+    let page_port = vm.forwarded(id, 8080);
+    let page =
+        Command::new("curl").args(["-fsS", &format!("http://127.0.0.1:{page_port}/")]).output().unwrap();
+    assert!(String::from_utf8_lossy(&page.stdout).contains("Hello from a spot instance"), "{}", vm.story(id));
+
+    // Inside: cloud-init finished clean, the secret is 0600 root, the user is the one asked.
+    let facts = vm.run(
+        id,
+        "cloud-init status --long; stat -c '%a %U' /etc/spot/secrets/APP_TOKEN; stat -c '%U' /opt/app/index.html; \
+         id -un ubuntu; sudo -n -u ubuntu sudo -n true && echo sudo-ok; dpkg -s python3 curl | grep -c '^Status: install ok'",
+    );
+    assert!(facts.contains("status: done"), "{facts}");
+    assert!(facts.contains("errors: []") && facts.contains("recoverable_errors: {}"), "{facts}");
+    assert!(facts.contains("\n600 root\nubuntu\nubuntu\nsudo-ok\n2\n"), "{facts}");
+    let expires_at = doc["expires_at"].as_str().unwrap();
+    let armed = armed_for(&vm, id);
+    assert_eq!(
+        armed,
+        expires_at.replace('T', " ").replace('Z', " UTC"),
+        "the timer is armed for another time"
+    );
+
+    // The secret is nowhere spot wrote, nor on the instance's console.
+    for (what, text) in [
+        ("stdout", String::from_utf8_lossy(&out.stdout).into_owned()),
+        ("stderr", log.clone()),
+        ("state", all_files(&state_dir(dir.path()))),
+        ("user-data", emu.details("us-east-1").to_string()),
+        ("the console", vm.console(id)),
+    ] {
+        assert!(!text.contains(SECRET), "the secret leaked into {what}");
+    }
+    let listed = emu.spot().args(["list", "--json"]).arg(dir.path()).output().unwrap();
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(id), "{}", stderr(&listed));
+
+    // A reboot: the enabled service runs again, the timer is armed for the same time.
+    reboot(&vm, id, "systemctl reboot");
+    let again = vm
+        .run(id, "systemctl is-active hello.service; cloud-init status --wait >/dev/null; cloud-init status");
+    assert!(again.starts_with("active\n") && again.contains("status: done"), "{again}\n{}", vm.story(id));
+    assert_eq!(armed_for(&vm, id), armed);
+    let page =
+        Command::new("curl").args(["-fsS", &format!("http://127.0.0.1:{page_port}/")]).output().unwrap();
+    assert!(page.status.success(), "the page is gone after a reboot");
+
+    // A boot after the expiry: with the timer stopped and the clock (and the RTC) past the
+    // expiry, the next boot powers the instance off, and EC2 terminates it.
+    let expiry = expires_at.parse::<jiff::Timestamp>().unwrap().as_second();
+    let _ = vm.door(
+        id,
+        &format!("systemctl stop spot-expiry.timer && date -s @{} >/dev/null && hwclock --systohc && systemctl reboot", expiry + 60),
+        Duration::from_secs(10),
+    );
+    vm.wait_powered_off(id, Duration::from_secs(300));
+    wait_state(&emu, id, "terminated");
+    assert!(vm.console(id).contains("spot-expiry: the time to live ended"), "{}", vm.story(id));
+
+    let destroyed = emu.spot().args(["destroy", "vm-hello", "--dir"]).arg(dir.path()).output().unwrap();
+    assert!(destroyed.status.success(), "{}", stderr(&destroyed));
+    let left = emu.leftovers(&["us-east-1"]);
+    assert_eq!(left, json!({}), "resources left behind: {left:#}");
+}
+
+#[test]
+fn vm_the_time_to_live_powers_off_a_gzipped_boot_on_bookworm() {
+    let emu = Emulator::start();
+    let vm = VmPlayer::start(&emu, "bookworm", &[]);
+    // Enough environment to take the user-data over EC2's 16 KB, so spot gzips it.
+    let mut deployment =
+        String::from("version: 1\nscripts:\n  - name: hello\n    command: echo hello > /opt/hello\nenv:\n");
+    for i in 0..40 {
+        deployment.push_str(&format!("  PADDING_{i}: \"{}\"\n", format!("{i:03}-padding ").repeat(50)));
+    }
+    let dir = crate::deliver::repository(
+        "aws:\n  total_instances: 1\n  username: admin\n  ssh_cidr: 127.0.0.1/32\n  ttl: 10m\n\
+         regions:\n  - us-east-1:\n      machine_type: [t3.small]\n",
+        &deployment,
+        &[],
+    );
+    let out = emu
+        .spot()
+        .args(["create", "--json", "--ssh-timeout", "10m", "--deployment-id", "vm-ttl"])
+        .arg(dir.path())
+        .env("SPOT_EMULATOR_SSH_DIR", &vm.ssh_dir)
+        .timeout(Duration::from_secs(900))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "create failed: {}\n{}", stderr(&out), vm.log());
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = doc["instances"][0]["id"].as_str().unwrap().to_string();
+    let id = id.as_str();
+    eprintln!("vm-ttl ready in {}s", doc["instances"][0]["seconds_to_ready"]);
+    let seed = std::fs::read(vm.work.path().join("instances").join(id).join("seed/user-data")).unwrap();
+    assert_eq!(seed[..2], [0x1f, 0x8b], "the user-data the guest booted from is not gzipped");
+    let facts = vm.run(id, "cloud-init status; cat /opt/hello; grep -c PADDING_ /etc/spot/env");
+    assert_eq!(facts, "status: done\nhello\n40\n", "{}", vm.story(id));
+
+    // The guest's clock jumps to 20 s before the expiry; nothing else tells it to stop.
+    let expires_at = doc["expires_at"].as_str().unwrap();
+    assert_eq!(armed_for(&vm, id), expires_at.replace('T', " ").replace('Z', " UTC"));
+    let expiry = expires_at.parse::<jiff::Timestamp>().unwrap().as_second();
+    vm.run(id, &format!("date -s @{} >/dev/null", expiry - 20));
+    let took = vm.wait_powered_off(id, Duration::from_secs(120));
+    assert!(took >= Duration::from_secs(10), "it powered off {took:?} after the jump, before its time");
+    wait_state(&emu, id, "terminated");
+
+    let destroyed = emu.spot().args(["destroy", "vm-ttl", "--dir"]).arg(dir.path()).output().unwrap();
+    assert!(destroyed.status.success(), "{}", stderr(&destroyed));
+    let left = emu.leftovers(&["us-east-1"]);
+    assert_eq!(left, json!({}), "resources left behind: {left:#}");
+}
+
+#[test]
+fn vm_the_image_boots_clean_with_an_empty_user_data() {
+    let emu = Emulator::start();
+    let vm = VmPlayer::start(&emu, "trixie", &[]);
+    // An instance spot did not configure: tagged so the harness plays it, empty cloud-config.
+    let run = Command::new("python3")
+        .args(["-c", "import boto3,sys; e=boto3.client('ec2',region_name='us-east-1',endpoint_url=sys.argv[1],aws_access_key_id='t',aws_secret_access_key='t'); i=e.describe_images(Owners=['099720109477'])['Images'][0]['ImageId']; print(e.run_instances(ImageId=i,MinCount=1,MaxCount=1,InstanceType='t3.small',UserData='#cloud-config\\n{}\\n',TagSpecifications=[{'ResourceType':'instance','Tags':[{'Key':'spot:managed-by','Value':'spot'}]}])['Instances'][0]['InstanceId'])"])
+        .arg(emu.moto_url())
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    let id = String::from_utf8(run.stdout).unwrap().trim().to_string();
+    let status = vm.run(&id, "cloud-init status --wait --long");
+    assert!(status.contains("status: done"), "{status}\n{}", vm.story(&id));
+    assert!(status.contains("errors: []") && status.contains("recoverable_errors: {}"), "{status}");
+}

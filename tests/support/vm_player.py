@@ -1,0 +1,352 @@
+#!/usr/bin/env python3
+"""Plays the EC2 instances of an emulator (moto) with real virtual machines.
+
+For every running instance tagged by spot, this boots a small Debian VM (the image of
+scripts/vm-image.sh) under qemu from exactly the user-data `spot` handed to EC2, read back
+from the emulator byte for byte (gzipped or not). cloud-init, systemd, sshd, sudo, apt and
+the units are the real ones; nothing of the user-data is skipped or rewritten.
+
+- The user-data reaches the guest through a NoCloud seed (an ISO labelled `cidata`), with
+  the instance id as cloud-init's instance id.
+- Network: qemu user networking with restrict=on, so the guest reaches nothing but what is
+  forwarded here. Port 22 goes to a free 127.0.0.1 port, written to `<ssh-dir>/<id>` as
+  `127.0.0.1:<port>` (what `spot` reads with SPOT_EMULATOR_SSH_DIR); each `--forward PORT`
+  to another free port; the image's harness door (a second sshd on 2222, never used by
+  spot) to a third. `<work>/<id>/vm.json` records them. The guest's apt reaches this
+  process's HTTP proxy at 10.0.2.100:3142 (a qemu guestfwd), which passes only to the
+  Debian mirror this machine's apt uses and caches what cannot change (pool files and
+  by-hash indexes) under the image cache.
+- Lifecycle, both ways: a guest that powers off (qemu exits) has its instance stopped or
+  terminated in the emulator as its shutdown behaviour says; an instance that stops
+  running in the emulator has its VM stopped. A reboot in the guest is a reboot.
+- Acceleration: KVM when a probe boot under KVM reaches the kernel's init, else TCG.
+- On SIGTERM/SIGINT every qemu started here is stopped by PID.
+
+Usage: vm_player.py --endpoint URL --regions r1,r2 --ssh-dir DIR --work DIR --image DIR
+       [--deployment ID] [--forward PORT]... [--rtc-offset SECONDS] [--memory MIB]
+"""
+import argparse
+import base64
+import glob
+import http.client
+import http.server
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+
+import boto3
+
+# The guest's view of the harness: apt's proxy (baked into the image by vm-image.sh).
+APT_PROXY_GUEST = ("10.0.2.100", 3142)
+
+
+def log(msg):
+    print(f"[vm] {time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mirror_hosts():
+    """The hosts this machine's apt fetches Debian from (http only: the guest's apt too)."""
+    hosts = set()
+    for path in glob.glob("/etc/apt/sources.list.d/*.sources"):
+        with open(path) as f:
+            for line in f:
+                if line.startswith("URIs:"):
+                    for uri in line.split()[1:]:
+                        u = urllib.parse.urlsplit(uri)
+                        if u.scheme == "http" and "debian" in u.path:
+                            hosts.add(u.hostname)
+    for path in ["/etc/apt/sources.list"] + glob.glob("/etc/apt/sources.list.d/*.list"):
+        try:
+            with open(path) as f:
+                for line in f:
+                    parts = line.split()
+                    if parts[:1] == ["deb"]:
+                        uri = next((p for p in parts[1:] if "://" in p), "")
+                        u = urllib.parse.urlsplit(uri)
+                        if u.scheme == "http" and "debian" in u.path:
+                            hosts.add(u.hostname)
+        except OSError:
+            pass
+    return hosts or {"deb.debian.org"}
+
+
+class AptProxy(http.server.ThreadingHTTPServer):
+    """A forward HTTP proxy for the guests' apt: GET and HEAD to the allowed mirror hosts."""
+
+    daemon_threads = True
+
+    def __init__(self, cache_dir):
+        self.allowed = mirror_hosts()
+        self.cache_dir = cache_dir
+        self.refused = []
+        super().__init__(("127.0.0.1", 0), AptHandler)
+
+
+class AptHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):
+        pass
+
+    def do_HEAD(self):
+        self.forward(head=True)
+
+    def do_GET(self):
+        self.forward(head=False)
+
+    def refuse(self, code, why):
+        self.server.refused.append(f"{self.command} {self.path}: {why}")
+        log(f"apt proxy refused {self.command} {self.path}: {why}")
+        body = why.encode()
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_POST(self):
+        self.refuse(405, "only GET and HEAD pass")
+
+    do_PUT = do_DELETE = do_CONNECT = do_POST
+
+    def cache_path(self, url):
+        # Files whose name says what they hold never change: pool files and by-hash indexes.
+        if "/pool/" not in url.path and "/by-hash/" not in url.path:
+            return None
+        return os.path.join(self.server.cache_dir, url.hostname, url.path.lstrip("/"))
+
+    def forward(self, head):
+        url = urllib.parse.urlsplit(self.path)
+        if url.scheme != "http" or url.hostname not in self.server.allowed:
+            return self.refuse(403, f"only the Debian mirror ({', '.join(sorted(self.server.allowed))}) is reachable")
+        cached = self.cache_path(url)
+        plain = "Range" not in self.headers and "If-Modified-Since" not in self.headers
+        if cached and plain and os.path.exists(cached):
+            with open(cached, "rb") as f:
+                body = f.read()
+            return self.reply(200, [("Content-Type", "application/octet-stream")], body, head)
+        headers = {k: v for k, v in self.headers.items() if k.lower() in ("range", "if-modified-since", "if-range", "accept")}
+        try:
+            conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=60)
+            path = url.path + (f"?{url.query}" if url.query else "")
+            conn.request("HEAD" if head else "GET", path, headers=headers)
+            resp = conn.getresponse()
+            body = resp.read()
+            kept = [(k, v) for k, v in resp.getheaders()
+                    if k.lower() in ("content-type", "last-modified", "etag", "content-range", "accept-ranges")]
+            conn.close()
+        except OSError as e:
+            return self.refuse(502, f"the mirror did not answer: {e}")
+        if cached and plain and resp.status == 200 and not head:
+            os.makedirs(os.path.dirname(cached), exist_ok=True)
+            with open(cached + ".part", "wb") as f:
+                f.write(body)
+            os.rename(cached + ".part", cached)
+        self.reply(resp.status, kept, body, head, length=resp.getheader("Content-Length") if head else None)
+
+    def reply(self, status, headers, body, head, length=None):
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", length or str(len(body)))
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+
+def probe_accel(image):
+    """KVM only when a guest really runs under it here: a nested KVM guest may die on its
+    first instructions ("KVM internal error ... emulation failure"). The probe boots the
+    image's kernel without a root disk; reaching the panic about the missing root file
+    system is the proof that the kernel ran its whole start under KVM."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg"
+    proc = subprocess.Popen(
+        ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-m", "256", "-nodefaults",
+         "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio",
+         "-kernel", os.path.join(image, "vmlinuz"), "-initrd", os.path.join(image, "initrd.img"),
+         "-append", "console=ttyS0 panic=-1 rdinit=/bin/nonexistent"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    verdict = []
+    timer = threading.Timer(20, proc.kill)
+    timer.start()
+    try:
+        for line in proc.stdout:
+            if b"KVM internal error" in line:
+                verdict.append("tcg")
+                break
+            if b"Unable to mount root" in line:
+                verdict.append("kvm")
+                break
+    finally:
+        timer.cancel()
+        proc.kill()
+        proc.wait()
+    return verdict[0] if verdict else "tcg"
+
+
+class Vm:
+    def __init__(self, iid, region, raw_user_data, args, accel, apt_port):
+        self.id = iid
+        self.region = region
+        self.dir = os.path.join(args.work, iid)
+        os.makedirs(self.dir, exist_ok=True)
+        image = args.image
+        seed = os.path.join(self.dir, "seed")
+        os.makedirs(seed, exist_ok=True)
+        with open(os.path.join(seed, "user-data"), "wb") as f:
+            f.write(raw_user_data)
+        with open(os.path.join(seed, "meta-data"), "w") as f:
+            f.write(f"instance-id: {iid}\nlocal-hostname: {iid}\n")
+        iso = os.path.join(self.dir, "seed.iso")
+        subprocess.run(["genisoimage", "-quiet", "-output", iso, "-volid", "cidata", "-joliet", "-rock",
+                        os.path.join(seed, "user-data"), os.path.join(seed, "meta-data")], check=True)
+        disk = os.path.join(self.dir, "disk.qcow2")
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", os.path.join(image, "root.raw"),
+                        "-F", "raw", disk, "8G"], check=True)
+        self.ports = {"ssh": free_port(), "door": free_port(), "forwards": {}}
+        forwards = [f"hostfwd=tcp:127.0.0.1:{self.ports['ssh']}-:22",
+                    f"hostfwd=tcp:127.0.0.1:{self.ports['door']}-:2222"]
+        for guest in args.forward:
+            host = free_port()
+            self.ports["forwards"][str(guest)] = host
+            forwards.append(f"hostfwd=tcp:127.0.0.1:{host}-:{guest}")
+        gip, gport = APT_PROXY_GUEST
+        forwards.append(f"guestfwd=tcp:{gip}:{gport}-cmd:socat - TCP:127.0.0.1:{apt_port}")
+        cmd = ["qemu-system-x86_64", "-name", iid, "-m", str(args.memory), "-smp", "2",
+               "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
+               "-kernel", os.path.join(image, "vmlinuz"), "-initrd", os.path.join(image, "initrd.img"),
+               "-append", "root=/dev/vda rw console=ttyS0",
+               "-drive", f"file={disk},if=virtio,format=qcow2",
+               "-drive", f"file={iso},if=virtio,format=raw,readonly=on",
+               "-netdev", "user,id=n0,restrict=on," + ",".join(forwards),
+               "-device", "virtio-net-pci,netdev=n0",
+               "-serial", f"file:{os.path.join(self.dir, 'console.log')}"]
+        cmd += ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg,thread=multi", "-cpu", "max"]
+        if args.rtc_offset:
+            base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + args.rtc_offset))
+            cmd += ["-rtc", f"base={base},clock=host"]
+        self.qemu_log = open(os.path.join(self.dir, "qemu.log"), "ab")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.qemu_log, stderr=self.qemu_log)
+        self.started = time.time()
+        with open(os.path.join(self.dir, "vm.json.part"), "w") as f:
+            json.dump({"pid": self.proc.pid, "accel": accel, "console": os.path.join(self.dir, "console.log"),
+                       "door_key": os.path.join(image, "harness_key"), **self.ports}, f)
+        os.rename(os.path.join(self.dir, "vm.json.part"), os.path.join(self.dir, "vm.json"))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--endpoint", required=True)
+    ap.add_argument("--regions", required=True)
+    ap.add_argument("--ssh-dir", required=True)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--image", required=True)
+    ap.add_argument("--deployment")
+    ap.add_argument("--forward", type=int, action="append", default=[])
+    ap.add_argument("--rtc-offset", type=int, default=0, help="the guests' clock, seconds ahead of this machine's")
+    ap.add_argument("--memory", type=int, default=1024)
+    args = ap.parse_args()
+    for tool in ["qemu-system-x86_64", "qemu-img", "genisoimage", "socat"]:
+        if not shutil.which(tool):
+            sys.exit(f"vm_player: {tool} is missing (scripts/test-deps.sh installs it)")
+    if not os.path.exists(os.path.join(args.image, "ready")):
+        sys.exit(f"vm_player: {args.image} is no image; build one with scripts/vm-image.sh")
+    os.makedirs(args.ssh_dir, exist_ok=True)
+    os.makedirs(args.work, exist_ok=True)
+    accel = probe_accel(args.image)
+    log(f"acceleration: {accel}")
+    proxy = AptProxy(os.path.join(os.path.dirname(os.path.abspath(args.image)), "apt-cache"))
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    clients = {
+        r: boto3.client("ec2", region_name=r, endpoint_url=args.endpoint,
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+        for r in args.regions.split(",")
+    }
+    playing = {}
+    stopping = []
+
+    def on_signal(_sig, _frame):
+        stopping.append(True)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    filters = [{"Name": "tag:spot:managed-by", "Values": ["spot"]},
+               {"Name": "instance-state-name", "Values": ["running"]}]
+    if args.deployment:
+        filters.append({"Name": "tag:spot:deployment", "Values": [args.deployment]})
+    try:
+        while not stopping:
+            for region, client in clients.items():
+                try:
+                    found = client.describe_instances(Filters=filters)
+                except Exception as e:  # the emulator may be busy or gone; try again
+                    log(f"{region}: describe failed: {e}")
+                    continue
+                running = {i["InstanceId"] for r in found["Reservations"] for i in r["Instances"]}
+                for iid, vm in list(playing.items()):
+                    if vm.region != region:
+                        continue
+                    if iid not in running and vm.proc.poll() is None:
+                        vm.stop()
+                        log(f"{region}: {iid} is no longer running in the emulator; its VM is stopped")
+                    elif iid in running and vm.proc.poll() is not None:
+                        # The guest powered itself off: EC2 does what the shutdown behaviour says.
+                        attr = client.describe_instance_attribute(
+                            InstanceId=iid, Attribute="instanceInitiatedShutdownBehavior")
+                        behaviour = attr["InstanceInitiatedShutdownBehavior"]["Value"]
+                        if behaviour == "terminate":
+                            client.terminate_instances(InstanceIds=[iid])
+                        else:
+                            client.stop_instances(InstanceIds=[iid])
+                        log(f"{region}: {iid} powered off after {time.time() - vm.started:.0f}s "
+                            f"(qemu exit {vm.proc.returncode}); shutdown behaviour {behaviour}")
+                for res in found["Reservations"]:
+                    for inst in res["Instances"]:
+                        iid = inst["InstanceId"]
+                        if iid in playing:
+                            continue
+                        attr = client.describe_instance_attribute(InstanceId=iid, Attribute="userData")
+                        raw = base64.b64decode(attr["UserData"].get("Value", ""))
+                        vm = Vm(iid, region, raw, args, accel, proxy.server_address[1])
+                        playing[iid] = vm
+                        target = os.path.join(args.ssh_dir, iid)
+                        with open(target + ".part", "w") as f:
+                            f.write(f"127.0.0.1:{vm.ports['ssh']}\n")
+                        os.rename(target + ".part", target)
+                        gzipped = ", gzipped" if raw[:2] == b"\x1f\x8b" else ""
+                        log(f"{region}: {iid} boots ({len(raw)} bytes of user-data{gzipped}); "
+                            f"ssh on 127.0.0.1:{vm.ports['ssh']}")
+            time.sleep(1)
+    finally:
+        for vm in playing.values():
+            vm.stop()
+        proxy.shutdown()
+        log(f"stopped {len(playing)} VM(s)")
+
+
+if __name__ == "__main__":
+    main()
