@@ -49,3 +49,22 @@ start_player() {
     --ssh-dir "$SPOT_EMULATOR_SSH_DIR" --work "$work/instances" "${connect[@]}" 2>"$work/player.log" &
   pids+=($!)
 }
+
+# Plays the instances of region $1 with real VMs (tests/support/vm_player.py) booted from
+# the Debian image of scripts/vm-image.sh (suite $2, default trixie); guest port 8080 is
+# forwarded too. spot finds their SSH through SPOT_EMULATOR_SSH_DIR.
+start_vm_player() {
+  export SPOT_EMULATOR_SSH_DIR=$work/ssh
+  local image
+  image=$("$repo/scripts/vm-image.sh" "${2:-trixie}")
+  python3 "$repo/tests/support/vm_player.py" --endpoint "http://127.0.0.1:$moto_port" --regions "$1" \
+    --ssh-dir "$SPOT_EMULATOR_SSH_DIR" --work "$work/instances" --image "$image" --forward 8080 \
+    2>"$work/vm.log" &
+  pids+=($!)
+}
+
+# The 127.0.0.1 port where the VM playing instance $1 forwards guest port $2.
+vm_port() {
+  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["forwards"][sys.argv[2]])' \
+    "$work/instances/$1/vm.json" "$2"
+}

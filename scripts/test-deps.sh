@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond Rust: the real `cloud-init` (its schema
-# check), OpenSSH's sshd, `check-jsonschema`, and moto's EC2 server (with boto3, used by the leak
-# detector and the fault proxy's tests). Safe to run again; installs only what is missing.
+# check), OpenSSH's sshd, `check-jsonschema`, moto's EC2 server (with boto3, used by the leak
+# detector and the fault proxy's tests), and qemu with the Debian images the VM tests boot.
+# Safe to run again; installs only what is missing.
 set -euo pipefail
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 
@@ -14,6 +15,13 @@ command -v sudo >/dev/null 2>&1 || missing_apt+=(sudo)
 command -v curl >/dev/null 2>&1 || missing_apt+=(curl)
 command -v systemd-analyze >/dev/null 2>&1 || missing_apt+=(systemd)
 command -v unshare >/dev/null 2>&1 || missing_apt+=(util-linux)
+# The VM instances (tests/it/vm.rs): qemu, its disk tool, the image builder, the NoCloud
+# seed's ISO writer, and socat for the guest's way to the harness's apt proxy.
+command -v qemu-system-x86_64 >/dev/null 2>&1 || missing_apt+=(qemu-system-x86)
+command -v qemu-img >/dev/null 2>&1 || missing_apt+=(qemu-utils)
+command -v mmdebstrap >/dev/null 2>&1 || missing_apt+=(mmdebstrap)
+command -v genisoimage >/dev/null 2>&1 || missing_apt+=(genisoimage)
+command -v socat >/dev/null 2>&1 || missing_apt+=(socat)
 if ((${#missing_apt[@]})); then
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing_apt[@]}" >/dev/null
@@ -32,6 +40,9 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked --quiet cargo-nextest
 fi
+# The VM images, built once and cached outside the checkout (about 40 s each when missing).
+"$(dirname "$0")/vm-image.sh" trixie >/dev/null
+"$(dirname "$0")/vm-image.sh" bookworm >/dev/null
 cloud-init --version
 check-jsonschema --version
 python3 -c 'import moto; print("moto", moto.__version__)'

@@ -2,8 +2,16 @@
 # Try spot without AWS: starts a local EC2 emulator (moto) and a local SSH "instance"
 # (tests/support/instance_player.py: a real sshd with the keys from spot's user-data),
 # then runs `spot create`, `spot list` and `spot destroy` on the bundled example.
+# With --vm the instance is a real Debian VM instead (tests/support/vm_player.py: qemu,
+# real cloud-init, systemd and sshd; a few minutes under TCG).
 # Everything runs on 127.0.0.1 and is stopped at the end. Needs root (sshd, namespaces).
 set -euo pipefail
+vm=
+case ${1:-} in
+  --vm) vm=1 ;;
+  "") ;;
+  *) echo "usage: scripts/try-local.sh [--vm]" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 repo=$PWD
 scripts/test-deps.sh >/dev/null
@@ -16,12 +24,14 @@ export AWS_REGION=us-west-2
 cp -r examples/hello "$work/hello"
 # The example's secret; a real run takes it from the CI's secret store.
 export APP_TOKEN=try-local-demo-token
-start_player us-west-2
+if [[ -n $vm ]]; then start_vm_player us-west-2; else start_player us-west-2; fi
 
 echo "--- spot create"
-"$spot" create --deployment-id try-local --ssh-cidr 127.0.0.1/32 "$work/hello"
+"$spot" create --deployment-id try-local --ssh-cidr 127.0.0.1/32 --ssh-timeout 10m "$work/hello"
 echo "--- the example's page, served by its systemd unit on the instance"
-curl -fsS http://127.0.0.1:8080/ | head -n 5
+page_port=8080
+if [[ -n $vm ]]; then page_port=$(vm_port "$(ls "$SPOT_EMULATOR_SSH_DIR")" 8080); fi
+curl -fsS "http://127.0.0.1:$page_port/" | head -n 5
 echo "--- spot list"
 "$spot" list "$work/hello"
 echo "--- spot destroy"

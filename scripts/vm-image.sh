@@ -79,4 +79,6 @@ touch "$build/ready"
 rm -rf "$out"
 mv "$build" "$out"
 trap - EXIT
+# Images of older versions of this script are not used again.
+for old in "$cache/$suite"-*; do [[ $old == "$out" ]] || rm -rf "$old"; done
 echo "$out"

@@ -59,8 +59,15 @@ impl VmPlayer {
         std::fs::read_to_string(self.work.path().join("vm.log")).unwrap_or_default()
     }
 
+    /// What the harness recorded of the instance's VM, once it started one (it polls the
+    /// emulator every second).
     fn vm(&self, instance: &str) -> Value {
         let path = self.work.path().join("instances").join(instance).join("vm.json");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !path.exists() {
+            assert!(Instant::now() < deadline, "no VM for {instance} after 60 s:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
 

@@ -27,6 +27,7 @@ Usage: vm_player.py --endpoint URL --regions r1,r2 --ssh-dir DIR --work DIR --im
 """
 import argparse
 import base64
+import ctypes
 import glob
 import http.client
 import http.server
@@ -45,6 +46,12 @@ import boto3
 
 # The guest's view of the harness: apt's proxy (baked into the image by vm-image.sh).
 APT_PROXY_GUEST = ("10.0.2.100", 3142)
+
+
+def die_with_parent():
+    """Run in each qemu child before exec: the kernel kills it when this harness dies, even
+    by SIGKILL, so no VM outlives the test that asked for it."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def log(msg):
@@ -179,7 +186,7 @@ def probe_accel(image):
          "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio",
          "-kernel", os.path.join(image, "vmlinuz"), "-initrd", os.path.join(image, "initrd.img"),
          "-append", "console=ttyS0 panic=-1 rdinit=/bin/nonexistent"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
     )
     verdict = []
     timer = threading.Timer(20, proc.kill)
@@ -241,7 +248,8 @@ class Vm:
             base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + args.rtc_offset))
             cmd += ["-rtc", f"base={base},clock=host"]
         self.qemu_log = open(os.path.join(self.dir, "qemu.log"), "ab")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.qemu_log, stderr=self.qemu_log)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.qemu_log, stderr=self.qemu_log,
+                                     preexec_fn=die_with_parent)
         self.started = time.time()
         with open(os.path.join(self.dir, "vm.json.part"), "w") as f:
             json.dump({"pid": self.proc.pid, "accel": accel, "console": os.path.join(self.dir, "console.log"),
@@ -256,6 +264,32 @@ class Vm:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def launch_template(client, tags, iid):
+    """(id, version) of the template the instance was launched from: its tags on EC2; moto
+    does not tag fleet instances, so also the instant fleet that holds it."""
+    if "aws:ec2launchtemplate:id" in tags:
+        return tags["aws:ec2launchtemplate:id"], tags.get("aws:ec2launchtemplate:version", "$Default")
+    for fleet in client.describe_fleets().get("Fleets", []):
+        held = {i for group in fleet.get("Instances", []) for i in group.get("InstanceIds", [])}
+        if iid in held:
+            spec = fleet["LaunchTemplateConfigs"][0]["LaunchTemplateSpecification"]
+            return spec["LaunchTemplateId"], str(spec.get("Version", "$Default"))
+    return None
+
+
+def shutdown_behaviour(client, tags, iid):
+    """What EC2 does when this guest powers itself off. moto keeps "stop" on instances a
+    fleet launched from a template that says "terminate", so the template decides, as on
+    EC2; the instance's own attribute only for an instance launched without one."""
+    template = launch_template(client, tags, iid)
+    if template:
+        versions = client.describe_launch_template_versions(LaunchTemplateId=template[0], Versions=[template[1]])
+        data = versions["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+        return data.get("InstanceInitiatedShutdownBehavior", "stop")
+    attr = client.describe_instance_attribute(InstanceId=iid, Attribute="instanceInitiatedShutdownBehavior")
+    return attr["InstanceInitiatedShutdownBehavior"]["Value"]
 
 
 def main():
@@ -315,9 +349,7 @@ def main():
                         log(f"{region}: {iid} is no longer running in the emulator; its VM is stopped")
                     elif iid in running and vm.proc.poll() is not None:
                         # The guest powered itself off: EC2 does what the shutdown behaviour says.
-                        attr = client.describe_instance_attribute(
-                            InstanceId=iid, Attribute="instanceInitiatedShutdownBehavior")
-                        behaviour = attr["InstanceInitiatedShutdownBehavior"]["Value"]
+                        behaviour = shutdown_behaviour(client, vm.tags, iid)
                         if behaviour == "terminate":
                             client.terminate_instances(InstanceIds=[iid])
                         else:
@@ -332,6 +364,7 @@ def main():
                         attr = client.describe_instance_attribute(InstanceId=iid, Attribute="userData")
                         raw = base64.b64decode(attr["UserData"].get("Value", ""))
                         vm = Vm(iid, region, raw, args, accel, proxy.server_address[1])
+                        vm.tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
                         playing[iid] = vm
                         target = os.path.join(args.ssh_dir, iid)
                         with open(target + ".part", "w") as f:
