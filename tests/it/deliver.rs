@@ -397,3 +397,30 @@ fn a_one_gigabyte_bundle_is_shipped_in_bounded_memory() {
     assert!(destroyed.status.success(), "{}", stderr(&destroyed));
     assert_clean(&emu);
 }
+
+#[test]
+fn the_player_refuses_a_package_it_cannot_install_instead_of_skipping_it() {
+    let emu = Emulator::start();
+    let mut player = Player::start(&emu, &["us-east-1"], &[]);
+    let dir = repository(&config(1, "root"), "version: 1\npackages: [spot-no-such-package]\n", &[]);
+    let out = emu
+        .spot()
+        .args(["create", "--ssh-timeout", "5s", "--deployment-id", "refused-1"])
+        .arg(dir.path())
+        .env("SPOT_EMULATOR_SSH_DIR", &player.ssh_dir)
+        .timeout(Duration::from_secs(120))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "create passed on an instance the player did not play");
+    let status = player.child.wait().unwrap();
+    assert_eq!(status.code(), Some(3), "{}", player.log());
+    let log = player.log();
+    assert!(
+        log.contains(
+            "package `spot-no-such-package` is not installed on this machine and the player installs nothing"
+        ),
+        "{log}"
+    );
+    assert!(stderr(&out).contains("rolled back"), "{}", stderr(&out));
+    assert_clean(&emu);
+}

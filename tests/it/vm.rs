@@ -241,6 +241,11 @@ fn vm_the_example_boots_for_real_survives_a_reboot_and_a_late_boot_powers_off() 
     let dir = tempfile::tempdir().unwrap();
     let copy = Command::new("cp").arg("-r").arg(repo().join("examples/hello/.")).arg(dir.path()).status();
     assert!(copy.unwrap().success());
+    // One package the image lacks, so apt really fetches and installs it (through the
+    // harness's proxy to the Debian mirror).
+    let manifest = dir.path().join(".spot/deployment.yaml");
+    let text = std::fs::read_to_string(&manifest).unwrap().replace("  - curl\n", "  - curl\n  - jq\n");
+    std::fs::write(&manifest, text).unwrap();
     std::fs::write(
         dir.path().join(".spot/config.yaml"),
         "aws:\n  total_instances: 1\n  username: ubuntu\n  ssh_cidr: 127.0.0.1/32\n  ttl: 2h\n\
@@ -277,11 +282,11 @@ fn vm_the_example_boots_for_real_survives_a_reboot_and_a_late_boot_powers_off() 
     let facts = vm.run(
         id,
         "cloud-init status --long; stat -c '%a %U' /etc/spot/secrets/APP_TOKEN; stat -c '%U' /opt/app/index.html; \
-         id -un ubuntu; sudo -n -u ubuntu sudo -n true && echo sudo-ok; dpkg -s python3 curl | grep -c '^Status: install ok'",
+         id -un ubuntu; sudo -n -u ubuntu sudo -n true && echo sudo-ok; dpkg -s python3 curl jq | grep -c '^Status: install ok'; jq -n 1+1",
     );
     assert!(facts.contains("status: done"), "{facts}");
     assert!(facts.contains("errors: []") && facts.contains("recoverable_errors: {}"), "{facts}");
-    assert!(facts.contains("\n600 root\nubuntu\nubuntu\nsudo-ok\n2\n"), "{facts}");
+    assert!(facts.contains("\n600 root\nubuntu\nubuntu\nsudo-ok\n3\n2\n"), "{facts}");
     let expires_at = doc["expires_at"].as_str().unwrap();
     let armed = armed_for(&vm, id);
     assert_eq!(

@@ -13,8 +13,11 @@ Each instance gets its own mount namespace (unshare -m) with empty tmpfs over th
 a deployment writes (/opt, /srv, /etc/spot, /etc/systemd/system, /var/lib/spot, /home,
 /etc/sudoers.d), its own /etc/passwd, /etc/shadow and /etc/group when the login user is
 not root, and the systemctl/journalctl stand-in (standin/systemctl) in place of systemd,
-so nothing on the real machine is touched. Packages are not installed (the machine has
-python3 and curl). On SIGTERM/SIGINT it stops every sshd and service it started, by PID.
+so nothing on the real machine is touched. It refuses (logs why and exits 3) user-data it
+cannot play: an unknown key, a package this machine lacks (it installs none), groups,
+a `bootcmd` other than spot's time to live, a `runcmd` entry that is not shell; what it
+does not play is proven on the VM instances (vm_player.py). On SIGTERM/SIGINT it stops
+every sshd and service it started, by PID.
 
 With --instance-connect-dir DIR (the fault proxy's), each sshd also accepts the key EC2
 Instance Connect pushed for its instance and login user within the last 60 seconds, as
@@ -69,6 +72,43 @@ def user_data(client, instance_id):
     if raw[:2] == b"\x1f\x8b":
         raw = gzip.decompress(raw)
     return yaml.safe_load(raw.decode())
+
+
+# What the player does with each key of spot's user-data; any other key is refused, so a
+# new key cannot pass here unplayed. What is not played is proven on the VM instances
+# (tests/it/vm.rs: real cloud-init, systemd, apt).
+PLAYED = {"users", "ssh_keys", "write_files", "runcmd"}
+NOT_PLAYED = {
+    "package_update": "apt runs for real on the VM",
+    "packages": "must be installed on this machine already (the player installs nothing)",
+    "groups": "must be empty (the player creates no groups)",
+    "ssh_pwauth": "the played sshd allows key logins only",
+    "disable_root": "the played sshd admits only the login user",
+    "ssh_deletekeys": "the played sshd has only spot's host key",
+    "bootcmd": "only spot's time-to-live entry; armed and fired on the VM",
+    "final_message": "console text",
+}
+
+
+def refusals(doc):
+    """Why the player cannot play this user-data: empty when it can."""
+    why = [f"user-data key `{k}` is unknown to the player" for k in doc if k not in PLAYED and k not in NOT_PLAYED]
+    for p in doc.get("packages", []):
+        name = p.split("=")[0]
+        status = subprocess.run(["dpkg-query", "-W", "-f=${Status}", name], capture_output=True, text=True).stdout
+        if "install ok installed" not in status:
+            why.append(f"package `{p}` is not installed on this machine and the player installs nothing")
+    if doc.get("groups"):
+        why.append(f"groups {doc['groups']} would have to be created")
+    for cmd in doc.get("bootcmd", []):
+        if not (isinstance(cmd, list) and cmd[:2] == ["sh", "-c"] and cmd[3:4] == ["spot-expiry"]):
+            why.append(f"bootcmd entry {str(cmd)[:60]} is not spot's time to live")
+    for cmd in doc.get("runcmd", []):
+        if not (isinstance(cmd, list) and cmd and cmd[0] == "sh"):
+            why.append(f"runcmd entry {str(cmd)[:60]} is not a shell command")
+    if len(doc.get("users", [])) != 1:
+        why.append("exactly one user is played")
+    return why
 
 
 def free_uid():
@@ -167,10 +207,9 @@ class Instance:
             path = q(wf["path"])
             lines.append(f'mkdir -p "$(dirname {path})" && cp {q(staged)} {path}')
             lines.append(f"chmod {wf.get('permissions', '0644')} {path}")
-        # cloud-init's final stage: the runcmd entries that are plain shell.
+        # cloud-init's final stage: the runcmd entries (refusals() let only shell ones in).
         for cmd in doc.get("runcmd", []):
-            if isinstance(cmd, list) and cmd and cmd[0] == "sh":
-                lines.append(" ".join(q(c) for c in cmd))
+            lines.append(" ".join(q(c) for c in cmd))
         lines.append(f"exec /usr/sbin/sshd -D -e -f {q(os.path.join(self.dir, 'sshd_config'))}")
         return "\n".join(lines)
 
@@ -246,6 +285,12 @@ def main():
                         if iid in playing:
                             continue
                         doc = user_data(client, iid)
+                        refused = refusals(doc)
+                        if refused:
+                            for why in refused:
+                                log(f"{region}: {iid}: refused: {why}")
+                            log("the player cannot play this instance; boot it on a VM (tests/support/vm_player.py)")
+                            return 3
                         playing[iid] = Instance(iid, doc, args.work, args.wrong_host_key, args.instance_connect_dir)
                         playing[iid].region = region
                         target = os.path.join(args.ssh_dir, iid)
@@ -267,4 +312,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
