@@ -234,7 +234,10 @@ class Vm:
             forwards.append(f"hostfwd=tcp:127.0.0.1:{host}-:{guest}")
         gip, gport = APT_PROXY_GUEST
         forwards.append(f"guestfwd=tcp:{gip}:{gport}-cmd:socat - TCP:127.0.0.1:{apt_port}")
-        cmd = ["qemu-system-x86_64", "-name", iid, "-m", str(args.memory), "-smp", "2",
+        # One vCPU: under multi-threaded TCG with two, the kernel's live code patching
+        # (int3 breakpoints while another vCPU runs the code) sometimes panics the guest at
+        # boot (seen with qemu 7.2 and Debian's 6.12 kernel). It also leaves a core free.
+        cmd = ["qemu-system-x86_64", "-name", iid, "-m", str(args.memory), "-smp", "1",
                "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
                "-kernel", os.path.join(image, "vmlinuz"), "-initrd", os.path.join(image, "initrd.img"),
                "-append", "root=/dev/vda rw console=ttyS0",
@@ -255,6 +258,22 @@ class Vm:
             json.dump({"pid": self.proc.pid, "accel": accel, "console": os.path.join(self.dir, "console.log"),
                        "door_key": os.path.join(image, "harness_key"), **self.ports}, f)
         os.rename(os.path.join(self.dir, "vm.json.part"), os.path.join(self.dir, "vm.json"))
+
+    def panicked(self):
+        """The guest kernel's last words, once: a panicked guest hangs (as on EC2, where
+        only the status checks would say so), so the harness says it loudly."""
+        if getattr(self, "panic_told", False):
+            return None
+        try:
+            with open(os.path.join(self.dir, "console.log"), "rb") as f:
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return None
+        at = text.find("Kernel panic - not syncing")
+        if at < 0:
+            return None
+        self.panic_told = True
+        return text[at:].splitlines()[0]
 
     def stop(self):
         if self.proc.poll() is None:
@@ -344,6 +363,9 @@ def main():
                 for iid, vm in list(playing.items()):
                     if vm.region != region:
                         continue
+                    panic = vm.panicked()
+                    if panic:
+                        log(f"{region}: {iid}: THE GUEST KERNEL PANICKED ({panic}); see {vm.dir}/console.log")
                     if iid not in running and vm.proc.poll() is None:
                         vm.stop()
                         log(f"{region}: {iid} is no longer running in the emulator; its VM is stopped")
