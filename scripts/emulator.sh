@@ -7,7 +7,12 @@ pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [[ -n ${SPOT_TRY_KEEP:-} ]]; then echo "kept $work"; else rm -rf "$work"; fi
+  if [[ -n ${SPOT_TRY_KEEP:-} ]]; then
+    # A VM's seed holds the user-data, and with it the instance's SSH host private key.
+    echo "kept $work (it holds test keys: remove it when done)"
+  else
+    rm -rf "$work"
+  fi
 }
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

@@ -40,9 +40,12 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked --quiet cargo-nextest
 fi
-# The VM images, built once and cached outside the checkout (about 40 s each when missing).
-"$(dirname "$0")/vm-image.sh" trixie >/dev/null
-"$(dirname "$0")/vm-image.sh" bookworm >/dev/null
+# The VM images, built once and cached outside the checkout (about 40 s each when missing;
+# --no-images: not now, e.g. for a try-local run without --vm).
+if [[ ${1:-} != --no-images ]]; then
+  "$(dirname "$0")/vm-image.sh" trixie >/dev/null
+  "$(dirname "$0")/vm-image.sh" bookworm >/dev/null
+fi
 cloud-init --version
 check-jsonschema --version
 python3 -c 'import moto; print("moto", moto.__version__)'

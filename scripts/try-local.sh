@@ -14,7 +14,7 @@ case ${1:-} in
 esac
 cd "$(dirname "$0")/.."
 repo=$PWD
-scripts/test-deps.sh >/dev/null
+scripts/test-deps.sh --no-images >/dev/null
 cargo build --quiet
 spot=$repo/target/debug/spot
 

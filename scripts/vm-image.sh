@@ -26,16 +26,27 @@ hash=$(sha256sum "$here/vm-image.sh" | cut -c1-12)
 cache=${SPOT_VM_CACHE:-$HOME/.cache/spot-vm}
 out=$cache/$suite-$hash
 if [[ -f $out/ready ]]; then
+  touch "$out/ready" # when it was last used: unused old images are pruned below
   echo "$out"
   exit 0
 fi
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 for tool in mmdebstrap mkfs.ext4 ssh-keygen; do
-  command -v "$tool" >/dev/null || { echo "vm-image.sh: $tool is missing (scripts/test-deps.sh --vm installs it)" >&2; exit 1; }
+  command -v "$tool" >/dev/null || { echo "vm-image.sh: $tool is missing (scripts/test-deps.sh installs it)" >&2; exit 1; }
 done
-mirror=$(awk '/^URIs:/ && $2 ~ /debian\/?$/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+# The Debian mirror this machine's apt uses (http: the guests' apt reaches it through the
+# harness's plain HTTP proxy), in deb822 or one-line form.
+mirror=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '/^URIs:/ {for (i = 2; i <= NF; i++) if ($i ~ /^http:.*\/debian\/?$/) {print $i; exit}}' || true)
+[[ -n $mirror ]] || mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '$1 == "deb" {for (i = 2; i <= NF; i++) if ($i ~ /^http:.*\/debian\/?$/) {print $i; exit}}' || true)
 mirror=${mirror:-http://deb.debian.org/debian}
 mkdir -p "$cache"
+# One build of a suite at a time; a second caller waits, then finds it built.
+exec 9>"$cache/.lock-$suite"
+flock 9
+if [[ -f $out/ready ]]; then
+  echo "$out"
+  exit 0
+fi
 build=$(mktemp -d "$cache/.build-$suite.XXXXXX")
 trap 'as_root rm -rf "$build"' EXIT
 root=$build/root
@@ -79,6 +90,9 @@ touch "$build/ready"
 rm -rf "$out"
 mv "$build" "$out"
 trap - EXIT
-# Images of older versions of this script are not used again.
-for old in "$cache/$suite"-*; do [[ $old == "$out" ]] || rm -rf "$old"; done
+# Images of other versions of this script that no checkout used for a week.
+for old in "$cache/$suite"-*; do
+  [[ $old == "$out" ]] && continue
+  [[ -n $(find "$old/ready" -mtime +7 2>/dev/null) || ! -f $old/ready ]] && rm -rf "$old"
+done
 echo "$out"

@@ -20,7 +20,7 @@ use crate::manifest::types::{Deployment, Template};
 use crate::manifest::yaml::Span;
 use crate::manifest::{Diagnostic, Kind};
 
-mod expiry;
+pub mod expiry;
 
 /// EC2's limit on user-data, before base64.
 pub const USER_DATA_LIMIT: usize = 16 * 1024;

@@ -3,13 +3,18 @@
 //! It must be armed while the instance boots without holding the boot up, come back after a
 //! reboot, power off an instance that boots when its time is already over, and not depend
 //! on any later cloud-init stage (packages, users, `runcmd`) succeeding. So it is one
-//! `bootcmd` entry, the first module cloud-init runs on every boot, and it only asks
+//! `bootcmd` entry (cloud-init's first config module, run on every boot), and it only asks
 //! systemd to do things later (`--no-block`):
 //!
-//! - time over (or under a minute left): `systemctl --no-block poweroff`;
-//! - else it writes `spot-expiry.timer` (at the expiry, wall clock) and its
-//!   `spot-expiry.service` (power off), enables the timer so it is armed on later boots even
-//!   without cloud-init, and `systemctl --no-block start`s it.
+//! - time over: `systemctl --no-block poweroff`;
+//! - else it writes `spot-expiry.timer` (at the expiry, wall clock, `Persistent=`) and its
+//!   `spot-expiry.service` (power off), enables the timer, marks it as last triggered now
+//!   (its stamp under `/var/lib/systemd/timers`), and `systemctl --no-block start`s it.
+//!   The stamp makes systemd fire the timer at once whenever it is started after the
+//!   expiry: when this boot reached `timers.target` late, and on a later boot (started by
+//!   systemd alone, cloud-init or not) after the expiry.
+//! - anything in that failing: power off. An instance without its time to live must not
+//!   run on; spot then sees it gone instead of a deployment that never ends.
 //!
 //! Why not `systemd-run --on-calendar`: cloud-init's stage that runs `bootcmd` is ordered
 //! before `sysinit.target`, and timers after it; `systemd-run` waits for its timer to
@@ -21,27 +26,27 @@
 
 use crate::cloud_init::Identity;
 
-/// Below this many seconds left at boot the instance powers off at once: a timer armed
-/// that close to its time could be armed after it, and then it never fires.
-pub const MARGIN_SECONDS: i64 = 60;
 pub const TIMER: &str = "/etc/systemd/system/spot-expiry.timer";
 pub const SERVICE: &str = "/etc/systemd/system/spot-expiry.service";
+/// Where systemd keeps a persistent timer's last trigger (the file's modification time).
+pub const STAMP: &str = "/var/lib/systemd/timers/stamp-spot-expiry.timer";
 
 /// `$0` names the script in its messages; `$1` the expiry (seconds since the epoch), `$2`
 /// the timer unit, `$3` the service unit. Units are written whole (write, then rename), so
 /// a reboot in the middle leaves the old or the new file, never half of one.
-const ARM: &str = r#"set -eu
-left=$(( $1 - $(date +%s) ))
-if [ "$left" -lt MARGIN ]; then
-  echo "$0: the time to live ended ($left s left); powering off"
-  exec systemctl --no-block poweroff
-fi
+const ARM: &str = r#"set -u
+now=$(date +%s)
+left=$(( $1 - now ))
+off() { echo "$0: $1; powering off"; exec systemctl --no-block poweroff; }
+[ "$left" -gt 0 ] || off "the time to live ended $(( -left )) s ago"
 umask 022
-printf '%s' "$2" > TIMER.new && mv TIMER.new TIMER
-printf '%s' "$3" > SERVICE.new && mv SERVICE.new SERVICE
-mkdir -p /etc/systemd/system/timers.target.wants
-ln -sf ../spot-expiry.timer /etc/systemd/system/timers.target.wants/spot-expiry.timer
-systemctl --no-block start spot-expiry.timer
+{ printf '%s' "$2" > TIMER.new && mv -f TIMER.new TIMER &&
+  printf '%s' "$3" > SERVICE.new && mv -f SERVICE.new SERVICE &&
+  mkdir -p /etc/systemd/system/timers.target.wants /var/lib/systemd/timers &&
+  ln -sf ../spot-expiry.timer /etc/systemd/system/timers.target.wants/spot-expiry.timer &&
+  touch -d "@$now" STAMP &&
+  systemctl --no-block start spot-expiry.timer
+} || off "the time to live could not be armed"
 echo "$0: armed; this instance powers off in $left s"
 "#;
 
@@ -92,6 +97,7 @@ pub fn timer(identity: &Identity) -> Unit {
                 vec![
                     ("OnCalendar", calendar(expires(identity))),
                     ("AccuracySec", "1s".into()),
+                    ("Persistent", "true".into()),
                     ("Unit", "spot-expiry.service".into()),
                 ],
             ),
@@ -112,13 +118,11 @@ pub fn service() -> Unit {
     }
 }
 
-/// The `bootcmd` entry (an argument vector, run without a shell around it by cloud-init's
-/// quoting) that arms the time to live on this boot.
+/// The `bootcmd` entry that arms the time to live on this boot: an argument vector, which
+/// cloud-init quotes word by word into the shell script it runs, so the arguments arrive
+/// as they are.
 pub fn arm(identity: &Identity) -> Vec<String> {
-    let script = ARM
-        .replace("MARGIN", &MARGIN_SECONDS.to_string())
-        .replace("TIMER", TIMER)
-        .replace("SERVICE", SERVICE);
+    let script = ARM.replace("TIMER", TIMER).replace("SERVICE", SERVICE).replace("STAMP", STAMP);
     vec![
         "sh".into(),
         "-c".into(),
@@ -143,6 +147,7 @@ mod tests {
         let text = timer(&identity("2026-11-26T06:48:13Z")).render();
         assert!(text.contains("\nOnCalendar=2026-11-26 06:48:13 UTC\n"), "{text}");
         assert!(text.contains("[Install]\nWantedBy=timers.target\n"), "{text}");
+        assert!(text.contains("\nPersistent=true\n"), "{text}");
         assert!(service().render().contains("ExecStart=/bin/systemctl --no-block poweroff\n"));
     }
 

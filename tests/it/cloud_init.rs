@@ -145,3 +145,73 @@ fn debug_output_of_user_data_and_keys_never_shows_the_host_key() {
         assert!(!shown.contains("PRIVATE KEY") && !shown.contains(keys.host.private.expose()), "{shown}");
     }
 }
+
+/// Runs spot's time-to-live `bootcmd` entry as cloud-init would (`sh -c SCRIPT ARGS`), in
+/// a private mount namespace with empty `/etc/systemd/system` and `/var/lib/systemd`, and
+/// a `systemctl` on PATH that records its arguments and fails `start` when asked to.
+/// Returns (what systemctl was asked, the script's output, the namespace's files).
+fn run_expiry(expires_at: &str, start_fails: bool) -> (String, String, String) {
+    let identity = Identity { deployment_id: "ttl-1".into(), expires_at: expires_at.into() };
+    let argv = cloud_init::expiry::arm(&identity);
+    let dir = tempfile::tempdir().unwrap();
+    let calls = dir.path().join("calls");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let fake = format!(
+        "#!/bin/sh\necho \"$*\" >> {}\n[ \"$2\" = start ] && [ {} = 1 ] && exit 1\nexit 0\n",
+        calls.display(),
+        u8::from(start_fails)
+    );
+    std::fs::write(bin.join("systemctl"), fake).unwrap();
+    Command::new("chmod").arg("+x").arg(bin.join("systemctl")).status().unwrap();
+    let setup = "mount -t tmpfs t /etc/systemd/system && mount -t tmpfs t /var/lib/systemd && \
+                 out=$(\"$@\" 2>&1); echo \"$out\"; echo ---; \
+                 find /etc/systemd/system /var/lib/systemd -printf '%p %l\\n' | sort; \
+                 cat /etc/systemd/system/spot-expiry.timer 2>/dev/null; \
+                 stat -c '%Y' /var/lib/systemd/timers/stamp-spot-expiry.timer 2>/dev/null; date +%s";
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", setup, "setup"])
+        .args(&argv)
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (said, files) = text.split_once("---\n").unwrap();
+    (std::fs::read_to_string(&calls).unwrap_or_default(), said.to_string(), files.to_string())
+}
+
+#[test]
+fn the_expiry_entry_arms_a_persistent_timer_without_waiting_on_systemd() {
+    let later = jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_hours(1)).unwrap();
+    let at = later.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let (calls, said, files) = run_expiry(&at, false);
+    assert_eq!(calls, "--no-block start spot-expiry.timer\n", "{said}");
+    assert!(said.contains("spot-expiry: armed; this instance powers off in"), "{said}");
+    assert!(files.contains("/etc/systemd/system/spot-expiry.service \n"), "{files}");
+    assert!(
+        files.contains("/etc/systemd/system/timers.target.wants/spot-expiry.timer ../spot-expiry.timer\n"),
+        "not enabled: {files}"
+    );
+    assert!(files.contains(&format!("OnCalendar={}\n", later.strftime("%Y-%m-%d %H:%M:%S UTC"))), "{files}");
+    assert!(files.contains("Persistent=true\n"), "{files}");
+    assert!(!files.contains(".new"), "a unit was left half-written: {files}");
+    // The stamp says "last fired when armed", so a start after the expiry fires at once.
+    let mut tail = files.lines().rev();
+    let (now, stamp): (i64, i64) =
+        (tail.next().unwrap().parse().unwrap(), tail.next().unwrap().parse().unwrap());
+    assert!((0..=5).contains(&(now - stamp)), "stamp {stamp}, now {now}");
+}
+
+#[test]
+fn the_expiry_entry_powers_off_when_the_time_is_over_or_cannot_be_armed() {
+    let (calls, said, files) = run_expiry("2020-01-01T00:00:00Z", false);
+    assert_eq!(calls, "--no-block poweroff\n", "{said}");
+    assert!(said.contains("the time to live ended"), "{said}");
+    assert!(!files.contains("spot-expiry.timer"), "armed although over: {files}");
+
+    let later = jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_hours(1)).unwrap();
+    let (calls, said, _) = run_expiry(&later.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(), true);
+    assert_eq!(calls, "--no-block start spot-expiry.timer\n--no-block poweroff\n", "{said}");
+    assert!(said.contains("the time to live could not be armed; powering off"), "{said}");
+}

@@ -33,7 +33,7 @@ pub struct VmPlayer {
 }
 
 impl VmPlayer {
-    pub fn start(emu: &Emulator, suite: &str, forwards: &[u16]) -> Self {
+    pub fn start(emu: &Emulator, suite: &str, forwards: &[u16], extra: &[&str]) -> Self {
         let image = image(suite);
         let work = tempfile::tempdir().unwrap();
         let ssh_dir = work.path().join("ssh");
@@ -50,6 +50,7 @@ impl VmPlayer {
         for port in forwards {
             cmd.args(["--forward", &port.to_string()]);
         }
+        cmd.args(extra);
         let child =
             cmd.env("AWS_EC2_METADATA_DISABLED", "true").stdout(Stdio::null()).stderr(log).spawn().unwrap();
         Self { child, ssh_dir, work, image }
@@ -132,19 +133,36 @@ impl VmPlayer {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    /// Waits until the harness saw the guest power itself off.
+    /// Waits until the guest powered itself off: qemu ended with status 0 (what it does on
+    /// the guest's ACPI power off, not on a crash), the kernel said "Power down" last, and
+    /// the harness mirrored it into the emulator. How long that took.
     pub fn wait_powered_off(&self, instance: &str, within: Duration) -> Duration {
-        let pid = self.vm(instance)["pid"].as_u64().unwrap();
+        let exit = self.work.path().join("instances").join(instance).join("exit");
         let started = Instant::now();
-        while Path::new(&format!("/proc/{pid}")).exists() {
+        while !exit.exists() {
             assert!(
                 started.elapsed() < within,
                 "{instance} still runs after {within:?}\n{}",
                 self.story(instance)
             );
-            std::thread::sleep(Duration::from_secs(1));
+            std::thread::sleep(Duration::from_millis(500));
         }
-        started.elapsed()
+        let took = started.elapsed();
+        let code = std::fs::read_to_string(&exit).unwrap();
+        assert_eq!(
+            code.trim(),
+            "0",
+            "qemu failed rather than the guest powering off\n{}",
+            self.story(instance)
+        );
+        let console = self.console(instance);
+        let last = console.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
+        assert!(
+            last.contains("reboot: Power down"),
+            "the guest did not power off: {last}\n{}",
+            self.story(instance)
+        );
+        took
     }
 }
 
@@ -199,14 +217,23 @@ fn wait_state(emu: &Emulator, instance: &str, want: &str) {
     }
 }
 
-/// The calendar time the guest's expiry timer is armed for, as systemd shows it.
-fn armed_for(vm: &VmPlayer, instance: &str) -> String {
+/// The expiry timer's next firing, as systemd shows it (`Tue 2026-12-01 23:41:52 UTC`);
+/// fails when the timer is not active or has nothing left to fire (elapsed).
+fn next_firing(vm: &VmPlayer, instance: &str) -> String {
     let shown = vm.run(
         instance,
-        "systemctl show spot-expiry.timer -p TimersCalendar --value; systemctl is-active spot-expiry.timer",
+        "systemctl is-active spot-expiry.timer; systemctl show spot-expiry.timer -p NextElapseUSecRealtime --value",
     );
-    assert!(shown.ends_with("active\n"), "the expiry timer is not armed: {shown}");
-    shown.split("OnCalendar=").nth(1).and_then(|s| s.split(" ;").next()).unwrap_or_default().to_string()
+    let mut lines = shown.lines();
+    assert_eq!(lines.next(), Some("active"), "the expiry timer is not armed: {shown}");
+    let next = lines.next().unwrap_or_default().trim().to_string();
+    assert!(!next.is_empty() && next != "n/a", "the expiry timer has nothing left to fire: {shown}");
+    next
+}
+
+/// `2026-12-01T23:41:52Z` as systemd prints it, without the weekday.
+fn as_systemd(rfc3339: &str) -> String {
+    rfc3339.replace('T', " ").replace('Z', " UTC")
 }
 
 fn boot_id(vm: &VmPlayer, instance: &str) -> String {
@@ -234,10 +261,10 @@ fn reboot(vm: &VmPlayer, instance: &str, how: &str) {
 }
 
 #[test]
-fn vm_the_example_boots_for_real_survives_a_reboot_and_a_late_boot_powers_off() {
+fn vm_the_example_boots_for_real_survives_a_reboot_and_late_boots_power_off() {
     const SECRET: &str = "vm-s3cret-Value-41d8";
     let emu = Emulator::start();
-    let vm = VmPlayer::start(&emu, "trixie", &[8080]);
+    let vm = VmPlayer::start(&emu, "trixie", &[8080], &[]);
     let dir = tempfile::tempdir().unwrap();
     let copy = Command::new("cp").arg("-r").arg(repo().join("examples/hello/.")).arg(dir.path()).status();
     assert!(copy.unwrap().success());
@@ -246,9 +273,10 @@ fn vm_the_example_boots_for_real_survives_a_reboot_and_a_late_boot_powers_off() 
     let manifest = dir.path().join(".spot/deployment.yaml");
     let text = std::fs::read_to_string(&manifest).unwrap().replace("  - curl\n", "  - curl\n  - jq\n");
     std::fs::write(&manifest, text).unwrap();
+    // Two instances: after the common checks, each ends by another late boot.
     std::fs::write(
         dir.path().join(".spot/config.yaml"),
-        "aws:\n  total_instances: 1\n  username: ubuntu\n  ssh_cidr: 127.0.0.1/32\n  ttl: 2h\n\
+        "aws:\n  total_instances: 2\n  username: ubuntu\n  ssh_cidr: 127.0.0.1/32\n  ttl: 2h\n\
          regions:\n  - us-east-1:\n      machine_type: [t3.small]\n",
     )
     .unwrap();
@@ -264,71 +292,92 @@ fn vm_the_example_boots_for_real_survives_a_reboot_and_a_late_boot_powers_off() 
         .unwrap();
     assert!(out.status.success(), "create failed: {}\n{}", stderr(&out), vm.log());
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let instance = doc["instances"][0]["id"].as_str().unwrap().to_string();
-    let id = instance.as_str();
-    eprintln!("vm-hello ready in {}s", doc["instances"][0]["seconds_to_ready"]);
+    let ids: Vec<String> =
+        doc["instances"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids.len(), 2, "{doc:#}");
+    let (a, b) = (ids[0].as_str(), ids[1].as_str());
+    eprintln!(
+        "vm-hello ready in {}s and {}s",
+        doc["instances"][0]["seconds_to_ready"], doc["instances"][1]["seconds_to_ready"]
+    );
     let log = stderr(&out);
     for step in ["host key verified", "script setup ok", "script announce ok", "service hello ok"] {
-        assert!(log.contains(step), "no `{step}` in the log:\n{log}");
+        assert_eq!(log.matches(step).count(), 2, "not two `{step}` in the log:\n{log}");
+    }
+    let expires_at = doc["expires_at"].as_str().unwrap();
+
+    for id in [a, b] {
+        // The page, served by the real systemd unit, through the forwarded port.
+        let port = vm.forwarded(id, 8080);
+        let page =
+            Command::new("curl").args(["-fsS", &format!("http://127.0.0.1:{port}/")]).output().unwrap();
+        assert!(
+            String::from_utf8_lossy(&page.stdout).contains("Hello from a spot instance"),
+            "{}",
+            vm.story(id)
+        );
+        // Inside: cloud-init finished clean, the secret is 0600 root, the login user is the
+        // one asked for and has passwordless sudo, the packages are installed.
+        let facts = vm.run(
+            id,
+            "cloud-init status --wait --long; stat -c '%a %U' /etc/spot/secrets/APP_TOKEN; \
+             stat -c '%U' /opt/app/index.html; id -un ubuntu; sudo -n -u ubuntu sudo -n true && echo sudo-ok; \
+             dpkg -s python3 curl jq | grep -c '^Status: install ok'; jq -n 1+1",
+        );
+        assert!(facts.contains("status: done"), "{facts}");
+        assert!(facts.contains("errors: []") && facts.contains("recoverable_errors: {}"), "{facts}");
+        assert!(facts.contains("\n600 root\nubuntu\nubuntu\nsudo-ok\n3\n2\n"), "{facts}");
+        let next = next_firing(&vm, id);
+        assert!(next.ends_with(&as_systemd(expires_at)), "armed for {next}, not {expires_at}");
     }
 
-    // The page, served by the real systemd unit, through the forwarded port.
-    let page_port = vm.forwarded(id, 8080);
-    let page =
-        Command::new("curl").args(["-fsS", &format!("http://127.0.0.1:{page_port}/")]).output().unwrap();
-    assert!(String::from_utf8_lossy(&page.stdout).contains("Hello from a spot instance"), "{}", vm.story(id));
-
-    // Inside: cloud-init finished clean, the secret is 0600 root, the user is the one asked.
-    let facts = vm.run(
-        id,
-        "cloud-init status --long; stat -c '%a %U' /etc/spot/secrets/APP_TOKEN; stat -c '%U' /opt/app/index.html; \
-         id -un ubuntu; sudo -n -u ubuntu sudo -n true && echo sudo-ok; dpkg -s python3 curl jq | grep -c '^Status: install ok'; jq -n 1+1",
-    );
-    assert!(facts.contains("status: done"), "{facts}");
-    assert!(facts.contains("errors: []") && facts.contains("recoverable_errors: {}"), "{facts}");
-    assert!(facts.contains("\n600 root\nubuntu\nubuntu\nsudo-ok\n3\n2\n"), "{facts}");
-    let expires_at = doc["expires_at"].as_str().unwrap();
-    let armed = armed_for(&vm, id);
-    assert_eq!(
-        armed,
-        expires_at.replace('T', " ").replace('Z', " UTC"),
-        "the timer is armed for another time"
-    );
-
-    // The secret is nowhere spot wrote, nor on the instance's console.
+    // The secret is nowhere spot wrote, nor on the instances' consoles.
     for (what, text) in [
         ("stdout", String::from_utf8_lossy(&out.stdout).into_owned()),
         ("stderr", log.clone()),
         ("state", all_files(&state_dir(dir.path()))),
         ("user-data", emu.details("us-east-1").to_string()),
-        ("the console", vm.console(id)),
+        ("a console", vm.console(a) + &vm.console(b)),
     ] {
         assert!(!text.contains(SECRET), "the secret leaked into {what}");
     }
     let listed = emu.spot().args(["list", "--json"]).arg(dir.path()).output().unwrap();
-    assert!(String::from_utf8_lossy(&listed.stdout).contains(id), "{}", stderr(&listed));
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(listed.contains(a) && listed.contains(b), "{listed}");
 
     // A reboot: the enabled service runs again, the timer is armed for the same time.
-    reboot(&vm, id, "systemctl reboot");
-    let again = vm
-        .run(id, "systemctl is-active hello.service; cloud-init status --wait >/dev/null; cloud-init status");
-    assert!(again.starts_with("active\n") && again.contains("status: done"), "{again}\n{}", vm.story(id));
-    assert_eq!(armed_for(&vm, id), armed);
-    let page =
-        Command::new("curl").args(["-fsS", &format!("http://127.0.0.1:{page_port}/")]).output().unwrap();
+    let armed = next_firing(&vm, a);
+    reboot(&vm, a, "systemctl reboot");
+    let again = vm.run(
+        a,
+        "systemctl is-system-running --wait >/dev/null; cloud-init status --wait; systemctl is-active hello.service",
+    );
+    assert!(again.contains("status: done") && again.ends_with("\nactive\n"), "{again}\n{}", vm.story(a));
+    assert_eq!(next_firing(&vm, a), armed);
+    let port = vm.forwarded(a, 8080);
+    let page = Command::new("curl").args(["-fsS", &format!("http://127.0.0.1:{port}/")]).output().unwrap();
     assert!(page.status.success(), "the page is gone after a reboot");
 
-    // A boot after the expiry: with the timer stopped and the clock (and the RTC) past the
-    // expiry, the next boot powers the instance off, and EC2 terminates it.
+    // Late boots: the timer stopped (so it cannot fire now), the clock and the RTC set past
+    // the expiry, then a reboot. A boots with cloud-init: its first module powers it off.
+    // B boots with cloud-init disabled: systemd alone starts the enabled timer, which fires
+    // at once (its stamp says it last fired before the expiry). Both end terminated.
     let expiry = expires_at.parse::<jiff::Timestamp>().unwrap().as_second();
-    let _ = vm.door(
-        id,
-        &format!("systemctl stop spot-expiry.timer && date -s @{} >/dev/null && hwclock --systohc && systemctl reboot", expiry + 60),
-        Duration::from_secs(10),
+    let late = format!(
+        "systemctl stop spot-expiry.timer && date -s @{} >/dev/null && hwclock --systohc && systemctl reboot",
+        expiry + 60
     );
-    vm.wait_powered_off(id, Duration::from_secs(300));
-    wait_state(&emu, id, "terminated");
-    assert!(vm.console(id).contains("spot-expiry: the time to live ended"), "{}", vm.story(id));
+    let _ = vm.door(a, &late, Duration::from_secs(10));
+    let _ = vm.door(b, &format!("touch /etc/cloud/cloud-init.disabled && {late}"), Duration::from_secs(10));
+    for id in [a, b] {
+        vm.wait_powered_off(id, Duration::from_secs(300));
+        wait_state(&emu, id, "terminated");
+    }
+    let (console_a, console_b) = (vm.console(a), vm.console(b));
+    let last_boot = |console: &str| console.rsplit("Linux version").next().unwrap_or_default().to_string();
+    assert!(last_boot(&console_a).contains("spot-expiry: the time to live ended"), "{}", vm.story(a));
+    assert!(!last_boot(&console_b).contains("spot-expiry: the time to live ended"), "cloud-init ran on B");
+    assert!(last_boot(&console_b).contains("the time to live is over"), "{}", vm.story(b));
 
     let destroyed = emu.spot().args(["destroy", "vm-hello", "--dir"]).arg(dir.path()).output().unwrap();
     assert!(destroyed.status.success(), "{}", stderr(&destroyed));
@@ -338,8 +387,15 @@ fn vm_the_example_boots_for_real_survives_a_reboot_and_a_late_boot_powers_off() 
 
 #[test]
 fn vm_the_time_to_live_powers_off_a_gzipped_boot_on_bookworm() {
+    // The guest's clock (its RTC) starts LEAD seconds before the expiry of a 10-minute time
+    // to live: room for boot and delivery under TCG (about two minutes here), then the
+    // guest must power itself off on its own clock. Nothing else tells it to stop.
+    const TTL: u64 = 600;
+    const LEAD: u64 = 270;
     let emu = Emulator::start();
-    let vm = VmPlayer::start(&emu, "bookworm", &[]);
+    let offset = (TTL - LEAD).to_string();
+    let vm = VmPlayer::start(&emu, "bookworm", &[], &["--rtc-offset", &offset]);
+    let started = Instant::now();
     // Enough environment to take the user-data over EC2's 16 KB, so spot gzips it.
     let mut deployment =
         String::from("version: 1\nscripts:\n  - name: hello\n    command: echo hello > /opt/hello\nenv:\n");
@@ -367,16 +423,18 @@ fn vm_the_time_to_live_powers_off_a_gzipped_boot_on_bookworm() {
     eprintln!("vm-ttl ready in {}s", doc["instances"][0]["seconds_to_ready"]);
     let seed = std::fs::read(vm.work.path().join("instances").join(id).join("seed/user-data")).unwrap();
     assert_eq!(seed[..2], [0x1f, 0x8b], "the user-data the guest booted from is not gzipped");
-    let facts = vm.run(id, "cloud-init status; cat /opt/hello; grep -c PADDING_ /etc/spot/env");
+    let facts = vm.run(id, "cloud-init status --wait; cat /opt/hello; grep -c PADDING_ /etc/spot/env");
     assert_eq!(facts, "status: done\nhello\n40\n", "{}", vm.story(id));
 
-    // The guest's clock jumps to 20 s before the expiry; nothing else tells it to stop.
     let expires_at = doc["expires_at"].as_str().unwrap();
-    assert_eq!(armed_for(&vm, id), expires_at.replace('T', " ").replace('Z', " UTC"));
-    let expiry = expires_at.parse::<jiff::Timestamp>().unwrap().as_second();
-    vm.run(id, &format!("date -s @{} >/dev/null", expiry - 20));
-    let took = vm.wait_powered_off(id, Duration::from_secs(120));
-    assert!(took >= Duration::from_secs(10), "it powered off {took:?} after the jump, before its time");
+    assert!(next_firing(&vm, id).ends_with(&as_systemd(expires_at)));
+    let left = Duration::from_secs(LEAD).saturating_sub(started.elapsed());
+    assert!(left > Duration::from_secs(10), "delivery took the whole lead; raise LEAD");
+    vm.wait_powered_off(id, left + Duration::from_secs(60));
+    // The guest's VM starts after `started`, so on its own clock it is at least this late.
+    let at = started.elapsed();
+    assert!(at + Duration::from_secs(2) >= Duration::from_secs(LEAD), "it powered off {at:?} in, before its time");
+    assert!(vm.console(id).contains("the time to live is over"), "not the expiry timer:\n{}", vm.story(id));
     wait_state(&emu, id, "terminated");
 
     let destroyed = emu.spot().args(["destroy", "vm-ttl", "--dir"]).arg(dir.path()).output().unwrap();
@@ -388,7 +446,7 @@ fn vm_the_time_to_live_powers_off_a_gzipped_boot_on_bookworm() {
 #[test]
 fn vm_the_image_boots_clean_with_an_empty_user_data() {
     let emu = Emulator::start();
-    let vm = VmPlayer::start(&emu, "trixie", &[]);
+    let vm = VmPlayer::start(&emu, "trixie", &[], &[]);
     // An instance spot did not configure: tagged so the harness plays it, empty cloud-config.
     let run = Command::new("python3")
         .args(["-c", "import boto3,sys; e=boto3.client('ec2',region_name='us-east-1',endpoint_url=sys.argv[1],aws_access_key_id='t',aws_secret_access_key='t'); i=e.describe_images(Owners=['099720109477'])['Images'][0]['ImageId']; print(e.run_instances(ImageId=i,MinCount=1,MaxCount=1,InstanceType='t3.small',UserData='#cloud-config\\n{}\\n',TagSpecifications=[{'ResourceType':'instance','Tags':[{'Key':'spot:managed-by','Value':'spot'}]}])['Instances'][0]['InstanceId'])"])

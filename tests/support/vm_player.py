@@ -27,7 +27,6 @@ Usage: vm_player.py --endpoint URL --regions r1,r2 --ssh-dir DIR --work DIR --im
 """
 import argparse
 import base64
-import ctypes
 import glob
 import http.client
 import http.server
@@ -48,10 +47,10 @@ import boto3
 APT_PROXY_GUEST = ("10.0.2.100", 3142)
 
 
-def die_with_parent():
-    """Run in each qemu child before exec: the kernel kills it when this harness dies, even
-    by SIGKILL, so no VM outlives the test that asked for it."""
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+# Every qemu runs under `setpriv --pdeathsig KILL`: the kernel kills it when this harness
+# dies, even by SIGKILL, so no VM outlives the test that asked for it. (Not a preexec_fn:
+# that is unsafe with the proxy's threads running.)
+DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "KILL", "--"]
 
 
 def log(msg):
@@ -137,7 +136,7 @@ class AptHandler(http.server.BaseHTTPRequestHandler):
 
     def forward(self, head):
         url = urllib.parse.urlsplit(self.path)
-        if url.scheme != "http" or url.hostname not in self.server.allowed:
+        if url.scheme != "http" or url.hostname not in self.server.allowed or (url.port or 80) != 80:
             return self.refuse(403, f"only the Debian mirror ({', '.join(sorted(self.server.allowed))}) is reachable")
         cached = self.cache_path(url)
         plain = "Range" not in self.headers and "If-Modified-Since" not in self.headers
@@ -153,15 +152,16 @@ class AptHandler(http.server.BaseHTTPRequestHandler):
             resp = conn.getresponse()
             body = resp.read()
             kept = [(k, v) for k, v in resp.getheaders()
-                    if k.lower() in ("content-type", "last-modified", "etag", "content-range", "accept-ranges")]
+                    if k.lower() in ("content-type", "last-modified", "etag", "content-range", "accept-ranges", "location")]
             conn.close()
         except OSError as e:
             return self.refuse(502, f"the mirror did not answer: {e}")
         if cached and plain and resp.status == 200 and not head:
             os.makedirs(os.path.dirname(cached), exist_ok=True)
-            with open(cached + ".part", "wb") as f:
+            part = f"{cached}.{os.getpid()}.{threading.get_ident()}.part"
+            with open(part, "wb") as f:
                 f.write(body)
-            os.rename(cached + ".part", cached)
+            os.rename(part, cached)
         self.reply(resp.status, kept, body, head, length=resp.getheader("Content-Length") if head else None)
 
     def reply(self, status, headers, body, head, length=None):
@@ -182,11 +182,11 @@ def probe_accel(image):
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "tcg"
     proc = subprocess.Popen(
-        ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-m", "256", "-nodefaults",
+        DIE_WITH_PARENT + ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-m", "256", "-nodefaults",
          "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio",
          "-kernel", os.path.join(image, "vmlinuz"), "-initrd", os.path.join(image, "initrd.img"),
          "-append", "console=ttyS0 panic=-1 rdinit=/bin/nonexistent"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     verdict = []
     timer = threading.Timer(20, proc.kill)
@@ -246,18 +246,31 @@ class Vm:
                "-netdev", "user,id=n0,restrict=on," + ",".join(forwards),
                "-device", "virtio-net-pci,netdev=n0",
                "-serial", f"file:{os.path.join(self.dir, 'console.log')}"]
-        cmd += ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg,thread=multi", "-cpu", "max"]
-        if args.rtc_offset:
-            base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + args.rtc_offset))
+        cmd += ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg", "-cpu", "max"]
+        self.cmd = DIE_WITH_PARENT + cmd
+        self.rtc_offset = args.rtc_offset
+        self.facts = {"accel": accel, "console": os.path.join(self.dir, "console.log"),
+                      "door_key": os.path.join(image, "harness_key"), **self.ports}
+        self.boot()
+
+    def boot(self):
+        """Starts qemu (again, after a stop and start in the emulator: same disk)."""
+        cmd = list(self.cmd)
+        if self.rtc_offset:
+            base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + self.rtc_offset))
             cmd += ["-rtc", f"base={base},clock=host"]
         self.qemu_log = open(os.path.join(self.dir, "qemu.log"), "ab")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.qemu_log, stderr=self.qemu_log,
-                                     preexec_fn=die_with_parent)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.qemu_log, stderr=self.qemu_log)
         self.started = time.time()
+        # Set once the harness has matched this VM's end with the emulator's state.
+        self.mirrored = False
         with open(os.path.join(self.dir, "vm.json.part"), "w") as f:
-            json.dump({"pid": self.proc.pid, "accel": accel, "console": os.path.join(self.dir, "console.log"),
-                       "door_key": os.path.join(image, "harness_key"), **self.ports}, f)
+            json.dump({"pid": self.proc.pid, **self.facts}, f)
         os.rename(os.path.join(self.dir, "vm.json.part"), os.path.join(self.dir, "vm.json"))
+        try:
+            os.remove(os.path.join(self.dir, "exit"))
+        except OSError:
+            pass
 
     def panicked(self):
         """The guest kernel's last words, once: a panicked guest hangs (as on EC2, where
@@ -323,7 +336,7 @@ def main():
     ap.add_argument("--rtc-offset", type=int, default=0, help="the guests' clock, seconds ahead of this machine's")
     ap.add_argument("--memory", type=int, default=1024)
     args = ap.parse_args()
-    for tool in ["qemu-system-x86_64", "qemu-img", "genisoimage", "socat"]:
+    for tool in ["qemu-system-x86_64", "qemu-img", "genisoimage", "socat", "setpriv"]:
         if not shutil.which(tool):
             sys.exit(f"vm_player: {tool} is missing (scripts/test-deps.sh installs it)")
     if not os.path.exists(os.path.join(args.image, "ready")):
@@ -368,16 +381,29 @@ def main():
                         log(f"{region}: {iid}: THE GUEST KERNEL PANICKED ({panic}); see {vm.dir}/console.log")
                     if iid not in running and vm.proc.poll() is None:
                         vm.stop()
+                        vm.mirrored = True
                         log(f"{region}: {iid} is no longer running in the emulator; its VM is stopped")
+                    elif iid in running and vm.proc.poll() is not None and vm.mirrored:
+                        # Started again after the power off was mirrored: boot the same disk.
+                        vm.boot()
+                        log(f"{region}: {iid} runs again in the emulator; its VM boots again")
                     elif iid in running and vm.proc.poll() is not None:
+                        vm.mirrored = True
+                        code = vm.proc.returncode
+                        with open(os.path.join(vm.dir, "exit"), "w") as f:
+                            f.write(f"{code}\n")
+                        if code != 0:
+                            # qemu itself failed (not a guest power off): say so, change nothing.
+                            log(f"{region}: {iid}: QEMU FAILED with exit {code}; see {vm.dir}/qemu.log")
+                            continue
                         # The guest powered itself off: EC2 does what the shutdown behaviour says.
                         behaviour = shutdown_behaviour(client, vm.tags, iid)
                         if behaviour == "terminate":
                             client.terminate_instances(InstanceIds=[iid])
                         else:
                             client.stop_instances(InstanceIds=[iid])
-                        log(f"{region}: {iid} powered off after {time.time() - vm.started:.0f}s "
-                            f"(qemu exit {vm.proc.returncode}); shutdown behaviour {behaviour}")
+                        log(f"{region}: {iid} powered off after {time.time() - vm.started:.0f}s; "
+                            f"shutdown behaviour {behaviour}")
                 for res in found["Reservations"]:
                     for inst in res["Instances"]:
                         iid = inst["InstanceId"]
@@ -385,6 +411,8 @@ def main():
                             continue
                         attr = client.describe_instance_attribute(InstanceId=iid, Attribute="userData")
                         raw = base64.b64decode(attr["UserData"].get("Value", ""))
+                        if not raw:
+                            log(f"{region}: {iid} has no user-data; it boots without, as on EC2")
                         vm = Vm(iid, region, raw, args, accel, proxy.server_address[1])
                         vm.tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
                         playing[iid] = vm
