@@ -35,7 +35,7 @@ now() { date +%s.%N; }
 bare() {
   local start id port
   start=$(now)
-  id=$(python3 -c 'import boto3,sys; e=boto3.client("ec2",endpoint_url=sys.argv[1]); i=e.describe_images(Owners=["099720109477"])["Images"][0]["ImageId"]; print(e.run_instances(ImageId=i,MinCount=1,MaxCount=1,InstanceType="t3.small",UserData="#cloud-config\n{}\n",TagSpecifications=[{"ResourceType":"instance","Tags":[{"Key":"spot:managed-by","Value":"spot"}]}])["Instances"][0]["InstanceId"])' "$AWS_ENDPOINT_URL")
+  id=$(python3 -c 'import boto3,sys; e=boto3.client("ec2",region_name="us-east-1",endpoint_url=sys.argv[1]); i=e.describe_images(Owners=["099720109477"])["Images"][0]["ImageId"]; print(e.run_instances(ImageId=i,MinCount=1,MaxCount=1,InstanceType="t3.small",UserData="#cloud-config\n{}\n",TagSpecifications=[{"ResourceType":"instance","Tags":[{"Key":"spot:managed-by","Value":"spot"}]}])["Instances"][0]["InstanceId"])' "$AWS_ENDPOINT_URL")
   until [[ -f $work/instances/$id/vm.json ]]; do sleep 0.2; done
   port=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["door"])' "$work/instances/$id/vm.json")
   until ssh -q -i "$image/harness_key" -p "$port" -o BatchMode=yes -o ConnectTimeout=5 \
@@ -44,7 +44,7 @@ bare() {
     sleep 1
   done
   echo "$(now) - $start" | bc
-  python3 -c 'import boto3,sys; boto3.client("ec2",endpoint_url=sys.argv[1]).terminate_instances(InstanceIds=[sys.argv[2]])' \
+  python3 -c 'import boto3,sys; boto3.client("ec2",region_name="us-east-1",endpoint_url=sys.argv[1]).terminate_instances(InstanceIds=[sys.argv[2]])' \
     "$AWS_ENDPOINT_URL" "$id"
 }
 deploy() {

@@ -114,12 +114,12 @@ fn assert_clean(emu: &Emulator) {
     assert_eq!(left, json!({}), "resources left behind: {left:#}");
 }
 
-fn stderr(out: &std::process::Output) -> String {
+pub fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Every file below `dir`, as text (lossy).
-fn all_files(dir: &Path) -> String {
+pub fn all_files(dir: &Path) -> String {
     let mut text = String::new();
     for entry in walkdir::WalkDir::new(dir).into_iter().flatten().filter(|e| e.file_type().is_file()) {
         text.push_str(&String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap()));

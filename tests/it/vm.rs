@@ -4,13 +4,14 @@
 //! instance player fakes is proven here. The VM tests run one at a time (nextest group
 //! `vm`, `.config/nextest.toml`): under TCG they take both cores.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::common::repo;
+use crate::deliver::{all_files, stderr};
 use crate::emulator::{Emulator, state_dir};
 
 /// The image of `scripts/vm-image.sh SUITE`: built once, then taken from its cache.
@@ -179,19 +180,6 @@ impl Drop for VmPlayer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Every file below `dir`, as text (lossy).
-fn all_files(dir: &Path) -> String {
-    let mut text = String::new();
-    for entry in walkdir::WalkDir::new(dir).into_iter().flatten().filter(|e| e.file_type().is_file()) {
-        text.push_str(&String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap()));
-    }
-    text
 }
 
 /// The instance's state in the emulator, asked directly.

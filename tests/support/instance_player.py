@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 
-import boto3
+import emulated
 import yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -245,60 +245,37 @@ def main():
     os.makedirs("/run/sshd", exist_ok=True)
     os.makedirs(args.ssh_dir, exist_ok=True)
     os.makedirs(args.work, exist_ok=True)
-    clients = {
-        r: boto3.client("ec2", region_name=r, endpoint_url=args.endpoint,
-                        aws_access_key_id="testing", aws_secret_access_key="testing")
-        for r in args.regions.split(",")
-    }
+    ec2 = emulated.clients(args.endpoint, args.regions)
     playing = {}
-    stopping = []
-
-    def on_signal(_sig, _frame):
-        stopping.append(True)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    filters = [{"Name": "tag:spot:managed-by", "Values": ["spot"]},
-               {"Name": "instance-state-name", "Values": ["running"]}]
-    if args.deployment:
-        filters.append({"Name": "tag:spot:deployment", "Values": [args.deployment]})
+    stopping = emulated.stop_flag()
     try:
-        while not stopping:
-            for region, client in clients.items():
+        for region, client, instances, running in emulated.running(ec2, stopping, args.deployment, 0.2, log):
+            # An instance that stopped running (terminated) takes its sshd and services with it.
+            for iid in [i for i, inst in playing.items() if inst.region == region and i not in running]:
+                playing.pop(iid).stop()
                 try:
-                    found = client.describe_instances(Filters=filters)
-                except Exception as e:  # the emulator may be busy or gone; try again
-                    log(f"{region}: describe failed: {e}")
+                    os.remove(os.path.join(args.ssh_dir, iid))
+                except OSError:
+                    pass
+                log(f"{region}: {iid} is no longer running; stopped")
+            for inst in instances:
+                iid = inst["InstanceId"]
+                if iid in playing:
                     continue
-                running = {i["InstanceId"] for r in found["Reservations"] for i in r["Instances"]}
-                # An instance that stopped running (terminated) takes its sshd and services with it.
-                for iid in [i for i, inst in playing.items() if inst.region == region and i not in running]:
-                    playing.pop(iid).stop()
-                    try:
-                        os.remove(os.path.join(args.ssh_dir, iid))
-                    except OSError:
-                        pass
-                    log(f"{region}: {iid} is no longer running; stopped")
-                for res in found["Reservations"]:
-                    for inst in res["Instances"]:
-                        iid = inst["InstanceId"]
-                        if iid in playing:
-                            continue
-                        doc = user_data(client, iid)
-                        refused = refusals(doc)
-                        if refused:
-                            for why in refused:
-                                log(f"{region}: {iid}: refused: {why}")
-                            log("the player cannot play this instance; boot it on a VM (tests/support/vm_player.py)")
-                            return 3
-                        playing[iid] = Instance(iid, doc, args.work, args.wrong_host_key, args.instance_connect_dir)
-                        playing[iid].region = region
-                        target = os.path.join(args.ssh_dir, iid)
-                        with open(target + ".part", "w") as f:
-                            f.write(f"127.0.0.1:{playing[iid].port}\n")
-                        os.rename(target + ".part", target)
-                        log(f"{region}: {iid} plays on 127.0.0.1:{playing[iid].port} as {playing[iid].user}")
-            time.sleep(0.2)
+                doc = user_data(client, iid)
+                refused = refusals(doc)
+                if refused:
+                    for why in refused:
+                        log(f"{region}: {iid}: refused: {why}")
+                    log("the player cannot play this instance; boot it on a VM (tests/support/vm_player.py)")
+                    return 3
+                playing[iid] = Instance(iid, doc, args.work, args.wrong_host_key, args.instance_connect_dir)
+                playing[iid].region = region
+                target = os.path.join(args.ssh_dir, iid)
+                with open(target + ".part", "w") as f:
+                    f.write(f"127.0.0.1:{playing[iid].port}\n")
+                os.rename(target + ".part", target)
+                log(f"{region}: {iid} plays on 127.0.0.1:{playing[iid].port} as {playing[iid].user}")
     finally:
         for inst in playing.values():
             inst.stop()

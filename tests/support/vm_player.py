@@ -33,7 +33,6 @@ import http.server
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -41,7 +40,7 @@ import threading
 import time
 import urllib.parse
 
-import boto3
+import emulated
 
 # The guest's view of the harness: apt's proxy (baked into the image by vm-image.sh).
 APT_PROXY_GUEST = ("10.0.2.100", 3142)
@@ -347,83 +346,60 @@ def main():
     log(f"acceleration: {accel}")
     proxy = AptProxy(os.path.join(os.path.dirname(os.path.abspath(args.image)), "apt-cache"))
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    clients = {
-        r: boto3.client("ec2", region_name=r, endpoint_url=args.endpoint,
-                        aws_access_key_id="testing", aws_secret_access_key="testing")
-        for r in args.regions.split(",")
-    }
+    ec2 = emulated.clients(args.endpoint, args.regions)
     playing = {}
-    stopping = []
-
-    def on_signal(_sig, _frame):
-        stopping.append(True)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    filters = [{"Name": "tag:spot:managed-by", "Values": ["spot"]},
-               {"Name": "instance-state-name", "Values": ["running"]}]
-    if args.deployment:
-        filters.append({"Name": "tag:spot:deployment", "Values": [args.deployment]})
+    stopping = emulated.stop_flag()
     try:
-        while not stopping:
-            for region, client in clients.items():
-                try:
-                    found = client.describe_instances(Filters=filters)
-                except Exception as e:  # the emulator may be busy or gone; try again
-                    log(f"{region}: describe failed: {e}")
+        for region, client, instances, running in emulated.running(ec2, stopping, args.deployment, 1, log):
+            for iid, vm in list(playing.items()):
+                if vm.region != region:
                     continue
-                running = {i["InstanceId"] for r in found["Reservations"] for i in r["Instances"]}
-                for iid, vm in list(playing.items()):
-                    if vm.region != region:
+                panic = vm.panicked()
+                if panic:
+                    log(f"{region}: {iid}: THE GUEST KERNEL PANICKED ({panic}); see {vm.dir}/console.log")
+                if iid not in running and vm.proc.poll() is None:
+                    vm.stop()
+                    vm.mirrored = True
+                    log(f"{region}: {iid} is no longer running in the emulator; its VM is stopped")
+                elif iid in running and vm.proc.poll() is not None and vm.mirrored:
+                    # Started again after the power off was mirrored: boot the same disk.
+                    vm.boot()
+                    log(f"{region}: {iid} runs again in the emulator; its VM boots again")
+                elif iid in running and vm.proc.poll() is not None:
+                    vm.mirrored = True
+                    code = vm.proc.returncode
+                    with open(os.path.join(vm.dir, "exit"), "w") as f:
+                        f.write(f"{code}\n")
+                    if code != 0:
+                        # qemu itself failed (not a guest power off): say so, change nothing.
+                        log(f"{region}: {iid}: QEMU FAILED with exit {code}; see {vm.dir}/qemu.log")
                         continue
-                    panic = vm.panicked()
-                    if panic:
-                        log(f"{region}: {iid}: THE GUEST KERNEL PANICKED ({panic}); see {vm.dir}/console.log")
-                    if iid not in running and vm.proc.poll() is None:
-                        vm.stop()
-                        vm.mirrored = True
-                        log(f"{region}: {iid} is no longer running in the emulator; its VM is stopped")
-                    elif iid in running and vm.proc.poll() is not None and vm.mirrored:
-                        # Started again after the power off was mirrored: boot the same disk.
-                        vm.boot()
-                        log(f"{region}: {iid} runs again in the emulator; its VM boots again")
-                    elif iid in running and vm.proc.poll() is not None:
-                        vm.mirrored = True
-                        code = vm.proc.returncode
-                        with open(os.path.join(vm.dir, "exit"), "w") as f:
-                            f.write(f"{code}\n")
-                        if code != 0:
-                            # qemu itself failed (not a guest power off): say so, change nothing.
-                            log(f"{region}: {iid}: QEMU FAILED with exit {code}; see {vm.dir}/qemu.log")
-                            continue
-                        # The guest powered itself off: EC2 does what the shutdown behaviour says.
-                        behaviour = shutdown_behaviour(client, vm.tags, iid)
-                        if behaviour == "terminate":
-                            client.terminate_instances(InstanceIds=[iid])
-                        else:
-                            client.stop_instances(InstanceIds=[iid])
-                        log(f"{region}: {iid} powered off after {time.time() - vm.started:.0f}s; "
-                            f"shutdown behaviour {behaviour}")
-                for res in found["Reservations"]:
-                    for inst in res["Instances"]:
-                        iid = inst["InstanceId"]
-                        if iid in playing:
-                            continue
-                        attr = client.describe_instance_attribute(InstanceId=iid, Attribute="userData")
-                        raw = base64.b64decode(attr["UserData"].get("Value", ""))
-                        if not raw:
-                            log(f"{region}: {iid} has no user-data; it boots without, as on EC2")
-                        vm = Vm(iid, region, raw, args, accel, proxy.server_address[1])
-                        vm.tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
-                        playing[iid] = vm
-                        target = os.path.join(args.ssh_dir, iid)
-                        with open(target + ".part", "w") as f:
-                            f.write(f"127.0.0.1:{vm.ports['ssh']}\n")
-                        os.rename(target + ".part", target)
-                        gzipped = ", gzipped" if raw[:2] == b"\x1f\x8b" else ""
-                        log(f"{region}: {iid} boots ({len(raw)} bytes of user-data{gzipped}); "
-                            f"ssh on 127.0.0.1:{vm.ports['ssh']}")
-            time.sleep(1)
+                    # The guest powered itself off: EC2 does what the shutdown behaviour says.
+                    behaviour = shutdown_behaviour(client, vm.tags, iid)
+                    if behaviour == "terminate":
+                        client.terminate_instances(InstanceIds=[iid])
+                    else:
+                        client.stop_instances(InstanceIds=[iid])
+                    log(f"{region}: {iid} powered off after {time.time() - vm.started:.0f}s; "
+                        f"shutdown behaviour {behaviour}")
+            for inst in instances:
+                iid = inst["InstanceId"]
+                if iid in playing:
+                    continue
+                attr = client.describe_instance_attribute(InstanceId=iid, Attribute="userData")
+                raw = base64.b64decode(attr["UserData"].get("Value", ""))
+                if not raw:
+                    log(f"{region}: {iid} has no user-data; it boots without, as on EC2")
+                vm = Vm(iid, region, raw, args, accel, proxy.server_address[1])
+                vm.tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
+                playing[iid] = vm
+                target = os.path.join(args.ssh_dir, iid)
+                with open(target + ".part", "w") as f:
+                    f.write(f"127.0.0.1:{vm.ports['ssh']}\n")
+                os.rename(target + ".part", target)
+                gzipped = ", gzipped" if raw[:2] == b"\x1f\x8b" else ""
+                log(f"{region}: {iid} boots ({len(raw)} bytes of user-data{gzipped}); "
+                    f"ssh on 127.0.0.1:{vm.ports['ssh']}")
     finally:
         for vm in playing.values():
             vm.stop()
