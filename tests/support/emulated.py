@@ -1,10 +1,18 @@
 """What the instance player and the VM player share: the emulator's EC2 clients, a stop
-flag set by SIGTERM/SIGINT, and the loop over the instances spot launched that run now."""
+flag set by SIGTERM/SIGINT, the loop over the instances spot launched that run now, and a
+free 127.0.0.1 port."""
 import signal
+import socket
 import sys
 import time
 
 import boto3
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def clients(endpoint, regions):

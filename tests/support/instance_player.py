@@ -60,12 +60,6 @@ def log(msg):
     print(f"[player] {msg}", file=sys.stderr, flush=True)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def user_data(client, instance_id):
     attr = client.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
     raw = base64.b64decode(attr["UserData"]["Value"])
@@ -130,7 +124,7 @@ class Instance:
         self.dir = os.path.join(work, instance_id)
         self.standin_state = os.path.join(self.dir, "standin")
         os.makedirs(self.standin_state, exist_ok=True)
-        self.port = free_port()
+        self.port = emulated.free_port()
         user = doc["users"][0]
         self.user = user["name"]
         host_key = os.path.join(self.dir, "ssh_host_ed25519_key")

@@ -33,7 +33,6 @@ import http.server
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -54,12 +53,6 @@ DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "KILL", "--"]
 
 def log(msg):
     print(f"[vm] {time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def mirror_hosts():
@@ -224,11 +217,11 @@ class Vm:
         disk = os.path.join(self.dir, "disk.qcow2")
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", os.path.join(image, "root.raw"),
                         "-F", "raw", disk, "8G"], check=True)
-        self.ports = {"ssh": free_port(), "door": free_port(), "forwards": {}}
+        self.ports = {"ssh": emulated.free_port(), "door": emulated.free_port(), "forwards": {}}
         forwards = [f"hostfwd=tcp:127.0.0.1:{self.ports['ssh']}-:22",
                     f"hostfwd=tcp:127.0.0.1:{self.ports['door']}-:2222"]
         for guest in args.forward:
-            host = free_port()
+            host = emulated.free_port()
             self.ports["forwards"][str(guest)] = host
             forwards.append(f"hostfwd=tcp:127.0.0.1:{host}-:{guest}")
         gip, gport = APT_PROXY_GUEST
