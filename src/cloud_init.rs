@@ -5,9 +5,9 @@
 //! user with the deployment's authorized key, installs the SSH host key `spot` generated
 //! (so the connection is pinned, not trusted on first use), arms a power-off timer at the
 //! time to live on every boot ([`expiry`]), writes the non-secret environment, and marks
-//! boot as finished. Secrets
-//! never go here: they travel over SSH later. When the text exceeds EC2's 16 KB it is
-//! gzipped; when even that does not fit, the error names what made it large.
+//! boot as finished. Secrets never go here: they travel over SSH later. When the text
+//! exceeds EC2's 16 KB it is gzipped; when even that does not fit, the error names what
+//! made it large.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -205,7 +205,8 @@ fn document(deployment: &Deployment, identity: &Identity, keys: &UserDataKeys) -
                 owner: "root:root",
             },
         ],
-        // The first module of every boot, before packages, users or anything that can fail.
+        // cloud-init's first config module on every boot: before packages, users or
+        // anything else that can fail.
         bootcmd: vec![expiry::arm(identity)],
         runcmd,
         final_message: format!("spot: boot of {} finished after $UPTIME seconds", identity.deployment_id),

@@ -130,6 +130,9 @@ class AptHandler(http.server.BaseHTTPRequestHandler):
         url = urllib.parse.urlsplit(self.path)
         if url.scheme != "http" or url.hostname not in self.server.allowed or (url.port or 80) != 80:
             return self.refuse(403, f"only the Debian mirror ({', '.join(sorted(self.server.allowed))}) is reachable")
+        if ".." in url.path.split("/"):
+            # The cache is a folder on the host: a guest names no file outside it.
+            return self.refuse(403, "no `..` in paths")
         cached = self.cache_path(url)
         plain = "Range" not in self.headers and "If-Modified-Since" not in self.headers
         if cached and plain and os.path.exists(cached):
