@@ -2,7 +2,7 @@
 //! that `tests/support/vm_player.py` boots under qemu from exactly the user-data spot gave
 //! the emulator. cloud-init, systemd, sshd, sudo and apt are the real ones, so what the
 //! instance player fakes is proven here. The VM tests run one at a time (nextest group
-//! `vm`, `.config/nextest.toml`): under TCG they take both cores.
+//! `vm`, `.config/nextest.toml`): under TCG each VM keeps a core busy.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
