@@ -11,6 +11,7 @@
 #   bench/vm-boot.sh                         # trixie, 3 rounds, target/debug/spot
 #   SUITE=bookworm ROUNDS=5 SPOT_BIN=target/release/spot bench/vm-boot.sh
 set -euo pipefail
+shopt -s inherit_errexit # a failure inside $(...) ends the run too
 cd "$(dirname "$0")/.."
 repo=$PWD
 SPOT_BIN=$repo/${SPOT_BIN:-target/debug/spot}
@@ -36,7 +37,9 @@ bare() {
   local start id port
   start=$(now)
   id=$(python3 -c 'import boto3,sys; e=boto3.client("ec2",region_name="us-east-1",endpoint_url=sys.argv[1]); i=e.describe_images(Owners=["099720109477"])["Images"][0]["ImageId"]; print(e.run_instances(ImageId=i,MinCount=1,MaxCount=1,InstanceType="t3.small",UserData="#cloud-config\n{}\n",TagSpecifications=[{"ResourceType":"instance","Tags":[{"Key":"spot:managed-by","Value":"spot"}]}])["Instances"][0]["InstanceId"])' "$AWS_ENDPOINT_URL")
-  until [[ -f $work/instances/$id/vm.json ]]; do sleep 0.2; done
+  [[ -n $id ]] || { echo "bench: RunInstances failed" >&2; exit 1; }
+  for _ in $(seq 1 300); do [[ -f $work/instances/$id/vm.json ]] && break; sleep 0.2; done
+  [[ -f $work/instances/$id/vm.json ]] || { echo "bench: no VM for $id" >&2; exit 1; }
   port=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["door"])' "$work/instances/$id/vm.json")
   until ssh -q -i "$image/harness_key" -p "$port" -o BatchMode=yes -o ConnectTimeout=5 \
     -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@127.0.0.1 \
