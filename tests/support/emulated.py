@@ -1,6 +1,8 @@
 """What the instance player and the VM player share: the emulator's EC2 clients, a stop
-flag set by SIGTERM/SIGINT, the loop over the instances spot launched that run now, and a
-free 127.0.0.1 port."""
+flag set by SIGTERM/SIGINT, the loop over the instances spot launched that run now, the
+common command line, whole-file writes, and a free 127.0.0.1 port."""
+import argparse
+import os
 import signal
 import socket
 import sys
@@ -13,6 +15,24 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def arguments(doc):
+    """The command line both players take; each adds its own options."""
+    ap = argparse.ArgumentParser(description=doc)
+    ap.add_argument("--endpoint", required=True)
+    ap.add_argument("--regions", required=True)
+    ap.add_argument("--ssh-dir", required=True)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--deployment")
+    return ap
+
+
+def write_atomic(path, text):
+    """Readers (spot, the tests) see the whole file or none of it."""
+    with open(path + ".part", "w") as f:
+        f.write(text)
+    os.rename(path + ".part", path)
 
 
 def clients(endpoint, regions):

@@ -26,7 +26,6 @@ the ec2-instance-connect package's AuthorizedKeysCommand does on an Ubuntu AMI.
 Usage: instance_player.py --endpoint URL --regions r1,r2 --ssh-dir DIR --work DIR
        [--deployment ID] [--wrong-host-key] [--instance-connect-dir DIR]
 """
-import argparse
 import base64
 import gzip
 import os
@@ -222,12 +221,7 @@ class Instance:
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--endpoint", required=True)
-    ap.add_argument("--regions", required=True)
-    ap.add_argument("--ssh-dir", required=True)
-    ap.add_argument("--work", required=True)
-    ap.add_argument("--deployment")
+    ap = emulated.arguments(__doc__)
     ap.add_argument("--wrong-host-key", action="store_true")
     ap.add_argument("--instance-connect-dir")
     args = ap.parse_args()
@@ -265,10 +259,7 @@ def main():
                     return 3
                 playing[iid] = Instance(iid, doc, args.work, args.wrong_host_key, args.instance_connect_dir)
                 playing[iid].region = region
-                target = os.path.join(args.ssh_dir, iid)
-                with open(target + ".part", "w") as f:
-                    f.write(f"127.0.0.1:{playing[iid].port}\n")
-                os.rename(target + ".part", target)
+                emulated.write_atomic(os.path.join(args.ssh_dir, iid), f"127.0.0.1:{playing[iid].port}\n")
                 log(f"{region}: {iid} plays on 127.0.0.1:{playing[iid].port} as {playing[iid].user}")
     finally:
         for inst in playing.values():

@@ -14,20 +14,19 @@ the units are the real ones; nothing of the user-data is skipped or rewritten.
   to another free port; the image's harness door (a second sshd on 2222, never used by
   spot) to a third. `<work>/<id>/vm.json` records them. The guest's apt reaches this
   process's HTTP proxy at 10.0.2.100:3142 (a qemu guestfwd), which passes only to the
-  Debian mirror this machine's apt uses and caches what cannot change (pool files and
-  by-hash indexes) under the image cache.
+  Debian mirror the image was built from (this machine's) and caches what cannot change
+  (pool files and by-hash indexes) under the image cache.
 - Lifecycle, both ways: a guest that powers off (qemu exits) has its instance stopped or
   terminated in the emulator as its shutdown behaviour says; an instance that stops
   running in the emulator has its VM stopped. A reboot in the guest is a reboot.
-- Acceleration: KVM when a probe boot under KVM reaches the kernel's init, else TCG.
+- Acceleration: KVM when a probe boot of the image's kernel under KVM runs to its end,
+  else TCG.
 - On SIGTERM/SIGINT every qemu started here is stopped by PID.
 
 Usage: vm_player.py --endpoint URL --regions r1,r2 --ssh-dir DIR --work DIR --image DIR
        [--deployment ID] [--forward PORT]... [--rtc-offset SECONDS] [--memory MIB]
 """
-import argparse
 import base64
-import glob
 import http.client
 import http.server
 import json
@@ -55,30 +54,12 @@ def log(msg):
     print(f"[vm] {time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
 
 
-def mirror_hosts():
-    """The hosts this machine's apt fetches Debian from (http only: the guest's apt too)."""
-    hosts = set()
-    for path in glob.glob("/etc/apt/sources.list.d/*.sources"):
-        with open(path) as f:
-            for line in f:
-                if line.startswith("URIs:"):
-                    for uri in line.split()[1:]:
-                        u = urllib.parse.urlsplit(uri)
-                        if u.scheme == "http" and "debian" in u.path:
-                            hosts.add(u.hostname)
-    for path in ["/etc/apt/sources.list"] + glob.glob("/etc/apt/sources.list.d/*.list"):
-        try:
-            with open(path) as f:
-                for line in f:
-                    parts = line.split()
-                    if parts[:1] == ["deb"]:
-                        uri = next((p for p in parts[1:] if "://" in p), "")
-                        u = urllib.parse.urlsplit(uri)
-                        if u.scheme == "http" and "debian" in u.path:
-                            hosts.add(u.hostname)
-        except OSError:
-            pass
-    return hosts or {"deb.debian.org"}
+def image_mirror(image):
+    """The mirror the image's apt sources name (vm-image.sh records it): the one host the
+    proxy passes to."""
+    with open(os.path.join(image, "image.info")) as f:
+        info = dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
+    return urllib.parse.urlsplit(info["mirror"]).hostname
 
 
 class AptProxy(http.server.ThreadingHTTPServer):
@@ -86,10 +67,9 @@ class AptProxy(http.server.ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, cache_dir):
-        self.allowed = mirror_hosts()
+    def __init__(self, mirror, cache_dir):
+        self.allowed = {mirror}
         self.cache_dir = cache_dir
-        self.refused = []
         super().__init__(("127.0.0.1", 0), AptHandler)
 
 
@@ -106,7 +86,6 @@ class AptHandler(http.server.BaseHTTPRequestHandler):
         self.forward(head=False)
 
     def refuse(self, code, why):
-        self.server.refused.append(f"{self.command} {self.path}: {why}")
         log(f"apt proxy refused {self.command} {self.path}: {why}")
         body = why.encode()
         self.send_response(code)
@@ -244,6 +223,8 @@ class Vm:
         cmd += ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg", "-cpu", "max"]
         self.cmd = DIE_WITH_PARENT + cmd
         self.rtc_offset = args.rtc_offset
+        self.panic_told = False
+        self.console_seen = 0
         self.facts = {"accel": accel, "console": os.path.join(self.dir, "console.log"),
                       "door_key": os.path.join(image, "harness_key"), **self.ports}
         self.boot()
@@ -259,9 +240,7 @@ class Vm:
         self.started = time.time()
         # Set once the harness has matched this VM's end with the emulator's state.
         self.mirrored = False
-        with open(os.path.join(self.dir, "vm.json.part"), "w") as f:
-            json.dump({"pid": self.proc.pid, **self.facts}, f)
-        os.rename(os.path.join(self.dir, "vm.json.part"), os.path.join(self.dir, "vm.json"))
+        emulated.write_atomic(os.path.join(self.dir, "vm.json"), json.dumps({"pid": self.proc.pid, **self.facts}))
         try:
             os.remove(os.path.join(self.dir, "exit"))
         except OSError:
@@ -269,14 +248,19 @@ class Vm:
 
     def panicked(self):
         """The guest kernel's last words, once: a panicked guest hangs (as on EC2, where
-        only the status checks would say so), so the harness says it loudly."""
-        if getattr(self, "panic_told", False):
+        only the status checks would say so), so the harness says it loudly. Reads only
+        what the console got since the last look."""
+        if self.panic_told:
             return None
         try:
             with open(os.path.join(self.dir, "console.log"), "rb") as f:
-                text = f.read().decode(errors="replace")
+                f.seek(self.console_seen)
+                new = f.read()
         except OSError:
             return None
+        # Keep a line's worth so a message split across two reads is still found.
+        text = new.decode(errors="replace")
+        self.console_seen += max(0, len(new) - 200)
         at = text.find("Kernel panic - not syncing")
         if at < 0:
             return None
@@ -320,13 +304,8 @@ def shutdown_behaviour(client, tags, iid):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--endpoint", required=True)
-    ap.add_argument("--regions", required=True)
-    ap.add_argument("--ssh-dir", required=True)
-    ap.add_argument("--work", required=True)
+    ap = emulated.arguments(__doc__)
     ap.add_argument("--image", required=True)
-    ap.add_argument("--deployment")
     ap.add_argument("--forward", type=int, action="append", default=[])
     ap.add_argument("--rtc-offset", type=int, default=0, help="the guests' clock, seconds ahead of this machine's")
     ap.add_argument("--memory", type=int, default=1024)
@@ -340,7 +319,7 @@ def main():
     os.makedirs(args.work, exist_ok=True)
     accel = probe_accel(args.image)
     log(f"acceleration: {accel}")
-    proxy = AptProxy(os.path.join(os.path.dirname(os.path.abspath(args.image)), "apt-cache"))
+    proxy = AptProxy(image_mirror(args.image), os.path.join(os.path.dirname(os.path.abspath(args.image)), "apt-cache"))
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     ec2 = emulated.clients(args.endpoint, args.regions)
     playing = {}
@@ -389,10 +368,7 @@ def main():
                 vm = Vm(iid, region, raw, args, accel, proxy.server_address[1])
                 vm.tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
                 playing[iid] = vm
-                target = os.path.join(args.ssh_dir, iid)
-                with open(target + ".part", "w") as f:
-                    f.write(f"127.0.0.1:{vm.ports['ssh']}\n")
-                os.rename(target + ".part", target)
+                emulated.write_atomic(os.path.join(args.ssh_dir, iid), f"127.0.0.1:{vm.ports['ssh']}\n")
                 gzipped = ", gzipped" if raw[:2] == b"\x1f\x8b" else ""
                 log(f"{region}: {iid} boots ({len(raw)} bytes of user-data{gzipped}); "
                     f"ssh on 127.0.0.1:{vm.ports['ssh']}")
