@@ -27,6 +27,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 hash=$(sha256sum "$here/vm-image.sh" | cut -c1-12)
 cache=${SPOT_VM_CACHE:-$HOME/.cache/spot-vm}
 out=$cache/$suite-$hash
+mkdir -p "$cache"
+# One build of a suite at a time; a second caller waits, then finds it built.
+exec 9>"$cache/.lock-$suite"
+flock 9
 if [[ -f $out/ready ]]; then
   touch "$out/ready" # when it was last used: unused old images are pruned below
   echo "$out"
@@ -41,14 +45,6 @@ done
 mirror=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '/^URIs:/ {for (i = 2; i <= NF; i++) if ($i ~ /^http:.*\/debian\/?$/) {print $i; exit}}' || true)
 [[ -n $mirror ]] || mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '$1 == "deb" {for (i = 2; i <= NF; i++) if ($i ~ /^http:.*\/debian\/?$/) {print $i; exit}}' || true)
 mirror=${mirror:-http://deb.debian.org/debian}
-mkdir -p "$cache"
-# One build of a suite at a time; a second caller waits, then finds it built.
-exec 9>"$cache/.lock-$suite"
-flock 9
-if [[ -f $out/ready ]]; then
-  echo "$out"
-  exit 0
-fi
 build=$(mktemp -d "$cache/.build-$suite.XXXXXX")
 trap 'as_root rm -rf "$build"' EXIT
 root=$build/root
