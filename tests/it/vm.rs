@@ -57,6 +57,29 @@ impl VmPlayer {
         Self { child, ssh_dir, work, image }
     }
 
+    /// `spot create --json` of `dir` onto these VMs, which must succeed (a TCG boot takes
+    /// minutes, hence the long SSH wait); its output and the parsed JSON.
+    pub fn create(
+        &self,
+        emu: &Emulator,
+        dir: &std::path::Path,
+        id: &str,
+        env: &[(&str, &str)],
+    ) -> (std::process::Output, Value) {
+        let mut cmd = emu.spot();
+        cmd.args(["create", "--json", "--ssh-timeout", "10m", "--deployment-id", id])
+            .arg(dir)
+            .env("SPOT_EMULATOR_SSH_DIR", &self.ssh_dir)
+            .timeout(Duration::from_secs(900));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "create failed: {}\n{}", stderr(&out), self.log());
+        let doc = serde_json::from_slice(&out.stdout).unwrap();
+        (out, doc)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.work.path().join("vm.log")).unwrap_or_default()
     }
@@ -269,17 +292,7 @@ fn vm_the_example_boots_for_real_survives_a_reboot_and_late_boots_power_off() {
     )
     .unwrap();
 
-    let out = emu
-        .spot()
-        .args(["create", "--json", "--ssh-timeout", "10m", "--deployment-id", "vm-hello"])
-        .arg(dir.path())
-        .env("SPOT_EMULATOR_SSH_DIR", &vm.ssh_dir)
-        .env("APP_TOKEN", SECRET)
-        .timeout(Duration::from_secs(900))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "create failed: {}\n{}", stderr(&out), vm.log());
-    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (out, doc) = vm.create(&emu, dir.path(), "vm-hello", &[("APP_TOKEN", SECRET)]);
     let ids: Vec<String> =
         doc["instances"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_string()).collect();
     assert_eq!(ids.len(), 2, "{doc:#}");
@@ -396,16 +409,7 @@ fn vm_the_time_to_live_powers_off_a_gzipped_boot_on_bookworm() {
         &deployment,
         &[],
     );
-    let out = emu
-        .spot()
-        .args(["create", "--json", "--ssh-timeout", "10m", "--deployment-id", "vm-ttl"])
-        .arg(dir.path())
-        .env("SPOT_EMULATOR_SSH_DIR", &vm.ssh_dir)
-        .timeout(Duration::from_secs(900))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "create failed: {}\n{}", stderr(&out), vm.log());
-    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (_, doc) = vm.create(&emu, dir.path(), "vm-ttl", &[]);
     let id = doc["instances"][0]["id"].as_str().unwrap().to_string();
     let id = id.as_str();
     eprintln!("vm-ttl ready in {}s", doc["instances"][0]["seconds_to_ready"]);
