@@ -15,12 +15,11 @@ command -v sudo >/dev/null 2>&1 || missing_apt+=(sudo)
 command -v curl >/dev/null 2>&1 || missing_apt+=(curl)
 command -v systemd-analyze >/dev/null 2>&1 || missing_apt+=(systemd)
 command -v unshare >/dev/null 2>&1 || missing_apt+=(util-linux)
-# The VM instances (tests/it/vm.rs): qemu, its disk tool, the image builder, the NoCloud
-# seed's ISO writer, and socat for the guest's way to the harness's apt proxy.
+# The VM instances (tests/it/vm.rs): qemu, its disk tool, the image builder, and socat for
+# the guest's ways to the harness (its metadata service and apt's proxy).
 command -v qemu-system-x86_64 >/dev/null 2>&1 || missing_apt+=(qemu-system-x86)
 command -v qemu-img >/dev/null 2>&1 || missing_apt+=(qemu-utils)
 command -v mmdebstrap >/dev/null 2>&1 || missing_apt+=(mmdebstrap)
-command -v genisoimage >/dev/null 2>&1 || missing_apt+=(genisoimage)
 command -v socat >/dev/null 2>&1 || missing_apt+=(socat)
 if ((${#missing_apt[@]})); then
   as_root apt-get update -qq

@@ -5,13 +5,20 @@
 #
 # Usage: scripts/vm-image.sh [trixie|bookworm]   (default trixie)
 # Prints the image folder. The image is built once and cached outside the checkout in
-# ${SPOT_VM_CACHE:-$HOME/.cache/spot-vm}/<suite>-<hash of this script>, so a second run
-# (and CI on the same machine) reuses it; editing this script makes a new one.
+# ${SPOT_VM_CACHE:-$HOME/.cache/spot-vm}/<suite>-<hash of this script and what it
+# copies in>, so a second run (and CI on the same machine) reuses it; editing either
+# makes a new one.
 #
 # What is in the image that an EC2 instance does not have, and why:
-# - apt goes through http://10.0.2.100:3142, the harness's proxy (the guest has no other
-#   way out), and, like this machine's apt, does not check Valid-Until (the mirror here
-#   serves a dated snapshot).
+# - apt goes through http://169.254.0.100:3142, the harness's proxy (the guest has no
+#   other way out), and, like this machine's apt, does not check Valid-Until (the mirror
+#   here serves a dated snapshot).
+# - EC2 Instance Connect as Ubuntu's ec2-instance-connect package sets it up (Debian has
+#   no such package): sshd's AuthorizedKeysCommand, run as the unprivileged user
+#   ec2-instance-connect, asks the metadata service (IMDSv2) for the keys pushed with
+#   SendSSHPublicKey in the last 60 seconds. Ubuntu's script also checks the signature
+#   EC2 puts beside each key; the harness's metadata service signs nothing, so this one
+#   does not.
 # - A second sshd on port 2222 ("the harness door") with a key only the harness holds,
 #   so tests can look inside (file modes, timers, a reboot) the way they nsenter into
 #   the instance player. It has its own host key outside /etc/ssh, because cloud-init's
@@ -24,7 +31,7 @@ set -euo pipefail
 suite=${1:-trixie}
 case $suite in trixie | bookworm) ;; *) echo "vm-image.sh: suite must be trixie or bookworm, not $suite" >&2; exit 2 ;; esac
 here=$(cd "$(dirname "$0")" && pwd)
-hash=$(sha256sum "$here/vm-image.sh" | cut -c1-12)
+hash=$(cat "$here/vm-image.sh" "$here/vm-instance-connect.sh" | sha256sum | cut -c1-12)
 cache=${SPOT_VM_CACHE:-$HOME/.cache/spot-vm}
 out=$cache/$suite-$hash
 mkdir -p "$cache"
@@ -61,7 +68,7 @@ start=$(date +%s)
 as_root mmdebstrap --quiet --variant=apt --components=main --include="$(IFS=,; echo "${packages[*]}")" \
   --customize-hook='echo spot-vm > "$1/etc/hostname"' \
   --customize-hook='printf "127.0.0.1 localhost\n::1 localhost\n" > "$1/etc/hosts"' \
-  --customize-hook='printf "Acquire::http::Proxy \"http://10.0.2.100:3142/\";\nAcquire::Check-Valid-Until \"false\";\nAcquire::Languages \"none\";\n" > "$1/etc/apt/apt.conf.d/90spot-harness"' \
+  --customize-hook='printf "Acquire::http::Proxy \"http://169.254.0.100:3142/\";\nAcquire::Check-Valid-Until \"false\";\nAcquire::Languages \"none\";\n" > "$1/etc/apt/apt.conf.d/90spot-harness"' \
   --customize-hook='sed -i "s/^# *en_US.UTF-8/en_US.UTF-8/" "$1/etc/locale.gen" && chroot "$1" locale-gen >/dev/null' \
   --customize-hook='echo LANG=en_US.UTF-8 > "$1/etc/default/locale"' \
   --customize-hook='chroot "$1" systemctl enable systemd-networkd >/dev/null 2>&1' \
@@ -72,6 +79,11 @@ as_root mmdebstrap --quiet --variant=apt --components=main --include="$(IFS=,; e
   --customize-hook='printf "Port 2222\nHostKey /etc/spot-harness/host_key\nAuthorizedKeysFile /etc/spot-harness/authorized_keys\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nPidFile /run/spot-harness-sshd.pid\n" > "$1/etc/spot-harness/sshd_config"' \
   --customize-hook='printf "[Unit]\nDescription=The VM harness door (tests only, not spot)\nAfter=network.target\n\n[Service]\nExecStartPre=/bin/mkdir -p /run/sshd\nExecStart=/usr/sbin/sshd -D -e -f /etc/spot-harness/sshd_config\nRestart=always\n\n[Install]\nWantedBy=multi-user.target\n" > "$1/etc/systemd/system/spot-harness-door.service"' \
   --customize-hook='chroot "$1" systemctl enable spot-harness-door.service >/dev/null 2>&1' \
+  --customize-hook='chroot "$1" useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin ec2-instance-connect' \
+  --customize-hook='mkdir -p "$1/usr/share/ec2-instance-connect"' \
+  --customize-hook="cp '$here/vm-instance-connect.sh' \"\$1/usr/share/ec2-instance-connect/eic_run_authorized_keys\"" \
+  --customize-hook='chmod 0755 "$1/usr/share/ec2-instance-connect/eic_run_authorized_keys"' \
+  --customize-hook='printf "AuthorizedKeysCommand /usr/share/ec2-instance-connect/eic_run_authorized_keys %%u %%f\nAuthorizedKeysCommandUser ec2-instance-connect\n" > "$1/etc/ssh/sshd_config.d/60-ec2-instance-connect.conf"' \
   --customize-hook='rm -f "$1"/etc/ssh/ssh_host_*' \
   "$suite" "$root" "$mirror"
 as_root cp "$root"/boot/vmlinuz-* "$build/vmlinuz"

@@ -21,6 +21,7 @@ use crate::manifest::yaml::Span;
 use crate::manifest::{Diagnostic, Kind};
 
 pub mod expiry;
+pub mod status;
 
 /// EC2's limit on user-data, before base64.
 pub const USER_DATA_LIMIT: usize = 16 * 1024;

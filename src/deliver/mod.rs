@@ -13,7 +13,7 @@ pub mod run;
 
 use std::time::Duration;
 
-use crate::cloud_init::{BOOT_MARKER, ENV_FILE};
+use crate::cloud_init::ENV_FILE;
 use crate::manifest::types::{Deployment, Probe, ScriptRun, TarballSource};
 use crate::remote::shell_quote;
 
@@ -35,6 +35,17 @@ pub struct Step {
     pub timeout: Duration,
     /// The systemd unit whose journal explains a failure of this step.
     pub unit: Option<String>,
+    /// What decides whether the step passed.
+    pub check: Check,
+}
+
+/// How a step's result is judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Exit status 0 passes.
+    ExitStatus,
+    /// The output is cloud-init's report ([`crate::cloud_init::status`]), judged here.
+    CloudInit,
 }
 
 /// A secret to write: its value comes from the runner's environment variable `env`.
@@ -84,18 +95,16 @@ fn with_env(body: &str) -> String {
     format!("set -a; [ -r {ENV_FILE} ] && . {ENV_FILE}; set +a\n{body}")
 }
 
-/// The boot step: waits for cloud-init's last command, failing fast when cloud-init
-/// itself reports an error.
+/// The boot step: waits for cloud-init to end and reports how it ended; the verdict is
+/// [`crate::cloud_init::status::judge`]'s.
 fn boot_step(limits: &Limits) -> Step {
-    let script = format!(
-        "while [ ! -e {BOOT_MARKER} ]; do\n\
-         \x20 if command -v cloud-init >/dev/null 2>&1 && cloud-init status 2>/dev/null | grep -q 'status: error'; then\n\
-         \x20   echo 'cloud-init failed:'; cloud-init status --long 2>&1; tail -n 40 /var/log/cloud-init-output.log 2>/dev/null; exit 1\n\
-         \x20 fi\n\
-         \x20 sleep 1\n\
-         done"
-    );
-    Step { name: "wait for boot (cloud-init)".into(), script, timeout: limits.boot, unit: None }
+    Step {
+        name: "wait for boot (cloud-init)".into(),
+        script: crate::cloud_init::status::report_script(),
+        timeout: limits.boot,
+        unit: None,
+        check: Check::CloudInit,
+    }
 }
 
 /// Refuses any entry of the archive `path` whose name is absolute or has a `..`
@@ -170,7 +179,7 @@ pub fn steps(deployment: &Deployment, bundle_sha256: &str, limits: &Limits) -> D
     }
     let before_secrets = vec![
         boot_step(limits),
-        Step { name: "unpack bundle".into(), script: unpack, timeout: limits.unpack, unit: None },
+        Step { name: "unpack bundle".into(), script: unpack, timeout: limits.unpack, unit: None, check: Check::ExitStatus },
     ];
 
     let mut after = Vec::new();
@@ -188,7 +197,7 @@ pub fn steps(deployment: &Deployment, bundle_sha256: &str, limits: &Limits) -> D
             name: format!("script {}", script.name),
             script: with_env(&body),
             timeout: Duration::from_secs(script.timeout_secs),
-            unit: None,
+            unit: None, check: Check::ExitStatus
         });
     }
     if !manifest.services.is_empty() {
@@ -211,7 +220,7 @@ pub fn steps(deployment: &Deployment, bundle_sha256: &str, limits: &Limits) -> D
                 name: format!("service {}", service.name),
                 script,
                 timeout: limits.service,
-                unit: Some(unit),
+                unit: Some(unit), check: Check::ExitStatus
             });
         }
         for service in manifest.services.iter().filter(|s| s.start) {
@@ -226,7 +235,7 @@ pub fn steps(deployment: &Deployment, bundle_sha256: &str, limits: &Limits) -> D
             sha = shell_quote(bundle_sha256),
         )),
         timeout: Duration::from_secs(30),
-        unit: None,
+        unit: None, check: Check::ExitStatus
     });
 
     Delivery {
@@ -254,7 +263,7 @@ pub fn still_ready(deployment: &Deployment) -> Step {
             "systemctl is-active --quiet {unit} || {{ echo {unit} is not active; exit 1; }}\n"
         ));
     }
-    Step { name: "check the running deployment".into(), script, timeout: Duration::from_secs(30), unit: None }
+    Step { name: "check the running deployment".into(), script, timeout: Duration::from_secs(30), unit: None, check: Check::ExitStatus }
 }
 
 /// A service's health: its probe until it passes (or the time runs out), failing at once
@@ -266,7 +275,7 @@ fn health_step(unit: &str, check: Option<&crate::manifest::types::HealthCheck>) 
             name: format!("health {unit} (active)"),
             script: format!("sleep 1\nsystemctl is-active {q}"),
             timeout: Duration::from_secs(30),
-            unit: Some(unit.to_string()),
+            unit: Some(unit.to_string()), check: Check::ExitStatus
         };
     };
     let (probe, what) = match &check.probe {
@@ -298,7 +307,7 @@ fn health_step(unit: &str, check: Option<&crate::manifest::types::HealthCheck>) 
         name: format!("health {unit} ({what})"),
         script,
         timeout: Duration::from_secs(secs + 30),
-        unit: Some(unit.to_string()),
+        unit: Some(unit.to_string()), check: Check::ExitStatus
     }
 }
 

@@ -10,7 +10,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{Delivery, Step, secret_script};
+use super::{Check, Delivery, Step, secret_script};
+use crate::cloud_init::status::Verdict;
 use crate::keys::Secret;
 use crate::lifecycle::progress::Progress;
 use crate::remote::{self, Session, Target, shell_quote};
@@ -201,6 +202,27 @@ impl<'a> Shipment<'a> {
         let started = Instant::now();
         let result = session.run(&session.as_root(&step.script), step.timeout).await;
         let failure = match result {
+            Ok(out) if out.status == 0 && step.check == Check::CloudInit => {
+                match crate::cloud_init::status::judge(&out.tail) {
+                    Verdict::Ready { warnings } => {
+                        for warning in &warnings {
+                            progress.event(format!(
+                                "{label}: warning: cloud-init recovered from: {}",
+                                super::redact(warning, self.secret_values)
+                            ));
+                        }
+                        let how = if warnings.is_empty() { "ok" } else { "ok, degraded" };
+                        progress.event(format!(
+                            "{label}: {} {how} ({:.1}s)",
+                            step.name,
+                            started.elapsed().as_secs_f64()
+                        ));
+                        return Ok(());
+                    }
+                    // The report is the message; its raw line is not repeated as output.
+                    Verdict::Failed(why) => self.fail(&step.name, None, &why, ""),
+                }
+            }
             Ok(out) if out.status == 0 => {
                 progress.event(format!(
                     "{label}: {} ok ({:.1}s)",

@@ -14,7 +14,7 @@ use crate::common::repo;
 use crate::deliver::{Player, config, repository};
 use crate::emulator::Emulator;
 
-const TOKEN: &str = "ghs_testTOKEN0123456789abcdefXYZ";
+pub const TOKEN: &str = "ghs_testTOKEN0123456789abcdefXYZ";
 const SECRET: &str = "app-secret-value-4711";
 
 /// action.yml's inputs and their defaults, read the simple way (the file is ours).
@@ -53,7 +53,7 @@ fn declared() -> (Vec<(String, String)>, Vec<String>) {
 }
 
 /// Reads `name=value` and `name<<DELIM` entries of a runner file (last one wins).
-fn file_commands(path: &Path) -> BTreeMap<String, String> {
+pub fn file_commands(path: &Path) -> BTreeMap<String, String> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let mut out = BTreeMap::new();
     let mut lines = text.lines();
@@ -75,16 +75,16 @@ fn file_commands(path: &Path) -> BTreeMap<String, String> {
 }
 
 /// One job's runner files and settings.
-struct Job {
+pub struct Job {
     files: tempfile::TempDir,
     run_id: String,
     event_name: String,
     event: Value,
-    api_url: Option<String>,
+    pub api_url: Option<String>,
 }
 
 impl Job {
-    fn new(run_id: &str, event_name: &str, event: Value) -> Self {
+    pub fn new(run_id: &str, event_name: &str, event: Value) -> Self {
         Self {
             files: tempfile::tempdir().unwrap(),
             run_id: run_id.into(),
@@ -94,7 +94,7 @@ impl Job {
         }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub fn path(&self, name: &str) -> PathBuf {
         self.files.path().join(name)
     }
 
@@ -103,7 +103,7 @@ impl Job {
         emu: &Emulator,
         step: &str,
         inputs: &[(&str, &str)],
-        player: Option<&Player>,
+        ssh_dir: Option<&Path>,
     ) -> Command {
         // Without anything the machine's own environment says about Actions.
         let mut cmd = emu.spot_process();
@@ -123,8 +123,8 @@ impl Job {
         if let Some(api) = &self.api_url {
             cmd.env("GITHUB_API_URL", api);
         }
-        if let Some(p) = player {
-            cmd.env("SPOT_EMULATOR_SSH_DIR", &p.ssh_dir);
+        if let Some(dir) = ssh_dir {
+            cmd.env("SPOT_EMULATOR_SSH_DIR", dir);
         }
         let (declared, _) = declared();
         for (name, default) in declared {
@@ -140,15 +140,15 @@ impl Job {
         cmd
     }
 
-    fn run(&self, emu: &Emulator, step: &str, inputs: &[(&str, &str)], player: Option<&Player>) -> Output {
-        let out = self.command(emu, step, inputs, player).output().unwrap();
+    pub fn run(&self, emu: &Emulator, step: &str, inputs: &[(&str, &str)], ssh_dir: Option<&Path>) -> Output {
+        let out = self.command(emu, step, inputs, ssh_dir).output().unwrap();
         std::fs::write(self.path(&format!("stdout-{step}")), &out.stdout).unwrap();
         std::fs::write(self.path(&format!("stderr-{step}")), &out.stderr).unwrap();
         out
     }
 }
 
-fn text(out: &Output) -> String {
+pub fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
@@ -201,7 +201,7 @@ fn up_then_post_reports_everything_and_leaves_nothing() {
         ("tags", "Team=qa\nCost=ci"),
         ("count", "2"),
     ];
-    let main = job.run(&emu, "main", &inputs, Some(&player));
+    let main = job.run(&emu, "main", &inputs, Some(&player.ssh_dir));
     assert!(main.status.success(), "{}\nplayer: {}", text(&main), player.log());
     let stdout = String::from_utf8_lossy(&main.stdout);
     // Masks come before anything else, line by line for the keys.
@@ -346,13 +346,13 @@ fn as_pid_1_the_runners_cancel_stops_the_step_and_create_rolls_back() {
 }
 
 /// The fake GitHub API for one test, stopped by PID.
-struct FakeGitHub {
+pub struct FakeGitHub {
     child: Child,
     port: u16,
 }
 
 impl FakeGitHub {
-    fn start(pulls: &[&str]) -> Self {
+    pub fn start(pulls: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut cmd = Command::new("python3");
         cmd.arg(repo().join("tests/support/fake_github.py")).args(["--port", &port.to_string()]);
@@ -368,7 +368,7 @@ impl FakeGitHub {
         Self { child, port }
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
@@ -387,7 +387,7 @@ impl Drop for FakeGitHub {
 }
 
 /// A pull request's description: its script stamps `version` on the instance.
-fn stamped(version: &str) -> String {
+pub fn stamped(version: &str) -> String {
     format!(
         "version: 1\nscripts:\n  - name: stamp\n    command: echo {version} > /var/lib/spot/version\nsecrets:\n  - APP_TOKEN\n"
     )
@@ -407,7 +407,7 @@ fn a_pull_request_environment_takes_pushes_in_place_is_replaced_when_it_must_be_
     let push = |run: &str, sha: &str, inputs: &[(&str, &str)]| {
         let mut job = Job::new(run, "pull_request", event("synchronize", sha));
         job.api_url = Some(github.url());
-        let out = job.run(&emu, "main", inputs, Some(&player));
+        let out = job.run(&emu, "main", inputs, Some(&player.ssh_dir));
         assert!(out.status.success(), "{}\nplayer: {}", text(&out), player.log());
         let id = file_commands(&job.path("output-main"))["instance-ids"].clone();
         (job, text(&out), id)
@@ -417,7 +417,7 @@ fn a_pull_request_environment_takes_pushes_in_place_is_replaced_when_it_must_be_
 
     let mut first = Job::new("9101", "pull_request", event("opened", "aaaaaaaaaaaaaaaa"));
     first.api_url = Some(github.url());
-    let out = first.run(&emu, "main", &up, Some(&player));
+    let out = first.run(&emu, "main", &up, Some(&player.ssh_dir));
     assert!(out.status.success(), "{}\nplayer: {}", text(&out), player.log());
     let outputs = file_commands(&first.path("output-main"));
     assert_eq!(outputs["deployment-id"], "pr-7");
@@ -443,7 +443,7 @@ fn a_pull_request_environment_takes_pushes_in_place_is_replaced_when_it_must_be_
     std::fs::write(&manifest, "version: 2\n").unwrap();
     let mut broken = Job::new("9104", "pull_request", event("synchronize", "cccccccccccccccc"));
     broken.api_url = Some(github.url());
-    let out = broken.run(&emu, "main", &up, Some(&player));
+    let out = broken.run(&emu, "main", &up, Some(&player.ssh_dir));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("::error file=.spot/deployment.yaml,line=1"),

@@ -51,6 +51,7 @@ impl VmPlayer {
         for port in forwards {
             cmd.args(["--forward", &port.to_string()]);
         }
+        cmd.arg("--instance-connect-dir").arg(emu.instance_connect.path());
         cmd.args(extra);
         let child =
             cmd.env("AWS_EC2_METADATA_DISABLED", "true").stdout(Stdio::null()).stderr(log).spawn().unwrap();
@@ -96,6 +97,16 @@ impl VmPlayer {
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
 
+    /// Every guest's console so far, one after the other.
+    pub fn consoles(&self) -> String {
+        let mut all = String::new();
+        for entry in std::fs::read_dir(self.work.path().join("instances")).into_iter().flatten().flatten() {
+            let path = entry.path().join("console.log");
+            all.push_str(&String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()));
+        }
+        all
+    }
+
     pub fn console(&self, instance: &str) -> String {
         let path = self.work.path().join("instances").join(instance).join("console.log");
         String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
@@ -116,6 +127,17 @@ impl VmPlayer {
     pub fn forwarded(&self, instance: &str, port: u16) -> u16 {
         let vm = self.vm(instance);
         u16::try_from(vm["forwards"][port.to_string()].as_u64().unwrap()).unwrap()
+    }
+
+    /// What the instance's metadata service counted: requests, tokens, tokenless.
+    pub fn imds(&self, instance: &str) -> Value {
+        let path = self.work.path().join("instances").join(instance).join("imds.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    /// Whether the guest's `port` is forwarded now (its security group opens it).
+    pub fn is_open(&self, instance: &str, port: u16) -> bool {
+        self.vm(instance)["open"].as_array().unwrap().iter().any(|p| p.as_u64() == Some(u64::from(port)))
     }
 
     /// Runs `script` as root in the guest through the harness door (the image's second
@@ -216,6 +238,41 @@ fn state(emu: &Emulator, instance: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// Authorizes or revokes (`what`) TCP `port` from `cidr` on the security group of
+/// deployment `id`, as a user would in the console; the group's ingress rules after.
+fn group_rule(emu: &Emulator, id: &str, what: &str, port: u16, cidr: &str) -> Value {
+    let script = "import boto3,json,sys; e=boto3.client('ec2',region_name='us-east-1',endpoint_url=sys.argv[1],aws_access_key_id='t',aws_secret_access_key='t'); \
+                  g=e.describe_security_groups(Filters=[{'Name':'tag:spot:deployment','Values':[sys.argv[2]]}])['SecurityGroups'][0]['GroupId']; \
+                  p=[{'IpProtocol':'tcp','FromPort':int(sys.argv[4]),'ToPort':int(sys.argv[4]),'IpRanges':[{'CidrIp':sys.argv[5]}]}]; \
+                  getattr(e, sys.argv[3] + '_security_group_ingress')(GroupId=g, IpPermissions=p); \
+                  print(json.dumps(e.describe_security_groups(GroupIds=[g])['SecurityGroups'][0]['IpPermissions']))";
+    let out = Command::new("python3")
+        .args(["-c", script, &emu.moto_url(), id, what, &port.to_string(), cidr])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Waits until the harness forwards the guest's `port` (`open`) or stops forwarding it.
+fn wait_forwarded(vm: &VmPlayer, instance: &str, port: u16, open: bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while vm.is_open(instance, port) != open {
+        assert!(Instant::now() < deadline, "port {port} of {instance} is not {}\n{}", if open { "open" } else { "closed" }, vm.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The example's page through the guest's forwarded port 8080, or the connection's error.
+fn page(vm: &VmPlayer, instance: &str) -> Result<String, String> {
+    let port = vm.forwarded(instance, 8080);
+    let out = Command::new("curl")
+        .args(["-fsS", "--max-time", "10", &format!("http://127.0.0.1:{port}/")])
+        .output()
+        .unwrap();
+    if out.status.success() { Ok(String::from_utf8_lossy(&out.stdout).into_owned()) } else { Err(stderr(&out)) }
+}
+
 fn wait_state(emu: &Emulator, instance: &str, want: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while state(emu, instance) != want {
@@ -307,16 +364,22 @@ fn vm_the_example_boots_for_real_survives_a_reboot_and_late_boots_power_off() {
     }
     let expires_at = doc["expires_at"].as_str().unwrap();
 
+    // Port 8080 is not in the security group spot made (SSH only): nothing reaches it.
+    // Opened by a rule, the page (served by the real systemd unit) is reachable; once
+    // the rule is revoked, it is not. qemu cannot filter by source: the rule's is checked.
+    assert!(!vm.is_open(a, 8080) && page(&vm, a).is_err(), "8080 is reachable without a rule");
+    let rules = group_rule(&emu, "vm-hello", "authorize", 8080, "127.0.0.1/32");
+    let opened: Vec<&Value> = rules.as_array().unwrap().iter().filter(|r| r["FromPort"] == 8080).collect();
+    assert_eq!(opened.len(), 1, "{rules:#}");
+    assert_eq!(opened[0]["IpRanges"], json!([{"CidrIp": "127.0.0.1/32"}]), "{rules:#}");
     for id in [a, b] {
-        // The page, served by the real systemd unit, through the forwarded port.
-        let port = vm.forwarded(id, 8080);
-        let page =
-            Command::new("curl").args(["-fsS", &format!("http://127.0.0.1:{port}/")]).output().unwrap();
-        assert!(
-            String::from_utf8_lossy(&page.stdout).contains("Hello from a spot instance"),
-            "{}",
-            vm.story(id)
-        );
+        wait_forwarded(&vm, id, 8080, true);
+        let shown = page(&vm, id).unwrap_or_else(|e| panic!("{e}\n{}", vm.story(id)));
+        assert!(shown.contains("Hello from a spot instance"), "{shown}");
+        // The guest learnt everything from the metadata service, never without a token.
+        let imds = vm.imds(id);
+        assert_eq!(imds["tokenless"], 0, "token-less metadata requests: {imds}\n{}", vm.log());
+        assert!(imds["tokens"].as_u64().unwrap() >= 1 && imds["requests"].as_u64().unwrap() > 10, "{imds}");
         // Inside: cloud-init finished clean, the secret is 0600 root, the login user is the
         // one asked for and has passwordless sudo, the packages are installed.
         let facts = vm.run(
@@ -325,7 +388,7 @@ fn vm_the_example_boots_for_real_survives_a_reboot_and_late_boots_power_off() {
              stat -c '%U' /opt/app/index.html; id -un ubuntu; sudo -n -u ubuntu sudo -n true && echo sudo-ok; \
              dpkg -s python3 curl jq | grep -c '^Status: install ok'; jq -n 1+1",
         );
-        assert!(facts.contains("status: done"), "{facts}");
+        assert!(facts.contains("status: done") && facts.contains("detail: DataSourceEc2Local"), "{facts}");
         assert!(facts.contains("errors: []") && facts.contains("recoverable_errors: {}"), "{facts}");
         assert!(facts.contains("\n600 root\nubuntu\nubuntu\nsudo-ok\n3\n2\n"), "{facts}");
         let next = next_firing(&vm, id);
@@ -355,9 +418,12 @@ fn vm_the_example_boots_for_real_survives_a_reboot_and_late_boots_power_off() {
     );
     assert!(again.contains("status: done") && again.ends_with("\nactive\n"), "{again}\n{}", vm.story(a));
     assert_eq!(next_firing(&vm, a), armed);
-    let port = vm.forwarded(a, 8080);
-    let page = Command::new("curl").args(["-fsS", &format!("http://127.0.0.1:{port}/")]).output().unwrap();
-    assert!(page.status.success(), "the page is gone after a reboot");
+    assert!(page(&vm, a).is_ok(), "the page is gone after a reboot\n{}", vm.story(a));
+    let rules = group_rule(&emu, "vm-hello", "revoke", 8080, "127.0.0.1/32");
+    assert!(rules.as_array().unwrap().iter().all(|r| r["FromPort"] != 8080), "{rules:#}");
+    wait_forwarded(&vm, a, 8080, false);
+    let refused = page(&vm, a).expect_err("the page is reachable after its rule was revoked");
+    assert!(refused.contains("Failed to connect") || refused.contains("Connection refused"), "{refused}");
 
     // Late boots: the timer stopped (so it cannot fire now), the clock and the RTC set past
     // the expiry, then a reboot. A boots with cloud-init: its first module powers it off.
@@ -413,7 +479,7 @@ fn vm_the_time_to_live_powers_off_a_gzipped_boot_on_bookworm() {
     let id = doc["instances"][0]["id"].as_str().unwrap().to_string();
     let id = id.as_str();
     eprintln!("vm-ttl ready in {}s", doc["instances"][0]["seconds_to_ready"]);
-    let seed = std::fs::read(vm.work.path().join("instances").join(id).join("seed/user-data")).unwrap();
+    let seed = std::fs::read(vm.work.path().join("instances").join(id).join("user-data")).unwrap();
     assert_eq!(seed[..2], [0x1f, 0x8b], "the user-data the guest booted from is not gzipped");
     let facts =
         vm.run(id, "cloud-init status --wait >/dev/null; cloud-init status; cat /opt/hello; grep -c PADDING_ /etc/spot/env");
@@ -454,4 +520,97 @@ fn vm_the_image_boots_clean_with_an_empty_user_data() {
     let status = vm.run(&id, "cloud-init status --wait --long");
     assert!(status.contains("status: done"), "{status}\n{}", vm.story(&id));
     assert!(status.contains("errors: []") && status.contains("recoverable_errors: {}"), "{status}");
+}
+
+#[test]
+fn vm_a_package_that_does_not_exist_fails_the_boot_in_apts_words_and_rolls_back() {
+    let emu = Emulator::start();
+    let vm = VmPlayer::start(&emu, "trixie", &[], &[]);
+    let dir = crate::deliver::repository(
+        &crate::deliver::config(1, "admin"),
+        "version: 1\npackages:\n  - no-such-package-spot\nscripts:\n  - name: hello\n    command: echo hello\n",
+        &[],
+    );
+    let mut create = emu.spot_process();
+    create
+        .args(["create", "--ssh-timeout", "10m", "--deployment-id", "vm-nopkg"])
+        .arg(dir.path())
+        .env("SPOT_EMULATOR_SSH_DIR", &vm.ssh_dir)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(vm.work.path().join("create.log")).unwrap());
+    let mut child = create.spawn().unwrap();
+    // When cloud-init's last module (spot's final message) shows on the guest's console.
+    let started = Instant::now();
+    let mut boot_finished = None;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if boot_finished.is_none() && vm.consoles().contains("spot: boot of vm-nopkg finished") {
+            boot_finished = Some(Instant::now());
+        }
+        if started.elapsed() > Duration::from_secs(900) {
+            let _ = child.kill();
+            panic!("create still runs after 15 minutes\n{}", vm.log());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let log = std::fs::read_to_string(vm.work.path().join("create.log")).unwrap();
+    assert_eq!(status.code(), Some(2), "{log}\n{}", vm.log());
+    let finished = boot_finished.unwrap_or_else(|| panic!("the boot never finished\n{log}\n{}", vm.log()));
+    let after = finished.elapsed();
+    eprintln!("spot failed {after:?} after the boot finished");
+    assert!(after < Duration::from_secs(60), "spot took {after:?} after the boot finished to fail");
+    // cloud-init's own words and apt's, then the rollback.
+    assert!(log.contains("step `wait for boot (cloud-init)` failed: cloud-init reported error"), "{log}");
+    assert!(log.contains("package_update_upgrade_install"), "{log}");
+    assert!(log.contains("apt said: E: Unable to locate package no-such-package-spot"), "{log}");
+    assert_eq!(emu.leftovers(&["us-east-1"]), json!({}), "{log}");
+}
+
+#[test]
+fn vm_a_push_to_a_pull_request_environment_gets_in_through_instance_connect() {
+    use crate::action::{FakeGitHub, Job, TOKEN, file_commands, stamped, text};
+    let emu = Emulator::start();
+    let vm = VmPlayer::start(&emu, "trixie", &[], &[]);
+    let github = FakeGitHub::start(&["7=open"]);
+    let dir = crate::deliver::repository(&crate::deliver::config(1, "ubuntu"), &stamped("v1"), &[]);
+    let wd = dir.path().to_str().unwrap();
+    let inputs = [
+        ("working-directory", wd),
+        ("ssh-cidr", "127.0.0.1/32"),
+        ("keep", "true"),
+        ("github-token", TOKEN),
+        ("ssh-timeout", "10m"),
+    ];
+    let push = |run: &str, action: &str, sha: &str| {
+        let event = json!({"action": action, "pull_request": {"number": 7, "head": {"sha": sha}}});
+        let mut job = Job::new(run, "pull_request", event);
+        job.api_url = Some(github.url());
+        let out = job.run(&emu, "main", &inputs, Some(&vm.ssh_dir));
+        assert!(out.status.success(), "{}\n{}", text(&out), vm.log());
+        let post = job.run(&emu, "post", &[], None);
+        assert!(post.status.success() && text(&post).contains("keeping pr-7"), "{}", text(&post));
+        (text(&out), file_commands(&job.path("output-main"))["instance-ids"].clone())
+    };
+    let (_, original) = push("9201", "opened", "aaaaaaaaaaaaaaaa");
+    assert_eq!(vm.run(&original, "cat /var/lib/spot/version"), "v1\n");
+    let before = vm.imds(&original)["instance_connect_keys"].as_u64().unwrap();
+
+    // The next run holds a new key that no authorized_keys file lists: it gets in only
+    // through the key it pushed, which sshd's AuthorizedKeysCommand reads from IMDSv2.
+    std::fs::write(dir.path().join(".spot/deployment.yaml"), stamped("v2")).unwrap();
+    let (log, ids) = push("9202", "synchronize", "bbbbbbbbbbbbbbbb");
+    assert!(log.contains("redeployed into the running pr-7"), "{log}");
+    assert_eq!(ids, original, "the same instance takes the push");
+    assert_eq!(vm.run(&original, "cat /var/lib/spot/version"), "v2\n");
+    let imds = vm.imds(&original);
+    assert!(imds["instance_connect_keys"].as_u64().unwrap() > before, "no pushed key was served: {imds}");
+    assert_eq!(imds["tokenless"], 0, "{imds}");
+    let listed = vm.run(&original, "cat /home/ubuntu/.ssh/authorized_keys | wc -l");
+    assert_eq!(listed.trim(), "1", "only the first run's key is in authorized_keys");
+
+    let destroyed = emu.spot().args(["destroy", "pr-7", "--dir"]).arg(dir.path()).output().unwrap();
+    assert!(destroyed.status.success(), "{}", stderr(&destroyed));
+    assert_eq!(emu.leftovers(&["us-east-1"]), json!({}));
 }

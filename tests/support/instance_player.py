@@ -16,7 +16,10 @@ not root, and the systemctl/journalctl stand-in (standin/systemctl) in place of 
 so nothing on the real machine is touched. It refuses (logs why and exits 3) user-data it
 cannot play: an unknown key, a package this machine lacks (it installs none), groups,
 a `bootcmd` other than spot's time to live, a `runcmd` entry that is not shell; what it
-does not play is proven on the VM instances (vm_player.py). On SIGTERM/SIGINT it stops
+does not play is proven on the VM instances (vm_player.py). cloud-init's own account of
+the boot is written where cloud-init keeps it (/run/cloud-init/status.json and
+result.json, its v1 layout), so `cloud-init status` on the instance is this machine's
+real one reading it; --cloud-init-error TEXT plays a module that failed with TEXT. On SIGTERM/SIGINT it stops
 every sshd and service it started, by PID.
 
 With --instance-connect-dir DIR (the fault proxy's), each sshd also accepts the key EC2
@@ -25,9 +28,11 @@ the ec2-instance-connect package's AuthorizedKeysCommand does on an Ubuntu AMI.
 
 Usage: instance_player.py --endpoint URL --regions r1,r2 --ssh-dir DIR --work DIR
        [--deployment ID] [--wrong-host-key] [--instance-connect-dir DIR]
+       [--cloud-init-error TEXT]
 """
 import base64
 import gzip
+import json
 import os
 import shlex
 import signal
@@ -52,7 +57,7 @@ KEYS_SCRIPT = """#!/bin/sh
 [ "$user" = "$2" ] && [ "$(date +%s)" -lt "$until" ] && printf '%s\\n' "$key"
 exit 0
 """
-TMPFS = ["/run/spot-keys", "/opt", "/srv", "/etc/spot", "/etc/systemd/system", "/var/lib/spot", "/home", "/etc/sudoers.d"]
+TMPFS = ["/run/spot-keys", "/run/cloud-init", "/opt", "/srv", "/etc/spot", "/etc/systemd/system", "/var/lib/spot", "/home", "/etc/sudoers.d"]
 
 
 def log(msg):
@@ -104,6 +109,26 @@ def refusals(doc):
     return why
 
 
+# What cloud-init records when the runcmd script exits non-zero (its scripts_user module).
+RUNCMD_FAILED = "('scripts_user', RuntimeError('Runparts: 1 failures (runcmd) in 1 attempted commands'))"
+STAGES = ["init-local", "init", "modules-init", "modules-config", "modules-final"]
+
+
+def cloud_init_files(final_errors):
+    """cloud-init's status.json and result.json (its `v1` layout) for a boot that is in its
+    final stage (final_errors None: no result yet) or has ended with final_errors."""
+    now = time.time()
+    v1 = {"datasource": "DataSourceEc2Local [played by instance_player.py]", "stage": None}
+    for stage in STAGES:
+        v1[stage] = {"errors": [], "start": now, "finished": now, "recoverable_errors": {}}
+    if final_errors is None:
+        v1["stage"] = "modules-final"
+        v1["modules-final"]["finished"] = None
+        return json.dumps({"v1": v1}), None
+    v1["modules-final"]["errors"] = final_errors
+    return json.dumps({"v1": v1}), json.dumps({"v1": {"datasource": v1["datasource"], "errors": final_errors}})
+
+
 def free_uid():
     used = set()
     with open("/etc/passwd") as f:
@@ -118,8 +143,9 @@ def free_uid():
 
 
 class Instance:
-    def __init__(self, instance_id, doc, work, wrong_host_key, instance_connect_dir):
+    def __init__(self, instance_id, doc, work, wrong_host_key, instance_connect_dir, cloud_init_error):
         self.id = instance_id
+        self.cloud_init_error = cloud_init_error
         self.dir = os.path.join(work, instance_id)
         self.standin_state = os.path.join(self.dir, "standin")
         os.makedirs(self.standin_state, exist_ok=True)
@@ -200,9 +226,25 @@ class Instance:
             path = q(wf["path"])
             lines.append(f'mkdir -p "$(dirname {path})" && cp {q(staged)} {path}')
             lines.append(f"chmod {wf.get('permissions', '0644')} {path}")
-        # cloud-init's final stage: the runcmd entries (refusals() let only shell ones in).
-        for cmd in doc.get("runcmd", []):
-            lines.append(" ".join(q(c) for c in cmd))
+        # cloud-init's final stage: the runcmd entries (refusals() let only shell ones in),
+        # one script run by `sh` as cloud-init's scripts_user runs it, then cloud-init's
+        # own account of the boot in /run/cloud-init (the host's real `cloud-init status`
+        # reads it there), with --cloud-init-error's text as a failed module's.
+        runcmd = os.path.join(self.dir, "runcmd")
+        with open(runcmd, "w") as f:
+            f.write("".join(" ".join(q(c) for c in cmd) + "\n" for cmd in doc.get("runcmd", [])))
+        for name, errors in [("running", None), ("done", []), ("failed", [RUNCMD_FAILED])]:
+            if errors is not None and self.cloud_init_error:
+                errors = [self.cloud_init_error] + errors
+            status, result = cloud_init_files(errors)
+            for kind, content in [("status", status), ("result", result)]:
+                if content is not None:
+                    with open(os.path.join(self.dir, f"{kind}-{name}.json"), "w") as f:
+                        f.write(content)
+        d = q(self.dir)
+        lines.append(f"cp {d}/status-running.json /run/cloud-init/status.json")
+        lines.append(f"if sh {q(runcmd)}; then end=done; else end=failed; fi")
+        lines.append(f'cp {d}/status-$end.json /run/cloud-init/status.json && cp {d}/result-$end.json /run/cloud-init/result.json')
         lines.append(f"exec /usr/sbin/sshd -D -e -f {q(os.path.join(self.dir, 'sshd_config'))}")
         return "\n".join(lines)
 
@@ -224,6 +266,7 @@ def main():
     ap = emulated.arguments(__doc__)
     ap.add_argument("--wrong-host-key", action="store_true")
     ap.add_argument("--instance-connect-dir")
+    ap.add_argument("--cloud-init-error", help="an error cloud-init records for the final stage, as a failed module's")
     args = ap.parse_args()
     if args.instance_connect_dir:
         os.makedirs(KEYS_COMMAND_DIR, mode=0o755, exist_ok=True)
@@ -257,7 +300,8 @@ def main():
                         log(f"{region}: {iid}: refused: {why}")
                     log("the player cannot play this instance; boot it on a VM (tests/support/vm_player.py)")
                     return 3
-                playing[iid] = Instance(iid, doc, args.work, args.wrong_host_key, args.instance_connect_dir)
+                playing[iid] = Instance(iid, doc, args.work, args.wrong_host_key, args.instance_connect_dir,
+                                         args.cloud_init_error)
                 playing[iid].region = region
                 emulated.write_atomic(os.path.join(args.ssh_dir, iid), f"127.0.0.1:{playing[iid].port}\n")
                 log(f"{region}: {iid} plays on 127.0.0.1:{playing[iid].port} as {playing[iid].user}")

@@ -6,16 +6,31 @@ scripts/vm-image.sh) under qemu from exactly the user-data `spot` handed to EC2,
 from the emulator byte for byte (gzipped or not). cloud-init, systemd, sshd, sudo, apt and
 the units are the real ones; nothing of the user-data is skipped or rewritten.
 
-- The user-data reaches the guest through a NoCloud seed (an ISO labelled `cidata`), with
-  the instance id as cloud-init's instance id.
-- Network: qemu user networking with restrict=on, so the guest reaches nothing but what is
-  forwarded here. Port 22 goes to a free 127.0.0.1 port, written to `<ssh-dir>/<id>` as
-  `127.0.0.1:<port>` (what `spot` reads with SPOT_EMULATOR_SSH_DIR); each `--forward PORT`
-  to another free port; the image's harness door (a second sshd on 2222, never used by
-  spot) to a third. `<work>/<id>/vm.json` records them. The guest's apt reaches this
-  process's HTTP proxy at 10.0.2.100:3142 (a qemu guestfwd), which passes only to the
-  Debian mirror the image was built from (this machine's) and caches what cannot change
-  (pool files and by-hash indexes) under the image cache.
+- The guest learns everything from an instance metadata service this process serves for
+  it at 169.254.169.254, as on EC2 (see Imds): IMDSv2 only, so a request without a session
+  token gets 401, as spot's launch template (HttpTokens required) makes EC2 answer. SMBIOS
+  says "Amazon EC2" with an `ec2...` UUID, so cloud-init's ds-identify picks its EC2
+  datasource. The user-data is served byte for byte (gzipped or not). There is no seed
+  disk. Keys pushed with EC2 Instance Connect (the fault proxy's --instance-connect-dir
+  files) are served for 60 s at meta-data/managed-ssh-keys/active-keys/<user>/, which the
+  image's AuthorizedKeysCommand reads as Ubuntu's ec2-instance-connect package does.
+  `<work>/<id>/imds.json` counts the requests: `tokenless` must stay 0.
+- Network: qemu user networking with restrict=on over 169.254.0.0/16 (libslirp forwards a
+  guest address only inside its own network), so the guest reaches nothing but what is
+  forwarded here: the metadata service, and apt's proxy at 169.254.0.100:3142, which
+  passes only to the Debian mirror the image was built from (this machine's) and caches
+  what cannot change (pool files and by-hash indexes) under the image cache.
+- Ports follow the instance's security group, live: a TCP port is forwarded from
+  127.0.0.1 only while an ingress rule of one of the instance's groups (read from the
+  emulator every second) opens it, added and removed through qemu's monitor
+  (hostfwd_add/hostfwd_remove). The ports that can be forwarded are 22, each --forward
+  PORT, and every port of a rule that opens at most 16; each has a fixed free 127.0.0.1
+  port. Rule sources cannot be enforced this way (every connection comes from
+  127.0.0.1): tests check sources on the rules themselves. Port 22's forward is written
+  to `<ssh-dir>/<id>` as `127.0.0.1:<port>` (what `spot` reads with
+  SPOT_EMULATOR_SSH_DIR); the image's harness door (a second sshd on 2222, never used by
+  spot) is always forwarded. `<work>/<id>/vm.json` records them, with `open`: the guest
+  ports forwarded now.
 - Lifecycle, both ways: a guest that powers off (qemu exits) has its instance stopped or
   terminated in the emulator as its shutdown behaviour says; an instance that stops
   running in the emulator has its VM stopped. A reboot in the guest is a reboot.
@@ -25,13 +40,17 @@ the units are the real ones; nothing of the user-data is skipped or rewritten.
 
 Usage: vm_player.py --endpoint URL --regions r1,r2 --ssh-dir DIR --work DIR --image DIR
        [--deployment ID] [--forward PORT]... [--rtc-offset SECONDS] [--memory MIB]
+       [--instance-connect-dir DIR]
 """
 import base64
+import hashlib
 import http.client
 import http.server
 import json
 import os
+import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -40,8 +59,17 @@ import urllib.parse
 
 import emulated
 
-# The guest's view of the harness: apt's proxy (baked into the image by vm-image.sh).
-APT_PROXY_GUEST = ("10.0.2.100", 3142)
+# The guest's network (qemu user networking) and its view of the harness: the metadata
+# service, and apt's proxy (baked into the image by vm-image.sh).
+GUEST_NET = "169.254.0.0/16"
+IMDS_GUEST = ("169.254.169.254", 80)
+APT_PROXY_GUEST = ("169.254.0.100", 3142)
+# A rule opening more ports than this is forwarded only for the ports asked with --forward.
+RANGE_FORWARDED = 16
+# What EC2 answers for: the metadata versions cloud-init asks for, and "latest".
+IMDS_VERSIONS = ["1.0", "2009-04-04", "2016-09-02", "2018-09-24", "2021-03-23", "latest"]
+IMDS_TOKEN_MAX_TTL = 21600
+INSTANCE_CONNECT_SECS = 60
 
 
 # Every qemu runs under `setpriv --pdeathsig KILL`: the kernel kills it when this harness
@@ -148,6 +176,239 @@ class AptHandler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
+class Imds(http.server.ThreadingHTTPServer):
+    """One instance's metadata service (IMDSv2 only), on a free 127.0.0.1 port that the
+    guest reaches at 169.254.169.254:80 through a qemu guestfwd.
+
+    - `PUT /latest/api/token` with `X-aws-ec2-metadata-token-ttl-seconds` (1..21600) gives
+      a session token; without the header, 400; with `X-Forwarded-For` (a request that
+      came through a proxy), 403, as on EC2.
+    - Every GET needs a live token in `X-aws-ec2-metadata-token`: without one, 401 (counted
+      as `tokenless`), with an unknown or expired one, 401.
+    - `/<version>/meta-data/...` is a tree (a folder answers its listing, children with
+      a trailing `/`), `/<version>/user-data` the exact bytes (404 when there are none),
+      `/<version>/dynamic/instance-identity/document` the identity document."""
+
+    daemon_threads = True
+
+    def __init__(self, vm_dir, tree, user_data, instance_connect):
+        self.vm_dir = vm_dir
+        self.tree = tree
+        self.user_data = user_data
+        self.instance_connect = instance_connect
+        self.tokens = {}
+        # What was served, for tests (it holds the host private key, like EC2's copy).
+        with open(os.path.join(vm_dir, "user-data"), "wb") as f:
+            f.write(user_data)
+        self.counts = {"requests": 0, "tokens": 0, "tokenless": 0, "refused": 0, "instance_connect_keys": 0}
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), ImdsHandler)
+        self.note()
+
+    def note(self):
+        emulated.write_atomic(os.path.join(self.vm_dir, "imds.json"), json.dumps(self.counts))
+
+    def count(self, what):
+        with self.lock:
+            if what != "instance_connect_keys":
+                self.counts["requests"] += 1
+            if what:
+                self.counts[what] += 1
+            self.note()
+
+    def pushed_keys(self, user):
+        """The key EC2 Instance Connect pushed for `user` in the last 60 s (the fault
+        proxy's file: user, expiry epoch, key)."""
+        if not self.instance_connect:
+            return []
+        try:
+            with open(os.path.join(self.instance_connect, self.tree["instance-id"])) as f:
+                pushed_user, until, key = f.read().splitlines()[:3]
+        except (OSError, ValueError):
+            return []
+        return [key] if pushed_user == user and time.time() < int(until) else []
+
+
+class ImdsHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):
+        pass
+
+    def answer(self, code, body=b"", content_type="text/plain"):
+        if isinstance(body, str):
+            body = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_PUT(self):
+        server = self.server
+        self.rfile.read(int(self.headers.get("Content-Length", "0") or 0))
+        if self.path.split("?")[0] != "/latest/api/token":
+            server.count("refused")
+            return self.answer(404, "Not Found")
+        if self.headers.get("X-Forwarded-For"):
+            server.count("refused")
+            return self.answer(403, "Forbidden")
+        ttl = self.headers.get("X-aws-ec2-metadata-token-ttl-seconds", "")
+        if not ttl.isdigit() or not 1 <= int(ttl) <= IMDS_TOKEN_MAX_TTL:
+            server.count("refused")
+            return self.answer(400, "Bad Request")
+        token = secrets.token_urlsafe(40)
+        with server.lock:
+            server.tokens[token] = time.time() + int(ttl)
+        server.count("tokens")
+        self.answer(200, token)
+
+    def do_GET(self):
+        server = self.server
+        token = self.headers.get("X-aws-ec2-metadata-token")
+        if not token:
+            log(f"{server.tree['instance-id']}: IMDSv1 (token-less) request refused: GET {self.path}")
+            server.count("tokenless")
+            return self.answer(401, "Unauthorized")
+        with server.lock:
+            valid = server.tokens.get(token, 0) > time.time()
+        if not valid:
+            server.count("refused")
+            return self.answer(401, "Unauthorized")
+        server.count(None)
+        parts = [p for p in self.path.split("?")[0].split("/") if p]
+        if not parts:
+            return self.answer(200, "\n".join(IMDS_VERSIONS))
+        if parts[0] not in IMDS_VERSIONS:
+            return self.answer(404, "Not Found")
+        rest = parts[1:]
+        if not rest:
+            return self.answer(200, "dynamic\nmeta-data\nuser-data" if server.user_data else "dynamic\nmeta-data")
+        if rest == ["user-data"]:
+            if not server.user_data:
+                return self.answer(404, "Not Found")
+            return self.answer(200, server.user_data, "application/octet-stream")
+        if rest[:3] == ["meta-data", "managed-ssh-keys", "active-keys"] and len(rest) == 4:
+            keys = server.pushed_keys(rest[3])
+            if keys:
+                server.count("instance_connect_keys")
+            return self.answer(200, "".join(k + "\n" for k in keys))
+        node = {"meta-data": server.tree, "dynamic": server.tree["__dynamic"]}
+        for name in rest:
+            if not isinstance(node, dict) or name not in node or name.startswith("__"):
+                return self.answer(404, "Not Found")
+            node = node[name]
+        if isinstance(node, dict):
+            listing = [k + "/" if isinstance(v, dict) else k for k, v in node.items() if not k.startswith("__")]
+            return self.answer(200, "\n".join(listing))
+        self.answer(200, node)
+
+
+def metadata_tree(inst, mac, key_material):
+    """The meta-data tree of one instance, from what the emulator says of it."""
+    iid = inst["InstanceId"]
+    az = inst.get("Placement", {}).get("AvailabilityZone", "us-east-1a")
+    region = az[:-1]
+    private_ip = inst.get("PrivateIpAddress", "10.0.0.10")
+    local_host = inst.get("PrivateDnsName") or f"ip-{private_ip.replace('.', '-')}.ec2.internal"
+    groups = inst.get("SecurityGroups", [])
+    eni = (inst.get("NetworkInterfaces") or [{}])[0]
+    macs = {mac: {
+        "device-number": "0",
+        "interface-id": eni.get("NetworkInterfaceId", "eni-" + hashlib.sha1(iid.encode()).hexdigest()[:17]),
+        "local-hostname": local_host,
+        "local-ipv4s": private_ip,
+        "mac": mac,
+        "owner-id": "123456789012",
+        "security-group-ids": "\n".join(g["GroupId"] for g in groups),
+        "security-groups": "\n".join(g["GroupName"] for g in groups),
+        "subnet-id": inst.get("SubnetId", ""),
+        "vpc-id": inst.get("VpcId", ""),
+    }}
+    tree = {
+        "ami-id": inst.get("ImageId", ""),
+        "ami-launch-index": str(inst.get("AmiLaunchIndex", 0)),
+        "hostname": local_host,
+        "instance-action": "none",
+        "instance-id": iid,
+        "instance-life-cycle": inst.get("InstanceLifecycle", "on-demand"),
+        "instance-type": inst.get("InstanceType", ""),
+        "local-hostname": local_host,
+        "local-ipv4": private_ip,
+        "mac": mac,
+        "network": {"interfaces": {"macs": macs}},
+        "placement": {"availability-zone": az, "region": region},
+        "security-groups": "\n".join(g["GroupName"] for g in groups),
+        "services": {"domain": "amazonaws.com", "partition": "aws"},
+    }
+    if inst.get("PublicIpAddress"):
+        tree["public-ipv4"] = inst["PublicIpAddress"]
+    if key_material:
+        tree["public-keys"] = {f"0={inst['KeyName']}": key_material}
+    tree["__dynamic"] = {"instance-identity": {"document": json.dumps({
+        "accountId": "123456789012", "architecture": "x86_64", "availabilityZone": az,
+        "imageId": inst.get("ImageId", ""), "instanceId": iid, "instanceType": inst.get("InstanceType", ""),
+        "privateIp": private_ip, "region": region, "version": "2017-09-30",
+        "pendingTime": str(inst.get("LaunchTime", "")),
+    }, indent=2)}}
+    return tree
+
+
+class Monitor:
+    """qemu's human monitor on a unix socket: one command, its answer."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def run(self, command):
+        deadline = time.time() + 10
+        while True:
+            try:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.connect(self.path)
+                break
+            except OSError:
+                sock.close()
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.1)
+        with sock:
+            sock.settimeout(10)
+            self.read_prompt(sock)
+            sock.sendall(command.encode() + b"\n")
+            answer = self.read_prompt(sock)
+        # The monitor echoes the command (with terminal escapes) before its answer.
+        lines = [ln for ln in answer.replace("\r", "\n").split("\n") if ln.strip() and command not in ln and "\x1b" not in ln]
+        return "\n".join(lines).strip()
+
+    @staticmethod
+    def read_prompt(sock):
+        data = b""
+        while not data.endswith(b"(qemu) "):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return data.decode(errors="replace")[: -len("(qemu) ")]
+
+
+def opened_ports(groups, candidates):
+    """The TCP ports among `candidates` that an ingress rule of `groups` opens, from any
+    source (qemu cannot tell sources apart), and the ports of small rules."""
+    opened = set()
+    for group in groups:
+        for rule in group.get("IpPermissions", []):
+            proto = str(rule.get("IpProtocol", ""))
+            if proto not in ("tcp", "6", "-1"):
+                continue
+            low, high = (0, 65535) if proto == "-1" else (rule.get("FromPort", 0), rule.get("ToPort", 65535))
+            if high - low < RANGE_FORWARDED:
+                opened.update(range(low, high + 1))
+            opened.update(p for p in candidates if low <= p <= high)
+    return opened
+
+
 def probe_accel(image):
     """KVM only when a guest really runs under it here: a nested KVM guest may die on its
     first instructions ("KVM internal error ... emulation failure"). The probe boots the
@@ -181,44 +442,49 @@ def probe_accel(image):
 
 
 class Vm:
-    def __init__(self, iid, region, raw_user_data, args, accel, apt_port):
+    def __init__(self, inst, region, raw_user_data, args, accel, apt_port, key_material):
+        iid = inst["InstanceId"]
         self.id = iid
         self.region = region
         self.dir = os.path.join(args.work, iid)
         os.makedirs(self.dir, exist_ok=True)
         image = args.image
-        seed = os.path.join(self.dir, "seed")
-        os.makedirs(seed, exist_ok=True)
-        with open(os.path.join(seed, "user-data"), "wb") as f:
-            f.write(raw_user_data)
-        with open(os.path.join(seed, "meta-data"), "w") as f:
-            f.write(f"instance-id: {iid}\nlocal-hostname: {iid}\n")
-        iso = os.path.join(self.dir, "seed.iso")
-        subprocess.run(["genisoimage", "-quiet", "-output", iso, "-volid", "cidata", "-joliet", "-rock",
-                        os.path.join(seed, "user-data"), os.path.join(seed, "meta-data")], check=True)
         disk = os.path.join(self.dir, "disk.qcow2")
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", os.path.join(image, "root.raw"),
                         "-F", "raw", disk, "8G"], check=True)
+        digest = hashlib.sha256(iid.encode()).hexdigest()
+        # A locally administered MAC of its own, which the metadata's network/ names.
+        mac = "06:" + ":".join(digest[i:i + 2] for i in range(0, 10, 2))
+        self.imds = Imds(self.dir, metadata_tree(inst, mac, key_material), raw_user_data, args.instance_connect_dir)
+        threading.Thread(target=self.imds.serve_forever, daemon=True).start()
+        self.monitor = Monitor(os.path.join(self.dir, "monitor.sock"))
         self.ports = {"ssh": emulated.free_port(), "door": emulated.free_port(), "forwards": {}}
-        forwards = [f"hostfwd=tcp:127.0.0.1:{self.ports['ssh']}-:22",
-                    f"hostfwd=tcp:127.0.0.1:{self.ports['door']}-:2222"]
+        self.ports["forwards"]["22"] = self.ports["ssh"]
         for guest in args.forward:
-            host = emulated.free_port()
-            self.ports["forwards"][str(guest)] = host
-            forwards.append(f"hostfwd=tcp:127.0.0.1:{host}-:{guest}")
+            self.ports["forwards"][str(guest)] = emulated.free_port()
+        self.open = set()
         gip, gport = APT_PROXY_GUEST
-        forwards.append(f"guestfwd=tcp:{gip}:{gport}-cmd:socat - TCP:127.0.0.1:{apt_port}")
+        mip, mport = IMDS_GUEST
+        net = [f"net={GUEST_NET}", "host=169.254.0.2", "dns=169.254.0.3", "dhcpstart=169.254.0.15",
+               f"hostfwd=tcp:127.0.0.1:{self.ports['door']}-:2222",
+               f"guestfwd=tcp:{gip}:{gport}-cmd:socat - TCP:127.0.0.1:{apt_port}",
+               f"guestfwd=tcp:{mip}:{mport}-cmd:socat - TCP:127.0.0.1:{self.imds.server_address[1]}"]
+        # SMBIOS as on a Nitro instance: cloud-init's ds-identify and its EC2 datasource
+        # take a product UUID starting "ec2" for AWS.
+        uuid = f"ec2{digest[:5]}-{digest[5:9]}-{digest[9:13]}-{digest[13:17]}-{digest[17:29]}"
+        smbios = f"type=1,manufacturer=Amazon EC2,product={inst.get('InstanceType', 't3.micro')},uuid={uuid},serial={uuid}"
         # One vCPU: under multi-threaded TCG with two, the kernel's live code patching
         # (int3 breakpoints while another vCPU runs the code) sometimes panics the guest at
         # boot (seen with qemu 7.2 and Debian's 6.12 kernel). It also leaves a core free.
         cmd = ["qemu-system-x86_64", "-name", iid, "-m", str(args.memory), "-smp", "1",
-               "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
+               "-nodefaults", "-no-user-config", "-display", "none",
+               "-monitor", f"unix:{self.monitor.path},server=on,wait=off",
+               "-smbios", smbios, "-uuid", uuid,
                "-kernel", os.path.join(image, "vmlinuz"), "-initrd", os.path.join(image, "initrd.img"),
                "-append", "root=/dev/vda rw console=ttyS0",
                "-drive", f"file={disk},if=virtio,format=qcow2",
-               "-drive", f"file={iso},if=virtio,format=raw,readonly=on",
-               "-netdev", "user,id=n0,restrict=on," + ",".join(forwards),
-               "-device", "virtio-net-pci,netdev=n0",
+               "-netdev", "user,id=n0,restrict=on," + ",".join(net),
+               "-device", f"virtio-net-pci,netdev=n0,mac={mac}",
                "-serial", f"file:{os.path.join(self.dir, 'console.log')}"]
         cmd += ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg", "-cpu", "max"]
         self.cmd = DIE_WITH_PARENT + cmd
@@ -226,8 +492,36 @@ class Vm:
         self.panic_told = False
         self.console_seen = 0
         self.facts = {"accel": accel, "console": os.path.join(self.dir, "console.log"),
-                      "door_key": os.path.join(image, "harness_key"), **self.ports}
+                      "door_key": os.path.join(image, "harness_key"), "imds": os.path.join(self.dir, "imds.json"),
+                      **self.ports}
         self.boot()
+
+    def follow(self, groups):
+        """Forwards exactly the candidate ports the security groups open now."""
+        if self.proc.poll() is not None:
+            return
+        want = opened_ports(groups, [int(p) for p in self.ports["forwards"]])
+        for port in sorted(want - self.open):
+            host = self.ports["forwards"].setdefault(str(port), emulated.free_port())
+            said = self.monitor.run(f"hostfwd_add n0 tcp:127.0.0.1:{host}-:{port}")
+            if said:
+                log(f"{self.region}: {self.id}: hostfwd_add {port} failed: {said}")
+                continue
+            self.open.add(port)
+            log(f"{self.region}: {self.id}: port {port} opened by its security group: 127.0.0.1:{host}")
+        for port in sorted(self.open - want):
+            host = self.ports["forwards"][str(port)]
+            said = self.monitor.run(f"hostfwd_remove n0 tcp:127.0.0.1:{host}")
+            if said and "removed" not in said:
+                log(f"{self.region}: {self.id}: hostfwd_remove {port} failed: {said}")
+                continue
+            self.open.discard(port)
+            log(f"{self.region}: {self.id}: port {port} closed by its security group")
+        self.note()
+
+    def note(self):
+        facts = {"pid": self.proc.pid, **self.facts, **self.ports, "open": sorted(self.open)}
+        emulated.write_atomic(os.path.join(self.dir, "vm.json"), json.dumps(facts))
 
     def boot(self):
         """Starts qemu (again, after a stop and start in the emulator: same disk)."""
@@ -240,7 +534,9 @@ class Vm:
         self.started = time.time()
         # Set once the harness has matched this VM's end with the emulator's state.
         self.mirrored = False
-        emulated.write_atomic(os.path.join(self.dir, "vm.json"), json.dumps({"pid": self.proc.pid, **self.facts}))
+        # A new qemu forwards nothing yet: the next look at the security groups opens.
+        self.open = set()
+        self.note()
         try:
             os.remove(os.path.join(self.dir, "exit"))
         except OSError:
@@ -268,6 +564,7 @@ class Vm:
         return text[at:].splitlines()[0]
 
     def stop(self):
+        self.open = set()
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -303,14 +600,44 @@ def shutdown_behaviour(client, tags, iid):
     return attr["InstanceInitiatedShutdownBehavior"]["Value"]
 
 
+def group_ids(client, inst):
+    """The instance's security groups: as the emulator lists them on the instance, else
+    those of the launch template it came from (what EC2 would have applied)."""
+    ids = [g["GroupId"] for g in inst.get("SecurityGroups", [])]
+    ids += [g["GroupId"] for eni in inst.get("NetworkInterfaces", []) for g in eni.get("Groups", [])]
+    if ids:
+        return sorted(set(ids))
+    tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
+    template = launch_template(client, tags, inst["InstanceId"])
+    if not template:
+        return []
+    data = client.describe_launch_template_versions(LaunchTemplateId=template[0], Versions=[template[1]])
+    data = data["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+    ids = list(data.get("SecurityGroupIds", []))
+    ids += [g for eni in data.get("NetworkInterfaces", []) for g in eni.get("Groups", [])]
+    return sorted(set(ids))
+
+
+def key_material(client, inst):
+    """The public key of the instance's key pair, as EC2 serves it at public-keys/0."""
+    if not inst.get("KeyName"):
+        return None
+    try:
+        found = client.describe_key_pairs(KeyNames=[inst["KeyName"]], IncludePublicKey=True)["KeyPairs"]
+    except Exception:  # a key pair deleted after launch: EC2 still serves it; moto cannot
+        return None
+    return found[0].get("PublicKey", "").strip() or None
+
+
 def main():
     ap = emulated.arguments(__doc__)
     ap.add_argument("--image", required=True)
     ap.add_argument("--forward", type=int, action="append", default=[])
     ap.add_argument("--rtc-offset", type=int, default=0, help="the guests' clock, seconds ahead of this machine's")
     ap.add_argument("--memory", type=int, default=1024)
+    ap.add_argument("--instance-connect-dir", help="where the fault proxy writes keys pushed with SendSSHPublicKey")
     args = ap.parse_args()
-    for tool in ["qemu-system-x86_64", "qemu-img", "genisoimage", "socat", "setpriv"]:
+    for tool in ["qemu-system-x86_64", "qemu-img", "socat", "setpriv"]:
         if not shutil.which(tool):
             sys.exit(f"vm_player: {tool} is missing (scripts/test-deps.sh installs it)")
     if not os.path.exists(os.path.join(args.image, "ready")):
@@ -357,6 +684,17 @@ def main():
                         client.stop_instances(InstanceIds=[iid])
                     log(f"{region}: {iid} powered off after {time.time() - vm.started:.0f}s; "
                         f"shutdown behaviour {behaviour}")
+            # Ports follow the security groups' rules as they are now.
+            wanted = sorted({g for vm in playing.values() if vm.region == region for g in vm.group_ids})
+            rules = {}
+            if wanted:
+                try:
+                    rules = {g["GroupId"]: g for g in client.describe_security_groups(GroupIds=wanted)["SecurityGroups"]}
+                except Exception as e:  # a group deleted with its deployment
+                    log(f"{region}: security groups {wanted}: {e}")
+            for vm in playing.values():
+                if vm.region == region and vm.id in running:
+                    vm.follow([rules[g] for g in vm.group_ids if g in rules])
             for inst in instances:
                 iid = inst["InstanceId"]
                 if iid in playing:
@@ -365,13 +703,14 @@ def main():
                 raw = base64.b64decode(attr["UserData"].get("Value", ""))
                 if not raw:
                     log(f"{region}: {iid} has no user-data; it boots without, as on EC2")
-                vm = Vm(iid, region, raw, args, accel, proxy.server_address[1])
+                vm = Vm(inst, region, raw, args, accel, proxy.server_address[1], key_material(client, inst))
                 vm.tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
+                vm.group_ids = group_ids(client, inst)
                 playing[iid] = vm
                 emulated.write_atomic(os.path.join(args.ssh_dir, iid), f"127.0.0.1:{vm.ports['ssh']}\n")
                 gzipped = ", gzipped" if raw[:2] == b"\x1f\x8b" else ""
-                log(f"{region}: {iid} boots ({len(raw)} bytes of user-data{gzipped}); "
-                    f"ssh on 127.0.0.1:{vm.ports['ssh']}")
+                log(f"{region}: {iid} boots ({len(raw)} bytes of user-data{gzipped}, groups {vm.group_ids}); "
+                    f"ssh on 127.0.0.1:{vm.ports['ssh']} while its group opens 22")
     finally:
         for vm in playing.values():
             vm.stop()
