@@ -60,7 +60,7 @@ ssh-keygen -q -t ed25519 -N '' -C spot-vm-harness-host -f "$build/harness_host_k
 
 packages=(
   linux-image-cloud-amd64 initramfs-tools systemd-sysv udev dbus kmod
-  cloud-init openssh-server sudo curl python3 e2fsprogs locales iproute2 netbase ca-certificates
+  cloud-init openssh-server sudo curl python3 systemd-resolved e2fsprogs locales iproute2 netbase ca-certificates
   util-linux-extra
 )
 echo "building the $suite image from $mirror (about a minute)" >&2

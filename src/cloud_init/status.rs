@@ -8,7 +8,7 @@
 //!
 //! - any entry in `errors` (a module or stage that raised: a package that does not
 //!   install, a `runcmd` that failed) fails the instance with cloud-init's words and the
-//!   `E:` lines apt wrote to `/var/log/cloud-init-output.log`. cloud-init 22.x reports
+//!   `E:` lines apt wrote (cloud-init's output log and its own log). cloud-init 22.x reports
 //!   `status: error` as soon as one finished stage has errors; 23.4 and later report
 //!   `status: error`, `extended_status: error - running|done`, exit code 1.
 //! - `recoverable_errors` (cloud-init 23.4+: logged warnings and deprecations; `status:
@@ -30,8 +30,11 @@ use super::BOOT_MARKER;
 
 /// Where cloud-init writes its run state; `result.json` appears when the final stage ends.
 const RESULT_FILE: &str = "/run/cloud-init/result.json";
-/// Where apt's errors show up (cloud-init's stdout and stderr of the boot).
+/// Where apt's errors show up: cloud-init's stdout and stderr of the boot, and its log
+/// (cloud-init 25.1 keeps apt's stderr there, under `Stderr:`, and says only "Failed to
+/// install the following packages" in the error itself).
 const OUTPUT_LOG: &str = "/var/log/cloud-init-output.log";
+const LOG: &str = "/var/log/cloud-init.log";
 
 /// How cloud-init's JSON is cut down on the instance so the report fits the 4 KB of
 /// output a step keeps: at most three errors and three recoverable messages of each
@@ -71,7 +74,7 @@ pub fn report_script() -> String {
          \x20 n=$((n + 1)); sleep 1\n\
          done\n\
          marker=no; [ -e {BOOT_MARKER} ] && marker=yes\n\
-         apt=$(grep -E '^E: ' {OUTPUT_LOG} 2>/dev/null | tail -n 5)\n\
+         apt=$(grep -hoE '(^|[[:space:]])E: .*' {OUTPUT_LOG} {LOG} 2>/dev/null | sed 's/^[[:space:]]*//' | awk '!seen[$0]++' | tail -n 5)\n\
          cloud-init status --format json 2>/dev/null | python3 -c {compact} \"$marker\" \"$apt\"",
         compact = crate::remote::shell_quote(COMPACT),
     )
@@ -148,17 +151,23 @@ pub fn judge(output: &str) -> Verdict {
             report.datasource.as_deref().filter(|d| !d.is_empty()).unwrap_or("none")
         ));
     }
-    if !report.marker {
-        return Verdict::Failed(format!(
-            "cloud-init finished, but spot's last boot command did not run (no {BOOT_MARKER}): the instance \
-             did not boot from spot's user-data"
-        ));
-    }
-    let warnings = report
+    let warnings: Vec<String> = report
         .recoverable_errors
         .iter()
         .flat_map(|(kind, messages)| messages.iter().map(move |m| format!("{kind}: {m}")))
         .collect();
+    if !report.marker {
+        // Seen for real: the metadata service failed, cloud-init fell back to no
+        // datasource and ended `degraded done` without running any of the user-data.
+        let mut message = format!(
+            "cloud-init finished ({extended}), but spot's last boot command did not run (no {BOOT_MARKER}): \
+             the instance did not apply spot's user-data"
+        );
+        if !warnings.is_empty() {
+            message.push_str(&format!("; cloud-init warned: {}", warnings.join("; ")));
+        }
+        return Verdict::Failed(message);
+    }
     Verdict::Ready { warnings }
 }
 
@@ -207,8 +216,11 @@ mod tests {
         let disabled = r#"{"cloud_init": true, "status": "disabled", "boot_status_code": "disabled-by-generator", "errors": [], "marker": false}"#;
         assert!(matches!(judge(disabled), Verdict::Failed(m) if m.contains("disabled on this instance (disabled-by-generator)")));
         assert!(matches!(judge(r#"{"cloud_init":false}"#), Verdict::Failed(m) if m.contains("no cloud-init")));
-        let unmarked = DONE_25.replace(r#""marker": true"#, r#""marker": false"#);
-        assert!(matches!(judge(&unmarked), Verdict::Failed(m) if m.contains("did not run (no /var/lib/spot/boot-finished)")));
+        // What a boot that fell back to no datasource reported (trixie, cloud-init 25.1).
+        let fallback = r#"{"cloud_init": true, "status": "done", "extended_status": "degraded done", "errors": [], "recoverable_errors": {"WARNING": ["Getting data from <class 'cloudinit.sources.DataSourceEc2.DataSourceEc2Local'> failed", "Used fallback datasource"]}, "marker": false}"#;
+        let Verdict::Failed(m) = judge(fallback) else { panic!("a boot without spot's user-data must fail") };
+        assert!(m.contains("finished (degraded done), but spot's last boot command did not run"), "{m}");
+        assert!(m.contains("cloud-init warned: WARNING: Getting data from") && m.contains("Used fallback datasource"), "{m}");
     }
 
     #[test]

@@ -424,3 +424,58 @@ fn the_player_refuses_a_package_it_cannot_install_instead_of_skipping_it() {
     assert!(stderr(&out).contains("rolled back"), "{}", stderr(&out));
     assert_clean(&emu);
 }
+
+#[test]
+fn the_player_refuses_a_user_data_key_it_does_not_know() {
+    let emu = Emulator::start();
+    let mut player = Player::start(&emu, &["us-east-1"], &[]);
+    // A tagged instance whose user-data has a key the player does not play (`snap`).
+    let script = "import boto3,sys; e=boto3.client('ec2',region_name='us-east-1',endpoint_url=sys.argv[1],aws_access_key_id='t',aws_secret_access_key='t'); \
+                  i=e.describe_images(Owners=['099720109477'])['Images'][0]['ImageId']; \
+                  e.run_instances(ImageId=i,MinCount=1,MaxCount=1,InstanceType='t3.small',UserData='#cloud-config\\nusers: [{name: root}]\\nsnap:\\n  commands: [\"true\"]\\n',\
+                  TagSpecifications=[{'ResourceType':'instance','Tags':[{'Key':'spot:managed-by','Value':'spot'}]}])";
+    let run = Command::new("python3").args(["-c", script, &emu.moto_url()]).output().unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    let status = player.child.wait().unwrap();
+    assert_eq!(status.code(), Some(3), "{}", player.log());
+    assert!(player.log().contains("user-data key `snap` is unknown to the player"), "{}", player.log());
+}
+
+/// cloud-init's outcomes as spot judges them (cloud_init::status), on the player, whose
+/// instances keep cloud-init's real status files and answer with this machine's real
+/// `cloud-init status`.
+#[test]
+fn a_boot_cloud_init_reports_as_failed_fails_the_instance_in_its_words() {
+    let emu = Emulator::start();
+    // A module that failed (how a package that does not install ends).
+    let error = "('package_update_upgrade_install', ProcessExecutionError('Unexpected error while running command.'))";
+    let player = Player::start(&emu, &["us-east-1"], &["--cloud-init-error", error]);
+    let dir = repository(&config(1, "root"), "version: 1\nscripts:\n  - name: never\n    command: echo never\n", &[]);
+    let out = create(&emu, &player, dir.path(), "ci-error-1", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("step `wait for boot (cloud-init)` failed: cloud-init reported error: {error}")),
+        "{err}"
+    );
+    assert!(!err.contains("script never ok") && err.contains("rolled back"), "{err}");
+    assert_clean(&emu);
+}
+
+#[test]
+fn a_clean_boot_is_judged_done_from_cloud_inits_own_status() {
+    let emu = Emulator::start();
+    let player = Player::start(&emu, &["us-east-1"], &[]);
+    let dir = repository(&config(1, "root"), "version: 1\nscripts:\n  - name: hi\n    command: echo hi\n", &[]);
+    let out = create(&emu, &player, dir.path(), "ci-done-1", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("wait for boot (cloud-init) ok ("), "{err}");
+    let id = emu.leftovers(&["us-east-1"])["us-east-1"]["instances"][0].as_str().unwrap().to_string();
+    // What spot read: the real command's view of the played boot.
+    let status = player.on_instance(&id, "cloud-init status --long");
+    assert!(status.starts_with("status: done"), "{status}");
+    let destroyed = emu.spot().args(["destroy", "ci-done-1", "--dir"]).arg(dir.path()).output().unwrap();
+    assert!(destroyed.status.success(), "{}", stderr(&destroyed));
+    assert_clean(&emu);
+}

@@ -299,6 +299,8 @@ class ImdsHandler(http.server.BaseHTTPRequestHandler):
             if not isinstance(node, dict) or name not in node or name.startswith("__"):
                 return self.answer(404, "Not Found")
             node = node[name]
+        if isinstance(node, dict) and "__listing" in node:
+            return self.answer(200, node["__listing"])
         if isinstance(node, dict):
             listing = [k + "/" if isinstance(v, dict) else k for k, v in node.items() if not k.startswith("__")]
             return self.answer(200, "\n".join(listing))
@@ -345,7 +347,8 @@ def metadata_tree(inst, mac, key_material):
     if inst.get("PublicIpAddress"):
         tree["public-ipv4"] = inst["PublicIpAddress"]
     if key_material:
-        tree["public-keys"] = {f"0={inst['KeyName']}": key_material}
+        # Listed as `0=<name>`, read at public-keys/0/openssh-key.
+        tree["public-keys"] = {"__listing": f"0={inst['KeyName']}", "0": {"openssh-key": key_material}}
     tree["__dynamic"] = {"instance-identity": {"document": json.dumps({
         "accountId": "123456789012", "architecture": "x86_64", "availabilityZone": az,
         "imageId": inst.get("ImageId", ""), "instanceId": iid, "instanceType": inst.get("InstanceType", ""),
@@ -601,20 +604,20 @@ def shutdown_behaviour(client, tags, iid):
 
 
 def group_ids(client, inst):
-    """The instance's security groups: as the emulator lists them on the instance, else
-    those of the launch template it came from (what EC2 would have applied)."""
-    ids = [g["GroupId"] for g in inst.get("SecurityGroups", [])]
-    ids += [g["GroupId"] for eni in inst.get("NetworkInterfaces", []) for g in eni.get("Groups", [])]
-    if ids:
-        return sorted(set(ids))
+    """The instance's security groups: those of the launch template it came from, as EC2
+    applies them (moto puts fleet instances in the VPC's default group instead), else the
+    ones the emulator lists on the instance."""
     tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
     template = launch_template(client, tags, inst["InstanceId"])
-    if not template:
-        return []
-    data = client.describe_launch_template_versions(LaunchTemplateId=template[0], Versions=[template[1]])
-    data = data["LaunchTemplateVersions"][0]["LaunchTemplateData"]
-    ids = list(data.get("SecurityGroupIds", []))
-    ids += [g for eni in data.get("NetworkInterfaces", []) for g in eni.get("Groups", [])]
+    if template:
+        data = client.describe_launch_template_versions(LaunchTemplateId=template[0], Versions=[template[1]])
+        data = data["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+        ids = list(data.get("SecurityGroupIds", []))
+        ids += [g for eni in data.get("NetworkInterfaces", []) for g in eni.get("Groups", [])]
+        if ids:
+            return sorted(set(ids))
+    ids = [g["GroupId"] for g in inst.get("SecurityGroups", [])]
+    ids += [g["GroupId"] for eni in inst.get("NetworkInterfaces", []) for g in eni.get("Groups", [])]
     return sorted(set(ids))
 
 
@@ -703,9 +706,13 @@ def main():
                 raw = base64.b64decode(attr["UserData"].get("Value", ""))
                 if not raw:
                     log(f"{region}: {iid} has no user-data; it boots without, as on EC2")
+                groups = group_ids(client, inst)
+                if groups:
+                    described = client.describe_security_groups(GroupIds=groups)["SecurityGroups"]
+                    inst["SecurityGroups"] = [{"GroupId": g["GroupId"], "GroupName": g["GroupName"]} for g in described]
                 vm = Vm(inst, region, raw, args, accel, proxy.server_address[1], key_material(client, inst))
                 vm.tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
-                vm.group_ids = group_ids(client, inst)
+                vm.group_ids = groups
                 playing[iid] = vm
                 emulated.write_atomic(os.path.join(args.ssh_dir, iid), f"127.0.0.1:{vm.ports['ssh']}\n")
                 gzipped = ", gzipped" if raw[:2] == b"\x1f\x8b" else ""
