@@ -30,11 +30,13 @@ use super::BOOT_MARKER;
 
 /// Where cloud-init writes its run state; `result.json` appears when the final stage ends.
 const RESULT_FILE: &str = "/run/cloud-init/result.json";
-/// Where apt's errors show up: cloud-init's stdout and stderr of the boot, and its log
-/// (cloud-init 25.1 keeps apt's stderr there, under `Stderr:`, and says only "Failed to
-/// install the following packages" in the error itself).
-const OUTPUT_LOG: &str = "/var/log/cloud-init-output.log";
-const LOG: &str = "/var/log/cloud-init.log";
+/// Where apt's words show up: apt-get's `E:` lines in cloud-init's output log (22.x runs
+/// apt-get on an unknown package: "E: Unable to locate package"), and the lines of
+/// cloud-init's apt module in its log (25.1 asks apt first and logs "The following
+/// packages were not found by APT so APT will not attempt to install them", then says
+/// only "Failed to install the following packages" in the error itself).
+/// The shell pipeline that picks those lines, at most five, each once.
+const APT_LINES: &str = r"grep -hoE '(^|[[:space:]])E: .*|apt\.py\[[A-Z]+\]: .*(not found|[Ff]ailed|[Ee]rror).*' /var/log/cloud-init-output.log /var/log/cloud-init.log 2>/dev/null | sed -e 's/^[[:space:]]*//' -e 's/^apt\.py\[[A-Z]*\]: //' | awk '!seen[$0]++' | tail -n 5";
 
 /// How cloud-init's JSON is cut down on the instance so the report fits the 4 KB of
 /// output a step keeps: at most three errors and three recoverable messages of each
@@ -74,7 +76,7 @@ pub fn report_script() -> String {
          \x20 n=$((n + 1)); sleep 1\n\
          done\n\
          marker=no; [ -e {BOOT_MARKER} ] && marker=yes\n\
-         apt=$(grep -hoE '(^|[[:space:]])E: .*' {OUTPUT_LOG} {LOG} 2>/dev/null | sed 's/^[[:space:]]*//' | awk '!seen[$0]++' | tail -n 5)\n\
+         apt=$({APT_LINES})\n\
          cloud-init status --format json 2>/dev/null | python3 -c {compact} \"$marker\" \"$apt\"",
         compact = crate::remote::shell_quote(COMPACT),
     )
@@ -241,5 +243,52 @@ mod tests {
         if let Ok(py) = py {
             assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
         }
+    }
+
+    #[test]
+    fn apts_words_are_picked_from_both_generations_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let output = dir.path().join("cloud-init-output.log");
+        let log = dir.path().join("cloud-init.log");
+        // 22.4: apt-get ran and said so; 25.1: cloud-init's apt module asked apt first.
+        std::fs::write(&output, "Reading package lists...\nE: Unable to locate package nope\nFAILURE: not apt\n").unwrap();
+        std::fs::write(
+            &log,
+            "2026-12-02 01:33:38,906 - apt.py[DEBUG]: The following packages were not found by APT so APT will not attempt to install them: ['nope']\n\
+             2026-12-02 01:33:38,907 - apt.py[DEBUG]: Running apt-get update\n\
+             Stderr: E: Unable to locate package nope\n",
+        )
+        .unwrap();
+        let pipeline = APT_LINES
+            .replace("/var/log/cloud-init-output.log", output.to_str().unwrap())
+            .replace("/var/log/cloud-init.log", log.to_str().unwrap());
+        let out = std::process::Command::new("sh").args(["-c", &pipeline]).output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "E: Unable to locate package nope\n\
+             The following packages were not found by APT so APT will not attempt to install them: ['nope']\n"
+        );
+    }
+
+    #[test]
+    fn cloud_inits_own_json_compacts_into_a_report_judge_reads() {
+        // Cut from `cloud-init status --format json` of a trixie VM (cloud-init 25.1.4)
+        // whose metadata crawl failed: every stage's copy of the warnings included.
+        let json = r#"{"boot_status_code": "enabled-by-generator", "datasource": "none", "detail": "DataSourceNone",
+            "errors": [], "extended_status": "degraded done", "init": {"errors": [], "finished": 76.2,
+            "recoverable_errors": {"WARNING": ["Used fallback datasource"]}, "start": 60.2},
+            "recoverable_errors": {"WARNING": ["Failed fetching meta-data/ from url http://169.254.169.254/2021-03-23/meta-data/",
+            "Used fallback datasource", "Running interface command ['systemctl', 'restart', 'systemd-networkd', 'systemd-resolved'] failed",
+            "Used fallback datasource"]}, "stage": null, "status": "done"}"#;
+        let out = std::process::Command::new("sh")
+            .args(["-c", &format!("printf '%s' {} | python3 -c {} no ''", crate::remote::shell_quote(json), crate::remote::shell_quote(COMPACT))])
+            .output();
+        let Ok(out) = out else { return };
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && report.len() < 4096, "{report}");
+        let Verdict::Failed(m) = judge(&report) else { panic!("{report}") };
+        assert!(m.contains("(degraded done)") && m.contains("WARNING: Failed fetching meta-data/"), "{m}");
+        // At most three messages of a kind.
+        assert!(!m.contains("Used fallback datasource; WARNING: Used fallback datasource"), "{m}");
     }
 }
