@@ -8,7 +8,7 @@ cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   if [[ -n ${SPOT_TRY_KEEP:-} ]]; then
-    # A VM's seed holds the user-data, and with it the instance's SSH host private key.
+    # A VM's folder holds its user-data, and with it the instance's SSH host private key.
     echo "kept $work (it holds test keys: remove it when done)"
   else
     rm -rf "$work"
@@ -56,16 +56,35 @@ start_player() {
 }
 
 # Plays the instances of region $1 with real VMs (tests/support/vm_player.py) booted from
-# the Debian image of scripts/vm-image.sh (suite $2, default trixie); guest port 8080 is
-# forwarded too. spot finds their SSH through SPOT_EMULATOR_SSH_DIR.
+# the Debian image of scripts/vm-image.sh (suite $2, default trixie); guest port 8080 can
+# be forwarded too, while the security group opens it (open_port). spot finds their SSH
+# through SPOT_EMULATOR_SSH_DIR.
 start_vm_player() {
   export SPOT_EMULATOR_SSH_DIR=$work/ssh
-  local image
+  local image connect=()
+  [[ -d $work/instance-connect ]] && connect=(--instance-connect-dir "$work/instance-connect")
   image=$("$repo/scripts/vm-image.sh" "${2:-trixie}")
   python3 "$repo/tests/support/vm_player.py" --endpoint "http://127.0.0.1:$moto_port" --regions "$1" \
     --ssh-dir "$SPOT_EMULATOR_SSH_DIR" --work "$work/instances" --image "$image" --forward 8080 \
-    2>"$work/vm.log" &
+    "${connect[@]}" 2>"$work/vm.log" &
   pids+=($!)
+}
+
+# Authorizes TCP port $3 from $4 on the security group of deployment $1 in region $2.
+open_port() {
+  python3 -c 'import boto3,sys; e=boto3.client("ec2",region_name=sys.argv[2],endpoint_url=sys.argv[1]); g=e.describe_security_groups(Filters=[{"Name":"tag:spot:deployment","Values":[sys.argv[3]]}])["SecurityGroups"][0]["GroupId"]; e.authorize_security_group_ingress(GroupId=g,IpPermissions=[{"IpProtocol":"tcp","FromPort":int(sys.argv[4]),"ToPort":int(sys.argv[4]),"IpRanges":[{"CidrIp":sys.argv[5]}]}])' \
+    "http://127.0.0.1:$moto_port" "$2" "$1" "$3" "$4"
+}
+
+# Waits until the VM playing instance $1 forwards guest port $2 (its group opened it).
+wait_vm_port_open() {
+  for _ in $(seq 1 100); do
+    python3 -c 'import json,sys; sys.exit(int(sys.argv[2]) not in json.load(open(sys.argv[1]))["open"])' \
+      "$work/instances/$1/vm.json" "$2" && return 0
+    sleep 0.2
+  done
+  echo "port $2 of $1 is not forwarded" >&2
+  exit 1
 }
 
 # The 127.0.0.1 port where the VM playing instance $1 forwards guest port $2.

@@ -30,7 +30,14 @@ echo "--- spot create"
 "$spot" create --deployment-id try-local --ssh-cidr 127.0.0.1/32 --ssh-timeout 10m "$work/hello"
 echo "--- the example's page, served by its systemd unit on the instance"
 page_port=8080
-if [[ -n $vm ]]; then page_port=$(vm_port "$(ls "$SPOT_EMULATOR_SSH_DIR")" 8080); fi
+if [[ -n $vm ]]; then
+  # The VM forwards only what its security group opens, and spot's group opens SSH only
+  # (until `expose:` lands): open 8080 to this machine, as a user would in the console.
+  open_port try-local us-west-2 8080 127.0.0.1/32
+  id=$(ls "$SPOT_EMULATOR_SSH_DIR")
+  wait_vm_port_open "$id" 8080
+  page_port=$(vm_port "$id" 8080)
+fi
 curl -fsS "http://127.0.0.1:$page_port/" | head -n 5
 echo "--- spot list"
 "$spot" list "$work/hello"

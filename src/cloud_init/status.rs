@@ -116,7 +116,10 @@ pub enum Verdict {
 /// Judges the boot step's output (its last JSON line; anything before it is ignored).
 pub fn judge(output: &str) -> Verdict {
     let Some(line) = output.lines().rev().map(str::trim).find(|l| l.starts_with('{')) else {
-        return Verdict::Failed(format!("no report from cloud-init on the instance; it printed: {}", output.trim()));
+        return Verdict::Failed(format!(
+            "no report from cloud-init on the instance; it printed: {}",
+            output.trim()
+        ));
     };
     let report: Report = match serde_json::from_str(line) {
         Ok(r) => r,
@@ -133,7 +136,8 @@ pub fn judge(output: &str) -> Verdict {
     let extended = report.extended_status.as_deref().unwrap_or(status);
     if !report.errors.is_empty() || status == "error" {
         let mut message = format!("cloud-init reported {extended}");
-        let errors = if report.errors.is_empty() { vec!["(no error text)".to_string()] } else { report.errors };
+        let errors =
+            if report.errors.is_empty() { vec!["(no error text)".to_string()] } else { report.errors };
         message.push_str(&format!(": {}", errors.join("; ")));
         if !report.apt.is_empty() {
             message.push_str(&format!("\n  apt said: {}", report.apt.join(" | ")));
@@ -201,7 +205,10 @@ mod tests {
     fn an_error_fails_with_cloud_init_and_apt_words() {
         let line = r#"{"cloud_init": true, "status": "error", "extended_status": "error - done", "errors": ["('package_update_upgrade_install', ProcessExecutionError('Unexpected error while running command.'))"], "recoverable_errors": {}, "marker": true, "apt": ["E: Unable to locate package no-such-pkg"]}"#;
         let Verdict::Failed(message) = judge(line) else { panic!("an error must fail") };
-        assert!(message.starts_with("cloud-init reported error - done: ('package_update_upgrade_install'"), "{message}");
+        assert!(
+            message.starts_with("cloud-init reported error - done: ('package_update_upgrade_install'"),
+            "{message}"
+        );
         assert!(message.contains("apt said: E: Unable to locate package no-such-pkg"), "{message}");
     }
 
@@ -216,20 +223,32 @@ mod tests {
     #[test]
     fn disabled_not_installed_and_no_marker_fail() {
         let disabled = r#"{"cloud_init": true, "status": "disabled", "boot_status_code": "disabled-by-generator", "errors": [], "marker": false}"#;
-        assert!(matches!(judge(disabled), Verdict::Failed(m) if m.contains("disabled on this instance (disabled-by-generator)")));
-        assert!(matches!(judge(r#"{"cloud_init":false}"#), Verdict::Failed(m) if m.contains("no cloud-init")));
+        assert!(
+            matches!(judge(disabled), Verdict::Failed(m) if m.contains("disabled on this instance (disabled-by-generator)"))
+        );
+        assert!(
+            matches!(judge(r#"{"cloud_init":false}"#), Verdict::Failed(m) if m.contains("no cloud-init"))
+        );
         // What a boot that fell back to no datasource reported (trixie, cloud-init 25.1).
         let fallback = r#"{"cloud_init": true, "status": "done", "extended_status": "degraded done", "errors": [], "recoverable_errors": {"WARNING": ["Getting data from <class 'cloudinit.sources.DataSourceEc2.DataSourceEc2Local'> failed", "Used fallback datasource"]}, "marker": false}"#;
         let Verdict::Failed(m) = judge(fallback) else { panic!("a boot without spot's user-data must fail") };
         assert!(m.contains("finished (degraded done), but spot's last boot command did not run"), "{m}");
-        assert!(m.contains("cloud-init warned: WARNING: Getting data from") && m.contains("Used fallback datasource"), "{m}");
+        assert!(
+            m.contains("cloud-init warned: WARNING: Getting data from")
+                && m.contains("Used fallback datasource"),
+            "{m}"
+        );
     }
 
     #[test]
     fn an_unexpected_state_or_garbage_fails_and_says_what_it_saw() {
         let odd = r#"{"cloud_init": true, "status": "not started", "errors": [], "marker": true}"#;
-        assert!(matches!(judge(odd), Verdict::Failed(m) if m.contains("stopped in state `not started` (datasource none)")));
-        assert!(matches!(judge("sudo: a password is required"), Verdict::Failed(m) if m.contains("sudo: a password")));
+        assert!(
+            matches!(judge(odd), Verdict::Failed(m) if m.contains("stopped in state `not started` (datasource none)"))
+        );
+        assert!(
+            matches!(judge("sudo: a password is required"), Verdict::Failed(m) if m.contains("sudo: a password"))
+        );
         assert!(matches!(judge("{not json"), Verdict::Failed(m) if m.contains("unreadable")));
     }
 
@@ -251,7 +270,11 @@ mod tests {
         let output = dir.path().join("cloud-init-output.log");
         let log = dir.path().join("cloud-init.log");
         // 22.4: apt-get ran and said so; 25.1: cloud-init's apt module asked apt first.
-        std::fs::write(&output, "Reading package lists...\nE: Unable to locate package nope\nFAILURE: not apt\n").unwrap();
+        std::fs::write(
+            &output,
+            "Reading package lists...\nE: Unable to locate package nope\nFAILURE: not apt\n",
+        )
+        .unwrap();
         std::fs::write(
             &log,
             "2026-12-02 01:33:38,906 - apt.py[DEBUG]: The following packages were not found by APT so APT will not attempt to install them: ['nope']\n\
@@ -281,7 +304,14 @@ mod tests {
             "Used fallback datasource", "Running interface command ['systemctl', 'restart', 'systemd-networkd', 'systemd-resolved'] failed",
             "Used fallback datasource"]}, "stage": null, "status": "done"}"#;
         let out = std::process::Command::new("sh")
-            .args(["-c", &format!("printf '%s' {} | python3 -c {} no ''", crate::remote::shell_quote(json), crate::remote::shell_quote(COMPACT))])
+            .args([
+                "-c",
+                &format!(
+                    "printf '%s' {} | python3 -c {} no ''",
+                    crate::remote::shell_quote(json),
+                    crate::remote::shell_quote(COMPACT)
+                ),
+            ])
             .output();
         let Ok(out) = out else { return };
         let report = String::from_utf8_lossy(&out.stdout);

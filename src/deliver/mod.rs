@@ -179,7 +179,13 @@ pub fn steps(deployment: &Deployment, bundle_sha256: &str, limits: &Limits) -> D
     }
     let before_secrets = vec![
         boot_step(limits),
-        Step { name: "unpack bundle".into(), script: unpack, timeout: limits.unpack, unit: None, check: Check::ExitStatus },
+        Step {
+            name: "unpack bundle".into(),
+            script: unpack,
+            timeout: limits.unpack,
+            unit: None,
+            check: Check::ExitStatus,
+        },
     ];
 
     let mut after = Vec::new();
@@ -197,7 +203,8 @@ pub fn steps(deployment: &Deployment, bundle_sha256: &str, limits: &Limits) -> D
             name: format!("script {}", script.name),
             script: with_env(&body),
             timeout: Duration::from_secs(script.timeout_secs),
-            unit: None, check: Check::ExitStatus
+            unit: None,
+            check: Check::ExitStatus,
         });
     }
     if !manifest.services.is_empty() {
@@ -220,7 +227,8 @@ pub fn steps(deployment: &Deployment, bundle_sha256: &str, limits: &Limits) -> D
                 name: format!("service {}", service.name),
                 script,
                 timeout: limits.service,
-                unit: Some(unit), check: Check::ExitStatus
+                unit: Some(unit),
+                check: Check::ExitStatus,
             });
         }
         for service in manifest.services.iter().filter(|s| s.start) {
@@ -263,7 +271,13 @@ pub fn still_ready(deployment: &Deployment) -> Step {
             "systemctl is-active --quiet {unit} || {{ echo {unit} is not active; exit 1; }}\n"
         ));
     }
-    Step { name: "check the running deployment".into(), script, timeout: Duration::from_secs(30), unit: None, check: Check::ExitStatus }
+    Step {
+        name: "check the running deployment".into(),
+        script,
+        timeout: Duration::from_secs(30),
+        unit: None,
+        check: Check::ExitStatus,
+    }
 }
 
 /// A service's health: its probe until it passes (or the time runs out), failing at once
@@ -275,7 +289,8 @@ fn health_step(unit: &str, check: Option<&crate::manifest::types::HealthCheck>) 
             name: format!("health {unit} (active)"),
             script: format!("sleep 1\nsystemctl is-active {q}"),
             timeout: Duration::from_secs(30),
-            unit: Some(unit.to_string()), check: Check::ExitStatus
+            unit: Some(unit.to_string()),
+            check: Check::ExitStatus,
         };
     };
     let (probe, what) = match &check.probe {
@@ -307,7 +322,8 @@ fn health_step(unit: &str, check: Option<&crate::manifest::types::HealthCheck>) 
         name: format!("health {unit} ({what})"),
         script,
         timeout: Duration::from_secs(secs + 30),
-        unit: Some(unit.to_string()), check: Check::ExitStatus
+        unit: Some(unit.to_string()),
+        check: Check::ExitStatus,
     }
 }
 

@@ -450,12 +450,18 @@ fn a_boot_cloud_init_reports_as_failed_fails_the_instance_in_its_words() {
     // A module that failed (how a package that does not install ends).
     let error = "('package_update_upgrade_install', ProcessExecutionError('Unexpected error while running command.'))";
     let player = Player::start(&emu, &["us-east-1"], &["--cloud-init-error", error]);
-    let dir = repository(&config(1, "root"), "version: 1\nscripts:\n  - name: never\n    command: echo never\n", &[]);
+    let dir = repository(
+        &config(1, "root"),
+        "version: 1\nscripts:\n  - name: never\n    command: echo never\n",
+        &[],
+    );
     let out = create(&emu, &player, dir.path(), "ci-error-1", &[]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
-        err.contains(&format!("step `wait for boot (cloud-init)` failed: cloud-init reported error: {error}")),
+        err.contains(&format!(
+            "step `wait for boot (cloud-init)` failed: cloud-init reported error: {error}"
+        )),
         "{err}"
     );
     assert!(!err.contains("script never ok") && err.contains("rolled back"), "{err}");
@@ -466,7 +472,8 @@ fn a_boot_cloud_init_reports_as_failed_fails_the_instance_in_its_words() {
 fn a_clean_boot_is_judged_done_from_cloud_inits_own_status() {
     let emu = Emulator::start();
     let player = Player::start(&emu, &["us-east-1"], &[]);
-    let dir = repository(&config(1, "root"), "version: 1\nscripts:\n  - name: hi\n    command: echo hi\n", &[]);
+    let dir =
+        repository(&config(1, "root"), "version: 1\nscripts:\n  - name: hi\n    command: echo hi\n", &[]);
     let out = create(&emu, &player, dir.path(), "ci-done-1", &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);

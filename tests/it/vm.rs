@@ -258,7 +258,12 @@ fn group_rule(emu: &Emulator, id: &str, what: &str, port: u16, cidr: &str) -> Va
 fn wait_forwarded(vm: &VmPlayer, instance: &str, port: u16, open: bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while vm.is_open(instance, port) != open {
-        assert!(Instant::now() < deadline, "port {port} of {instance} is not {}\n{}", if open { "open" } else { "closed" }, vm.log());
+        assert!(
+            Instant::now() < deadline,
+            "port {port} of {instance} is not {}\n{}",
+            if open { "open" } else { "closed" },
+            vm.log()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -270,7 +275,11 @@ fn page(vm: &VmPlayer, instance: &str) -> Result<String, String> {
         .args(["-fsS", "--max-time", "10", &format!("http://127.0.0.1:{port}/")])
         .output()
         .unwrap();
-    if out.status.success() { Ok(String::from_utf8_lossy(&out.stdout).into_owned()) } else { Err(stderr(&out)) }
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(stderr(&out))
+    }
 }
 
 fn wait_state(emu: &Emulator, instance: &str, want: &str) {

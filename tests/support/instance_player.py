@@ -76,13 +76,20 @@ def user_data(client, instance_id):
 # new key cannot pass here unplayed. What is not played is proven on the VM instances
 # (tests/it/vm.rs: real cloud-init, systemd, apt).
 PLAYED = {"users", "ssh_keys", "write_files", "runcmd"}
-NOT_PLAYED = {
-    "package_update": "apt runs for real on the VM",
+# Keys whose effect the played instance has only for one value: any other is refused.
+SAME_AS_PLAYED = {
+    "ssh_pwauth": (False, "the played sshd allows key logins only"),
+    "disable_root": (True, "the played sshd admits only the login user"),
+    "ssh_deletekeys": (True, "the played sshd has only spot's host key"),
+}
+# What a user entry may say: name, shell, sudo rule and keys are played; its groups
+# (`sudo`, `docker`) and locked password have no effect on a played login.
+USER_KEYS = {"name", "groups", "shell", "sudo", "lock_passwd", "ssh_authorized_keys"}
+# Keys checked below, by what they hold.
+CHECKED = {
+    "package_update": "no effect: the player installs nothing (apt runs for real on the VM)",
     "packages": "must be installed on this machine already (the player installs nothing)",
     "groups": "must be empty (the player creates no groups)",
-    "ssh_pwauth": "the played sshd allows key logins only",
-    "disable_root": "the played sshd admits only the login user",
-    "ssh_deletekeys": "the played sshd has only spot's host key",
     "bootcmd": "only spot's time-to-live entry; armed and fired on the VM",
     "final_message": "console text",
 }
@@ -90,7 +97,13 @@ NOT_PLAYED = {
 
 def refusals(doc):
     """Why the player cannot play this user-data: empty when it can."""
-    why = [f"user-data key `{k}` is unknown to the player" for k in doc if k not in PLAYED and k not in NOT_PLAYED]
+    why = [f"user-data key `{k}` is unknown to the player" for k in doc
+           if k not in PLAYED and k not in SAME_AS_PLAYED and k not in CHECKED]
+    for key, (value, what) in SAME_AS_PLAYED.items():
+        if key in doc and doc[key] != value:
+            why.append(f"`{key}: {doc[key]}` is not played ({what})")
+    if not isinstance(doc.get("package_update", False), bool) or not isinstance(doc.get("final_message", ""), str):
+        why.append("package_update must be a boolean and final_message a string")
     for p in doc.get("packages", []):
         name = p.split("=")[0]
         status = subprocess.run(["dpkg-query", "-W", "-f=${Status}", name], capture_output=True, text=True).stdout
@@ -106,6 +119,10 @@ def refusals(doc):
             why.append(f"runcmd entry {str(cmd)[:60]} is not a shell command")
     if len(doc.get("users", [])) != 1:
         why.append("exactly one user is played")
+    for user in doc.get("users", []):
+        extra = sorted(set(user) - USER_KEYS) if isinstance(user, dict) else ["(not a mapping)"]
+        if extra:
+            why.append(f"user keys {extra} are unknown to the player")
     return why
 
 
