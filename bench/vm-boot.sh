@@ -39,7 +39,7 @@ now() { date +%s.%N; }
 bare() {
   local start id port
   start=$(now)
-  id=$(python3 -c 'import boto3,sys; e=boto3.client("ec2",region_name="us-east-1",endpoint_url=sys.argv[1]); i=e.describe_images(Owners=["099720109477"])["Images"][0]["ImageId"]; print(e.run_instances(ImageId=i,MinCount=1,MaxCount=1,InstanceType="t3.small",UserData="#cloud-config\n{}\n",TagSpecifications=[{"ResourceType":"instance","Tags":[{"Key":"spot:managed-by","Value":"spot"}]}])["Instances"][0]["InstanceId"])' "$AWS_ENDPOINT_URL")
+  id=$(python3 -c 'import boto3,sys; e=boto3.client("ec2",region_name="us-east-1",endpoint_url=sys.argv[1]); i=e.describe_images(Owners=["099720109477"])["Images"][0]["ImageId"]; print(e.run_instances(ImageId=i,MinCount=1,MaxCount=1,InstanceType="t3.small",MetadataOptions={"HttpTokens":"required","HttpEndpoint":"enabled"},UserData="#cloud-config\n{}\n",TagSpecifications=[{"ResourceType":"instance","Tags":[{"Key":"spot:managed-by","Value":"spot"}]}])["Instances"][0]["InstanceId"])' "$AWS_ENDPOINT_URL")
   [[ -n $id ]] || { echo "bench: RunInstances failed" >&2; exit 1; }
   for _ in $(seq 1 300); do [[ -f $work/instances/$id/vm.json ]] && break; sleep 0.2; done
   [[ -f $work/instances/$id/vm.json ]] || { echo "bench: no VM for $id" >&2; exit 1; }

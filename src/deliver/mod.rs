@@ -243,7 +243,8 @@ pub fn steps(deployment: &Deployment, bundle_sha256: &str, limits: &Limits) -> D
             sha = shell_quote(bundle_sha256),
         )),
         timeout: Duration::from_secs(30),
-        unit: None, check: Check::ExitStatus
+        unit: None,
+        check: Check::ExitStatus,
     });
 
     Delivery {

@@ -458,13 +458,34 @@ fn a_boot_cloud_init_reports_as_failed_fails_the_instance_in_its_words() {
     let out = create(&emu, &player, dir.path(), "ci-error-1", &[]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(
-        err.contains(&format!(
-            "step `wait for boot (cloud-init)` failed: cloud-init reported error: {error}"
-        )),
-        "{err}"
-    );
+    // `error` from cloud-init 22.x, `error - done` from 23.4 on: both name the error.
+    assert!(err.contains("step `wait for boot (cloud-init)` failed: cloud-init reported error"), "{err}");
+    assert!(err.contains(error), "{err}");
     assert!(!err.contains("script never ok") && err.contains("rolled back"), "{err}");
+    assert_clean(&emu);
+}
+
+#[test]
+fn an_error_in_an_early_stage_fails_the_instance_without_waiting_for_the_last() {
+    let emu = Emulator::start();
+    // The init stage failed and the final stage never ends (no result.json): without the
+    // early verdict, the step would wait for the whole boot timeout.
+    let error = "('users_groups', KeyError('no such group'))";
+    let player = Player::start(
+        &emu,
+        &["us-east-1"],
+        &["--cloud-init-error", error, "--cloud-init-error-stage", "init"],
+    );
+    let dir = repository(
+        &config(1, "root"),
+        "version: 1\nscripts:\n  - name: never\n    command: echo never\n",
+        &[],
+    );
+    let out = create(&emu, &player, dir.path(), "ci-early-1", &["--boot-timeout", "3m"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("cloud-init reported error") && err.contains(error), "{err}");
+    assert!(!err.contains("did not finish within"), "it waited for the timeout: {err}");
     assert_clean(&emu);
 }
 

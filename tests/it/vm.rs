@@ -373,14 +373,19 @@ fn vm_the_example_boots_for_real_survives_a_reboot_and_late_boots_power_off() {
     }
     let expires_at = doc["expires_at"].as_str().unwrap();
 
-    // Port 8080 is not in the security group spot made (SSH only): nothing reaches it.
-    // Opened by a rule, the page (served by the real systemd unit) is reachable; once
-    // the rule is revoked, it is not. qemu cannot filter by source: the rule's is checked.
+    // Port 8080 is not in the security group spot made (SSH only, from the ssh_cidr):
+    // nothing reaches it. A rule for another source opens nothing to this machine; one
+    // for 127.0.0.1 makes the page (served by the real systemd unit) reachable; once
+    // revoked, it is not.
     assert!(!vm.is_open(a, 8080) && page(&vm, a).is_err(), "8080 is reachable without a rule");
-    let rules = group_rule(&emu, "vm-hello", "authorize", 8080, "127.0.0.1/32");
-    let opened: Vec<&Value> = rules.as_array().unwrap().iter().filter(|r| r["FromPort"] == 8080).collect();
-    assert_eq!(opened.len(), 1, "{rules:#}");
-    assert_eq!(opened[0]["IpRanges"], json!([{"CidrIp": "127.0.0.1/32"}]), "{rules:#}");
+    let rules = group_rule(&emu, "vm-hello", "authorize", 8080, "10.0.0.0/8");
+    let ssh: Vec<&Value> = rules.as_array().unwrap().iter().filter(|r| r["FromPort"] == 22).collect();
+    assert_eq!(ssh.len(), 1, "{rules:#}");
+    assert_eq!(ssh[0]["IpRanges"][0]["CidrIp"], "127.0.0.1/32", "spot's SSH rule: {rules:#}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!vm.is_open(a, 8080) && page(&vm, a).is_err(), "a rule for 10.0.0.0/8 let 127.0.0.1 in");
+    group_rule(&emu, "vm-hello", "revoke", 8080, "10.0.0.0/8");
+    group_rule(&emu, "vm-hello", "authorize", 8080, "127.0.0.1/32");
     for id in [a, b] {
         wait_forwarded(&vm, id, 8080, true);
         let shown = page(&vm, id).unwrap_or_else(|e| panic!("{e}\n{}", vm.story(id)));
@@ -514,27 +519,35 @@ fn vm_the_time_to_live_powers_off_a_gzipped_boot_on_bookworm() {
     assert_eq!(left, json!({}), "resources left behind: {left:#}");
 }
 
-#[test]
-fn vm_the_image_boots_clean_with_an_empty_user_data() {
-    let emu = Emulator::start();
-    let vm = VmPlayer::start(&emu, "trixie", &[], &[]);
-    // An instance spot did not configure: tagged so the harness plays it, empty cloud-config.
-    let run = Command::new("python3")
-        .args(["-c", "import boto3,sys; e=boto3.client('ec2',region_name='us-east-1',endpoint_url=sys.argv[1],aws_access_key_id='t',aws_secret_access_key='t'); i=e.describe_images(Owners=['099720109477'])['Images'][0]['ImageId']; print(e.run_instances(ImageId=i,MinCount=1,MaxCount=1,InstanceType='t3.small',UserData='#cloud-config\\n{}\\n',TagSpecifications=[{'ResourceType':'instance','Tags':[{'Key':'spot:managed-by','Value':'spot'}]}])['Instances'][0]['InstanceId'])"])
-        .arg(emu.moto_url())
-        .output()
-        .unwrap();
+/// A tagged instance spot did not configure (so the harness plays it), with an empty
+/// cloud-config, launched with IMDSv2 required or (`imdsv2: false`) with EC2's default.
+fn launch_bare(emu: &Emulator, imdsv2: bool) -> String {
+    let options =
+        if imdsv2 { "MetadataOptions={'HttpTokens':'required','HttpEndpoint':'enabled'}," } else { "" };
+    let script = format!(
+        "import boto3,sys; e=boto3.client('ec2',region_name='us-east-1',endpoint_url=sys.argv[1],aws_access_key_id='t',aws_secret_access_key='t'); \
+         i=e.describe_images(Owners=['099720109477'])['Images'][0]['ImageId']; \
+         print(e.run_instances(ImageId=i,MinCount=1,MaxCount=1,InstanceType='t3.small',{options}UserData='#cloud-config\\n{{}}\\n',\
+         TagSpecifications=[{{'ResourceType':'instance','Tags':[{{'Key':'spot:managed-by','Value':'spot'}}]}}])['Instances'][0]['InstanceId'])"
+    );
+    let run = Command::new("python3").args(["-c", &script]).arg(emu.moto_url()).output().unwrap();
     assert!(run.status.success(), "{}", stderr(&run));
-    let id = String::from_utf8(run.stdout).unwrap().trim().to_string();
-    let status = vm.run(&id, "cloud-init status --wait --long");
-    assert!(status.contains("status: done"), "{status}\n{}", vm.story(&id));
-    assert!(status.contains("errors: []") && status.contains("recoverable_errors: {}"), "{status}");
+    String::from_utf8(run.stdout).unwrap().trim().to_string()
+}
+
+fn terminate(emu: &Emulator, instance: &str) {
+    let script = "import boto3,sys; boto3.client('ec2',region_name='us-east-1',endpoint_url=sys.argv[1],aws_access_key_id='t',aws_secret_access_key='t').terminate_instances(InstanceIds=[sys.argv[2]])";
+    let out = Command::new("python3").args(["-c", script, &emu.moto_url(), instance]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 #[test]
-fn vm_a_package_that_does_not_exist_fails_the_boot_in_apts_words_and_rolls_back() {
+fn vm_a_bare_image_boots_clean_and_a_package_that_does_not_exist_fails_in_apts_words() {
     let emu = Emulator::start();
     let vm = VmPlayer::start(&emu, "trixie", &[], &[]);
+    // Alongside, the image alone: an empty user-data must boot clean (no errors, no
+    // recoverable errors) through the EC2 datasource, or every verdict below is moot.
+    let bare = launch_bare(&emu, true);
     let dir = crate::deliver::repository(
         &crate::deliver::config(1, "admin"),
         "version: 1\npackages:\n  - no-such-package-spot\nscripts:\n  - name: hello\n    command: echo hello\n",
@@ -579,6 +592,11 @@ fn vm_a_package_that_does_not_exist_fails_the_boot_in_apts_words_and_rolls_back(
         ),
         "{log}"
     );
+    let status = vm.run(&bare, "cloud-init status --wait --long");
+    assert!(status.contains("status: done") && status.contains("detail: DataSourceEc2Local"), "{status}");
+    assert!(status.contains("errors: []") && status.contains("recoverable_errors: {}"), "{status}");
+    terminate(&emu, &bare);
+    wait_state(&emu, &bare, "terminated");
     assert_eq!(emu.leftovers(&["us-east-1"]), json!({}), "{log}");
 }
 
@@ -627,4 +645,20 @@ fn vm_a_push_to_a_pull_request_environment_gets_in_through_instance_connect() {
     let destroyed = emu.spot().args(["destroy", "pr-7", "--dir"]).arg(dir.path()).output().unwrap();
     assert!(destroyed.status.success(), "{}", stderr(&destroyed));
     assert_eq!(emu.leftovers(&["us-east-1"]), json!({}));
+}
+
+#[test]
+fn vm_the_harness_refuses_an_instance_whose_metadata_allows_imdsv1() {
+    let emu = Emulator::start();
+    let mut vm = VmPlayer::start(&emu, "trixie", &[], &[]);
+    // Launched without metadata options: EC2 would answer token-less requests, which the
+    // harness's metadata service never does, so it must not play this instance at all.
+    launch_bare(&emu, false);
+    let status = vm.child.wait().unwrap();
+    assert_eq!(status.code(), Some(3), "{}", vm.log());
+    assert!(
+        vm.log().contains("HttpTokens=optional HttpEndpoint=enabled: the harness serves only IMDSv2"),
+        "{}",
+        vm.log()
+    );
 }

@@ -19,7 +19,9 @@ a `bootcmd` other than spot's time to live, a `runcmd` entry that is not shell; 
 does not play is proven on the VM instances (vm_player.py). cloud-init's own account of
 the boot is written where cloud-init keeps it (/run/cloud-init/status.json and
 result.json, its v1 layout), so `cloud-init status` on the instance is this machine's
-real one reading it; --cloud-init-error TEXT plays a module that failed with TEXT. On SIGTERM/SIGINT it stops
+real one reading it; --cloud-init-error TEXT plays a module that failed with TEXT (in
+the final stage, or in --cloud-init-error-stage STAGE, after which the final stage never
+ends). On SIGTERM/SIGINT it stops
 every sshd and service it started, by PID.
 
 With --instance-connect-dir DIR (the fault proxy's), each sshd also accepts the key EC2
@@ -28,7 +30,7 @@ the ec2-instance-connect package's AuthorizedKeysCommand does on an Ubuntu AMI.
 
 Usage: instance_player.py --endpoint URL --regions r1,r2 --ssh-dir DIR --work DIR
        [--deployment ID] [--wrong-host-key] [--instance-connect-dir DIR]
-       [--cloud-init-error TEXT]
+       [--cloud-init-error TEXT [--cloud-init-error-stage STAGE]]
 """
 import base64
 import gzip
@@ -85,6 +87,7 @@ SAME_AS_PLAYED = {
 # What a user entry may say: name, shell, sudo rule and keys are played; its groups
 # (`sudo`, `docker`) and locked password have no effect on a played login.
 USER_KEYS = {"name", "groups", "shell", "sudo", "lock_passwd", "ssh_authorized_keys"}
+WRITE_FILE_KEYS = {"path", "content", "permissions", "owner"}
 # Keys checked below, by what they hold.
 CHECKED = {
     "package_update": "no effect: the player installs nothing (apt runs for real on the VM)",
@@ -119,6 +122,15 @@ def refusals(doc):
             why.append(f"runcmd entry {str(cmd)[:60]} is not a shell command")
     if len(doc.get("users", [])) != 1:
         why.append("exactly one user is played")
+    for i, wf in enumerate(doc.get("write_files", [])):
+        extra = sorted(set(wf) - WRITE_FILE_KEYS) if isinstance(wf, dict) else ["(not a mapping)"]
+        if extra:
+            why.append(f"write_files[{i}] keys {extra} are unknown to the player")
+        elif wf.get("owner", "root:root") != "root:root":
+            why.append(f"write_files[{i}] owner {wf['owner']} is not played (files are written as root)")
+    extra = sorted(set(doc.get("ssh_keys", {})) - {"ed25519_private", "ed25519_public"})
+    if extra:
+        why.append(f"ssh_keys {extra} are unknown to the player")
     for user in doc.get("users", []):
         extra = sorted(set(user) - USER_KEYS) if isinstance(user, dict) else ["(not a mapping)"]
         if extra:
@@ -131,13 +143,15 @@ RUNCMD_FAILED = "('scripts_user', RuntimeError('Runparts: 1 failures (runcmd) in
 STAGES = ["init-local", "init", "modules-init", "modules-config", "modules-final"]
 
 
-def cloud_init_files(final_errors):
+def cloud_init_files(final_errors, earlier_errors):
     """cloud-init's status.json and result.json (its `v1` layout) for a boot that is in its
-    final stage (final_errors None: no result yet) or has ended with final_errors."""
+    final stage (final_errors None: no result yet) or has ended with final_errors;
+    earlier_errors: the errors of earlier stages, by stage."""
     now = time.time()
     v1 = {"datasource": "DataSourceEc2Local [played by instance_player.py]", "stage": None}
     for stage in STAGES:
-        v1[stage] = {"errors": [], "start": now, "finished": now, "recoverable_errors": {}}
+        v1[stage] = {"errors": list(earlier_errors.get(stage, [])), "start": now, "finished": now,
+                     "recoverable_errors": {}}
     if final_errors is None:
         v1["stage"] = "modules-final"
         v1["modules-final"]["finished"] = None
@@ -250,18 +264,25 @@ class Instance:
         runcmd = os.path.join(self.dir, "runcmd")
         with open(runcmd, "w") as f:
             f.write("".join(" ".join(q(c) for c in cmd) + "\n" for cmd in doc.get("runcmd", [])))
+        stage, text = self.cloud_init_error
         for name, errors in [("running", None), ("done", []), ("failed", [RUNCMD_FAILED])]:
-            if errors is not None and self.cloud_init_error:
-                errors = [self.cloud_init_error] + errors
-            status, result = cloud_init_files(errors)
+            if errors is not None and text and stage == "modules-final":
+                errors = [text] + errors
+            status, result = cloud_init_files(errors, {stage: [text]} if text and stage != "modules-final" else {})
             for kind, content in [("status", status), ("result", result)]:
                 if content is not None:
                     with open(os.path.join(self.dir, f"{kind}-{name}.json"), "w") as f:
                         f.write(content)
         d = q(self.dir)
+        # As cloud-init's systemd generator leaves it on an enabled boot.
+        lines.append("touch /run/cloud-init/enabled")
         lines.append(f"cp {d}/status-running.json /run/cloud-init/status.json")
-        lines.append(f"if sh {q(runcmd)}; then end=done; else end=failed; fi")
-        lines.append(f'cp {d}/status-$end.json /run/cloud-init/status.json && cp {d}/result-$end.json /run/cloud-init/result.json')
+        if text and stage != "modules-final":
+            # An earlier stage failed and the final one never ends: no result.json.
+            lines.append(f"sh {q(runcmd)} || true")
+        else:
+            lines.append(f"if sh {q(runcmd)}; then end=done; else end=failed; fi")
+            lines.append(f'cp {d}/status-$end.json /run/cloud-init/status.json && cp {d}/result-$end.json /run/cloud-init/result.json')
         lines.append(f"exec /usr/sbin/sshd -D -e -f {q(os.path.join(self.dir, 'sshd_config'))}")
         return "\n".join(lines)
 
@@ -283,7 +304,9 @@ def main():
     ap = emulated.arguments(__doc__)
     ap.add_argument("--wrong-host-key", action="store_true")
     ap.add_argument("--instance-connect-dir")
-    ap.add_argument("--cloud-init-error", help="an error cloud-init records for the final stage, as a failed module's")
+    ap.add_argument("--cloud-init-error", help="an error cloud-init records, as a failed module's")
+    ap.add_argument("--cloud-init-error-stage", default="modules-final", choices=STAGES,
+                    help="the stage that records it; before modules-final, the final stage never ends")
     args = ap.parse_args()
     if args.instance_connect_dir:
         os.makedirs(KEYS_COMMAND_DIR, mode=0o755, exist_ok=True)
@@ -318,7 +341,7 @@ def main():
                     log("the player cannot play this instance; boot it on a VM (tests/support/vm_player.py)")
                     return 3
                 playing[iid] = Instance(iid, doc, args.work, args.wrong_host_key, args.instance_connect_dir,
-                                         args.cloud_init_error)
+                                         (args.cloud_init_error_stage, args.cloud_init_error))
                 playing[iid].region = region
                 emulated.write_atomic(os.path.join(args.ssh_dir, iid), f"127.0.0.1:{playing[iid].port}\n")
                 log(f"{region}: {iid} plays on 127.0.0.1:{playing[iid].port} as {playing[iid].user}")

@@ -25,8 +25,9 @@ the units are the real ones; nothing of the user-data is skipped or rewritten.
   emulator every second) opens it, added and removed through qemu's monitor
   (hostfwd_add/hostfwd_remove). The ports that can be forwarded are 22, each --forward
   PORT, and every port of a rule that opens at most 16; each has a fixed free 127.0.0.1
-  port. Rule sources cannot be enforced this way (every connection comes from
-  127.0.0.1): tests check sources on the rules themselves. Port 22's forward is written
+  port. Every forwarded connection comes from 127.0.0.1, so a rule counts only when one
+  of its IPv4 ranges contains 127.0.0.1 (a rule for any other source opens nothing here,
+  as on EC2); other sources cannot be told apart. Port 22's forward is written
   to `<ssh-dir>/<id>` as `127.0.0.1:<port>` (what `spot` reads with
   SPOT_EMULATOR_SSH_DIR); the image's harness door (a second sshd on 2222, never used by
   spot) is always forwarded. `<work>/<id>/vm.json` records them, with `open`: the guest
@@ -46,6 +47,7 @@ import base64
 import hashlib
 import http.client
 import http.server
+import ipaddress
 import json
 import os
 import secrets
@@ -70,6 +72,17 @@ RANGE_FORWARDED = 16
 IMDS_VERSIONS = ["1.0", "2009-04-04", "2016-09-02", "2018-09-24", "2021-03-23", "latest"]
 IMDS_TOKEN_MAX_TTL = 21600
 INSTANCE_CONNECT_SECS = 60
+# Host ports handed out to forwards: a port stays unbound while its rule is absent, so
+# it is kept here and never handed out twice.
+HOST_PORTS = set()
+
+
+def host_port():
+    while True:
+        port = emulated.free_port()
+        if port not in HOST_PORTS:
+            HOST_PORTS.add(port)
+            return port
 
 
 # Every qemu runs under `setpriv --pdeathsig KILL`: the kernel kills it when this harness
@@ -224,9 +237,10 @@ class Imds(http.server.ThreadingHTTPServer):
         try:
             with open(os.path.join(self.instance_connect, self.tree["instance-id"])) as f:
                 pushed_user, until, key = f.read().splitlines()[:3]
+            until = int(until)
         except (OSError, ValueError):
             return []
-        return [key] if pushed_user == user and time.time() < int(until) else []
+        return [key] if pushed_user == user and time.time() < until else []
 
 
 class ImdsHandler(http.server.BaseHTTPRequestHandler):
@@ -291,8 +305,9 @@ class ImdsHandler(http.server.BaseHTTPRequestHandler):
             return self.answer(200, server.user_data, "application/octet-stream")
         if rest[:3] == ["meta-data", "managed-ssh-keys", "active-keys"] and len(rest) == 4:
             keys = server.pushed_keys(rest[3])
-            if keys:
-                server.count("instance_connect_keys")
+            if not keys:
+                return self.answer(404, "Not Found")
+            server.count("instance_connect_keys")
             return self.answer(200, "".join(k + "\n" for k in keys))
         node = {"meta-data": server.tree, "dynamic": server.tree["__dynamic"]}
         for name in rest:
@@ -365,7 +380,7 @@ class Monitor:
         self.path = path
 
     def run(self, command):
-        deadline = time.time() + 10
+        deadline = time.time() + 3
         while True:
             try:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -393,24 +408,30 @@ class Monitor:
             if not chunk:
                 break
             data += chunk
-        return data.decode(errors="replace")[: -len("(qemu) ")]
+        text = data.decode(errors="replace")
+        return text[: -len("(qemu) ")] if text.endswith("(qemu) ") else text
 
 
 def opened_ports(groups, candidates):
-    """The TCP ports among `candidates` that an ingress rule of `groups` opens, from any
-    source (qemu cannot tell sources apart), and the ports of small rules."""
+    """The TCP ports among `candidates` (and every port of a small rule) that an ingress
+    rule of `groups` opens to 127.0.0.1, where every forwarded connection comes from: a
+    rule for other sources (other CIDRs, other groups, prefix lists, IPv6 only) opens
+    nothing here, as it would let nothing from this address in on EC2."""
+    harness = ipaddress.ip_address("127.0.0.1")
     opened = set()
     for group in groups:
         for rule in group.get("IpPermissions", []):
             proto = str(rule.get("IpProtocol", ""))
             if proto not in ("tcp", "6", "-1"):
                 continue
+            ranges = [r.get("CidrIp", "") for r in rule.get("IpRanges", [])]
+            if not any(harness in ipaddress.ip_network(c, strict=False) for c in ranges if c):
+                continue
             low, high = (0, 65535) if proto == "-1" else (rule.get("FromPort", 0), rule.get("ToPort", 65535))
             if high - low < RANGE_FORWARDED:
                 opened.update(range(low, high + 1))
             opened.update(p for p in candidates if low <= p <= high)
     return opened
-
 
 def probe_accel(image):
     """KVM only when a guest really runs under it here: a nested KVM guest may die on its
@@ -461,10 +482,10 @@ class Vm:
         self.imds = Imds(self.dir, metadata_tree(inst, mac, key_material), raw_user_data, args.instance_connect_dir)
         threading.Thread(target=self.imds.serve_forever, daemon=True).start()
         self.monitor = Monitor(os.path.join(self.dir, "monitor.sock"))
-        self.ports = {"ssh": emulated.free_port(), "door": emulated.free_port(), "forwards": {}}
+        self.ports = {"ssh": host_port(), "door": host_port(), "forwards": {}}
         self.ports["forwards"]["22"] = self.ports["ssh"]
         for guest in args.forward:
-            self.ports["forwards"][str(guest)] = emulated.free_port()
+            self.ports["forwards"][str(guest)] = host_port()
         self.open = set()
         gip, gport = APT_PROXY_GUEST
         mip, mport = IMDS_GUEST
@@ -500,26 +521,33 @@ class Vm:
         self.boot()
 
     def follow(self, groups):
-        """Forwards exactly the candidate ports the security groups open now."""
+        """Forwards exactly the candidate ports the security groups open now. A monitor
+        that does not answer (qemu ending) is tried again on the next pass."""
         if self.proc.poll() is not None:
             return
         want = opened_ports(groups, [int(p) for p in self.ports["forwards"]])
-        for port in sorted(want - self.open):
-            host = self.ports["forwards"].setdefault(str(port), emulated.free_port())
-            said = self.monitor.run(f"hostfwd_add n0 tcp:127.0.0.1:{host}-:{port}")
-            if said:
-                log(f"{self.region}: {self.id}: hostfwd_add {port} failed: {said}")
-                continue
-            self.open.add(port)
-            log(f"{self.region}: {self.id}: port {port} opened by its security group: 127.0.0.1:{host}")
-        for port in sorted(self.open - want):
-            host = self.ports["forwards"][str(port)]
-            said = self.monitor.run(f"hostfwd_remove n0 tcp:127.0.0.1:{host}")
-            if said and "removed" not in said:
-                log(f"{self.region}: {self.id}: hostfwd_remove {port} failed: {said}")
-                continue
-            self.open.discard(port)
-            log(f"{self.region}: {self.id}: port {port} closed by its security group")
+        try:
+            for port in sorted(want - self.open):
+                if str(port) not in self.ports["forwards"]:
+                    self.ports["forwards"][str(port)] = host_port()
+                host = self.ports["forwards"][str(port)]
+                said = self.monitor.run(f"hostfwd_add n0 tcp:127.0.0.1:{host}-:{port}")
+                if said:
+                    log(f"{self.region}: {self.id}: hostfwd_add {port} failed: {said}")
+                    continue
+                self.open.add(port)
+                log(f"{self.region}: {self.id}: port {port} opened to 127.0.0.1 by its security group: 127.0.0.1:{host}")
+            for port in sorted(self.open - want):
+                host = self.ports["forwards"][str(port)]
+                said = self.monitor.run(f"hostfwd_remove n0 tcp:127.0.0.1:{host}")
+                # "removed" or "not found": either way nothing listens there now.
+                if said and "removed" not in said and "not found" not in said:
+                    log(f"{self.region}: {self.id}: hostfwd_remove {port} failed: {said}")
+                    continue
+                self.open.discard(port)
+                log(f"{self.region}: {self.id}: port {port} closed by its security group")
+        except OSError as e:
+            log(f"{self.region}: {self.id}: qemu's monitor did not answer ({e}); trying again")
         self.note()
 
     def note(self):
@@ -621,6 +649,24 @@ def group_ids(client, inst):
     return sorted(set(ids))
 
 
+def imds_refusal(client, inst):
+    """Why this harness cannot play the instance's metadata options (it serves IMDSv2
+    with tokens required, nothing else), or None. The launch template's options, as EC2
+    applies them; else the instance's own (EC2's default without either: optional)."""
+    tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
+    template = launch_template(client, tags, inst["InstanceId"])
+    options = None
+    if template:
+        data = client.describe_launch_template_versions(LaunchTemplateId=template[0], Versions=[template[1]])
+        options = data["LaunchTemplateVersions"][0]["LaunchTemplateData"].get("MetadataOptions")
+    options = options or inst.get("MetadataOptions") or {}
+    tokens, endpoint = options.get("HttpTokens", "optional"), options.get("HttpEndpoint", "enabled")
+    if tokens != "required" or endpoint != "enabled":
+        return (f"metadata options HttpTokens={tokens} HttpEndpoint={endpoint}: the harness serves only "
+                "IMDSv2 with tokens required")
+    return None
+
+
 def key_material(client, inst):
     """The public key of the instance's key pair, as EC2 serves it at public-keys/0."""
     if not inst.get("KeyName"):
@@ -688,13 +734,14 @@ def main():
                     log(f"{region}: {iid} powered off after {time.time() - vm.started:.0f}s; "
                         f"shutdown behaviour {behaviour}")
             # Ports follow the security groups' rules as they are now.
-            wanted = sorted({g for vm in playing.values() if vm.region == region for g in vm.group_ids})
+            wanted = sorted({g for vm in playing.values() if vm.region == region and vm.id in running
+                             for g in vm.group_ids})
             rules = {}
-            if wanted:
+            for group in wanted:
                 try:
-                    rules = {g["GroupId"]: g for g in client.describe_security_groups(GroupIds=wanted)["SecurityGroups"]}
-                except Exception as e:  # a group deleted with its deployment
-                    log(f"{region}: security groups {wanted}: {e}")
+                    rules[group] = client.describe_security_groups(GroupIds=[group])["SecurityGroups"][0]
+                except Exception as e:  # deleted: it opens nothing (or moto is busy: next pass)
+                    log(f"{region}: security group {group}: {e}")
             for vm in playing.values():
                 if vm.region == region and vm.id in running:
                     vm.follow([rules[g] for g in vm.group_ids if g in rules])
@@ -706,6 +753,10 @@ def main():
                 raw = base64.b64decode(attr["UserData"].get("Value", ""))
                 if not raw:
                     log(f"{region}: {iid} has no user-data; it boots without, as on EC2")
+                refused = imds_refusal(client, inst)
+                if refused:
+                    log(f"{region}: {iid}: refused: {refused}")
+                    return 3
                 groups = group_ids(client, inst)
                 if groups:
                     described = client.describe_security_groups(GroupIds=groups)["SecurityGroups"]
@@ -726,4 +777,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
