@@ -618,28 +618,31 @@ def launch_template(client, tags, iid):
     return None
 
 
+def template_data(client, tags, iid):
+    """The LaunchTemplateData the instance was launched with, or None without a template."""
+    template = launch_template(client, tags, iid)
+    if not template:
+        return None
+    versions = client.describe_launch_template_versions(LaunchTemplateId=template[0], Versions=[template[1]])
+    return versions["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+
+
 def shutdown_behaviour(client, tags, iid):
     """What EC2 does when this guest powers itself off. moto keeps "stop" on instances a
     fleet launched from a template that says "terminate", so the template decides, as on
     EC2; the instance's own attribute only for an instance launched without one."""
-    template = launch_template(client, tags, iid)
-    if template:
-        versions = client.describe_launch_template_versions(LaunchTemplateId=template[0], Versions=[template[1]])
-        data = versions["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+    data = template_data(client, tags, iid)
+    if data is not None:
         return data.get("InstanceInitiatedShutdownBehavior", "stop")
     attr = client.describe_instance_attribute(InstanceId=iid, Attribute="instanceInitiatedShutdownBehavior")
     return attr["InstanceInitiatedShutdownBehavior"]["Value"]
 
 
-def group_ids(client, inst):
-    """The instance's security groups: those of the launch template it came from, as EC2
-    applies them (moto puts fleet instances in the VPC's default group instead), else the
-    ones the emulator lists on the instance."""
-    tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
-    template = launch_template(client, tags, inst["InstanceId"])
-    if template:
-        data = client.describe_launch_template_versions(LaunchTemplateId=template[0], Versions=[template[1]])
-        data = data["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+def group_ids(inst, data):
+    """The instance's security groups: those of the launch template it came from (`data`),
+    as EC2 applies them (moto puts fleet instances in the VPC's default group instead),
+    else the ones the emulator lists on the instance."""
+    if data is not None:
         ids = list(data.get("SecurityGroupIds", []))
         ids += [g for eni in data.get("NetworkInterfaces", []) for g in eni.get("Groups", [])]
         if ids:
@@ -649,17 +652,11 @@ def group_ids(client, inst):
     return sorted(set(ids))
 
 
-def imds_refusal(client, inst):
+def imds_refusal(inst, data):
     """Why this harness cannot play the instance's metadata options (it serves IMDSv2
-    with tokens required, nothing else), or None. The launch template's options, as EC2
-    applies them; else the instance's own (EC2's default without either: optional)."""
-    tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
-    template = launch_template(client, tags, inst["InstanceId"])
-    options = None
-    if template:
-        data = client.describe_launch_template_versions(LaunchTemplateId=template[0], Versions=[template[1]])
-        options = data["LaunchTemplateVersions"][0]["LaunchTemplateData"].get("MetadataOptions")
-    options = options or inst.get("MetadataOptions") or {}
+    with tokens required, nothing else), or None. The launch template's options (`data`),
+    as EC2 applies them; else the instance's own (EC2's default without either: optional)."""
+    options = (data or {}).get("MetadataOptions") or inst.get("MetadataOptions") or {}
     tokens, endpoint = options.get("HttpTokens", "optional"), options.get("HttpEndpoint", "enabled")
     if tokens != "required" or endpoint != "enabled":
         return (f"metadata options HttpTokens={tokens} HttpEndpoint={endpoint}: the harness serves only "
@@ -753,16 +750,18 @@ def main():
                 raw = base64.b64decode(attr["UserData"].get("Value", ""))
                 if not raw:
                     log(f"{region}: {iid} has no user-data; it boots without, as on EC2")
-                refused = imds_refusal(client, inst)
+                tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
+                data = template_data(client, tags, iid)
+                refused = imds_refusal(inst, data)
                 if refused:
                     log(f"{region}: {iid}: refused: {refused}")
                     return 3
-                groups = group_ids(client, inst)
+                groups = group_ids(inst, data)
                 if groups:
                     described = client.describe_security_groups(GroupIds=groups)["SecurityGroups"]
                     inst["SecurityGroups"] = [{"GroupId": g["GroupId"], "GroupName": g["GroupName"]} for g in described]
                 vm = Vm(inst, region, raw, args, accel, proxy.server_address[1], key_material(client, inst))
-                vm.tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
+                vm.tags = tags
                 vm.group_ids = groups
                 playing[iid] = vm
                 emulated.write_atomic(os.path.join(args.ssh_dir, iid), f"127.0.0.1:{vm.ports['ssh']}\n")
