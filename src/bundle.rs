@@ -10,10 +10,10 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use serde::Serialize;
 
+use crate::manifest::paths::{Excludes, rel_to};
 use crate::manifest::types::{Deployment, Origin, ScriptRun, TarballSource};
 use crate::manifest::{Diagnostic, Kind};
 
@@ -21,67 +21,6 @@ use crate::manifest::{Diagnostic, Kind};
 pub const SCRIPTS_DIR: &str = "/var/lib/spot/scripts";
 /// Where unit files are placed on the instance.
 pub const UNITS_DIR: &str = "/etc/systemd/system";
-
-/// Exclude patterns with gitignore-like rules (see the README's "Exclude rules").
-#[derive(Debug, Clone)]
-pub struct Excludes {
-    set: GlobSet,
-}
-
-impl Excludes {
-    /// Compiles `patterns`. A pattern without `/` matches a name at any depth; with a
-    /// `/` it is anchored to the source folder; a match on a folder drops all below it.
-    pub fn new(patterns: &[String]) -> Result<Self, ExcludeError> {
-        let mut builder = GlobSetBuilder::new();
-        for pattern in patterns {
-            let trimmed = pattern.trim_end_matches('/');
-            let (anchored, body) = match trimmed.strip_prefix('/') {
-                Some(rest) => (true, rest),
-                None => (trimmed.contains('/'), trimmed),
-            };
-            if body.is_empty() {
-                return Err(ExcludeError::Empty);
-            }
-            let prefix = if anchored { String::new() } else { "**/".to_string() };
-            for glob in [format!("{prefix}{body}"), format!("{prefix}{body}/**")] {
-                builder.add(GlobBuilder::new(&glob).literal_separator(true).build()?);
-            }
-        }
-        Ok(Self { set: builder.build()? })
-    }
-
-    /// Whether `rel` (relative to the source folder, `/`-separated) is excluded.
-    pub fn matches(&self, rel: &str) -> bool {
-        !rel.is_empty() && self.set.is_match(rel)
-    }
-}
-
-/// Why an exclude pattern was refused.
-#[derive(Debug)]
-pub enum ExcludeError {
-    /// The pattern is empty (or only `/`).
-    Empty,
-    Glob(globset::Error),
-}
-
-impl From<globset::Error> for ExcludeError {
-    fn from(e: globset::Error) -> Self {
-        Self::Glob(e)
-    }
-}
-
-impl std::fmt::Display for ExcludeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Empty => f.write_str("the pattern is empty"),
-            Self::Glob(e) => match e.kind() {
-                globset::ErrorKind::UnclosedClass => f.write_str("unclosed character class `[`"),
-                globset::ErrorKind::UnclosedAlternates => f.write_str("unclosed alternates `{`"),
-                kind => write!(f, "{kind}"),
-            },
-        }
-    }
-}
 
 /// What part of the manifest an entry comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -152,13 +91,12 @@ pub fn list(deployment: &Deployment, measure: bool) -> Result<Listing, Vec<Diagn
     }
     for upload in &manifest.uploads {
         if upload.is_dir {
-            let excludes = Excludes::new(&upload.exclude).unwrap_or_else(|_| empty_excludes());
             let walk = Walk::new(
                 root,
                 &upload.local,
                 &upload.dest,
                 Part::Upload,
-                &excludes,
+                &upload.exclude,
                 upload.origin.clone(),
                 measure,
             )
@@ -179,7 +117,7 @@ pub fn list(deployment: &Deployment, measure: bool) -> Result<Listing, Vec<Diagn
     if let Some(tarball) = &manifest.tarball {
         match &tarball.source {
             TarballSource::Dir { local, .. } => {
-                let excludes = empty_excludes();
+                let excludes = Excludes::default();
                 Walk::new(
                     root,
                     local,
@@ -334,10 +272,6 @@ fn escapes(path: &str) -> bool {
     false
 }
 
-fn empty_excludes() -> Excludes {
-    Excludes { set: GlobSet::empty() }
-}
-
 fn push_file(listing: &mut Listing, part: Part, dest: String, source: &str, local: &Path, mode: Option<u32>) {
     let meta = std::fs::metadata(local).ok();
     let size = meta.as_ref().map_or(0, std::fs::Metadata::len);
@@ -370,7 +304,7 @@ struct Walk<'a> {
 
 /// What one subtree contributed; merged in name order.
 #[derive(Default)]
-struct Found {
+struct Subtree {
     entries: Vec<Entry>,
     bytes: u64,
     errors: Vec<Diagnostic>,
@@ -388,7 +322,7 @@ impl<'a> Walk<'a> {
     ) -> Self {
         Self {
             root,
-            source_rel: crate::manifest::validate::rel_to(root, dir),
+            source_rel: rel_to(root, dir),
             dest: dest.trim_end_matches('/'),
             part,
             excludes,
@@ -420,7 +354,7 @@ impl<'a> Walk<'a> {
         };
         let threads = std::thread::available_parallelism().map_or(1, usize::from).min(8);
         let next = std::sync::atomic::AtomicUsize::new(0);
-        let mut results: Vec<(usize, Found)> = std::thread::scope(|scope| {
+        let mut results: Vec<(usize, Subtree)> = std::thread::scope(|scope| {
             let workers: Vec<_> = (0..threads)
                 .map(|_| {
                     let (entries, next, ignores) = (&entries, &next, ignores.clone());
@@ -430,7 +364,7 @@ impl<'a> Walk<'a> {
                         loop {
                             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             let Some(entry) = entries.get(i) else { break };
-                            let mut found = Found::default();
+                            let mut found = Subtree::default();
                             self.entry(entry, "", &mut ignores, &mut found);
                             done.push((i, found));
                         }
@@ -490,7 +424,7 @@ impl<'a> Walk<'a> {
         entry: &std::fs::DirEntry,
         parent: &str,
         ignores: &mut Vec<Gitignore>,
-        found: &mut Found,
+        found: &mut Subtree,
     ) {
         let name = entry.file_name();
         let name = name.to_string_lossy();
@@ -530,7 +464,7 @@ impl<'a> Walk<'a> {
         }
     }
 
-    fn symlink(&self, path: &Path, rel: &str, found: &mut Found) {
+    fn symlink(&self, path: &Path, rel: &str, found: &mut Subtree) {
         let source = self.source(rel);
         match std::fs::canonicalize(path) {
             Ok(real) if real.starts_with(self.root) => {

@@ -16,8 +16,8 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use serde::Serialize;
 
+use crate::manifest::span::Span;
 use crate::manifest::types::{Deployment, Template};
-use crate::manifest::yaml::Span;
 use crate::manifest::{Diagnostic, Kind};
 
 pub mod expiry;

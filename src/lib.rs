@@ -4,6 +4,7 @@
 //! (pure decisions) -> [`cloud_init`] and [`bundle`] (what the instance receives) ->
 //! the edges that act. [`commands`] wire one subcommand each.
 
+pub mod action;
 pub mod actions;
 pub mod bundle;
 pub mod cli;
@@ -15,11 +16,13 @@ pub mod github;
 pub mod keys;
 pub mod lifecycle;
 pub mod manifest;
+pub mod ops;
 pub mod overrides;
 pub mod plan;
 pub mod provider;
 pub mod remote;
 pub mod schema;
+pub mod shell;
 pub mod yaml_out;
 
 pub use error::Error;

@@ -31,6 +31,13 @@ pub mod tag {
     pub const LAUNCH: &str = "spot:launch";
     /// The value of [`MANAGED_BY`]; teardown never touches a resource without it.
     pub const MANAGED_BY_VALUE: &str = "spot";
+
+    /// The one ownership rule: spot adopts, replaces or deletes a resource only when it
+    /// carries the marker spot put there at creation. The provider (before it adopts or
+    /// replaces a resource of the same name) and every teardown path ask this function.
+    pub fn is_ours(tags: &std::collections::BTreeMap<String, String>) -> bool {
+        tags.get(MANAGED_BY).map(String::as_str) == Some(MANAGED_BY_VALUE)
+    }
 }
 
 /// What the run adds to the description: who, when, and under which id.

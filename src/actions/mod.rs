@@ -132,6 +132,11 @@ pub fn error(title: &str, message: &str) {
     command(&format!("::error title={}::{}", escape_property(title), escape_data(message)));
 }
 
+/// A warning annotation.
+pub fn warning(title: &str, message: &str) {
+    command(&format!("::warning title={}::{}", escape_property(title), escape_data(message)));
+}
+
 /// Opens a collapsible log group (groups do not nest).
 pub fn group(title: &str) {
     command(&format!("::group::{}", escape_data(title)));

@@ -78,7 +78,7 @@ pub fn report_script() -> String {
          marker=no; [ -e {BOOT_MARKER} ] && marker=yes\n\
          apt=$({APT_LINES})\n\
          cloud-init status --format json 2>/dev/null | python3 -c {compact} \"$marker\" \"$apt\"",
-        compact = crate::remote::shell_quote(COMPACT),
+        compact = crate::shell::quote(COMPACT),
     )
 }
 
@@ -307,8 +307,8 @@ mod tests {
                 "-c",
                 &format!(
                     "printf '%s' {} | python3 -c {} no ''",
-                    crate::remote::shell_quote(json),
-                    crate::remote::shell_quote(COMPACT)
+                    crate::shell::quote(json),
+                    crate::shell::quote(COMPACT)
                 ),
             ])
             .output()

@@ -8,7 +8,7 @@ use crate::cli::BundleArgs;
 
 pub fn run(args: &BundleArgs) -> Result<(), Error> {
     let format = super::default_format(args.format);
-    let (_, listing) = super::load_checked(&args.dir, format, true)?;
+    let (_, listing) = crate::ops::load_checked(&args.dir, format, true)?;
     let packed = if args.output.as_os_str() == "-" {
         let stdout = std::io::stdout().lock();
         bundle::pack(&listing, args.level, std::io::BufWriter::with_capacity(1 << 20, stdout))

@@ -5,18 +5,18 @@ use std::io::Write as _;
 use crate::Error;
 use crate::cli::ListArgs;
 use crate::lifecycle::inventory;
-use crate::provider::ec2::Ec2;
+use crate::ops::{self, Session};
 
 pub fn run(args: &ListArgs) -> Result<(), Error> {
-    let regions = super::regions_for(&args.dir, &args.regions)?;
+    let regions = ops::regions_for(&args.dir, &args.regions)?;
     let found = super::runtime()?.block_on(async {
-        let cloud = Ec2::new(args.cloud.endpoint_url.as_deref()).await;
-        inventory::discover(&cloud, &regions, &Default::default()).await
+        let session = Session::open(args.cloud.endpoint_url.as_deref()).await;
+        inventory::discover(&session.cloud, &regions, &Default::default()).await
     });
-    let found = found.map_err(|e| super::cloud_error(&e))?;
+    let found = found.map_err(|e| ops::cloud_error(&e))?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.json {
-        let list: Vec<&inventory::Found> = found.values().collect();
+        let list: Vec<&inventory::Deployed> = found.values().collect();
         let _ = writeln!(out, "{:#}", serde_json::to_value(list).unwrap_or_default());
         return out.flush().map_err(|e| Error::io("stdout", "write to", e));
     }

@@ -1,27 +1,24 @@
 //! `spot plan`: what `create` would do, printed for people, machines, or as user-data.
 
 use std::io::Write as _;
-use std::path::Path;
-
-use jiff::Timestamp;
 
 use crate::Error;
 use crate::cli::PlanArgs;
 use crate::cloud_init::{self, UserDataKeys};
 use crate::manifest::types::Deployment;
 use crate::manifest::{Format, Report};
-use crate::plan::{self, Inputs};
+use crate::plan;
 
 pub fn run(args: &PlanArgs) -> Result<(), Error> {
     let format = super::default_format(args.format);
-    let inputs = inputs_for(
+    let inputs = crate::ops::inputs(
         &args.dir,
         args.identity.deployment_id.clone(),
-        args.identity.repository.clone(),
+        args.identity.repository.clone().or_else(crate::actions::repository),
         args.identity.pr,
         args.now.as_deref(),
     )?;
-    let (deployment, listing) = super::load_checked(&args.dir, format, true)?;
+    let (deployment, listing) = crate::ops::load_checked(&args.dir, format, true)?;
     let identity = plan::identity(&deployment, &inputs);
     let sized = sized_placeholder_keys(&deployment);
     // Size is checked with keys as long as real ones; the printout shows readable placeholders.
@@ -47,45 +44,6 @@ pub fn run(args: &PlanArgs) -> Result<(), Error> {
 
 fn invalid(diagnostic: crate::manifest::Diagnostic, format: Format) -> Error {
     Error::Invalid { report: Report { diagnostics: vec![diagnostic], ..Report::default() }, format }
-}
-
-/// The run inputs from flags, the Actions environment, or defaults.
-pub(crate) fn inputs_for(
-    dir: &Path,
-    deployment_id: Option<String>,
-    repository: Option<String>,
-    pr: Option<u64>,
-    now: Option<&str>,
-) -> Result<Inputs, Error> {
-    let now = match now {
-        Some(text) => text.parse::<Timestamp>().map_err(|e| Error::Usage {
-            message: format!("`--now {text}` is not an RFC 3339 time: {e}"),
-            help: "write a time such as 2026-01-31T12:00:00Z".into(),
-        })?,
-        None => Timestamp::now(),
-    };
-    let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
-    let deployment_id = match deployment_id {
-        Some(id) => {
-            plan::check_deployment_id(&id)
-                .map_err(|message| Error::Usage { message, help: "choose another --deployment-id".into() })?;
-            id
-        }
-        None => plan::new_deployment_id(now, random_u16()),
-    };
-    let repository = repository.or_else(crate::actions::repository).unwrap_or_else(|| {
-        std::fs::canonicalize(dir)
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| "local".into())
-    });
-    Ok(Inputs { deployment_id, now, repository, pr, run_id: None })
-}
-
-fn random_u16() -> u16 {
-    let mut bytes = [0u8; 2];
-    ssh_key::rand_core::RngCore::fill_bytes(&mut ssh_key::rand_core::OsRng, &mut bytes);
-    u16::from_le_bytes(bytes)
 }
 
 /// Placeholder keys exactly as long as real ones, so size checks match `create`.

@@ -8,9 +8,9 @@ use crate::manifest::{Format, Report};
 
 pub fn run(args: &ValidateArgs) -> Result<(), Error> {
     let format = super::default_format(args.format);
-    let (deployment, listing) = super::load_checked(&args.dir, format, false)?;
+    let (deployment, listing) = crate::ops::load_checked(&args.dir, format, false)?;
     // The user-data must fit too; render it with placeholder keys of the real size.
-    let inputs = super::plan::inputs_for(&args.dir, None, None, None, None)?;
+    let inputs = crate::ops::inputs(&args.dir, None, crate::actions::repository(), None, None)?;
     let identity = crate::plan::identity(&deployment, &inputs);
     let keys = super::plan::sized_placeholder_keys(&deployment);
     if let Err(diagnostic) = crate::cloud_init::render(&deployment, &identity, &keys) {

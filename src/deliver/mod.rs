@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::cloud_init::ENV_FILE;
 use crate::manifest::types::{Deployment, Probe, ScriptRun, TarballSource};
-use crate::remote::shell_quote;
+use crate::shell::quote as shell_quote;
 
 /// Where bundles are kept on the instance, by sha256 (a redeploy of the same bundle
 /// skips the upload).

@@ -14,7 +14,8 @@ use super::{Check, Delivery, Step, secret_script};
 use crate::cloud_init::status::Verdict;
 use crate::keys::Secret;
 use crate::lifecycle::progress::Progress;
-use crate::remote::{self, Session, Target, shell_quote};
+use crate::remote::{self, Session, Target};
+use crate::shell::quote as shell_quote;
 
 /// How many lines of a failing unit's journal an error carries.
 const JOURNAL_LINES: u32 = 40;

@@ -316,10 +316,12 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
                 o.instance.id,
                 total - broken.len()
             ));
-            self.cloud
-                .terminate(&o.instance.region, std::slice::from_ref(&o.instance.id))
-                .await
-                .map_err(|e| e.to_string())?;
+            if tag::is_ours(&o.instance.tags) {
+                self.cloud
+                    .terminate(&o.instance.region, std::slice::from_ref(&o.instance.id))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
         }
         outcomes
             .sort_by(|a, b| (&a.instance.region, &a.instance.id).cmp(&(&b.instance.region, &b.instance.id)));
@@ -524,10 +526,12 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
                     name: None,
                     tags: extra.tags.clone(),
                 });
-                self.cloud
-                    .terminate(&extra.region, std::slice::from_ref(&extra.id))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                if tag::is_ours(&extra.tags) {
+                    self.cloud
+                        .terminate(&extra.region, std::slice::from_ref(&extra.id))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
             }
             let mut running = Vec::new();
             for e in expected {

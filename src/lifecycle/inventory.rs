@@ -14,7 +14,7 @@ use crate::provider::{Cloud, Error, Instance, Kind, Resource, Tags};
 
 /// One deployment as found in the cloud.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Found {
+pub struct Deployed {
     pub deployment_id: String,
     pub repository: Option<String>,
     pub pr: Option<String>,
@@ -26,7 +26,7 @@ pub struct Found {
     pub resources: Vec<Resource>,
 }
 
-impl Found {
+impl Deployed {
     /// Instances as resources, followed by the rest: what teardown takes.
     pub fn all_resources(&self) -> Vec<Resource> {
         let mut all: Vec<Resource> = self
@@ -59,9 +59,10 @@ impl Found {
 }
 
 /// The deployment a tagged item belongs to, noting its tags.
-fn group<'a>(found: &'a mut BTreeMap<String, Found>, tags: &Tags, region: &str) -> &'a mut Found {
+fn group<'a>(found: &'a mut BTreeMap<String, Deployed>, tags: &Tags, region: &str) -> &'a mut Deployed {
     let id = tags.get(tag::DEPLOYMENT).cloned().unwrap_or_default();
-    let entry = found.entry(id.clone()).or_insert_with(|| Found { deployment_id: id, ..Found::default() });
+    let entry =
+        found.entry(id.clone()).or_insert_with(|| Deployed { deployment_id: id, ..Deployed::default() });
     entry.note_tags(tags, region);
     entry
 }
@@ -74,7 +75,7 @@ pub async fn discover<C: Cloud>(
     cloud: &C,
     regions: &[String],
     extra: &Tags,
-) -> Result<BTreeMap<String, Found>, Error> {
+) -> Result<BTreeMap<String, Deployed>, Error> {
     let mut filter: Tags = [(tag::MANAGED_BY.to_string(), tag::MANAGED_BY_VALUE.to_string())].into();
     filter.extend(extra.clone());
     let per_region: Vec<RegionFinds> = futures::stream::iter(regions)
@@ -89,7 +90,7 @@ pub async fn discover<C: Cloud>(
         .buffer_unordered(16)
         .collect()
         .await;
-    let mut found: BTreeMap<String, Found> = BTreeMap::new();
+    let mut found: BTreeMap<String, Deployed> = BTreeMap::new();
     for result in per_region {
         let (instances, resources) = result?;
         for i in instances {

@@ -62,7 +62,7 @@ impl StateFile {
     pub fn create(root: &Path, state: State) -> std::io::Result<Self> {
         let dir = root.join(STATE_DIR);
         std::fs::create_dir_all(&dir)?;
-        let file = Self { path: dir.join(format!("{}.json", state.deployment_id)), state: Mutex::new(state) };
+        let file = Self { path: path_of(root, &state.deployment_id), state: Mutex::new(state) };
         file.write()?;
         Ok(file)
     }
@@ -76,10 +76,7 @@ impl StateFile {
     }
 
     fn write(&self) -> std::io::Result<()> {
-        let text = serde_json::to_string_pretty(&*self.lock()).map_err(std::io::Error::other)?;
-        let tmp = self.path.with_extension("json.tmp");
-        std::fs::write(&tmp, text + "\n")?;
-        std::fs::rename(&tmp, &self.path)
+        write_atomically(&self.path, &self.lock())
     }
 
     fn update(&self, change: impl FnOnce(&mut State)) {
@@ -115,8 +112,34 @@ impl Recorder for StateFile {
     }
 }
 
+/// The file of `deployment_id` under `root`.
+fn path_of(root: &Path, deployment_id: &str) -> PathBuf {
+    root.join(STATE_DIR).join(format!("{deployment_id}.json"))
+}
+
+/// Writes `state` to `path` through a temporary file and a rename, so a reader (or a
+/// crash) never sees half a file.
+fn write_atomically(path: &Path, state: &State) -> std::io::Result<()> {
+    let text = serde_json::to_string_pretty(state).map_err(std::io::Error::other)?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text + "\n")?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Marks the state file of `deployment_id` under `root`, if there is one, as destroyed:
+/// nothing of it is left.
+pub fn mark_destroyed(root: &Path, deployment_id: &str) -> std::io::Result<()> {
+    let Some(mut state) = read(root, deployment_id) else {
+        return Ok(());
+    };
+    state.status = Status::Destroyed;
+    state.resources.clear();
+    state.instances.clear();
+    write_atomically(&path_of(root, deployment_id), &state)
+}
+
 /// Reads a state file, if there is one for `deployment_id`.
 pub fn read(root: &Path, deployment_id: &str) -> Option<State> {
-    let text = std::fs::read_to_string(root.join(STATE_DIR).join(format!("{deployment_id}.json"))).ok()?;
+    let text = std::fs::read_to_string(path_of(root, deployment_id)).ok()?;
     serde_json::from_str(&text).ok()
 }

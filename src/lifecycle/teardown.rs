@@ -48,11 +48,6 @@ pub fn summarize(resources: &[Resource]) -> String {
     if parts.is_empty() { "nothing".into() } else { parts.join(", ") }
 }
 
-/// Whether spot may delete this resource: only with the marker it put there itself.
-pub fn may_touch(r: &Resource) -> bool {
-    r.tags.get(tag::MANAGED_BY).map(String::as_str) == Some(tag::MANAGED_BY_VALUE)
-}
-
 /// Removes `resources` (instances included) of `deployment_id` by `deadline`.
 pub async fn teardown<C: Cloud>(
     cloud: &C,
@@ -64,7 +59,7 @@ pub async fn teardown<C: Cloud>(
 ) -> Removal {
     let mut by_region: BTreeMap<String, Vec<Resource>> = BTreeMap::new();
     for r in resources {
-        if may_touch(&r) {
+        if tag::is_ours(&r.tags) {
             by_region.entry(r.region.clone()).or_default().push(r);
         } else {
             progress.event(format!(

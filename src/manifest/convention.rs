@@ -16,9 +16,9 @@ use std::path::Path;
 use super::diagnostic::{Diagnostic, Kind, Report};
 use super::raw::{RawManifest, RawScript, RawService, RawUpload};
 use super::read::{Cx, Spanned};
-use super::types::{Deployment, Layout};
+use super::span::Span;
+use super::types::Manifest;
 use super::validate::{self, Paths};
-use super::yaml::Span;
 
 const DIR: &str = "deployment";
 
@@ -39,12 +39,13 @@ fn sorted_files(dir: &Path, suffix: &str) -> Vec<String> {
     names
 }
 
-pub(crate) fn load(root: &Path, report: &mut Report) -> Option<Deployment> {
-    let base = root.join(DIR);
-    let config_rel = if base.join("config.yaml").is_file() {
-        "deployment/config.yaml"
+/// Where the convention's config lives: `deployment/config.yaml`, else `config.yaml` at
+/// the repository root; `None` (with the error reported) when neither exists.
+pub(crate) fn config_file(root: &Path, report: &mut Report) -> Option<&'static str> {
+    if root.join(DIR).join("config.yaml").is_file() {
+        Some("deployment/config.yaml")
     } else if root.join("config.yaml").is_file() {
-        "config.yaml"
+        Some("config.yaml")
     } else {
         report.push(Diagnostic::new(
             Kind::NoDeployment,
@@ -53,10 +54,13 @@ pub(crate) fn load(root: &Path, report: &mut Report) -> Option<Deployment> {
             "the `deployment/` folder has no `config.yaml` beside it",
             "add `deployment/config.yaml` (or `config.yaml` at the root) with `aws:` and `regions:`",
         ));
-        return None;
-    };
-    let config = super::load_config(root, config_rel, report);
+        None
+    }
+}
 
+/// The manifest inferred from the `deployment/` folder, validated like `.spot/`'s.
+pub(crate) fn manifest(root: &Path, report: &mut Report) -> Option<Manifest> {
+    let base = root.join(DIR);
     let first = ["setup.sh", "init.sh"].into_iter().find(|f| base.join(f).is_file());
     let Some(first) = first else {
         report.push(Diagnostic::new(
@@ -172,6 +176,5 @@ pub(crate) fn load(root: &Path, report: &mut Report) -> Option<Deployment> {
     };
     let mut cx = Cx { file: DIR.into(), diagnostics: &mut report.diagnostics };
     let paths = Paths { root, base: &base };
-    let manifest = validate::manifest(&raw, &paths, &mut cx);
-    Some(Deployment { root: root.to_path_buf(), layout: Layout::Convention, config: config?, manifest })
+    Some(validate::manifest(&raw, &paths, &mut cx))
 }

@@ -11,7 +11,7 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use super::yaml::Span;
+use super::span::Span;
 
 /// Every kind of problem `validate` can report. The kebab-case code is stable: tests,
 /// JSON output and annotations use it.

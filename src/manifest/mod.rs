@@ -6,8 +6,10 @@
 
 pub mod convention;
 pub mod diagnostic;
+pub mod paths;
 pub mod raw;
 pub mod read;
+pub mod span;
 pub mod types;
 pub mod validate;
 pub mod yaml;
@@ -16,9 +18,9 @@ use std::fs;
 use std::path::Path;
 
 pub use diagnostic::{Diagnostic, Format, Kind, Report};
+use span::Span;
 pub use types::Deployment;
 use types::Layout;
-use yaml::Span;
 
 /// Reads and validates the deployment in `dir` (`.spot/`, else `deployment/`).
 pub fn load(dir: &Path) -> Result<Deployment, Report> {
@@ -39,7 +41,7 @@ pub fn load(dir: &Path) -> Result<Deployment, Report> {
     let deployment = if root.join(".spot").is_dir() {
         load_spot(&root, &mut report)
     } else if root.join("deployment").is_dir() {
-        convention::load(&root, &mut report)
+        load_convention(&root, &mut report)
     } else {
         report.push(Diagnostic::new(
             Kind::NoDeployment,
@@ -123,6 +125,18 @@ pub fn load_regions(dir: &Path) -> Result<Vec<String>, Report> {
         Some(config) => Ok(config.regions.into_iter().map(|r| r.name).collect()),
         None => Err(report),
     }
+}
+
+fn load_convention(root: &Path, report: &mut Report) -> Option<Deployment> {
+    let config_rel = convention::config_file(root, report)?;
+    let config = load_config(root, config_rel, report);
+    let manifest = convention::manifest(root, report);
+    Some(Deployment {
+        root: root.to_path_buf(),
+        layout: Layout::Convention,
+        config: config?,
+        manifest: manifest?,
+    })
 }
 
 fn load_spot(root: &Path, report: &mut Report) -> Option<Deployment> {

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 
 use super::diagnostic::{Diagnostic, Kind};
-use super::yaml::{Node, Span, Value};
+use super::yaml::{Node, Span, Value, is_yaml_number};
 
 /// Where read errors go, and which file they are about.
 #[derive(Debug)]
@@ -137,37 +137,6 @@ impl JsonSchema for ScalarText {
     fn inline_schema() -> bool {
         true
     }
-}
-
-/// Whether a plain scalar is a number under YAML 1.2's core schema.
-pub fn is_yaml_number(s: &str) -> bool {
-    let unsigned = s.strip_prefix(['-', '+']).unwrap_or(s);
-    let digits = |t: &str| !t.is_empty() && t.chars().all(|c| c.is_ascii_digit());
-    if digits(unsigned)
-        || matches!(unsigned, ".inf" | ".Inf" | ".INF")
-        || matches!(s, ".nan" | ".NaN" | ".NAN")
-    {
-        return true;
-    }
-    if let Some(hex) = s.strip_prefix("0x") {
-        return !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit());
-    }
-    if let Some(oct) = s.strip_prefix("0o") {
-        return !oct.is_empty() && oct.chars().all(|c| ('0'..='7').contains(&c));
-    }
-    let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
-        Some((m, e)) => (m, Some(e.strip_prefix(['-', '+']).unwrap_or(e))),
-        None => (unsigned, None),
-    };
-    let mantissa_ok = match mantissa.split_once('.') {
-        Some((int, frac)) => {
-            (digits(int) || int.is_empty())
-                && (digits(frac) || frac.is_empty())
-                && !(int.is_empty() && frac.is_empty())
-        }
-        None => digits(mantissa),
-    };
-    mantissa_ok && exponent.is_none_or(digits)
 }
 
 impl FromNode for bool {

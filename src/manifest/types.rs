@@ -11,7 +11,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::yaml::Span;
+use super::paths::Excludes;
+use super::span::Span;
 
 /// AWS region names `spot` accepts (commercial, GovCloud and China partitions).
 pub const AWS_REGIONS: &[&str] = &[
@@ -272,7 +273,7 @@ pub struct Upload {
     pub dest: String,
     pub permissions: Option<u32>,
     pub owner: Option<String>,
-    pub exclude: Vec<String>,
+    pub exclude: Excludes,
     pub gitignore: bool,
     #[serde(skip)]
     pub origin: Origin,

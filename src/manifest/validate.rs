@@ -10,16 +10,17 @@ use std::fs;
 use std::path::{Component, Path, PathBuf};
 
 use super::diagnostic::Kind;
+use super::paths::{Excludes, rel_to};
 use super::raw::{
     RawConfig, RawHealthCheck, RawManifest, RawRegionEntry, RawSecret, RawService, RawTarball, RawUpload,
 };
 use super::read::{Cx, Spanned, suggest};
+use super::span::Span;
 use super::types::{
     AWS_REGIONS, Config, Fallback, HealthCheck, Image, InstanceType, Manifest, Origin, Probe, RegionSpec,
     Script, ScriptRun, SecretRef, Service, SshAccess, Tarball, TarballSource, Template, Upload,
     parse_duration,
 };
-use super::yaml::Span;
 
 /// Resource tags `spot` itself puts on everything (six `spot:` keys and `Name`).
 pub const RESERVED_TAG_COUNT: usize = 7;
@@ -600,17 +601,6 @@ fn resolve(written: &Spanned<String>, base: &Path, root: &Path, cx: &mut Cx) -> 
     }
 }
 
-/// `path` relative to `root`, `/`-separated, or `path` itself when outside.
-pub fn rel_to(root: &Path, path: &Path) -> String {
-    let rel = path.strip_prefix(root).unwrap_or(path);
-    let parts: Vec<String> = rel
-        .components()
-        .filter(|c| !matches!(c, Component::CurDir))
-        .map(|c| c.as_os_str().to_string_lossy().into_owned())
-        .collect();
-    if parts.is_empty() { ".".into() } else { parts.join("/") }
-}
-
 fn absolute_dest(dest: &Spanned<String>, cx: &mut Cx) -> Option<String> {
     let d = dest.value.as_str();
     if !d.starts_with('/')
@@ -816,7 +806,7 @@ fn upload(u: &RawUpload, span: Span, paths: &Paths, cx: &mut Cx) -> Option<Uploa
     });
     let mut exclude = Vec::new();
     for pattern in u.exclude.iter().flat_map(|e| &e.value) {
-        match crate::bundle::Excludes::new(std::slice::from_ref(&pattern.value)) {
+        match Excludes::new(std::slice::from_ref(&pattern.value)) {
             Ok(_) => exclude.push(pattern.value.clone()),
             Err(e) => cx.error(
                 Kind::BadGlob,
@@ -844,7 +834,8 @@ fn upload(u: &RawUpload, span: Span, paths: &Paths, cx: &mut Cx) -> Option<Uploa
         dest,
         permissions,
         owner,
-        exclude,
+        // Each pattern compiled alone above, so the set compiles too.
+        exclude: Excludes::new(&exclude).unwrap_or_default(),
         gitignore: get(u.gitignore.as_ref()).unwrap_or(false),
         origin: Origin { file: cx.file.clone(), span: source.span },
     })

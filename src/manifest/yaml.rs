@@ -9,31 +9,13 @@ use std::collections::HashMap;
 
 use saphyr_parser::{Event, Parser, ScalarStyle, ScanError};
 
-/// A place in a file: 1-based line and column (in characters), and how many characters
-/// on that line the caret should cover. Line 0 means "the file as a whole".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Span {
-    pub line: usize,
-    pub col: usize,
-    pub len: usize,
-}
+pub use super::span::Span;
 
-impl Span {
-    /// A span for a whole file (no line to point at).
-    pub const FILE: Span = Span { line: 0, col: 0, len: 0 };
-
-    /// The first character of a file.
-    pub const START: Span = Span { line: 1, col: 1, len: 1 };
-
-    pub fn at(line: usize, col: usize, len: usize) -> Self {
-        Self { line, col, len: len.max(1) }
-    }
-
-    fn from_parser(span: saphyr_parser::Span) -> Self {
-        let (start, end) = (span.start, span.end);
-        let len = if end.line() == start.line() { end.col().saturating_sub(start.col()) } else { 1 };
-        Self::at(start.line(), start.col() + 1, len)
-    }
+/// A parser's span as a [`Span`] (1-based columns; a multi-line span marks one character).
+fn span_of(span: saphyr_parser::Span) -> Span {
+    let (start, end) = (span.start, span.end);
+    let len = if end.line() == start.line() { end.col().saturating_sub(start.col()) } else { 1 };
+    Span::at(start.line(), start.col() + 1, len)
 }
 
 /// One YAML node and where it starts.
@@ -61,7 +43,7 @@ impl Node {
             Value::Scalar { quoted: true, .. } => "a string",
             Value::Scalar { text, .. } => match text.as_str() {
                 "true" | "false" => "a boolean",
-                t if super::read::is_yaml_number(t) => "a number",
+                t if is_yaml_number(t) => "a number",
                 _ => "a string",
             },
             Value::Seq(_) => "a list",
@@ -118,7 +100,7 @@ pub fn parse(src: &str) -> Result<Option<Node>, SyntaxError> {
 
     while let Some(next) = parser.next_event() {
         let (event, span) = next?;
-        let span_here = Span::from_parser(span);
+        let span_here = span_of(span);
         let finished = match event {
             Event::DocumentStart(_) => {
                 documents += 1;
@@ -216,6 +198,37 @@ pub fn parse(src: &str) -> Result<Option<Node>, SyntaxError> {
         }
     }
     Ok(root)
+}
+
+/// Whether a plain scalar is a number under YAML 1.2's core schema.
+pub fn is_yaml_number(s: &str) -> bool {
+    let unsigned = s.strip_prefix(['-', '+']).unwrap_or(s);
+    let digits = |t: &str| !t.is_empty() && t.chars().all(|c| c.is_ascii_digit());
+    if digits(unsigned)
+        || matches!(unsigned, ".inf" | ".Inf" | ".INF")
+        || matches!(s, ".nan" | ".NaN" | ".NAN")
+    {
+        return true;
+    }
+    if let Some(hex) = s.strip_prefix("0x") {
+        return !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit());
+    }
+    if let Some(oct) = s.strip_prefix("0o") {
+        return !oct.is_empty() && oct.chars().all(|c| ('0'..='7').contains(&c));
+    }
+    let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
+        Some((m, e)) => (m, Some(e.strip_prefix(['-', '+']).unwrap_or(e))),
+        None => (unsigned, None),
+    };
+    let mantissa_ok = match mantissa.split_once('.') {
+        Some((int, frac)) => {
+            (digits(int) || int.is_empty())
+                && (digits(frac) || frac.is_empty())
+                && !(int.is_empty() && frac.is_empty())
+        }
+        None => digits(mantissa),
+    };
+    mantissa_ok && exponent.is_none_or(digits)
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ use super::{
     PoolError, Resource, Result, Subnet, Tags, TemplateSpec, is_capacity_code,
 };
 use crate::manifest::types::Arch;
+use crate::plan::tag;
 
 /// Canonical's AWS account, owner of the official Ubuntu images.
 const CANONICAL: &str = "099720109477";
@@ -49,6 +50,8 @@ const VPC_CIDR: &str = "10.77.0.0/16";
 pub struct Ec2 {
     base: aws_config::SdkConfig,
     clients: Mutex<HashMap<String, Client>>,
+    /// EC2 Instance Connect, one client per region like EC2's.
+    connect: Mutex<HashMap<String, aws_sdk_ec2instanceconnect::Client>>,
     policy: Policy,
 }
 
@@ -70,7 +73,39 @@ impl Ec2 {
         if let Some(credentials) = MINTED.get() {
             loader = loader.credentials_provider(credentials.clone());
         }
-        Self { base: loader.load().await, clients: Mutex::new(HashMap::new()), policy: Policy::default() }
+        Self {
+            base: loader.load().await,
+            clients: Mutex::new(HashMap::new()),
+            connect: Mutex::new(HashMap::new()),
+            policy: Policy::default(),
+        }
+    }
+
+    /// Whether EC2 calls go to an overridden endpoint (an emulator, a proxy): the
+    /// `--endpoint-url` flag, `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_EC2`, or a profile's
+    /// `endpoint_url`, as the SDK resolves them for EC2.
+    pub fn endpoint_overridden(&self) -> bool {
+        let key = aws_types::service_config::ServiceConfigKey::builder()
+            .service_id("EC2")
+            .env("AWS_ENDPOINT_URL")
+            .profile("endpoint_url")
+            .build();
+        self.base.endpoint_url().is_some()
+            || key
+                .is_ok_and(|key| self.base.service_config().and_then(|conf| conf.load_config(key)).is_some())
+    }
+
+    fn connect_client(&self, region: &str) -> aws_sdk_ec2instanceconnect::Client {
+        let mut clients = self.connect.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        clients
+            .entry(region.to_string())
+            .or_insert_with(|| {
+                let config = aws_sdk_ec2instanceconnect::config::Builder::from(&self.base)
+                    .region(Region::new(region.to_string()))
+                    .build();
+                aws_sdk_ec2instanceconnect::Client::from_conf(config)
+            })
+            .clone()
     }
 
     fn client(&self, region: &str) -> Client {
@@ -283,10 +318,6 @@ fn arch_of(value: Option<&aws_sdk_ec2::types::ArchitectureValues>) -> Option<Arc
 
 fn resource(kind: Kind, region: &str, id: &str, name: Option<&str>, tags: Tags) -> Resource {
     Resource { kind, region: region.to_string(), id: id.to_string(), name: name.map(str::to_string), tags }
-}
-
-fn is_ours(tags: &Tags) -> bool {
-    tags.get(crate::plan::tag::MANAGED_BY).map(String::as_str) == Some(crate::plan::tag::MANAGED_BY_VALUE)
 }
 
 /// `retry::run` over an SDK call: classify, then retry transient kinds.
@@ -572,7 +603,7 @@ impl Cloud for Ec2 {
             // A retried create whose first answer was lost, or a redeploy: adopt ours.
             Err(e) if e.kind == ErrorKind::Duplicate => {
                 match self.find_security_group(region, name, vpc_id).await? {
-                    Some((id, found)) if is_ours(&found) => id,
+                    Some((id, found)) if tag::is_ours(&found) => id,
                     _ => {
                         return Err(self.not_ours(
                             "CreateSecurityGroup",
@@ -610,7 +641,7 @@ impl Cloud for Ec2 {
                 Err(e) if e.kind == ErrorKind::Duplicate && attempt == 0 => {
                     let found =
                         call!(self, region, "DescribeKeyPairs", client.describe_key_pairs().key_names(name))?;
-                    if !found.key_pairs().first().is_some_and(|k| is_ours(&tags_of(k.tags()))) {
+                    if !found.key_pairs().first().is_some_and(|k| tag::is_ours(&tags_of(k.tags()))) {
                         return Err(self.not_ours("ImportKeyPair", region, &format!("key pair `{name}`")));
                     }
                     call!(self, region, "DeleteKeyPair", client.delete_key_pair().key_name(name))?;
@@ -694,7 +725,7 @@ impl Cloud for Ec2 {
                         "DescribeLaunchTemplates",
                         client.describe_launch_templates().launch_template_names(&spec_in.name)
                     )?;
-                    if !found.launch_templates().first().is_some_and(|t| is_ours(&tags_of(t.tags()))) {
+                    if !found.launch_templates().first().is_some_and(|t| tag::is_ours(&tags_of(t.tags()))) {
                         return Err(self.not_ours(
                             "CreateLaunchTemplate",
                             region,
@@ -1168,10 +1199,7 @@ impl Cloud for Ec2 {
 
     async fn push_ssh_key(&self, instance: &Instance, user: &str, public_key: &str) -> Result<()> {
         let region = instance.region.as_str();
-        let config = aws_sdk_ec2instanceconnect::config::Builder::from(&self.base)
-            .region(Region::new(region.to_string()))
-            .build();
-        let client = aws_sdk_ec2instanceconnect::Client::from_conf(config);
+        let client = self.connect_client(region);
         let out = call!(
             self,
             region,

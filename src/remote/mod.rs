@@ -18,6 +18,7 @@ use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicK
 use tokio::io::AsyncRead;
 
 use crate::keys::Secret;
+use crate::shell::quote as shell_quote;
 
 /// How many bytes of a command's output an error keeps (the tail).
 pub const OUTPUT_TAIL: usize = 4096;
@@ -333,21 +334,5 @@ impl Session {
     /// Closes the connection politely.
     pub async fn close(self) {
         let _ = self.handle.disconnect(russh::Disconnect::ByApplication, "", "en").await;
-    }
-}
-
-/// Single-quotes `s` for a POSIX shell.
-pub fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quoting_survives_quotes() {
-        assert_eq!(shell_quote("a b"), "'a b'");
-        assert_eq!(shell_quote("it's"), "'it'\\''s'");
     }
 }

@@ -631,10 +631,10 @@ fn every_input_and_output_is_documented_and_read() {
         assert!(readme.contains(&format!("| `{name}` |")), "output {name} is not in the README's table");
         assert!(code.contains(&format!("set_output(\"{name}\"")), "output {name} is never set");
     }
-    let consts: Vec<&str> = spot_deployer::commands::action::INPUTS.to_vec();
+    let consts: Vec<&str> = spot_deployer::action::INPUTS.to_vec();
     assert_eq!(consts, inputs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>());
     assert_eq!(
-        spot_deployer::commands::action::OUTPUTS.to_vec(),
+        spot_deployer::action::OUTPUTS.to_vec(),
         outputs.iter().map(String::as_str).collect::<Vec<_>>()
     );
 }

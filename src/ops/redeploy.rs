@@ -10,18 +10,19 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use jiff::Timestamp;
 
-use super::create::{Created, Hooks, Job, Prepared};
+use super::Session;
+use super::ship::{Packed, pack_bundle, ssh_target};
+use super::up::{Created, Hooks, Job, Prepared};
 use crate::Error;
 use crate::cloud_init::{self, UserDataKeys};
 use crate::deliver::run::Shipment;
 use crate::keys::{KeyPair, Secret};
 use crate::lifecycle::create::Outcome;
-use crate::lifecycle::inventory::{self, Found};
+use crate::lifecycle::inventory::{self, Deployed};
 use crate::lifecycle::progress::Progress;
 use crate::lifecycle::state::{Recorder as _, State, StateFile, Status};
 use crate::manifest::Report;
 use crate::plan::{self, tag};
-use crate::provider::ec2::Ec2;
 use crate::provider::{Cloud, Instance, Kind};
 use crate::remote;
 
@@ -40,7 +41,13 @@ pub enum Reuse {
 }
 
 /// Pure: can the deployment `found` take a new build in place? `Err` says why not.
-pub fn judge(found: &Found, digest: &str, total: u32, ttl_secs: u64, now: Timestamp) -> Result<(), String> {
+pub fn judge(
+    found: &Deployed,
+    digest: &str,
+    total: u32,
+    ttl_secs: u64,
+    now: Timestamp,
+) -> Result<(), String> {
     if found.instances.is_empty() {
         return Err("it has no instances left".into());
     }
@@ -78,25 +85,30 @@ fn runtime_error(message: String) -> Error {
 
 /// Delivers the job's build into its existing deployment when [`judge`] and a check on
 /// every instance allow it. Input errors surface before any cloud call, as in `create`.
-pub fn attempt(job: &Job, hooks: &dyn Hooks) -> Result<Reuse, Error> {
-    let Prepared { inputs, deployment, listing, limits, secret_values, .. } = super::create::prepare(job)?;
+pub async fn attempt(
+    session: &Session,
+    job: &Job,
+    prepared: &Prepared,
+    hooks: &dyn Hooks,
+) -> Result<Reuse, Error> {
+    let Prepared { inputs, deployment, listing, limits, secret_values, .. } = prepared;
     let id = inputs.deployment_id.clone();
     let user_data =
-        cloud_init::render(&deployment, &plan::identity(&deployment, &inputs), &UserDataKeys::placeholders())
+        cloud_init::render(deployment, &plan::identity(deployment, inputs), &UserDataKeys::placeholders())
             .map_err(|d| Error::Invalid {
                 report: Report { diagnostics: vec![*d], ..Report::default() },
                 format: job.format,
             })?;
-    let mut plan = plan::build(&deployment, &inputs, listing.clone(), &user_data);
-    let digest = plan::launch_digest(&deployment, &plan);
+    let mut plan = plan::build(deployment, inputs, listing.clone(), &user_data);
+    let digest = plan::launch_digest(deployment, &plan);
     let regions: Vec<String> = plan.regions.iter().map(|r| r.region.clone()).collect();
     let user = deployment.config.username.clone();
     let progress = Progress::new();
 
-    super::runtime()?.block_on(async {
-        let cloud = Ec2::new(job.endpoint_url.as_deref()).await;
+    {
+        let cloud = &session.cloud;
         let filter = [(tag::DEPLOYMENT.to_string(), id.clone())].into();
-        let mut found = inventory::discover(&cloud, &regions, &filter)
+        let mut found = inventory::discover(cloud, &regions, &filter)
             .await
             .map_err(|e| runtime_error(format!("cannot look for {id}: {e}")))?;
         let Some(found) = found.remove(&id) else {
@@ -110,7 +122,7 @@ pub fn attempt(job: &Job, hooks: &dyn Hooks) -> Result<Reuse, Error> {
             .map_err(|e| runtime_error(format!("cannot generate a key: {e}")))?;
         let masked: Vec<&str> = secret_values.iter().chain([&key.private]).map(Secret::expose).collect();
         hooks.secrets(&masked);
-        let cidrs = super::create::ssh_cidrs(&deployment.config.ssh_access)?;
+        let cidrs = super::up::ssh_cidrs(&deployment.config.ssh_access)?;
         for group in found.resources.iter().filter(|r| r.kind == Kind::SecurityGroup) {
             cloud
                 .set_ssh_sources(&group.region, &group.id, &cidrs)
@@ -120,11 +132,10 @@ pub fn attempt(job: &Job, hooks: &dyn Hooks) -> Result<Reuse, Error> {
         progress
             .event(format!("{id}: {} instance(s) fit the description; checking them", found.instances.len()));
         // The bundle is packed while the instances are checked.
-        let deploy = deployment.clone();
-        let packing =
-            tokio::task::spawn_blocking(move || super::create::pack_bundle(&deploy, &listing, &limits));
-        let entry = Entry { cloud: &cloud, key: &key, user: &user };
-        let check = crate::deliver::still_ready(&deployment);
+        let (deploy, listing, limits) = (deployment.clone(), listing.clone(), *limits);
+        let packing = tokio::task::spawn_blocking(move || pack_bundle(&deploy, &listing, &limits));
+        let entry = Entry { cloud, key: &key, user: &user, emulator: session.emulator.as_deref() };
+        let check = crate::deliver::still_ready(deployment);
         let checks: Vec<Result<(), String>> = futures::stream::iter(&found.instances)
             .map(|i| entry.check(i, &check))
             .buffer_unordered(16)
@@ -140,7 +151,7 @@ pub fn attempt(job: &Job, hooks: &dyn Hooks) -> Result<Reuse, Error> {
             .map_err(runtime_error)?;
         let outcomes: Vec<Outcome> = futures::stream::iter(&found.instances)
             .map(|i| async {
-                let result = entry.deliver(i, &packed, &secret_values, &progress).await;
+                let result = entry.deliver(i, &packed, secret_values, &progress).await;
                 let seconds = progress.elapsed().as_secs_f64();
                 Outcome {
                     instance: i.clone(),
@@ -171,13 +182,13 @@ pub fn attempt(job: &Job, hooks: &dyn Hooks) -> Result<Reuse, Error> {
             seconds: progress.elapsed().as_secs_f64(),
             reused: true,
         })))
-    })
+    }
 }
 
 /// The local state file of a redeployed deployment: what exists, ready.
 fn record(
     root: &std::path::Path,
-    found: &Found,
+    found: &Deployed,
     plan: &plan::Plan,
     run_id: &str,
 ) -> Result<StateFile, Error> {
@@ -201,9 +212,10 @@ fn record(
 
 /// The way back into a kept deployment's instances.
 struct Entry<'a> {
-    cloud: &'a Ec2,
+    cloud: &'a crate::provider::ec2::Ec2,
     key: &'a KeyPair,
     user: &'a str,
+    emulator: Option<&'a std::path::Path>,
 }
 
 impl<'a> Entry<'a> {
@@ -215,7 +227,7 @@ impl<'a> Entry<'a> {
             .push_ssh_key(instance, self.user, &self.key.public)
             .await
             .map_err(|e| format!("cannot push a key: {e}"))?;
-        let target = super::create::ssh_target(instance, self.user, PUSHED_KEY_LIFE).await?;
+        let target = ssh_target(instance, self.user, PUSHED_KEY_LIFE, self.emulator).await?;
         Ok((target, host_key))
     }
 
@@ -242,7 +254,7 @@ impl<'a> Entry<'a> {
     async fn deliver(
         &self,
         instance: &'a Instance,
-        packed: &super::create::Packed,
+        packed: &Packed,
         secret_values: &[Secret],
         progress: &Progress,
     ) -> Result<(), String> {
@@ -264,14 +276,14 @@ impl<'a> Entry<'a> {
 mod tests {
     use super::*;
 
-    fn found(instances: usize, tags: &[(&str, &str)], expires: &str) -> Found {
+    fn found(instances: usize, tags: &[(&str, &str)], expires: &str) -> Deployed {
         let tags: crate::provider::Tags =
             tags.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect();
-        Found {
+        Deployed {
             deployment_id: "pr-7".into(),
             expires_at: Some(expires.into()),
             instances: (0..instances).map(|n| Instance::running(&format!("i-{n}"), tags.clone())).collect(),
-            ..Found::default()
+            ..Deployed::default()
         }
     }
 
@@ -282,7 +294,8 @@ mod tests {
         let later = "2026-11-26T20:00:00Z";
         assert_eq!(judge(&found(2, &good, later), "abc", 2, 12 * 3600, now), Ok(()));
 
-        let why = |f: &Found, digest: &str, total: u32| judge(f, digest, total, 12 * 3600, now).unwrap_err();
+        let why =
+            |f: &Deployed, digest: &str, total: u32| judge(f, digest, total, 12 * 3600, now).unwrap_err();
         assert!(why(&found(0, &good, later), "abc", 2).contains("no instances"));
         assert!(why(&found(1, &good, later), "abc", 2).contains("1 instance(s) running"));
         assert!(why(&found(2, &good, later), "abd", 2).contains("changed"));

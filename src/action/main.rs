@@ -1,0 +1,240 @@
+//! The main step: the mode the inputs ask for, on one session.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::{Mode, io, summary, usage};
+use crate::Error;
+use crate::actions;
+use crate::lifecycle::progress::Progress;
+use crate::lifecycle::state::{Recorder, Status};
+use crate::manifest::Format;
+use crate::ops::reap::Reap;
+use crate::ops::up::{Created, Hooks, Job};
+use crate::ops::{self, Session};
+use crate::overrides::Source;
+use crate::provider::{Cloud as _, Instance, Resource};
+
+/// The `GITHUB_STATE` entry of the `n`-th resource main made (`kind region id`); post
+/// holds what it removed against these.
+pub fn resource_key(n: usize) -> String {
+    format!("resource_{n}")
+}
+
+/// Saves each resource to `GITHUB_STATE` the moment it exists.
+#[derive(Debug, Default)]
+struct StateRecorder {
+    count: std::sync::atomic::AtomicUsize,
+}
+
+impl Recorder for StateRecorder {
+    fn created(&self, r: &Resource) {
+        let n = self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let _ = actions::save_state(&resource_key(n), &format!("{} {} {}", r.kind, r.region, r.id));
+    }
+    fn removed(&self, _: &Resource) {}
+    fn status(&self, _: Status) {}
+    fn instances(&self, _: &[Instance]) {}
+}
+
+/// What the Action adds to a run: masks, and `GITHUB_STATE` kept in step.
+pub(super) struct ActionHooks {
+    recorder: StateRecorder,
+}
+
+impl Hooks for ActionHooks {
+    fn secrets(&self, values: &[&str]) {
+        for v in values {
+            actions::mask(v);
+        }
+    }
+    fn starting(&self, plan: &crate::plan::Plan) {
+        let regions: Vec<&str> = plan.regions.iter().map(|r| r.region.as_str()).collect();
+        let _ = actions::save_state("regions", &regions.join(","));
+        let _ = actions::save_state("expires-at", &plan.expires_at);
+    }
+    fn recorder(&self) -> Option<&dyn Recorder> {
+        Some(&self.recorder)
+    }
+}
+
+/// The main step.
+pub async fn run() -> Result<(), Error> {
+    // Masks first: nothing may be printed before them.
+    if let Some(token) = actions::input("github-token") {
+        actions::mask(&token);
+    }
+    let mode = super::mode()?;
+    let keep = actions::input_bool("keep").map_err(usage)?;
+    let dir = super::working_directory();
+    match mode {
+        Mode::Validate => {
+            crate::commands::validate::run(&crate::cli::ValidateArgs { dir, format: Some(Format::Github) })
+        }
+        Mode::Up => up(&dir, keep).await,
+        Mode::Down => down(&dir, keep).await,
+        Mode::Reap => reap(&dir).await,
+    }
+}
+
+/// The job `mode: up` runs, from the inputs.
+fn job(dir: &std::path::Path, id: &str) -> Result<Job, Error> {
+    let min_ready = actions::input("min-ready")
+        .map(|v| v.parse::<u32>().map_err(|_| usage(format!("input `min-ready` is `{v}`: write a number"))))
+        .transpose()?;
+    let ssh_budget =
+        ops::duration("input `ssh-timeout`", &actions::input("ssh-timeout").unwrap_or("5m".into()))?;
+    let run_id = actions::run()
+        .map_or_else(|| format!("local-{:08x}", fastrand::u32(..)), |(id, a)| format!("{id}-{a}"));
+    Ok(Job {
+        dir: dir.to_path_buf(),
+        deployment_id: Some(id.to_string()),
+        repository: actions::repository(),
+        pr: actions::pull_request().map(|p| p.number),
+        run_id,
+        overrides: super::overrides(),
+        source: Source::Inputs,
+        wait: Duration::from_secs(300),
+        ssh_budget,
+        boot: Duration::from_secs(900),
+        min_ready,
+        deliver: true,
+        format: Format::Github,
+    })
+}
+
+async fn up(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
+    let id = super::deployment_id(Mode::Up, keep).ok_or_else(|| {
+        usage("no deployment id: set input `deployment-id` (GITHUB_RUN_ID is not set)".into())
+    })?;
+    actions::save_state("mode", "up").map_err(|e| io("GITHUB_STATE", e))?;
+    actions::save_state("deployment-id", &id).map_err(|e| io("GITHUB_STATE", e))?;
+    actions::save_state("keep", if keep { "true" } else { "false" }).map_err(|e| io("GITHUB_STATE", e))?;
+    actions::save_state("working-directory", &dir.to_string_lossy()).map_err(|e| io("GITHUB_STATE", e))?;
+    let job = job(dir, &id)?;
+    let pr = job.pr.filter(|_| keep);
+    let hooks = ActionHooks { recorder: StateRecorder::default() };
+    let outcome = match ops::up::prepare(&job) {
+        // A push with a broken description fails here and leaves any environment alone.
+        Err(e) => Err((e, pr.is_some())),
+        Ok(prepared) => match super::session().await {
+            Err(e) => Err((e, pr.is_some())),
+            Ok(session) => {
+                let made = match pr {
+                    Some(_) => super::pr_env::push(&session, &job, &prepared, &hooks).await,
+                    None => {
+                        actions::group(&format!("Create {id}"));
+                        let created = ops::up::create(&session, &job, &prepared, &hooks).await;
+                        actions::end_group();
+                        created.map_err(|e| (e, false))
+                    }
+                };
+                made.map(|created| (created, session))
+            }
+        },
+    };
+    let (created, session) = match outcome {
+        Ok(done) => done,
+        Err((e, kept)) => {
+            if !matches!(e, Error::Invalid { .. }) {
+                actions::error("spot: create failed", &e.to_string());
+            }
+            let _ = actions::summary(&summary::failed(&id, &e.to_string()));
+            if let Some(number) = pr {
+                super::comment(number, &summary::failed_comment(&id, &e.to_string(), kept)).await;
+            }
+            return Err(e);
+        }
+    };
+    let prices = spot_prices(&session, &created).await;
+    for (name, value) in summary::outputs(&created) {
+        actions::set_output(name, &value).map_err(|e| io("GITHUB_OUTPUT", e))?;
+    }
+    if let Some(number) = pr {
+        let head = actions::pull_request().and_then(|p| p.head_sha);
+        super::comment(number, &summary::environment_comment(&created, head.as_deref())).await;
+    }
+    if actions::input_bool("github-deployment").map_err(usage)? {
+        let head = actions::pull_request().and_then(|p| p.head_sha).or_else(actions::sha);
+        let url = summary::environment_url(&created);
+        let environment = created.plan.deployment_id.clone();
+        super::github(|gh| async move {
+            let git_ref = head.ok_or("no commit to deploy (GITHUB_SHA is not set)")?;
+            let run_url = actions::run_url();
+            gh.deployment_ready(&environment, &git_ref, url.as_deref(), run_url.as_deref())
+                .await
+                .map(|id| format!("GitHub deployment {id} of `{environment}`: success"))
+        })
+        .await;
+    }
+    actions::summary(&summary::ready(&created, &prices, keep)).map_err(|e| io("GITHUB_STEP_SUMMARY", e))?;
+    println!(
+        "deployment {} ready: {} instance(s) in {:.1}s",
+        created.plan.deployment_id,
+        created.outcomes.iter().filter(|o| o.ready).count(),
+        created.seconds
+    );
+    Ok(())
+}
+
+/// Spot prices for the launched (type, AZ) pairs; empty when EC2 does not say.
+async fn spot_prices(session: &Session, created: &Created) -> BTreeMap<(String, String), f64> {
+    let mut by_region: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for o in &created.outcomes {
+        by_region.entry(o.instance.region.as_str()).or_default().push(o.instance.instance_type.clone());
+    }
+    let mut prices = BTreeMap::new();
+    for (region, types) in by_region {
+        if let Ok(p) = session.cloud.spot_prices(region, &types).await {
+            prices.extend(p);
+        }
+    }
+    prices
+}
+
+async fn down(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
+    let id = super::deployment_id(Mode::Down, keep)
+        .ok_or_else(|| usage("no deployment to remove: set input `deployment-id`".into()))?;
+    let configured = super::regions(dir)?;
+    let session = super::session().await?;
+    let progress = Progress::new();
+    // Every region: the description may have moved since the deployment was made.
+    let regions = ops::remove::everywhere(&session, &configured, &progress).await;
+    let removal = super::post::remove_with_summary(&session, dir, &id, &regions, &progress).await;
+    if let Some(pr) = actions::pull_request().filter(|p| id == format!("pr-{}", p.number)) {
+        let state = match &removal {
+            Ok(_) => "removed",
+            Err(_) => "removal failed (see the job log; `mode: reap` retries)",
+        };
+        super::comment(pr.number, &format!("### spot environment `{id}`: {state}\n")).await;
+    }
+    if actions::input_bool("github-deployment").map_err(usage)? && removal.is_ok() {
+        let environment = id.clone();
+        super::github(|gh| async move {
+            let n = gh.deployments_inactive(&environment).await?;
+            Ok(format!("{n} GitHub deployment(s) of `{environment}` marked inactive"))
+        })
+        .await;
+    }
+    ops::remove::report(removal, Some(&id), &regions, &progress)
+}
+
+/// `mode: reap`.
+async fn reap(dir: &std::path::Path) -> Result<(), Error> {
+    let regions = super::regions(dir)?;
+    let dry_run = actions::input_bool("dry-run").map_err(usage)?;
+    let repository = actions::repository();
+    let github = actions::input("github-token").map(|t| (crate::keys::Secret::new(t), actions::api_url()));
+    let session = super::session().await?;
+    let progress = Progress::new();
+    let reap = Reap {
+        regions: &regions,
+        dry_run,
+        github,
+        repository: repository.as_deref(),
+        orphan_grace: Duration::from_secs(30),
+    };
+    let decisions = ops::reap::reap(&session, &reap, &progress).await?;
+    let _ = actions::summary(&summary::reap(&decisions, dry_run));
+    ops::reap::report(&decisions, dry_run, false)
+}

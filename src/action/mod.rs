@@ -1,0 +1,191 @@
+//! The GitHub Action's orchestration: its two steps, above the operations in `ops`.
+//!
+//! [`main`] reads the inputs, masks every secret before printing anything, saves what
+//! post needs to `GITHUB_STATE` before the first resource exists, then runs the mode:
+//! `up` (create and deliver, or for a pull request environment [`pr_env`]: redeploy or
+//! replace), `down`, `reap`, `validate`. [`post`] destroys what main made, found by tags,
+//! unless `keep: true`. [`summary`] renders the job summary, outputs and comments (pure).
+//! Everything the runner hands over is read through `actions/` (the only reader of
+//! `GITHUB_*`, `INPUT_*`, `STATE_*`); one runtime and one [`Session`] serve the whole step.
+
+pub mod main;
+pub mod post;
+pub mod pr_env;
+pub mod summary;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::Error;
+use crate::actions;
+use crate::ops::Session;
+use crate::overrides::{Overrides, list};
+
+/// Every input the action reads (action.yml declares exactly these).
+pub const INPUTS: &[&str] = &[
+    "mode",
+    "working-directory",
+    "regions",
+    "instance-types",
+    "count",
+    "ttl",
+    "tarball",
+    "keep",
+    "spot-fallback",
+    "max-price",
+    "ssh-cidr",
+    "tags",
+    "deployment-id",
+    "min-ready",
+    "ssh-timeout",
+    "github-token",
+    "github-deployment",
+    "role-to-assume",
+    "endpoint-url",
+    "dry-run",
+];
+
+/// Every output the main step sets.
+pub const OUTPUTS: &[&str] = &["deployment-id", "instance-ids", "public-ips", "regions", "market", "json"];
+
+/// Teardown in the post step must end well inside the runner's 5-minute ceiling.
+const POST_BUDGET: Duration = Duration::from_secs(180);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Up,
+    Down,
+    Reap,
+    Validate,
+}
+
+fn mode() -> Result<Mode, Error> {
+    match actions::input("mode").as_deref().unwrap_or("up") {
+        "up" => Ok(Mode::Up),
+        "down" => Ok(Mode::Down),
+        "reap" => Ok(Mode::Reap),
+        "validate" => Ok(Mode::Validate),
+        other => Err(Error::Usage {
+            message: format!("input `mode` is `{other}`"),
+            help: "use up, down, reap or validate".into(),
+        }),
+    }
+}
+
+fn usage(message: String) -> Error {
+    Error::Usage { message, help: "see the action's inputs in the README".into() }
+}
+
+fn io(what: &'static str, e: std::io::Error) -> Error {
+    Error::io(PathBuf::from(what), "write", e)
+}
+
+fn working_directory() -> PathBuf {
+    PathBuf::from(actions::input("working-directory").unwrap_or_else(|| ".".into()))
+}
+
+fn overrides() -> Overrides {
+    Overrides {
+        regions: actions::input("regions").map(|v| list(&v)).unwrap_or_default(),
+        instance_types: actions::input("instance-types").map(|v| list(&v)).unwrap_or_default(),
+        count: actions::input("count"),
+        ttl: actions::input("ttl"),
+        tarball: actions::input("tarball"),
+        fallback: actions::input("spot-fallback"),
+        max_price: actions::input("max-price"),
+        ssh_cidrs: actions::input("ssh-cidr").map(|v| list(&v)).unwrap_or_default(),
+        tags: actions::input("tags")
+            .map(|v| v.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect())
+            .unwrap_or_default(),
+    }
+}
+
+/// The deployment id: the input; else `pr-<number>` for a pull request environment
+/// (`keep: true`, or `down`); else `gh-<run id>-<attempt>`, which the post step can
+/// derive again even when main saved nothing.
+fn deployment_id(mode: Mode, keep: bool) -> Option<String> {
+    if let Some(id) = actions::input("deployment-id") {
+        return Some(id);
+    }
+    if let Some(pr) = actions::pull_request()
+        && (keep || mode == Mode::Down)
+    {
+        return Some(format!("pr-{}", pr.number));
+    }
+    actions::run().map(|(id, attempt)| format!("gh-{id}-{attempt}"))
+}
+
+/// Regions to search: input `regions`, else the config's in `dir`.
+fn regions(dir: &std::path::Path) -> Result<Vec<String>, Error> {
+    let given = actions::input("regions").map(|v| list(&v)).unwrap_or_default();
+    crate::ops::regions_for(dir, &given)
+}
+
+/// The step's one session: after `role-to-assume` (when given) minted its credentials,
+/// so every call of the step uses them.
+async fn session() -> Result<Session, Error> {
+    assume_role().await?;
+    Ok(Session::open(actions::input("endpoint-url").as_deref()).await)
+}
+
+/// With `role-to-assume`: fresh credentials from the runner's OIDC token, so a long job's
+/// teardown never meets an expired one-hour session.
+async fn assume_role() -> Result<(), Error> {
+    let Some(role) = actions::input("role-to-assume") else {
+        return Ok(());
+    };
+    let Some((url, request_token)) = actions::oidc_request() else {
+        return Err(usage(
+            "input `role-to-assume` needs the runner's OIDC token: add `permissions: id-token: write` to the job".into(),
+        ));
+    };
+    let session =
+        actions::run().map_or_else(|| "spot".into(), |(id, attempt)| format!("spot-{id}-{attempt}"));
+    let endpoint_url = actions::input("endpoint-url");
+    let token =
+        crate::github::oidc_token(&url, &request_token, "sts.amazonaws.com").await.map_err(|message| {
+            Error::Runtime { message, help: "check the job's `id-token: write` permission".into() }
+        })?;
+    actions::mask(token.expose());
+    let expires =
+        crate::provider::ec2::assume_role_with_web_identity(endpoint_url.as_deref(), &role, &session, &token)
+            .await
+            .map_err(|e| crate::ops::cloud_error(&e))?;
+    println!("assumed {role} with the runner's OIDC token (credentials valid until {expires})");
+    Ok(())
+}
+
+/// Runs `call` against the GitHub API when a token is given, printing what it did. A
+/// failure (a fork's read-only token, say) is a warning, not a failed deployment.
+async fn github<F, Fut>(call: F)
+where
+    F: FnOnce(crate::github::GitHub) -> Fut,
+    Fut: std::future::Future<Output = Result<String, String>>,
+{
+    let (Some(token), Some(repository)) = (actions::input("github-token"), actions::repository()) else {
+        return;
+    };
+    let done = match crate::github::GitHub::new(
+        &crate::keys::Secret::new(token),
+        &actions::api_url(),
+        &repository,
+    ) {
+        Ok(gh) => call(gh).await,
+        Err(e) => Err(e),
+    };
+    match done {
+        Ok(said) => println!("{said}"),
+        Err(e) => println!("::warning title=spot: GitHub::{}", actions::escape_data(&e)),
+    }
+}
+
+/// Creates or updates the pull request's sticky comment.
+async fn comment(number: u64, body: &str) {
+    github(|gh| async move {
+        match gh.upsert_comment(number, body).await? {
+            crate::github::Upsert::Created(id) => Ok(format!("pull request #{number}: comment {id} created")),
+            crate::github::Upsert::Updated(id) => Ok(format!("pull request #{number}: comment {id} updated")),
+        }
+    })
+    .await;
+}

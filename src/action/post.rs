@@ -1,0 +1,132 @@
+//! The post step: destroys what main made, found by its tags, unless `keep: true`; then
+//! holds the removal against the resources main saved to `GITHUB_STATE` one by one.
+
+use super::{Mode, POST_BUDGET, summary};
+use crate::Error;
+use crate::actions;
+use crate::lifecycle::progress::Progress;
+use crate::lifecycle::teardown::Removal;
+use crate::ops::{self, Session};
+use crate::overrides::list;
+
+/// The post step.
+pub async fn run() -> Result<(), Error> {
+    if actions::state("mode").is_some_and(|m| m != "up") {
+        println!("post: nothing to do after mode `{}`", actions::state("mode").unwrap_or_default());
+        return Ok(());
+    }
+    if actions::state("keep").as_deref() == Some("true") {
+        println!(
+            "post: keeping {} (keep: true); remove it with mode: down, mode: reap, or `spot destroy`",
+            actions::state("deployment-id").unwrap_or_default()
+        );
+        return Ok(());
+    }
+    let Some(id) = actions::state("deployment-id").or_else(|| super::deployment_id(Mode::Up, false)) else {
+        println!("post: no deployment id saved or derivable; nothing to do");
+        return Ok(());
+    };
+    let dir =
+        actions::state("working-directory").map_or_else(super::working_directory, std::path::PathBuf::from);
+    let regions = match actions::state("regions") {
+        Some(r) => list(&r),
+        None => super::regions(&dir)?,
+    };
+    let recorded = recorded();
+    println!(
+        "post: main recorded {} resource(s); removing everything tagged spot:deployment={id}",
+        recorded.len()
+    );
+    let session = super::session().await?;
+    let progress = Progress::new();
+    let removal = remove_with_summary(&session, &dir, &id, &regions, &progress).await;
+    if let Ok(found) = &removal {
+        let unseen = unseen(&recorded, found.as_ref());
+        if !unseen.is_empty() {
+            // Tags are the truth; a resource EC2 did not list by them yet is named here so
+            // that a leak cannot pass unnoticed.
+            actions::warning(
+                "spot: teardown",
+                &format!(
+                    "{} resource(s) main recorded were not found by their tags (gone already, or not listed by EC2 yet; `mode: reap` finds them later): {}",
+                    unseen.len(),
+                    unseen.join(", ")
+                ),
+            );
+        }
+    }
+    let result = ops::remove::report(removal, Some(&id), &regions, &progress);
+    if let Err(e) = &result {
+        actions::error("spot: teardown failed", &e.to_string());
+    }
+    result
+}
+
+/// The resources main saved, each `kind region id`.
+fn recorded() -> Vec<String> {
+    (1..).map_while(|n| actions::state(&super::main::resource_key(n))).collect()
+}
+
+/// Pure: the recorded resources (`kind region id`) that the removal neither removed nor
+/// failed on.
+fn unseen(recorded: &[String], removal: Option<&Removal>) -> Vec<String> {
+    let touched: Vec<String> = removal
+        .map(|r| {
+            r.removed
+                .iter()
+                .chain(r.failed.iter().map(|(res, _)| res))
+                .map(|res| format!("{} {} {}", res.kind, res.region, res.id))
+                .collect()
+        })
+        .unwrap_or_default();
+    recorded.iter().filter(|r| !touched.contains(r)).cloned().collect()
+}
+
+/// Removes deployment `id` by its tags within the post budget and says in the job
+/// summary what was removed or left.
+pub(super) async fn remove_with_summary(
+    session: &Session,
+    dir: &std::path::Path,
+    id: &str,
+    regions: &[String],
+    progress: &Progress,
+) -> Result<Option<Removal>, Error> {
+    let removal = ops::remove::remove(session, dir, regions, Some(id), false, POST_BUDGET, progress).await;
+    let error = removal.as_ref().map_err(ToString::to_string);
+    let text = summary::teardown(
+        id,
+        regions,
+        error.as_ref().map_err(String::as_str).copied(),
+        progress.elapsed().as_secs_f64(),
+    );
+    let _ = actions::summary(&text);
+    removal
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::{Kind, Resource, Tags};
+
+    #[test]
+    fn a_recorded_resource_the_teardown_never_met_is_named() {
+        let res = |kind, id: &str| Resource {
+            kind,
+            region: "us-east-1".into(),
+            id: id.into(),
+            name: None,
+            tags: Tags::new(),
+        };
+        let recorded: Vec<String> =
+            ["security group us-east-1 sg-1", "key pair us-east-1 key-1", "instance us-east-1 i-1"]
+                .map(String::from)
+                .to_vec();
+        let removal = Removal {
+            removed: vec![res(Kind::SecurityGroup, "sg-1")],
+            failed: vec![(res(Kind::Instance, "i-1"), "in use".into())],
+        };
+        assert_eq!(unseen(&recorded, Some(&removal)), ["key pair us-east-1 key-1"]);
+        assert_eq!(unseen(&recorded, None).len(), 3);
+        assert!(unseen(&[], Some(&removal)).is_empty());
+    }
+}

@@ -1,0 +1,49 @@
+//! A pull request's environment (`keep: true` on a pull request): each push goes into
+//! the running instances when they still fit (EC2 Instance Connect gets this run back
+//! in, `ops::redeploy`); otherwise the old environment is removed and a new one made.
+
+use super::POST_BUDGET;
+use super::main::ActionHooks;
+use crate::Error;
+use crate::actions;
+use crate::lifecycle::progress::Progress;
+use crate::ops::redeploy::Reuse;
+use crate::ops::up::{Created, Job, Prepared};
+use crate::ops::{self, Session};
+
+/// Takes the push: redeployed, or replaced, or made new. The error says whether what ran
+/// before is still there (`true`: a failed redeploy keeps the instances).
+pub(super) async fn push(
+    session: &Session,
+    job: &Job,
+    prepared: &Prepared,
+    hooks: &ActionHooks,
+) -> Result<Created, (Error, bool)> {
+    let id = &prepared.inputs.deployment_id;
+    actions::group(&format!("Redeploy into {id}"));
+    let attempt = ops::redeploy::attempt(session, job, prepared, hooks).await;
+    actions::end_group();
+    match attempt.map_err(|e| (e, true))? {
+        Reuse::Redeployed(created) => {
+            println!("redeployed into the running {id}: same instances, new build");
+            return Ok(*created);
+        }
+        Reuse::Absent => {}
+        Reuse::Replace { why, regions } => {
+            println!("replacing {id}: {why}");
+            actions::group(&format!("Replace the previous {id}"));
+            let progress = Progress::new();
+            let removed =
+                ops::remove::remove(session, &job.dir, &regions, Some(id), false, POST_BUDGET, &progress)
+                    .await;
+            actions::end_group();
+            if let Some(r) = removed.map_err(|e| (e, true))? {
+                println!("replaced the previous environment: removed {}", r.summary());
+            }
+        }
+    }
+    actions::group(&format!("Create {id}"));
+    let created = ops::up::create(session, job, prepared, hooks).await;
+    actions::end_group();
+    created.map_err(|e| (e, false))
+}

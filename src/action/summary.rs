@@ -1,0 +1,193 @@
+//! Pure: what the Action writes for people and for later steps, from what the operations
+//! returned: the job summary, the outputs, the pull request's sticky comment. No file,
+//! no environment, no clock.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::lifecycle::create::Outcome;
+use crate::lifecycle::teardown::Removal;
+use crate::ops::reap::{Decision, Verdict};
+use crate::ops::up::Created;
+use crate::provider::{Instance, Market};
+
+fn address(i: &Instance) -> String {
+    i.address().unwrap_or_default().to_string()
+}
+
+/// The main step's outputs, by name (every name in [`super::OUTPUTS`]).
+pub fn outputs(created: &Created) -> Vec<(&'static str, String)> {
+    let ready: Vec<&Outcome> = created.outcomes.iter().filter(|o| o.ready).collect();
+    let ids: Vec<&str> = ready.iter().map(|o| o.instance.id.as_str()).collect();
+    let ips: Vec<String> = ready.iter().map(|o| address(&o.instance)).collect();
+    let mut regions: Vec<&str> = ready.iter().map(|o| o.instance.region.as_str()).collect();
+    regions.dedup();
+    let markets: std::collections::BTreeSet<String> =
+        ready.iter().map(|o| o.instance.market.to_string()).collect();
+    let market = match markets.len() {
+        1 => markets.iter().next().cloned().unwrap_or_default(),
+        _ => "mixed".into(),
+    };
+    let json = serde_json::json!({
+        "deployment_id": created.plan.deployment_id,
+        "expires_at": created.plan.expires_at,
+        "instances": created.outcomes,
+    });
+    vec![
+        ("deployment-id", created.plan.deployment_id.clone()),
+        ("instance-ids", ids.join(",")),
+        ("public-ips", ips.join(",")),
+        ("regions", regions.join(",")),
+        ("market", market),
+        ("json", json.to_string()),
+    ]
+}
+
+/// The URL a GitHub deployment points at: the first ready instance.
+pub fn environment_url(created: &Created) -> Option<String> {
+    created.outcomes.iter().find(|o| o.ready).map(|o| format!("http://{}", address(&o.instance)))
+}
+
+/// The job summary of a ready deployment.
+pub fn ready(created: &Created, prices: &BTreeMap<(String, String), f64>, keep: bool) -> String {
+    let plan = &created.plan;
+    let mut md = String::new();
+    let ready = created.outcomes.iter().filter(|o| o.ready).count();
+    let _ = writeln!(md, "## spot: `{}` ready\n", plan.deployment_id);
+    if created.reused {
+        let _ = writeln!(md, "The new build went into the running instances of an earlier run.\n");
+    }
+    let _ = writeln!(
+        md,
+        "| region | AZ | instance | type | market | price $/h | address | state | ready after |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+    let mut hourly = 0.0;
+    let mut priced = 0;
+    for o in &created.outcomes {
+        let i = &o.instance;
+        let price = match i.market {
+            Market::Spot => prices.get(&(i.instance_type.clone(), i.az.clone())).copied(),
+            Market::OnDemand => None,
+        };
+        if let (Some(p), true) = (price, o.ready) {
+            hourly += p;
+            priced += 1;
+        }
+        let _ = writeln!(
+            md,
+            "| {} | {} | `{}` | {} | {} | {} | {} | {} | {} |",
+            i.region,
+            i.az,
+            i.id,
+            i.instance_type,
+            i.market,
+            price.map_or_else(|| "n/a".into(), |p| format!("{p:.4}")),
+            address(i),
+            if o.ready { "ready" } else { "failed, terminated" },
+            o.seconds_to_ready.map_or_else(|| "-".into(), |s| format!("{s:.1}s")),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n**{ready} of {} ready** in {:.1}s. Estimated cost: **${hourly:.4}/hour** ({priced} instance(s) priced from EC2's current spot prices; on-demand not included).\n",
+        created.outcomes.len(),
+        created.seconds
+    );
+    let teardown = if keep {
+        format!(
+            "kept (`keep: true`): removed by `mode: down` (e.g. when the pull request closes), by `mode: reap`, or powered off at `{}`",
+            plan.expires_at
+        )
+    } else {
+        format!(
+            "by this action's post step at the end of the job (at the latest, powered off at `{}`)",
+            plan.expires_at
+        )
+    };
+    let _ = writeln!(md, "Teardown: {teardown}.");
+    md
+}
+
+/// The sticky comment's text for a ready environment.
+pub fn environment_comment(created: &Created, head_sha: Option<&str>) -> String {
+    let mut md = format!(
+        "### spot environment `{}`: ready\n\n| instance | region | type | market | address |\n|---|---|---|---|---|\n",
+        created.plan.deployment_id
+    );
+    for o in created.outcomes.iter().filter(|o| o.ready) {
+        let i = &o.instance;
+        let _ =
+            writeln!(md, "| `{}` | {} | {} | {} | {} |", i.id, i.az, i.instance_type, i.market, address(i));
+    }
+    let _ = writeln!(
+        md,
+        "\n{} Expires at `{}`; removed when this pull request closes. Updated for {}.",
+        if created.reused { "The new build went into the running instances." } else { "New instances." },
+        created.plan.expires_at,
+        head_sha.map_or_else(|| "the latest push".into(), |s| format!("`{}`", &s[..s.len().min(12)]))
+    );
+    md
+}
+
+/// The job summary of a failed `up`.
+pub fn failed(id: &str, error: &str) -> String {
+    format!("## spot: {id} failed\n\n```\n{}\n```\n", error.chars().take(20_000).collect::<String>())
+}
+
+/// The sticky comment of a failed push; `kept`: what ran before is still there.
+pub fn failed_comment(id: &str, error: &str, kept: bool) -> String {
+    let first = error.lines().next().unwrap_or_default();
+    let left = if kept {
+        "what ran before keeps running, and the next push tries again"
+    } else {
+        "nothing of this run was kept"
+    };
+    format!("### spot environment `{id}`: failed\n\n{first}\n\nSee the job log; {left}.\n")
+}
+
+/// The job summary of a teardown of `id` in `regions` that took `seconds`.
+pub fn teardown(
+    id: &str,
+    regions: &[String],
+    removal: Result<&Option<Removal>, &str>,
+    seconds: f64,
+) -> String {
+    match removal {
+        Ok(Some(r)) if r.failed.is_empty() => {
+            format!("## spot: teardown of `{id}`\n\nremoved {} in {seconds:.1}s\n", r.summary())
+        }
+        Ok(Some(r)) => format!(
+            "## spot: teardown of `{id}` incomplete\n\nremoved {}; {} left (tagged; `mode: reap` or `spot destroy {id}` removes them)\n",
+            r.summary(),
+            r.failed.len()
+        ),
+        Ok(None) => {
+            format!("## spot: teardown of `{id}`\n\nnothing left to remove in {}\n", regions.join(", "))
+        }
+        Err(e) => format!("## spot: teardown of `{id}` failed\n\n```\n{e}\n```\n"),
+    }
+}
+
+/// The decisions of a reap as a job summary.
+pub fn reap(decisions: &[Decision], dry_run: bool) -> String {
+    let mut md = format!("## spot: reap{}\n\n", if dry_run { " (dry run)" } else { "" });
+    if decisions.is_empty() {
+        md.push_str("No deployments found.\n");
+        return md;
+    }
+    md.push_str("| deployment | decision | why | removed |\n|---|---|---|---|\n");
+    for d in decisions {
+        let (what, why) = match &d.verdict {
+            Verdict::Remove(why) => (if dry_run { "would remove" } else { "removed" }, why),
+            Verdict::Keep(why) => ("kept", why),
+        };
+        let _ = writeln!(
+            md,
+            "| `{}` | {what} | {why} | {} |",
+            d.deployment_id,
+            d.removed.as_deref().unwrap_or("-")
+        );
+    }
+    md
+}

@@ -1,0 +1,93 @@
+//! Path rules of the model: where a file stands relative to the repository, and which
+//! files an upload's `exclude` patterns drop. Validation compiles them once; the bundle
+//! applies them; neither calls into the other.
+
+use std::path::{Component, Path};
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+
+/// `path` relative to `root`, `/`-separated, or `path` itself when outside.
+pub fn rel_to(root: &Path, path: &Path) -> String {
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    let parts: Vec<String> = rel
+        .components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    if parts.is_empty() { ".".into() } else { parts.join("/") }
+}
+
+/// Exclude patterns with gitignore-like rules (see the README's "Exclude rules").
+/// Equal and serialized as the patterns they were compiled from.
+#[derive(Debug, Clone, Default)]
+pub struct Excludes {
+    patterns: Vec<String>,
+    set: GlobSet,
+}
+
+impl Excludes {
+    /// Compiles `patterns`. A pattern without `/` matches a name at any depth; with a
+    /// `/` it is anchored to the source folder; a match on a folder drops all below it.
+    pub fn new(patterns: &[String]) -> Result<Self, ExcludeError> {
+        let mut builder = GlobSetBuilder::new();
+        for pattern in patterns {
+            let trimmed = pattern.trim_end_matches('/');
+            let (anchored, body) = match trimmed.strip_prefix('/') {
+                Some(rest) => (true, rest),
+                None => (trimmed.contains('/'), trimmed),
+            };
+            if body.is_empty() {
+                return Err(ExcludeError::Empty);
+            }
+            let prefix = if anchored { String::new() } else { "**/".to_string() };
+            for glob in [format!("{prefix}{body}"), format!("{prefix}{body}/**")] {
+                builder.add(GlobBuilder::new(&glob).literal_separator(true).build()?);
+            }
+        }
+        Ok(Self { patterns: patterns.to_vec(), set: builder.build()? })
+    }
+
+    /// Whether `rel` (relative to the source folder, `/`-separated) is excluded.
+    pub fn matches(&self, rel: &str) -> bool {
+        !rel.is_empty() && self.set.is_match(rel)
+    }
+}
+
+/// Why an exclude pattern was refused.
+#[derive(Debug)]
+pub enum ExcludeError {
+    /// The pattern is empty (or only `/`).
+    Empty,
+    Glob(globset::Error),
+}
+
+impl From<globset::Error> for ExcludeError {
+    fn from(e: globset::Error) -> Self {
+        Self::Glob(e)
+    }
+}
+
+impl std::fmt::Display for ExcludeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Empty => f.write_str("the pattern is empty"),
+            Self::Glob(e) => match e.kind() {
+                globset::ErrorKind::UnclosedClass => f.write_str("unclosed character class `[`"),
+                globset::ErrorKind::UnclosedAlternates => f.write_str("unclosed alternates `{`"),
+                kind => write!(f, "{kind}"),
+            },
+        }
+    }
+}
+
+impl PartialEq for Excludes {
+    fn eq(&self, other: &Self) -> bool {
+        self.patterns == other.patterns
+    }
+}
+
+impl serde::Serialize for Excludes {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.patterns.serialize(serializer)
+    }
+}

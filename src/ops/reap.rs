@@ -1,0 +1,254 @@
+//! Reap (`spot reap` and the Action's `mode: reap`): scheduled teardown of what others left.
+//!
+//! Across the regions, every deployment tagged `spot:managed-by=spot` is judged by the
+//! pure [`judge`]: removed when its `spot:expires-at` has passed, when its pull request is
+//! closed (asked through the GitHub API when a token is given), or when it is an orphan
+//! (security group, key pair, launch template or fleet with no instance left, still so
+//! after a grace period, so a `create` between its first resource and its launch is not
+//! mistaken for one). Untagged resources are never looked at.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::Session;
+use crate::Error;
+use crate::lifecycle::inventory::{self, Deployed};
+use crate::lifecycle::progress::Progress;
+use crate::lifecycle::teardown;
+use crate::provider::Tags;
+
+/// What to do with one deployment, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", content = "reason", rename_all = "snake_case")]
+pub enum Verdict {
+    Remove(String),
+    Keep(String),
+}
+
+/// Pure: decides about one deployment at `now`. `pr_closed` is what GitHub said about
+/// its pull request (`None`: not asked or no answer, with the reason in `pr_note`).
+pub fn judge(found: &Deployed, now: jiff::Timestamp, pr_closed: Option<bool>, pr_note: &str) -> Verdict {
+    if let Some(expires) = &found.expires_at {
+        match expires.parse::<jiff::Timestamp>() {
+            Ok(t) if t <= now => return Verdict::Remove(format!("expired at {expires}")),
+            Ok(_) => {}
+            Err(_) => return Verdict::Remove(format!("its spot:expires-at `{expires}` is not a time")),
+        }
+    }
+    if pr_closed == Some(true) {
+        return Verdict::Remove(format!("pull request #{} is closed", found.pr.as_deref().unwrap_or("?")));
+    }
+    if found.instances.is_empty() {
+        return Verdict::Remove(format!("orphan: {} and no instance", teardown::summarize(&found.resources)));
+    }
+    let mut why = format!("expires at {}", found.expires_at.as_deref().unwrap_or("(no expiry tag)"));
+    if let Some(pr) = &found.pr {
+        match pr_closed {
+            Some(false) => why.push_str(&format!(", pull request #{pr} is open")),
+            _ => why.push_str(&format!(", pull request #{pr}: {pr_note}")),
+        }
+    }
+    Verdict::Keep(why)
+}
+
+/// One deployment's verdict and what removing it did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub deployment_id: String,
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub removed: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The inputs of one reap.
+#[derive(Debug)]
+pub struct Reap<'a> {
+    pub regions: &'a [String],
+    pub dry_run: bool,
+    /// Token and API URL to ask about pull requests with.
+    pub github: Option<(crate::keys::Secret, String)>,
+    /// `owner/name` of this repository: only its pull requests are asked about.
+    pub repository: Option<&'a str>,
+    pub orphan_grace: Duration,
+}
+
+/// Judges every deployment and removes the condemned ones (unless `dry_run`).
+pub async fn reap(session: &Session, r: &Reap<'_>, progress: &Progress) -> Result<Vec<Decision>, Error> {
+    let cloud = &session.cloud;
+    {
+        let github = match (&r.github, r.repository) {
+            (Some((token, api)), Some(repo)) => Some(
+                crate::github::GitHub::new(token, api, repo)
+                    .map_err(|message| Error::Usage { message, help: String::new() })?,
+            ),
+            _ => None,
+        };
+        let found =
+            inventory::discover(cloud, r.regions, &Tags::new()).await.map_err(|e| super::cloud_error(&e))?;
+        let mut decisions = Vec::new();
+        let mut orphans = Vec::new();
+        let now = jiff::Timestamp::now();
+        for f in found.values() {
+            let (closed, note) = pr_state(github.as_ref(), r.repository, f).await;
+            let verdict = judge(f, now, closed, &note);
+            if f.instances.is_empty()
+                && matches!(verdict, Verdict::Remove(ref why) if why.starts_with("orphan"))
+            {
+                orphans.push(f.deployment_id.clone());
+            }
+            decisions.push(Decision {
+                deployment_id: f.deployment_id.clone(),
+                verdict,
+                removed: None,
+                error: None,
+            });
+        }
+        if !orphans.is_empty() && !r.dry_run {
+            // Look again after the grace period: a create may be between its first resource
+            // and its launch.
+            progress.event(format!(
+                "{} orphan candidate(s); looking again in {}s",
+                orphans.len(),
+                r.orphan_grace.as_secs()
+            ));
+            tokio::time::sleep(r.orphan_grace).await;
+            let again = inventory::discover(cloud, r.regions, &Tags::new())
+                .await
+                .map_err(|e| super::cloud_error(&e))?;
+            for d in &mut decisions {
+                if orphans.contains(&d.deployment_id)
+                    && again.get(&d.deployment_id).is_some_and(|f| !f.instances.is_empty())
+                {
+                    d.verdict = Verdict::Keep("has instances now (a create was in progress)".into());
+                }
+            }
+        }
+        if r.dry_run {
+            return Ok(decisions);
+        }
+        let deadline = Instant::now() + Duration::from_secs(240);
+        let condemned: Vec<(usize, &Deployed)> = decisions
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| matches!(d.verdict, Verdict::Remove(_)))
+            .filter_map(|(i, d)| found.get(&d.deployment_id).map(|f| (i, f)))
+            .collect();
+        let sweeps = condemned.iter().map(|(i, f)| async move {
+            let removal =
+                teardown::teardown(cloud, &f.deployment_id, f.all_resources(), deadline, progress, None)
+                    .await;
+            (*i, removal)
+        });
+        for (i, removal) in futures::future::join_all(sweeps).await {
+            decisions[i].removed = Some(removal.summary());
+            if !removal.failed.is_empty() {
+                decisions[i].error = Some(format!("{} resource(s) not removed", removal.failed.len()));
+            }
+        }
+        Ok(decisions)
+    }
+}
+
+async fn pr_state(
+    github: Option<&crate::github::GitHub>,
+    repository: Option<&str>,
+    f: &Deployed,
+) -> (Option<bool>, String) {
+    let Some(pr) = f.pr.as_deref() else {
+        return (None, String::new());
+    };
+    let Some(github) = github else {
+        return (None, "not asked (no GitHub token)".into());
+    };
+    if f.repository.as_deref() != repository {
+        return (None, format!("not asked (repository {})", f.repository.as_deref().unwrap_or("unknown")));
+    }
+    let Ok(number) = pr.parse::<u64>() else {
+        return (None, "not a number".into());
+    };
+    match github.pr_closed(number).await {
+        Ok(closed) => (Some(closed), String::new()),
+        Err(e) => (None, format!("could not ask GitHub: {e}")),
+    }
+}
+
+/// Prints the decisions (text or JSON); an error when a removal was incomplete.
+pub fn report(decisions: &[Decision], dry_run: bool, json: bool) -> Result<(), Error> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if json {
+        let _ = writeln!(out, "{:#}", serde_json::json!({ "dry_run": dry_run, "deployments": decisions }));
+    } else if decisions.is_empty() {
+        let _ = writeln!(out, "nothing found");
+    } else {
+        for line in lines(decisions, dry_run) {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    let failed: Vec<&Decision> = decisions.iter().filter(|d| d.error.is_some()).collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Runtime {
+            message: format!("{} deployment(s) not fully removed", failed.len()),
+            help: "run reap again; what remains is still tagged".into(),
+        })
+    }
+}
+
+/// The decisions as text lines.
+pub fn lines(decisions: &[Decision], dry_run: bool) -> Vec<String> {
+    decisions
+        .iter()
+        .map(|d| match (&d.verdict, &d.removed) {
+            (Verdict::Remove(why), Some(removed)) => format!(
+                "removed {}: {why} ({removed}){}",
+                d.deployment_id,
+                d.error.as_deref().map(|e| format!("; {e}")).unwrap_or_default()
+            ),
+            (Verdict::Remove(why), None) => {
+                format!("{} {}: {why}", if dry_run { "would remove" } else { "remove" }, d.deployment_id)
+            }
+            (Verdict::Keep(why), _) => format!("kept {}: {why}", d.deployment_id),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::Instance;
+
+    fn found(expires: &str, pr: Option<&str>, instances: usize) -> Deployed {
+        Deployed {
+            deployment_id: "d".into(),
+            expires_at: Some(expires.into()),
+            pr: pr.map(String::from),
+            instances: (0..instances).map(|n| Instance::running(&format!("i-{n}"), Tags::new())).collect(),
+            ..Deployed::default()
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        let now: jiff::Timestamp = "2026-11-26T12:00:00Z".parse().unwrap();
+        let later = "2026-11-26T13:00:00Z";
+        assert!(
+            matches!(judge(&found("2026-11-26T11:59:59Z", None, 1), now, None, ""), Verdict::Remove(w) if w.starts_with("expired"))
+        );
+        assert!(
+            matches!(judge(&found(later, Some("7"), 1), now, Some(true), ""), Verdict::Remove(w) if w.contains("#7 is closed"))
+        );
+        assert!(
+            matches!(judge(&found(later, Some("7"), 1), now, Some(false), ""), Verdict::Keep(w) if w.contains("#7 is open"))
+        );
+        assert!(
+            matches!(judge(&found(later, None, 0), now, None, ""), Verdict::Remove(w) if w.starts_with("orphan"))
+        );
+        assert!(matches!(judge(&found(later, None, 2), now, None, ""), Verdict::Keep(_)));
+    }
+}

@@ -1,0 +1,340 @@
+//! Up: validate, plan, launch, deliver and verify; roll back on any failure.
+//!
+//! Every input error (the description, an override, a missing secret, `min-ready`) is
+//! found in [`prepare`], before the first cloud call. The launch itself is
+//! `lifecycle::create`; the delivery it pipelines with is [`super::ship`].
+
+use std::time::Duration;
+
+use futures::FutureExt as _;
+
+use super::Session;
+use super::ship::{SshDeliver, pack_bundle};
+use crate::Error;
+use crate::bundle::Listing;
+use crate::cloud_init::{self, UserDataKeys};
+use crate::deliver::Limits;
+use crate::keys::{DeploymentKeys, Secret};
+use crate::lifecycle::create::{self, LaunchOnly, Outcome, Request};
+use crate::lifecycle::progress::{Cancel, Progress};
+use crate::lifecycle::state::{Recorder, State, StateFile, Status};
+use crate::lifecycle::teardown;
+use crate::manifest::types::{Deployment, SshAccess};
+use crate::manifest::{Format, Report};
+use crate::overrides::{Overrides, Source};
+use crate::plan;
+use crate::provider::Instance;
+
+/// One `create`, however it was asked for (flags or action inputs).
+#[derive(Debug)]
+pub struct Job {
+    pub dir: std::path::PathBuf,
+    pub deployment_id: Option<String>,
+    pub repository: Option<String>,
+    pub pr: Option<u64>,
+    pub run_id: String,
+    pub overrides: Overrides,
+    pub source: Source,
+    pub wait: Duration,
+    pub ssh_budget: Duration,
+    pub boot: Duration,
+    pub min_ready: Option<u32>,
+    pub deliver: bool,
+    pub format: Format,
+}
+
+/// What the caller (the CLI, the action) adds to a run.
+pub trait Hooks {
+    /// Every secret value of the run, before anything else is printed (the action masks
+    /// them, line by line).
+    fn secrets(&self, _values: &[&str]) {}
+    /// The deployment is about to be created: nothing exists yet.
+    fn starting(&self, _plan: &plan::Plan) {}
+    /// Receives each resource as it is created, besides the state file.
+    fn recorder(&self) -> Option<&dyn Recorder> {
+        None
+    }
+}
+
+/// The CLI adds nothing.
+#[derive(Debug)]
+pub struct NoHooks;
+impl Hooks for NoHooks {}
+
+/// A finished `create`.
+#[derive(Debug)]
+pub struct Created {
+    pub plan: plan::Plan,
+    pub outcomes: Vec<Outcome>,
+    pub state_path: std::path::PathBuf,
+    pub seconds: f64,
+    /// The build went into instances an earlier run made (a kept deployment).
+    pub reused: bool,
+}
+
+/// A job's input, loaded and checked: all that is decided before the first cloud call.
+#[derive(Debug)]
+pub struct Prepared {
+    pub inputs: plan::Inputs,
+    pub deployment: Deployment,
+    pub listing: Listing,
+    pub limits: Limits,
+    pub min_ready: u32,
+    pub secret_values: Vec<Secret>,
+}
+
+/// Loads and checks the description, applies the job's overrides and reads the secrets;
+/// every input error surfaces here.
+pub fn prepare(job: &Job) -> Result<Prepared, Error> {
+    let format = job.format;
+    let mut inputs =
+        super::inputs(&job.dir, job.deployment_id.clone(), job.repository.clone(), job.pr, None)?;
+    inputs.run_id = Some(job.run_id.clone());
+    let (mut deployment, mut listing) = super::load_checked(&job.dir, format, true)?;
+    if job.overrides.apply(&mut deployment, job.source).map_err(|errors| Error::Usage {
+        message: errors.join("\n"),
+        help: "fix the value, or leave it out to use .spot/config.yaml".into(),
+    })? {
+        listing = super::relist(&deployment, format)?;
+    }
+    let limits = Limits { boot: job.boot, ..Limits::default() };
+    let total = deployment.config.total_instances;
+    let min_ready = match job.min_ready {
+        None => total,
+        Some(n) if (1..=total).contains(&n) => n,
+        Some(n) => {
+            return Err(Error::Usage {
+                message: format!(
+                    "min-ready {n} is not between 1 and the {total} instance(s) of the deployment"
+                ),
+                help: "leave it out to require every instance".into(),
+            });
+        }
+    };
+    let secret_values = if job.deliver { read_secrets(&deployment)? } else { Vec::new() };
+    Ok(Prepared { inputs, deployment, listing, limits, min_ready, secret_values })
+}
+
+/// Plans and creates `job`, already [`prepare`]d: the whole of `create` but the printing.
+pub async fn create(
+    session: &Session,
+    job: &Job,
+    prepared: &Prepared,
+    hooks: &dyn Hooks,
+) -> Result<Created, Error> {
+    let format = job.format;
+    let Prepared { inputs, deployment, listing, limits, min_ready, secret_values } = prepared;
+    let min_ready = *min_ready;
+    let keys = DeploymentKeys::generate(&inputs.deployment_id)
+        .map_err(|e| Error::Runtime { message: format!("cannot generate keys: {e}"), help: String::new() })?;
+    let masked: Vec<&str> =
+        secret_values.iter().chain([&keys.client.private, &keys.host.private]).map(Secret::expose).collect();
+    hooks.secrets(&masked);
+    let ssh_cidrs = ssh_cidrs(&deployment.config.ssh_access)?;
+    let identity = plan::identity(deployment, inputs);
+    let user_data = cloud_init::render(
+        deployment,
+        &identity,
+        &UserDataKeys::from_keys(&keys, &deployment.config.extra_authorized_keys),
+    )
+    .map_err(|d| Error::Invalid { report: Report { diagnostics: vec![*d], ..Report::default() }, format })?;
+    let plan = plan::build(deployment, inputs, listing.clone(), &user_data);
+    let request = Request {
+        deployment,
+        plan: &plan,
+        user_data: &user_data.bytes,
+        public_key: &keys.client.public,
+        ssh_cidrs,
+        tags: launch_tags(&plan, deployment, &keys.host.public),
+        run_id: job.run_id.clone(),
+        wait_timeout: job.wait,
+        poll: Duration::from_millis(1000),
+        min_ready,
+    };
+    let state = StateFile::create(
+        &deployment.root,
+        State {
+            deployment_id: plan.deployment_id.clone(),
+            run_id: job.run_id.clone(),
+            repository: plan.repository.clone(),
+            created_at: plan.created_at.clone(),
+            expires_at: plan.expires_at.clone(),
+            status: Status::Creating,
+            resources: Vec::new(),
+            instances: Vec::new(),
+        },
+    )
+    .map_err(|e| Error::io(deployment.root.join(crate::lifecycle::state::STATE_DIR), "write", e))?;
+    hooks.starting(&plan);
+    let tee = Tee { first: &state, second: hooks.recorder() };
+
+    let progress = Progress::new();
+    let regions: Vec<&str> =
+        plan.regions.iter().filter(|r| r.instances > 0).map(|r| r.region.as_str()).collect();
+    progress.event(format!(
+        "creating {}: {} instance(s) in {} (expires {})",
+        plan.deployment_id,
+        plan.total_instances,
+        regions.join(", "),
+        plan.expires_at
+    ));
+    let outcome = async {
+        let cloud = &session.cloud;
+        let cancel = Cancel::on_signals();
+        if !job.deliver {
+            return create::create(cloud, &LaunchOnly, &request, &tee, &progress, &cancel).await;
+        }
+        // The bundle is packed while the instances launch and boot.
+        let (deploy, listing, limits) = (deployment.clone(), listing.clone(), *limits);
+        let packing = tokio::task::spawn_blocking(move || pack_bundle(&deploy, &listing, &limits))
+            .map(|joined| joined.map_err(|e| format!("packing the bundle stopped: {e}")).and_then(|r| r))
+            .boxed()
+            .shared();
+        let deliver = SshDeliver {
+            bundle: packing,
+            host_public: &keys.host.public,
+            client_private: &keys.client.private,
+            secret_values,
+            user: &deployment.config.username,
+            ssh_budget: job.ssh_budget,
+            progress: &progress,
+            emulator: session.emulator.as_deref(),
+        };
+        create::create(cloud, &deliver, &request, &tee, &progress, &cancel).await
+    }
+    .await;
+    match outcome {
+        Ok(outcomes) => Ok(Created {
+            outcomes,
+            state_path: state.path().to_path_buf(),
+            seconds: progress.elapsed().as_secs_f64(),
+            plan,
+            reused: false,
+        }),
+        Err(failure) => {
+            let removed = teardown::summarize(&failure.removal.removed);
+            let mut message = format!("create failed: {}\nrolled back: removed {removed}", failure.message);
+            if !failure.removal.failed.is_empty() {
+                message.push_str(&format!(
+                    "\nnot removed yet ({}), recorded in {}: run `spot destroy {}`",
+                    failure
+                        .removal
+                        .failed
+                        .iter()
+                        .map(|(r, e)| format!("{} {} in {}: {e}", r.kind, r.id, r.region))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    state.path().display(),
+                    plan.deployment_id
+                ));
+            }
+            if failure.cancelled {
+                Err(Error::Interrupted { message })
+            } else {
+                Err(Error::Runtime { message, help: String::new() })
+            }
+        }
+    }
+}
+
+/// The state file and the caller's recorder, both told everything.
+struct Tee<'a> {
+    first: &'a StateFile,
+    second: Option<&'a dyn Recorder>,
+}
+
+impl Recorder for Tee<'_> {
+    fn created(&self, resource: &crate::provider::Resource) {
+        self.first.created(resource);
+        if let Some(s) = self.second {
+            s.created(resource);
+        }
+    }
+    fn removed(&self, resource: &crate::provider::Resource) {
+        self.first.removed(resource);
+        if let Some(s) = self.second {
+            s.removed(resource);
+        }
+    }
+    fn status(&self, status: Status) {
+        self.first.status(status);
+        if let Some(s) = self.second {
+            s.status(status);
+        }
+    }
+    fn instances(&self, instances: &[Instance]) {
+        self.first.instances(instances);
+        if let Some(s) = self.second {
+            s.instances(instances);
+        }
+    }
+}
+
+/// The plan's tags, plus what a later run needs to deliver into these instances again:
+/// the host public key (to pin it) and the launch digest (to know they still fit).
+fn launch_tags(plan: &plan::Plan, deployment: &Deployment, host_public: &str) -> crate::provider::Tags {
+    let mut tags = plan.tags.clone();
+    let key: Vec<&str> = host_public.split_whitespace().take(2).collect();
+    tags.insert(plan::tag::HOST_KEY.into(), key.join(" "));
+    tags.insert(plan::tag::LAUNCH.into(), plan::launch_digest(deployment, plan));
+    tags
+}
+
+/// Reads every secret's value from this process's environment; a missing or empty one
+/// is an input error, found before anything is created.
+fn read_secrets(deployment: &Deployment) -> Result<Vec<Secret>, Error> {
+    let mut values = Vec::new();
+    let mut missing = Vec::new();
+    for s in &deployment.manifest.secrets {
+        match std::env::var(&s.env) {
+            Ok(v) if !v.is_empty() => values.push(Secret::new(v)),
+            _ => missing.push(format!("`{}` (environment variable {})", s.name, s.env)),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(values);
+    }
+    Err(Error::Usage {
+        message: format!(
+            "secret {} from `secrets` in the deployment is not set (or empty) in this environment",
+            missing.join(", ")
+        ),
+        help: "export it before `spot create`; in GitHub Actions map it in the step: `env: NAME: ${{ secrets.NAME }}`"
+            .into(),
+    })
+}
+
+pub(crate) fn ssh_cidrs(access: &SshAccess) -> Result<Vec<String>, Error> {
+    match access {
+        SshAccess::Cidrs(c) => Ok(c.clone()),
+        SshAccess::Runner => public_address()
+            .map(|ip| vec![if ip.contains(':') { format!("{ip}/128") } else { format!("{ip}/32") }]),
+    }
+}
+
+/// This machine's public address, as AWS sees it (checkip.amazonaws.com).
+fn public_address() -> Result<String, Error> {
+    use std::io::{Read as _, Write as _};
+    use std::net::ToSocketAddrs as _;
+    let fail = |why: String| Error::Runtime {
+        message: format!("cannot find this machine's public address for the SSH rule: {why}"),
+        help: "set `aws.ssh_cidr` in config.yaml or pass --ssh-cidr".into(),
+    };
+    let addr = ("checkip.amazonaws.com", 80)
+        .to_socket_addrs()
+        .map_err(|e| fail(e.to_string()))?
+        .next()
+        .ok_or_else(|| fail("no address for checkip.amazonaws.com".into()))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| fail(e.to_string()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| fail(e.to_string()))?;
+    stream
+        .write_all(b"GET / HTTP/1.0\r\nHost: checkip.amazonaws.com\r\nUser-Agent: spot\r\n\r\n")
+        .map_err(|e| fail(e.to_string()))?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(|e| fail(e.to_string()))?;
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().trim();
+    body.parse::<std::net::IpAddr>()
+        .map(|ip| ip.to_string())
+        .map_err(|_| fail(format!("unexpected answer `{body}`")))
+}
