@@ -3,60 +3,17 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::state::ActionHooks;
 use super::{Mode, io, summary, usage};
 use crate::Error;
 use crate::actions;
 use crate::lifecycle::progress::Progress;
-use crate::lifecycle::state::{Recorder, Status};
 use crate::manifest::Format;
 use crate::ops::reap::Reap;
-use crate::ops::up::{Created, Hooks, Job};
+use crate::ops::up::{Created, Job};
 use crate::ops::{self, Session};
 use crate::overrides::Source;
-use crate::provider::{Cloud as _, Instance, Resource};
-
-/// The `GITHUB_STATE` entry of the `n`-th resource main made (`kind region id`); post
-/// holds what it removed against these.
-pub fn resource_key(n: usize) -> String {
-    format!("resource_{n}")
-}
-
-/// Saves each resource to `GITHUB_STATE` the moment it exists.
-#[derive(Debug, Default)]
-struct StateRecorder {
-    count: std::sync::atomic::AtomicUsize,
-}
-
-impl Recorder for StateRecorder {
-    fn created(&self, r: &Resource) {
-        let n = self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        let _ = actions::save_state(&resource_key(n), &format!("{} {} {}", r.kind, r.region, r.id));
-    }
-    fn removed(&self, _: &Resource) {}
-    fn status(&self, _: Status) {}
-    fn instances(&self, _: &[Instance]) {}
-}
-
-/// What the Action adds to a run: masks, and `GITHUB_STATE` kept in step.
-pub(super) struct ActionHooks {
-    recorder: StateRecorder,
-}
-
-impl Hooks for ActionHooks {
-    fn secrets(&self, values: &[&str]) {
-        for v in values {
-            actions::mask(v);
-        }
-    }
-    fn starting(&self, plan: &crate::plan::Plan) {
-        let regions: Vec<&str> = plan.regions.iter().map(|r| r.region.as_str()).collect();
-        let _ = actions::save_state("regions", &regions.join(","));
-        let _ = actions::save_state("expires-at", &plan.expires_at);
-    }
-    fn recorder(&self) -> Option<&dyn Recorder> {
-        Some(&self.recorder)
-    }
-}
+use crate::provider::Cloud as _;
 
 /// The main step.
 pub async fn run() -> Result<(), Error> {
@@ -69,10 +26,12 @@ pub async fn run() -> Result<(), Error> {
     let dir = super::working_directory();
     match mode {
         Mode::Validate => {
-            crate::commands::validate::run(&crate::cli::ValidateArgs { dir, format: Some(Format::Github) })
+            let (deployment, listing) = ops::validate(&dir, Format::Github, actions::repository())?;
+            println!("{}", ops::valid_line(&deployment, &listing));
+            Ok(())
         }
         Mode::Up => up(&dir, keep).await,
-        Mode::Down => down(&dir, keep).await,
+        Mode::Down => super::down::run(&dir, keep).await,
         Mode::Reap => reap(&dir).await,
     }
 }
@@ -113,7 +72,7 @@ async fn up(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
     actions::save_state("working-directory", &dir.to_string_lossy()).map_err(|e| io("GITHUB_STATE", e))?;
     let job = job(dir, &id)?;
     let pr = job.pr.filter(|_| keep);
-    let hooks = ActionHooks { recorder: StateRecorder::default() };
+    let hooks = ActionHooks::default();
     let outcome = match ops::up::prepare(&job) {
         // A push with a broken description fails here and leaves any environment alone.
         Err(e) => Err((e, pr.is_some())),
@@ -190,33 +149,6 @@ async fn spot_prices(session: &Session, created: &Created) -> BTreeMap<(String, 
         }
     }
     prices
-}
-
-async fn down(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
-    let id = super::deployment_id(Mode::Down, keep)
-        .ok_or_else(|| usage("no deployment to remove: set input `deployment-id`".into()))?;
-    let configured = super::regions(dir)?;
-    let session = super::session().await?;
-    let progress = Progress::new();
-    // Every region: the description may have moved since the deployment was made.
-    let regions = ops::remove::everywhere(&session, &configured, &progress).await;
-    let removal = super::post::remove_with_summary(&session, dir, &id, &regions, &progress).await;
-    if let Some(pr) = actions::pull_request().filter(|p| id == format!("pr-{}", p.number)) {
-        let state = match &removal {
-            Ok(_) => "removed",
-            Err(_) => "removal failed (see the job log; `mode: reap` retries)",
-        };
-        super::comment(pr.number, &format!("### spot environment `{id}`: {state}\n")).await;
-    }
-    if actions::input_bool("github-deployment").map_err(usage)? && removal.is_ok() {
-        let environment = id.clone();
-        super::github(|gh| async move {
-            let n = gh.deployments_inactive(&environment).await?;
-            Ok(format!("{n} GitHub deployment(s) of `{environment}` marked inactive"))
-        })
-        .await;
-    }
-    ops::remove::report(removal, Some(&id), &regions, &progress)
 }
 
 /// `mode: reap`.

@@ -8,9 +8,11 @@
 //! Everything the runner hands over is read through `actions/` (the only reader of
 //! `GITHUB_*`, `INPUT_*`, `STATE_*`); one runtime and one [`Session`] serve the whole step.
 
+pub mod down;
 pub mod main;
 pub mod post;
 pub mod pr_env;
+pub mod state;
 pub mod summary;
 
 use std::path::PathBuf;

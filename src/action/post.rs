@@ -1,12 +1,12 @@
 //! The post step: destroys what main made, found by its tags, unless `keep: true`; then
 //! holds the removal against the resources main saved to `GITHUB_STATE` one by one.
 
-use super::{Mode, POST_BUDGET, summary};
+use super::Mode;
 use crate::Error;
 use crate::actions;
 use crate::lifecycle::progress::Progress;
 use crate::lifecycle::teardown::Removal;
-use crate::ops::{self, Session};
+use crate::ops;
 use crate::overrides::list;
 
 /// The post step.
@@ -39,7 +39,7 @@ pub async fn run() -> Result<(), Error> {
     );
     let session = super::session().await?;
     let progress = Progress::new();
-    let removal = remove_with_summary(&session, &dir, &id, &regions, &progress).await;
+    let removal = super::down::remove_with_summary(&session, &dir, &id, &regions, &progress).await;
     if let Ok(found) = &removal {
         let unseen = unseen(&recorded, found.as_ref());
         if !unseen.is_empty() {
@@ -64,7 +64,7 @@ pub async fn run() -> Result<(), Error> {
 
 /// The resources main saved, each `kind region id`.
 fn recorded() -> Vec<String> {
-    (1..).map_while(|n| actions::state(&super::main::resource_key(n))).collect()
+    (1..).map_while(|n| actions::state(&super::state::resource_key(n))).collect()
 }
 
 /// Pure: the recorded resources (`kind region id`) that the removal neither removed nor
@@ -80,27 +80,6 @@ fn unseen(recorded: &[String], removal: Option<&Removal>) -> Vec<String> {
         })
         .unwrap_or_default();
     recorded.iter().filter(|r| !touched.contains(r)).cloned().collect()
-}
-
-/// Removes deployment `id` by its tags within the post budget and says in the job
-/// summary what was removed or left.
-pub(super) async fn remove_with_summary(
-    session: &Session,
-    dir: &std::path::Path,
-    id: &str,
-    regions: &[String],
-    progress: &Progress,
-) -> Result<Option<Removal>, Error> {
-    let removal = ops::remove::remove(session, dir, regions, Some(id), false, POST_BUDGET, progress).await;
-    let error = removal.as_ref().map_err(ToString::to_string);
-    let text = summary::teardown(
-        id,
-        regions,
-        error.as_ref().map_err(String::as_str).copied(),
-        progress.elapsed().as_secs_f64(),
-    );
-    let _ = actions::summary(&text);
-    removal
 }
 
 #[cfg(test)]

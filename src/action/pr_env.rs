@@ -3,7 +3,7 @@
 //! in, `ops::redeploy`); otherwise the old environment is removed and a new one made.
 
 use super::POST_BUDGET;
-use super::main::ActionHooks;
+use super::state::ActionHooks;
 use crate::Error;
 use crate::actions;
 use crate::lifecycle::progress::Progress;

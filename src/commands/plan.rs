@@ -5,7 +5,6 @@ use std::io::Write as _;
 use crate::Error;
 use crate::cli::PlanArgs;
 use crate::cloud_init::{self, UserDataKeys};
-use crate::manifest::types::Deployment;
 use crate::manifest::{Format, Report};
 use crate::plan;
 
@@ -20,7 +19,7 @@ pub fn run(args: &PlanArgs) -> Result<(), Error> {
     )?;
     let (deployment, listing) = crate::ops::load_checked(&args.dir, format, true)?;
     let identity = plan::identity(&deployment, &inputs);
-    let sized = sized_placeholder_keys(&deployment);
+    let sized = UserDataKeys::sized_placeholders(&deployment.config.extra_authorized_keys);
     // Size is checked with keys as long as real ones; the printout shows readable placeholders.
     cloud_init::render(&deployment, &identity, &sized).map_err(|d| invalid(*d, format))?;
     let user_data = cloud_init::render(&deployment, &identity, &UserDataKeys::placeholders())
@@ -44,16 +43,4 @@ pub fn run(args: &PlanArgs) -> Result<(), Error> {
 
 fn invalid(diagnostic: crate::manifest::Diagnostic, format: Format) -> Error {
     Error::Invalid { report: Report { diagnostics: vec![diagnostic], ..Report::default() }, format }
-}
-
-/// Placeholder keys exactly as long as real ones, so size checks match `create`.
-pub(crate) fn sized_placeholder_keys(deployment: &Deployment) -> UserDataKeys {
-    // An OpenSSH ed25519 private key with a comment is ~420 bytes; public ~100.
-    let mut authorized = vec!["x".repeat(120)];
-    authorized.extend(deployment.config.extra_authorized_keys.iter().cloned());
-    UserDataKeys {
-        host_private: crate::keys::Secret::new("x".repeat(480)),
-        host_public: "x".repeat(120),
-        authorized,
-    }
 }

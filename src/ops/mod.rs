@@ -112,6 +112,36 @@ fn random_u16() -> u16 {
     u16::from_le_bytes(bytes)
 }
 
+/// Every check `create` makes before touching the cloud: the description, the bundle's
+/// files, and that the user-data fits (rendered with placeholder keys of the real size).
+pub fn validate(
+    dir: &Path,
+    format: Format,
+    repository: Option<String>,
+) -> Result<(Deployment, Listing), Error> {
+    let (deployment, listing) = load_checked(dir, format, false)?;
+    let inputs = inputs(dir, None, repository, None, None)?;
+    let identity = crate::plan::identity(&deployment, &inputs);
+    let keys = crate::cloud_init::UserDataKeys::sized_placeholders(&deployment.config.extra_authorized_keys);
+    if let Err(diagnostic) = crate::cloud_init::render(&deployment, &identity, &keys) {
+        let report = Report { diagnostics: vec![*diagnostic], ..Report::default() };
+        return Err(Error::Invalid { report, format });
+    }
+    Ok((deployment, listing))
+}
+
+/// What a valid description holds, in one line.
+pub fn valid_line(deployment: &Deployment, listing: &Listing) -> String {
+    format!(
+        "valid: {} instance(s) in {} region(s), {} script(s), {} service(s), {} file(s) to ship",
+        deployment.config.total_instances,
+        deployment.config.regions.len(),
+        deployment.manifest.scripts.len(),
+        deployment.manifest.services.len(),
+        listing.entries.len()
+    )
+}
+
 /// Lists the bundle again after overrides changed the build.
 pub(crate) fn relist(deployment: &Deployment, format: Format) -> Result<Listing, Error> {
     crate::bundle::list(deployment, true).map_err(|diagnostics| {
