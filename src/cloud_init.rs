@@ -220,7 +220,7 @@ fn document(deployment: &Deployment, identity: &Identity, keys: &UserDataKeys) -
         ],
         // cloud-init's first config module on every boot: before packages, users or
         // anything else that can fail.
-        bootcmd: vec![expiry::arm(identity)],
+        bootcmd: vec![expiry::arm(&identity.deployment_id, &identity.expires_at)],
         runcmd,
         final_message: format!("spot: boot of {} finished after $UPTIME seconds", identity.deployment_id),
     }

@@ -24,8 +24,6 @@
 //! could start the units it wrote. The unit files are typed here ([`Unit`]) and handed to a
 //! fixed script as arguments; no value is ever spliced into shell code.
 
-use crate::cloud_init::Identity;
-
 pub const TIMER: &str = "/etc/systemd/system/spot-expiry.timer";
 pub const SERVICE: &str = "/etc/systemd/system/spot-expiry.service";
 /// Where systemd keeps a persistent timer's last trigger (the file's modification time).
@@ -77,25 +75,19 @@ fn calendar(expires: jiff::Timestamp) -> String {
     expires.strftime("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
-fn expires(identity: &Identity) -> jiff::Timestamp {
+fn expires(expires_at: &str) -> jiff::Timestamp {
     // The plan writes this field; an unreadable one powers off at once rather than never.
-    identity.expires_at.parse().unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+    expires_at.parse().unwrap_or(jiff::Timestamp::UNIX_EPOCH)
 }
 
-pub fn timer(identity: &Identity) -> Unit {
+pub fn timer(deployment_id: &str, expires_at: &str) -> Unit {
     Unit {
         sections: vec![
-            (
-                "Unit",
-                vec![(
-                    "Description",
-                    format!("spot: power off {} at its time to live", identity.deployment_id),
-                )],
-            ),
+            ("Unit", vec![("Description", format!("spot: power off {} at its time to live", deployment_id))]),
             (
                 "Timer",
                 vec![
-                    ("OnCalendar", calendar(expires(identity))),
+                    ("OnCalendar", calendar(expires(expires_at))),
                     ("AccuracySec", "1s".into()),
                     ("Persistent", "true".into()),
                     ("Unit", "spot-expiry.service".into()),
@@ -121,15 +113,15 @@ pub fn service() -> Unit {
 /// The `bootcmd` entry that arms the time to live on this boot: an argument vector, which
 /// cloud-init quotes word by word into the shell script it runs, so the arguments arrive
 /// as they are.
-pub fn arm(identity: &Identity) -> Vec<String> {
+pub fn arm(deployment_id: &str, expires_at: &str) -> Vec<String> {
     let script = ARM.replace("TIMER", TIMER).replace("SERVICE", SERVICE).replace("STAMP", STAMP);
     vec![
         "sh".into(),
         "-c".into(),
         script,
         "spot-expiry".into(),
-        expires(identity).as_second().to_string(),
-        timer(identity).render(),
+        expires(expires_at).as_second().to_string(),
+        timer(deployment_id, expires_at).render(),
         service().render(),
     ]
 }
@@ -138,13 +130,9 @@ pub fn arm(identity: &Identity) -> Vec<String> {
 mod tests {
     use super::*;
 
-    fn identity(expires_at: &str) -> Identity {
-        Identity { deployment_id: "pr-7".into(), expires_at: expires_at.into() }
-    }
-
     #[test]
     fn the_timer_fires_at_the_expiry_in_utc() {
-        let text = timer(&identity("2026-11-26T06:48:13Z")).render();
+        let text = timer("pr-7", "2026-11-26T06:48:13Z").render();
         assert!(text.contains("\nOnCalendar=2026-11-26 06:48:13 UTC\n"), "{text}");
         assert!(text.contains("[Install]\nWantedBy=timers.target\n"), "{text}");
         assert!(text.contains("\nPersistent=true\n"), "{text}");
@@ -153,11 +141,11 @@ mod tests {
 
     #[test]
     fn the_script_takes_its_values_as_arguments() {
-        let argv = arm(&identity("2026-11-26T06:48:13Z"));
+        let argv = arm("pr-7", "2026-11-26T06:48:13Z");
         assert_eq!(argv[..2], ["sh", "-c"]);
         assert_eq!(argv[4], "1795675693");
         // The script is the same for every deployment: nothing of this one is in it.
-        assert_eq!(argv[2], arm(&identity("2030-01-01T00:00:00Z"))[2]);
+        assert_eq!(argv[2], arm("pr-7", "2030-01-01T00:00:00Z")[2]);
         assert!(!argv[2].contains("2026") && !argv[2].contains("pr-7"));
         // Nothing in it waits on systemd: every call to it is `--no-block`.
         for line in argv[2].lines().filter(|l| l.contains("systemctl ")) {
@@ -170,6 +158,6 @@ mod tests {
 
     #[test]
     fn an_unreadable_expiry_powers_off_rather_than_never() {
-        assert_eq!(arm(&identity("not a time"))[4], "0");
+        assert_eq!(arm("pr-7", "not a time")[4], "0");
     }
 }

@@ -615,7 +615,8 @@ fn reap_removes_expired_closed_and_orphaned_deployments_and_keeps_the_rest() {
 #[test]
 fn every_input_and_output_is_documented_and_read() {
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
-    let mut files: Vec<_> = std::fs::read_dir(repo().join("src/action")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> =
+        std::fs::read_dir(repo().join("src/action")).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     let code = files.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect::<Vec<_>>().join("\n");
     let (inputs, outputs) = declared();

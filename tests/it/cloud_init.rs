@@ -152,7 +152,7 @@ fn debug_output_of_user_data_and_keys_never_shows_the_host_key() {
 /// Returns (what systemctl was asked, the script's output, the namespace's files).
 fn run_expiry(expires_at: &str, start_fails: bool) -> (String, String, String) {
     let identity = Identity { deployment_id: "ttl-1".into(), expires_at: expires_at.into() };
-    let argv = cloud_init::expiry::arm(&identity);
+    let argv = cloud_init::expiry::arm(&identity.deployment_id, &identity.expires_at);
     let dir = tempfile::tempdir().unwrap();
     let calls = dir.path().join("calls");
     let bin = dir.path().join("bin");

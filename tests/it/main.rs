@@ -11,6 +11,7 @@ mod deliver;
 mod ec2;
 mod emulator;
 mod fixtures;
+mod layers;
 mod props;
 mod schema;
 mod ssh;
