@@ -2,8 +2,8 @@
 //! with a job summary of what was removed or left.
 
 use super::{Mode, POST_BUDGET, summary, usage};
-use crate::Error;
 use crate::actions;
+use crate::error::Error;
 use crate::lifecycle::progress::Progress;
 use crate::lifecycle::teardown::Removal;
 use crate::ops::{self, Session};

@@ -1,6 +1,6 @@
 //! The GitHub Action's orchestration: its two steps, above the operations in `ops`.
 //!
-//! [`main`] reads the inputs, masks every secret before printing anything, saves what
+//! [`modes`] (the main step) reads the inputs, masks every secret before printing anything, saves what
 //! post needs to `GITHUB_STATE` before the first resource exists, then runs the mode:
 //! `up` (create and deliver, or for a pull request environment [`pr_env`]: redeploy or
 //! replace), `down`, `reap`, `validate`. [`post`] destroys what main made, found by tags,
@@ -9,7 +9,7 @@
 //! `GITHUB_*`, `INPUT_*`, `STATE_*`); one runtime and one [`Session`] serve the whole step.
 
 pub mod down;
-pub mod main;
+pub mod modes;
 pub mod post;
 pub mod pr_env;
 pub mod state;
@@ -18,8 +18,8 @@ pub mod summary;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::Error;
 use crate::actions;
+use crate::error::Error;
 use crate::ops::Session;
 use crate::overrides::{Overrides, list};
 

@@ -2,8 +2,8 @@
 //! holds the removal against the resources main saved to `GITHUB_STATE` one by one.
 
 use super::Mode;
-use crate::Error;
 use crate::actions;
+use crate::error::Error;
 use crate::lifecycle::progress::Progress;
 use crate::lifecycle::teardown::Removal;
 use crate::ops;

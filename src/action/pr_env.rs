@@ -4,8 +4,8 @@
 
 use super::POST_BUDGET;
 use super::state::ActionHooks;
-use crate::Error;
 use crate::actions;
+use crate::error::Error;
 use crate::lifecycle::progress::Progress;
 use crate::ops::redeploy::Reuse;
 use crate::ops::up::{Created, Job, Prepared};

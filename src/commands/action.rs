@@ -1,11 +1,11 @@
 //! `spot action main|post`: the GitHub Action's two steps (the image's entrypoints), each
 //! one runtime around `action::main` or `action::post`.
 
-use crate::Error;
+use crate::error::Error;
 
 /// The main step.
 pub fn main() -> Result<(), Error> {
-    super::runtime()?.block_on(crate::action::main::run())
+    super::runtime()?.block_on(crate::action::modes::run())
 }
 
 /// The post step.

@@ -2,9 +2,9 @@
 
 use std::io::Write as _;
 
-use crate::Error;
 use crate::bundle;
 use crate::cli::BundleArgs;
+use crate::error::Error;
 
 pub fn run(args: &BundleArgs) -> Result<(), Error> {
     let format = super::default_format(args.format);

@@ -2,8 +2,8 @@
 
 use std::io::Write as _;
 
-use crate::Error;
 use crate::cli::CreateArgs;
+use crate::error::Error;
 use crate::ops::up::{Created, Job, NoHooks};
 use crate::ops::{self, Session};
 use crate::overrides::Source;

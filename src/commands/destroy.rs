@@ -1,7 +1,7 @@
 //! `spot destroy`: remove a deployment found by its tags, idempotently.
 
-use crate::Error;
 use crate::cli::DestroyArgs;
+use crate::error::Error;
 use crate::lifecycle::progress::Progress;
 use crate::ops::{self, Session};
 

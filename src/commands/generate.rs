@@ -6,8 +6,8 @@
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 
-use crate::Error;
 use crate::cli::GenerateArgs;
+use crate::error::Error;
 use crate::manifest::types::Template;
 
 /// `(path under .spot/, contents, executable)` for a template.

@@ -2,8 +2,8 @@
 
 use std::io::Write as _;
 
-use crate::Error;
 use crate::cli::ListArgs;
+use crate::error::Error;
 use crate::lifecycle::inventory;
 use crate::ops::{self, Session};
 

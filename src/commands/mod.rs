@@ -14,7 +14,7 @@ pub mod validate;
 
 use std::io::{self, Write as _};
 
-use crate::Error;
+use crate::error::Error;
 use crate::manifest::{Format, Report};
 
 /// The format problems are printed in when none was asked for.

@@ -2,9 +2,9 @@
 
 use std::io::Write as _;
 
-use crate::Error;
 use crate::cli::PlanArgs;
 use crate::cloud_init::{self, UserDataKeys};
+use crate::error::Error;
 use crate::manifest::{Format, Report};
 use crate::plan;
 

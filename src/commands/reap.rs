@@ -1,6 +1,6 @@
 //! `spot reap`: scheduled teardown of expired, closed and orphaned deployments.
 
-use crate::Error;
+use crate::error::Error;
 use crate::lifecycle::progress::Progress;
 use crate::ops::reap::{self, Reap};
 use crate::ops::{self, Session};

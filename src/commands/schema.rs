@@ -2,8 +2,8 @@
 
 use std::io::Write as _;
 
-use crate::Error;
 use crate::cli::{SchemaArgs, SchemaFile};
+use crate::error::Error;
 use crate::schema;
 
 pub fn run(args: &SchemaArgs) -> Result<(), Error> {

@@ -2,8 +2,8 @@
 
 use std::io::Write as _;
 
-use crate::Error;
 use crate::cli::ValidateArgs;
+use crate::error::Error;
 use crate::manifest::{Format, Report};
 
 pub fn run(args: &ValidateArgs) -> Result<(), Error> {

@@ -16,8 +16,8 @@ pub mod up;
 
 use std::path::{Path, PathBuf};
 
-use crate::Error;
 use crate::bundle::Listing;
+use crate::error::Error;
 use crate::manifest::{self, Deployment, Format, Report};
 use crate::provider::ec2::Ec2;
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::Session;
-use crate::Error;
+use crate::error::Error;
 use crate::lifecycle::inventory::{self, Deployed};
 use crate::lifecycle::progress::Progress;
 use crate::lifecycle::teardown;

@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::time::Instant;
 
 use super::Session;
-use crate::Error;
+use crate::error::Error;
 use crate::lifecycle::inventory::{self, Deployed};
 use crate::lifecycle::progress::Progress;
 use crate::lifecycle::state;

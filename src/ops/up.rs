@@ -10,10 +10,10 @@ use futures::FutureExt as _;
 
 use super::Session;
 use super::ship::{SshDeliver, pack_bundle};
-use crate::Error;
 use crate::bundle::Listing;
 use crate::cloud_init::{self, UserDataKeys};
 use crate::deliver::Limits;
+use crate::error::Error;
 use crate::keys::{DeploymentKeys, Secret};
 use crate::lifecycle::create::{self, LaunchOnly, Outcome, Request};
 use crate::lifecycle::progress::{Cancel, Progress};

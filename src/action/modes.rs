@@ -1,12 +1,12 @@
-//! The main step: the mode the inputs ask for, on one session.
+//! The main step: the mode the inputs ask for (`up`, `down`, `reap`, `validate`), on one session.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::state::ActionHooks;
 use super::{Mode, io, summary, usage};
-use crate::Error;
 use crate::actions;
+use crate::error::Error;
 use crate::lifecycle::progress::Progress;
 use crate::manifest::Format;
 use crate::ops::reap::Reap;
