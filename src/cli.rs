@@ -30,7 +30,8 @@ pub enum Command {
     Schema(SchemaArgs),
     /// Build the bundle `create` ships (deterministic tar+gzip) into a file, and print its sha256.
     Bundle(BundleArgs),
-    /// Launch the deployment's spot instances and wait until they run.
+    /// Launch the deployment's spot instances, deliver the build over SSH and verify that
+    /// its services run; roll everything back if that fails.
     Create(Box<CreateArgs>),
     /// List deployments found by their tags in the configured regions.
     List(ListArgs),

@@ -47,10 +47,38 @@ pub fn run(args: &GenerateArgs) -> Result<(), Error> {
     for (rel, contents, executable) in &files {
         write(&spot.join(rel), contents, *executable)?;
     }
+    let gitignore = args.dir.join(".gitignore");
+    let current = match std::fs::read_to_string(&gitignore) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::io(&gitignore, "read", e)),
+    };
+    let ignored = with_state_ignored(current.as_deref());
+    if let Some(text) = &ignored {
+        std::fs::write(&gitignore, text).map_err(|e| Error::io(&gitignore, "write", e))?;
+    }
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "wrote {} files under {}", files.len(), spot.display());
+    if ignored.is_some() {
+        let _ = writeln!(out, "added {STATE_IGNORE} to {}", gitignore.display());
+    }
     let _ = writeln!(out, "next: edit .spot/config.yaml, then `spot validate` and `spot plan`");
     Ok(())
+}
+
+/// The `.gitignore` line that keeps `create`'s state files out of the repository.
+const STATE_IGNORE: &str = ".spot-state/";
+
+/// Pure: the `.gitignore` text with [`STATE_IGNORE`] appended, or `None` when it already
+/// ignores the state folder (in any of the usual spellings).
+fn with_state_ignored(current: Option<&str>) -> Option<String> {
+    let current = current.unwrap_or_default();
+    let spellings = [".spot-state", ".spot-state/", "/.spot-state", "/.spot-state/"];
+    if current.lines().any(|l| spellings.contains(&l.trim())) {
+        return None;
+    }
+    let separator = if current.is_empty() || current.ends_with('\n') { "" } else { "\n" };
+    Some(format!("{current}{separator}{STATE_IGNORE}\n"))
 }
 
 fn confirm(existing: &[PathBuf]) -> Result<bool, Error> {
@@ -75,4 +103,19 @@ fn write(path: &Path, contents: &str, executable: bool) -> Result<(), Error> {
             .map_err(|e| Error::io(path, "chmod", e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_folder_is_ignored_once() {
+        assert_eq!(with_state_ignored(None).as_deref(), Some(".spot-state/\n"));
+        assert_eq!(with_state_ignored(Some("target")).as_deref(), Some("target\n.spot-state/\n"));
+        assert_eq!(with_state_ignored(Some("target\n")).as_deref(), Some("target\n.spot-state/\n"));
+        assert_eq!(with_state_ignored(Some("target\n/.spot-state\n")), None);
+        assert_eq!(with_state_ignored(Some("  .spot-state/  \n")), None);
+        assert!(with_state_ignored(Some(".spot-state-old/\n")).is_some());
+    }
 }

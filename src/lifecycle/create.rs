@@ -4,9 +4,13 @@
 //! key pair, launch template), then each launches one instant fleet over every subnet x
 //! allowed type. A shortfall is topped up from the other regions in config order, then
 //! (with `spot.fallback: on-demand`) on-demand; otherwise the run fails naming each
-//! region, AZ and type tried and why. Every resource is recorded the moment it exists.
-//! Then one batched describe per region per poll waits for `running`. Any failure (or
-//! SIGINT/SIGTERM) after the first resource exists rolls back everything this run made.
+//! region, AZ and type tried and why. Every resource is recorded as soon as EC2's answer
+//! names it. A resource whose answer was lost (or a run cancelled while a call was in
+//! flight) is not in the record, so the rollback, which removes what is recorded, misses
+//! it; it carries the deployment's tags from its creation, and `spot destroy`, the
+//! Action's post step and `spot reap` find it by them. Then one batched describe per
+//! region per poll waits for `running`. Any failure (or SIGINT/SIGTERM) after the first
+//! resource exists rolls back everything this run recorded.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

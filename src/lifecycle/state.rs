@@ -1,4 +1,4 @@
-//! The local record of one deployment: every resource id, written the moment it exists.
+//! The local record of one deployment: every resource id, written as soon as EC2 names it.
 //!
 //! Tags in the cloud are the source of truth; this file is the fast path and the
 //! evidence of what a run made, so a crash or cancel leaves a trail. It is rewritten

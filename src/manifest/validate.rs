@@ -970,7 +970,9 @@ fn services(list: Vec<&Spanned<RawService>>, paths: &Paths, cx: &mut Cx) -> Vec<
     }
     let known: Vec<String> = out.iter().map(|(s, _)| s.name.clone()).collect();
     for ((service, _), deps) in out.iter_mut().zip(declared) {
-        service.depends_on.retain(|d| known.contains(d) && *d != service.name);
+        // Each dependency once, however many of After=/Requires=/Wants=/BindsTo= name it.
+        let mut seen = BTreeSet::new();
+        service.depends_on.retain(|d| known.contains(d) && *d != service.name && seen.insert(d.clone()));
         for d in deps {
             if !known.contains(&d.value) {
                 let refs: Vec<&str> = known.iter().map(String::as_str).collect();

@@ -40,17 +40,27 @@ impl Session {
     /// `AWS_ENDPOINT_URL` and a profile's `endpoint_url`, as the SDK resolves them).
     pub async fn open(endpoint_url: Option<&str>) -> Self {
         let cloud = Ec2::new(endpoint_url).await;
-        let emulator = std::env::var_os(EMULATOR_SSH_DIR).map(PathBuf::from).filter(|dir| {
-            let emulated = cloud.endpoint_overridden();
-            if !emulated {
-                eprintln!(
-                    "warning: {EMULATOR_SSH_DIR}={} ignored: it is for EC2 emulators, and no endpoint override is in effect",
-                    dir.display()
-                );
-            }
-            emulated
-        });
+        let (emulator, warning) =
+            emulator_dir(std::env::var_os(EMULATOR_SSH_DIR).map(PathBuf::from), cloud.endpoint_overridden());
+        if let Some(warning) = warning {
+            eprintln!("warning: {warning}");
+        }
         Self { cloud, emulator }
+    }
+}
+
+/// Pure: [`EMULATOR_SSH_DIR`]'s folder when the endpoint is `overridden`; otherwise
+/// nothing, and a warning when it was set.
+fn emulator_dir(set: Option<PathBuf>, overridden: bool) -> (Option<PathBuf>, Option<String>) {
+    match set {
+        Some(dir) if !overridden => {
+            let warning = format!(
+                "{EMULATOR_SSH_DIR}={} ignored: it is for EC2 emulators, and no endpoint override is in effect",
+                dir.display()
+            );
+            (None, Some(warning))
+        }
+        dir => (dir, None),
     }
 }
 
@@ -192,4 +202,20 @@ pub fn cloud_error(e: &crate::provider::Error) -> Error {
         _ => "",
     };
     Error::Runtime { message: e.to_string(), help: help.into() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_emulator_folder_counts_only_while_the_endpoint_is_overridden() {
+        let dir = PathBuf::from("/tmp/ssh");
+        assert_eq!(emulator_dir(Some(dir.clone()), true), (Some(dir.clone()), None));
+        let (used, warning) = emulator_dir(Some(dir), false);
+        assert_eq!(used, None);
+        assert!(warning.is_some_and(|w| w.contains("SPOT_EMULATOR_SSH_DIR=/tmp/ssh ignored")));
+        assert_eq!(emulator_dir(None, false), (None, None));
+        assert_eq!(emulator_dir(None, true), (None, None));
+    }
 }

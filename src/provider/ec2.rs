@@ -182,7 +182,6 @@ pub async fn assume_role_with_web_identity(
     Ok(c.expiration().to_string())
 }
 
-/// Maps an SDK failure to spot's error kinds.
 /// TCP port 22 from `cidrs` (IPv4 and IPv6 alike).
 fn ssh_permission(cidrs: &[String]) -> IpPermission {
     let v4: Vec<IpRange> = cidrs
@@ -204,6 +203,7 @@ fn ssh_permission(cidrs: &[String]) -> IpPermission {
         .build()
 }
 
+/// Maps an SDK failure to spot's error kinds.
 fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
     operation: &'static str,
     region: &str,

@@ -155,3 +155,48 @@ fn schema_prints_both_or_one() {
     let one: serde_json::Value = serde_json::from_str(&stdout(spot().args(["schema", "config"]))).unwrap();
     assert_eq!(one, both["config.yaml"]);
 }
+
+#[test]
+fn plan_names_a_dependency_once_when_a_unit_orders_and_requires_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let spot_dir = dir.path().join(".spot");
+    std::fs::create_dir_all(spot_dir.join("services")).unwrap();
+    std::fs::write(
+        spot_dir.join("config.yaml"),
+        "aws: {total_instances: 1, ssh_cidr: 127.0.0.1/32}\nregions:\n  - us-east-1: {machine_type: t3.micro}\n",
+    )
+    .unwrap();
+    let unit = |extra: &str| {
+        format!(
+            "[Unit]\n{extra}\n[Service]\nExecStart=/usr/bin/env sleep infinity\n[Install]\nWantedBy=multi-user.target\n"
+        )
+    };
+    std::fs::write(spot_dir.join("services/db.service"), unit("Description=db")).unwrap();
+    std::fs::write(
+        spot_dir.join("services/api.service"),
+        unit("After=db.service network.target\nRequires=db.service\nWants=db.service"),
+    )
+    .unwrap();
+    std::fs::write(
+        spot_dir.join("deployment.yaml"),
+        "version: 1\nservices:\n  - {name: db, file: services/db.service}\n  - {name: api, file: services/api.service, depends_on: [db]}\n",
+    )
+    .unwrap();
+    let out = spot().arg("plan").arg(dir.path()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let api = text.lines().find(|l| l.contains("service    api")).unwrap_or_else(|| panic!("{text}"));
+    assert!(api.ends_with("after db)"), "{api}");
+}
+
+#[test]
+fn generate_ignores_the_state_folder_in_git_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(".gitignore"), "target").unwrap();
+    spot().arg("generate").arg(dir.path()).write_stdin("").assert().success();
+    spot().args(["generate", "--force"]).arg(dir.path()).write_stdin("").assert().success();
+    assert_eq!(std::fs::read_to_string(dir.path().join(".gitignore")).unwrap(), "target\n.spot-state/\n");
+    let fresh = tempfile::tempdir().unwrap();
+    spot().arg("generate").arg(fresh.path()).write_stdin("").assert().success();
+    assert_eq!(std::fs::read_to_string(fresh.path().join(".gitignore")).unwrap(), ".spot-state/\n");
+}

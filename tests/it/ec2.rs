@@ -465,3 +465,28 @@ fn a_region_without_spot_capacity_is_topped_up_from_the_next_region() {
     assert!(destroy(&emu, dir.path(), "topup-1").status.success());
     assert_clean(&emu, &["us-east-1", "us-west-2"]);
 }
+
+#[test]
+fn the_emulator_ssh_folder_follows_the_endpoint_the_sdk_resolves_from_a_profile() {
+    let emu = Emulator::start();
+    let dir = project(
+        "aws: {total_instances: 1, ssh_cidr: 127.0.0.1/32}\nregions:\n  - us-east-1: {machine_type: t3.micro}\n",
+    );
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), format!("[default]\nendpoint_url = {}\n", emu.proxy_url())).unwrap();
+    // The endpoint comes from the profile alone: the override is in effect, no warning.
+    let out = emu
+        .spot()
+        .env_remove("AWS_ENDPOINT_URL")
+        .env("AWS_CONFIG_FILE", config.path())
+        .env("SPOT_EMULATOR_SSH_DIR", dir.path())
+        .args(["list", "--region", "us-east-1"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no deployments"), "{err}");
+    assert!(!err.contains("ignored"), "the profile's endpoint was not seen as an override: {err}");
+    assert!(emu.calls().values().sum::<u64>() > 0, "the profile's endpoint was not used");
+}
