@@ -1,6 +1,7 @@
 //! What goes onto the instance: every file of scripts, services, uploads and the build.
 //!
-//! This module owns the exclude rules, the walk that lists the bundle's files with their
+//! This module owns the walk that lists the bundle's files (applying the uploads'
+//! excludes, compiled by validation into the model) with their
 //! destinations, sizes and modes in a stable order (directory entries and metadata only,
 //! so listing a large tree costs about what `find` does), and [`pack`], which streams
 //! that listing as one deterministic tar+gzip: same inputs, same bytes, same sha256,

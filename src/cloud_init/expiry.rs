@@ -83,7 +83,7 @@ fn expires(expires_at: &str) -> jiff::Timestamp {
 pub fn timer(deployment_id: &str, expires_at: &str) -> Unit {
     Unit {
         sections: vec![
-            ("Unit", vec![("Description", format!("spot: power off {} at its time to live", deployment_id))]),
+            ("Unit", vec![("Description", format!("spot: power off {deployment_id} at its time to live"))]),
             (
                 "Timer",
                 vec![

@@ -357,7 +357,9 @@ fn problems(files: &BTreeMap<String, String>, floors: &BTreeMap<String, usize>) 
             match floors.get(&b) {
                 Some(&floor_b) if floor_b < floor_a => {}
                 Some(&floor_b) => {
-                    out.push(format!("{from} (`{a}`, floor {floor_a}) imports {to} (`{b}`, floor {floor_b})"))
+                    out.push(format!(
+                        "{from} (`{a}`, floor {floor_a}) imports {to} (`{b}`, floor {floor_b})"
+                    ));
                 }
                 None => out.push(format!("{to}: module `{b}` has no floor in the README's layers")),
             }
