@@ -56,20 +56,7 @@ for bin in "${binaries[@]}"; do
   printf '%-40s %8s %12s %12s\n' "$bin" main "$(($(count) - before))" "$(wc -l <"$work/resolutions")"
   rm -f "$work/resolutions"
   before=$(count)
-  mapfile -t state < <(python3 - "$work/job-$n/state" <<'PY'
-import sys
-lines = open(sys.argv[1]).read().split("\n")
-i = 0
-while i < len(lines):
-    if "<<" in lines[i]:
-        name, delim = lines[i].split("<<", 1)
-        j = lines.index(delim, i + 1)
-        print(f"STATE_{name}=" + "\n".join(lines[i + 1:j]))
-        i = j + 1
-    else:
-        i += 1
-PY
-)
+  mapfile -t state < <(file_commands "$work/job-$n/state" STATE_)
   run_step "$bin" post "$n" "${state[@]}"
   printf '%-40s %8s %12s %12s\n' "$bin" post "$(($(count) - before))" "$(wc -l <"$work/resolutions")"
 done

@@ -92,3 +92,20 @@ vm_port() {
   python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["forwards"][sys.argv[2]])' \
     "$work/instances/$1/vm.json" "$2"
 }
+
+# NAME=VALUE for each entry of a runner file (`name<<delimiter` blocks), with prefix $2.
+file_commands() {
+  python3 - "$1" "$2" <<'PY'
+import sys
+lines = open(sys.argv[1]).read().split("\n")
+i = 0
+while i < len(lines):
+    if "<<" in lines[i]:
+        name, delim = lines[i].split("<<", 1)
+        j = lines.index(delim, i + 1)
+        print(sys.argv[2] + name + "=" + "\n".join(lines[i + 1:j]))
+        i = j + 1
+    else:
+        i += 1
+PY
+}

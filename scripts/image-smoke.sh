@@ -84,23 +84,6 @@ container() {
     AWS_REGION=us-west-2 AWS_EC2_METADATA_DISABLED=true SPOT_EMULATOR_SSH_DIR="$SPOT_EMULATOR_SSH_DIR" "$@"
 }
 
-# NAME=VALUE for each entry of a runner file (`name<<delimiter` blocks), with prefix $2.
-file_commands() {
-  python3 - "$1" "$2" <<'PY'
-import sys
-lines = open(sys.argv[1]).read().split("\n")
-i = 0
-while i < len(lines):
-    if "<<" in lines[i]:
-        name, delim = lines[i].split("<<", 1)
-        j = lines.index(delim, i + 1)
-        print(sys.argv[2] + name + "=" + "\n".join(lines[i + 1:j]))
-        i = j + 1
-    else:
-        i += 1
-PY
-}
-
 # Inputs as the runner passes them: every input of action.yml, upper-cased, hyphens kept.
 inputs=("INPUT_WORKING-DIRECTORY=." "INPUT_SSH-CIDR=127.0.0.1/32" "INPUT_KEEP=false" "INPUT_SSH-TIMEOUT=60s")
 
