@@ -29,6 +29,9 @@ pub use error::Error;
 
 /// Runs one parsed command line.
 pub fn run(cli: cli::Cli) -> Result<(), Error> {
+    // The process's one runtime: the signal watcher and every cloud operation run on it.
+    let runtime = commands::runtime()?;
+    let _inside = runtime.enter();
     lifecycle::progress::exit_on_signals();
     match cli.command {
         cli::Command::Generate(args) => commands::generate::run(&args),

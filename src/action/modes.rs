@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::state::ActionHooks;
+use super::state::{self, ActionHooks};
 use super::{Mode, io, summary, usage};
 use crate::actions;
 use crate::error::Error;
@@ -66,33 +66,34 @@ async fn up(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
     let id = super::deployment_id(Mode::Up, keep).ok_or_else(|| {
         usage("no deployment id: set input `deployment-id` (GITHUB_RUN_ID is not set)".into())
     })?;
-    actions::save_state("mode", "up").map_err(|e| io("GITHUB_STATE", e))?;
-    actions::save_state("deployment-id", &id).map_err(|e| io("GITHUB_STATE", e))?;
-    actions::save_state("keep", if keep { "true" } else { "false" }).map_err(|e| io("GITHUB_STATE", e))?;
-    actions::save_state("working-directory", &dir.to_string_lossy()).map_err(|e| io("GITHUB_STATE", e))?;
+    // Credentials first (role-to-assume), before any state or summary is written.
+    let session = super::session().await?;
+    let saved = [
+        (state::MODE, "up".to_string()),
+        (state::DEPLOYMENT_ID, id.clone()),
+        (state::KEEP, keep.to_string()),
+        (state::WORKING_DIRECTORY, dir.to_string_lossy().into_owned()),
+    ];
+    for (key, value) in &saved {
+        actions::save_state(key, value).map_err(|e| io("GITHUB_STATE", e))?;
+    }
     let job = job(dir, &id)?;
     let pr = job.pr.filter(|_| keep);
     let hooks = ActionHooks::default();
     let outcome = match ops::up::prepare(&job) {
         // A push with a broken description fails here and leaves any environment alone.
         Err(e) => Err((e, pr.is_some())),
-        Ok(prepared) => match super::session().await {
-            Err(e) => Err((e, pr.is_some())),
-            Ok(session) => {
-                let made = match pr {
-                    Some(_) => super::pr_env::push(&session, &job, &prepared, &hooks).await,
-                    None => {
-                        actions::group(&format!("Create {id}"));
-                        let created = ops::up::create(&session, &job, &prepared, &hooks).await;
-                        actions::end_group();
-                        created.map_err(|e| (e, false))
-                    }
-                };
-                made.map(|created| (created, session))
+        Ok(prepared) => match pr {
+            Some(_) => super::pr_env::push(&session, &job, &prepared, &hooks).await,
+            None => {
+                actions::group(&format!("Create {id}"));
+                let created = ops::up::create(&session, &job, &prepared, &hooks).await;
+                actions::end_group();
+                created.map_err(|e| (e, false))
             }
         },
     };
-    let (created, session) = match outcome {
+    let created = match outcome {
         Ok(done) => done,
         Err((e, kept)) => {
             if !matches!(e, Error::Invalid { .. }) {

@@ -1,7 +1,7 @@
 //! The post step: destroys what main made, found by its tags, unless `keep: true`; then
 //! holds the removal against the resources main saved to `GITHUB_STATE` one by one.
 
-use super::Mode;
+use super::{Mode, state};
 use crate::actions;
 use crate::error::Error;
 use crate::lifecycle::progress::Progress;
@@ -11,24 +11,25 @@ use crate::overrides::list;
 
 /// The post step.
 pub async fn run() -> Result<(), Error> {
-    if actions::state("mode").is_some_and(|m| m != "up") {
-        println!("post: nothing to do after mode `{}`", actions::state("mode").unwrap_or_default());
+    if actions::state(state::MODE).is_some_and(|m| m != "up") {
+        println!("post: nothing to do after mode `{}`", actions::state(state::MODE).unwrap_or_default());
         return Ok(());
     }
-    if actions::state("keep").as_deref() == Some("true") {
+    if actions::state(state::KEEP).as_deref() == Some("true") {
         println!(
             "post: keeping {} (keep: true); remove it with mode: down, mode: reap, or `spot destroy`",
-            actions::state("deployment-id").unwrap_or_default()
+            actions::state(state::DEPLOYMENT_ID).unwrap_or_default()
         );
         return Ok(());
     }
-    let Some(id) = actions::state("deployment-id").or_else(|| super::deployment_id(Mode::Up, false)) else {
+    let Some(id) = actions::state(state::DEPLOYMENT_ID).or_else(|| super::deployment_id(Mode::Up, false))
+    else {
         println!("post: no deployment id saved or derivable; nothing to do");
         return Ok(());
     };
-    let dir =
-        actions::state("working-directory").map_or_else(super::working_directory, std::path::PathBuf::from);
-    let regions = match actions::state("regions") {
+    let dir = actions::state(state::WORKING_DIRECTORY)
+        .map_or_else(super::working_directory, std::path::PathBuf::from);
+    let regions = match actions::state(state::REGIONS) {
         Some(r) => list(&r),
         None => super::regions(&dir)?,
     };
@@ -62,22 +63,17 @@ pub async fn run() -> Result<(), Error> {
     result
 }
 
-/// The resources main saved, each `kind region id`.
+/// The resources main made and did not remove again itself, each `kind region id`.
 fn recorded() -> Vec<String> {
-    (1..).map_while(|n| actions::state(&super::state::resource_key(n))).collect()
+    let removed: Vec<String> = (1..).map_while(|n| actions::state(&state::removed_key(n))).collect();
+    (1..).map_while(|n| actions::state(&state::created_key(n))).filter(|r| !removed.contains(r)).collect()
 }
 
 /// Pure: the recorded resources (`kind region id`) that the removal neither removed nor
 /// failed on.
 fn unseen(recorded: &[String], removal: Option<&Removal>) -> Vec<String> {
     let touched: Vec<String> = removal
-        .map(|r| {
-            r.removed
-                .iter()
-                .chain(r.failed.iter().map(|(res, _)| res))
-                .map(|res| format!("{} {} {}", res.kind, res.region, res.id))
-                .collect()
-        })
+        .map(|r| r.removed.iter().chain(r.failed.iter().map(|(res, _)| res)).map(state::line).collect())
         .unwrap_or_default();
     recorded.iter().filter(|r| !touched.contains(r)).cloned().collect()
 }

@@ -37,7 +37,8 @@ pub(super) async fn push(
                 ops::remove::remove(session, &job.dir, &regions, Some(id), false, POST_BUDGET, &progress)
                     .await;
             actions::end_group();
-            if let Some(r) = removed.map_err(|e| (e, true))? {
+            // What ran before is partly gone now; this run made nothing yet.
+            if let Some(r) = removed.map_err(|e| (e, false))? {
                 println!("replaced the previous environment: removed {}", r.summary());
             }
         }

@@ -1,29 +1,52 @@
-//! What main keeps in `GITHUB_STATE` for post, and the masks: the Action's hooks into an
-//! `up` run. Post reads the same keys.
+//! What main keeps in `GITHUB_STATE` for post (the keys below, and nothing else), and
+//! the masks: the Action's hooks into an `up` run.
 
 use crate::actions;
 use crate::lifecycle::state::{Recorder, Status};
 use crate::ops::up::Hooks;
 use crate::provider::{Instance, Resource};
 
-/// The `GITHUB_STATE` entry of the `n`-th resource main made (`kind region id`); post
-/// holds what it removed against these.
-pub fn resource_key(n: usize) -> String {
+/// The mode main ran; post tears down only after `up`.
+pub const MODE: &str = "mode";
+pub const DEPLOYMENT_ID: &str = "deployment-id";
+/// `true`: post keeps the deployment.
+pub const KEEP: &str = "keep";
+pub const WORKING_DIRECTORY: &str = "working-directory";
+/// The regions the plan used, comma-separated: where post looks.
+pub const REGIONS: &str = "regions";
+
+/// The entry of the `n`-th resource main made (`kind region id`).
+pub fn created_key(n: usize) -> String {
     format!("resource_{n}")
 }
 
-/// Saves each resource to `GITHUB_STATE` the moment it exists.
+/// The entry of the `n`-th resource main removed again itself (a rollback, an instance
+/// that was not ready, a duplicate of a retried launch).
+pub fn removed_key(n: usize) -> String {
+    format!("removed_{n}")
+}
+
+/// How a resource is written in those entries.
+pub fn line(r: &Resource) -> String {
+    format!("{} {} {}", r.kind, r.region, r.id)
+}
+
+/// Saves each resource to `GITHUB_STATE` the moment EC2 names it, and each removal.
 #[derive(Debug, Default)]
 struct StateRecorder {
-    count: std::sync::atomic::AtomicUsize,
+    created: std::sync::atomic::AtomicUsize,
+    removed: std::sync::atomic::AtomicUsize,
 }
 
 impl Recorder for StateRecorder {
     fn created(&self, r: &Resource) {
-        let n = self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        let _ = actions::save_state(&resource_key(n), &format!("{} {} {}", r.kind, r.region, r.id));
+        let n = self.created.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let _ = actions::save_state(&created_key(n), &line(r));
     }
-    fn removed(&self, _: &Resource) {}
+    fn removed(&self, r: &Resource) {
+        let n = self.removed.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let _ = actions::save_state(&removed_key(n), &line(r));
+    }
     fn status(&self, _: Status) {}
     fn instances(&self, _: &[Instance]) {}
 }
@@ -42,8 +65,7 @@ impl Hooks for ActionHooks {
     }
     fn starting(&self, plan: &crate::plan::Plan) {
         let regions: Vec<&str> = plan.regions.iter().map(|r| r.region.as_str()).collect();
-        let _ = actions::save_state("regions", &regions.join(","));
-        let _ = actions::save_state("expires-at", &plan.expires_at);
+        let _ = actions::save_state(REGIONS, &regions.join(","));
     }
     fn recorder(&self) -> Option<&dyn Recorder> {
         Some(&self.recorder)

@@ -191,3 +191,121 @@ pub fn reap(decisions: &[Decision], dry_run: bool) -> String {
     }
     md
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud_init::{self, UserDataKeys};
+    use crate::provider::Tags;
+
+    fn created(ready: &[bool]) -> Created {
+        let deployment = crate::manifest::example();
+        let inputs = crate::plan::Inputs {
+            deployment_id: "gh-1-1".into(),
+            now: "2026-12-01T10:00:00Z".parse().unwrap(),
+            repository: "acme/app".into(),
+            pr: None,
+            run_id: None,
+        };
+        let identity = crate::plan::identity(&deployment, &inputs);
+        let user_data = cloud_init::render(&deployment, &identity, &UserDataKeys::placeholders()).unwrap();
+        let plan = crate::plan::build(&deployment, &inputs, crate::bundle::Listing::default(), &user_data);
+        let outcomes = ready
+            .iter()
+            .enumerate()
+            .map(|(n, &ready)| {
+                let mut instance = Instance::running(&format!("i-{n}"), Tags::new());
+                instance.public_ip = Some(format!("198.51.100.{n}"));
+                Outcome {
+                    instance,
+                    ready,
+                    seconds_to_ready: ready.then_some(41.5),
+                    error: (!ready).then(|| "boot failed".into()),
+                }
+            })
+            .collect();
+        Created { plan, outcomes, state_path: "/tmp/s.json".into(), seconds: 42.0, reused: false }
+    }
+
+    #[test]
+    fn outputs_name_every_declared_output_and_only_ready_instances() {
+        let outputs = outputs(&created(&[true, false, true]));
+        let names: Vec<&str> = outputs.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, super::super::OUTPUTS);
+        let value = |name: &str| outputs.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str()).unwrap();
+        assert_eq!(value("instance-ids"), "i-0,i-2");
+        assert_eq!(value("public-ips"), "198.51.100.0,198.51.100.2");
+        assert_eq!(value("regions"), "us-east-1");
+        assert_eq!(value("market"), "spot");
+        assert_eq!(value("deployment-id"), "gh-1-1");
+    }
+
+    #[test]
+    fn the_ready_summary_has_a_row_per_instance_a_price_and_the_teardown() {
+        let prices: BTreeMap<(String, String), f64> =
+            [(("t3.micro".into(), "us-east-1a".into()), 0.0035)].into();
+        let md = ready(&created(&[true, false]), &prices, false);
+        assert!(
+            md.contains(
+                "| us-east-1 | us-east-1a | `i-0` | t3.micro | spot | 0.0035 | 198.51.100.0 | ready | 41.5s |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("`i-1`") && md.contains("failed, terminated"), "{md}");
+        assert!(md.contains("**1 of 2 ready**") && md.contains("$0.0035/hour"), "{md}");
+        assert!(md.contains("post step"), "{md}");
+        assert!(ready(&created(&[true]), &BTreeMap::new(), true).contains("kept (`keep: true`)"));
+    }
+
+    #[test]
+    fn comments_and_teardown_summaries_say_what_happened() {
+        let comment = environment_comment(&created(&[true, false]), Some("0123456789abcdef"));
+        assert!(comment.contains("`i-0`") && !comment.contains("`i-1`"), "{comment}");
+        assert!(comment.contains("`0123456789ab`"), "{comment}");
+        assert!(
+            failed_comment("pr-7", "create failed: no capacity\nmore", true)
+                .contains("no capacity\n\nSee the job log; what ran before keeps running")
+        );
+        assert!(failed_comment("pr-7", "x", false).contains("nothing of this run was kept"));
+        let regions = ["us-east-1".to_string()];
+        assert!(teardown("d", &regions, Ok(&None), 1.0).contains("nothing left to remove in us-east-1"));
+        assert!(teardown("d", &regions, Err("denied"), 1.0).contains("failed\n\n```\ndenied"));
+        let partial = Removal {
+            removed: Vec::new(),
+            failed: vec![(
+                crate::provider::Resource {
+                    kind: crate::provider::Kind::SecurityGroup,
+                    region: "us-east-1".into(),
+                    id: "sg-1".into(),
+                    name: None,
+                    tags: Tags::new(),
+                },
+                "in use".into(),
+            )],
+        };
+        assert!(teardown("d", &regions, Ok(&Some(partial)), 1.0).contains("incomplete"));
+    }
+
+    #[test]
+    fn the_reap_summary_tells_removed_from_kept() {
+        let decisions = [
+            Decision {
+                deployment_id: "old".into(),
+                verdict: Verdict::Remove("expired".into()),
+                removed: Some("1 instance".into()),
+                error: None,
+            },
+            Decision {
+                deployment_id: "new".into(),
+                verdict: Verdict::Keep("expires later".into()),
+                removed: None,
+                error: None,
+            },
+        ];
+        let md = reap(&decisions, false);
+        assert!(md.contains("| `old` | removed | expired | 1 instance |"), "{md}");
+        assert!(md.contains("| `new` | kept | expires later | - |"), "{md}");
+        assert!(reap(&decisions, true).contains("would remove"));
+        assert!(reap(&[], false).contains("No deployments found."));
+    }
+}

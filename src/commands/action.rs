@@ -1,14 +1,14 @@
-//! `spot action main|post`: the GitHub Action's two steps (the image's entrypoints), each
-//! one runtime around `action::main` or `action::post`.
+//! `spot action main|post`: the GitHub Action's two steps (the image's entrypoints):
+//! `action::modes::run` and `action::post::run` on the process's runtime.
 
 use crate::error::Error;
 
 /// The main step.
 pub fn main() -> Result<(), Error> {
-    super::runtime()?.block_on(crate::action::modes::run())
+    super::block_on(crate::action::modes::run())
 }
 
 /// The post step.
 pub fn post() -> Result<(), Error> {
-    super::runtime()?.block_on(crate::action::post::run())
+    super::block_on(crate::action::post::run())
 }

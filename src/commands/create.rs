@@ -26,9 +26,11 @@ pub fn run(args: &CreateArgs) -> Result<(), Error> {
         deliver: !args.no_deliver,
         format: super::default_format(args.format),
     };
-    // Every input error surfaces here, before credentials are even looked at.
+    // Errors in the description, the flags and the secrets surface here, before
+    // credentials are looked at; the user-data's size is checked when `create` renders it,
+    // still before the first cloud call.
     let prepared = ops::up::prepare(&job)?;
-    let created = super::runtime()?.block_on(async {
+    let created = super::block_on(async {
         let session = Session::open(args.cloud.endpoint_url.as_deref()).await;
         ops::up::create(&session, &job, &prepared, &NoHooks).await
     })?;

@@ -13,7 +13,7 @@ pub fn run(args: &DestroyArgs) -> Result<(), Error> {
             .map_err(|message| Error::Usage { message, help: "pass the id shown by `spot list`".into() })?;
     }
     let progress = Progress::new();
-    let removal = super::runtime()?.block_on(async {
+    let removal = super::block_on(async {
         let session = Session::open(args.cloud.endpoint_url.as_deref()).await;
         let id = args.deployment.as_deref();
         ops::remove::remove(&session, &args.dir, &regions, id, args.yes, timeout, &progress).await

@@ -73,8 +73,12 @@ const STATE_IGNORE: &str = ".spot-state/";
 /// ignores the state folder (in any of the usual spellings).
 fn with_state_ignored(current: Option<&str>) -> Option<String> {
     let current = current.unwrap_or_default();
-    let spellings = [".spot-state", ".spot-state/", "/.spot-state", "/.spot-state/"];
-    if current.lines().any(|l| spellings.contains(&l.trim())) {
+    let spellings = [".spot-state", "/.spot-state"];
+    let ignores = |line: &str| {
+        let l = line.trim().trim_end_matches("/**").trim_end_matches("/*").trim_end_matches('/');
+        spellings.contains(&l)
+    };
+    if current.lines().any(ignores) {
         return None;
     }
     let separator = if current.is_empty() || current.ends_with('\n') { "" } else { "\n" };
@@ -116,6 +120,7 @@ mod tests {
         assert_eq!(with_state_ignored(Some("target\n")).as_deref(), Some("target\n.spot-state/\n"));
         assert_eq!(with_state_ignored(Some("target\n/.spot-state\n")), None);
         assert_eq!(with_state_ignored(Some("  .spot-state/  \n")), None);
+        assert_eq!(with_state_ignored(Some(".spot-state/*\n")), None);
         assert!(with_state_ignored(Some(".spot-state-old/\n")).is_some());
     }
 }

@@ -9,7 +9,7 @@ use crate::ops::{self, Session};
 
 pub fn run(args: &ListArgs) -> Result<(), Error> {
     let regions = ops::regions_for(&args.dir, &args.regions)?;
-    let found = super::runtime()?.block_on(async {
+    let found = super::block_on(async {
         let session = Session::open(args.cloud.endpoint_url.as_deref()).await;
         inventory::discover(&session.cloud, &regions, &Default::default()).await
     });

@@ -35,8 +35,14 @@ pub fn render_report(report: &Report, format: Format) -> io::Result<()> {
     }
 }
 
-/// The process's one async runtime: a command that talks to the cloud builds it once
-/// and runs its whole operation on it.
+/// Runs `future` to its end on the process's one runtime ([`runtime`], entered by
+/// `crate::run`): a command that talks to the cloud runs its whole operation in one call.
+pub(crate) fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Handle::current().block_on(future)
+}
+
+/// The process's one async runtime, built by `crate::run` before any command runs (the
+/// signal watcher lives on it too).
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Error> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -11,7 +11,7 @@ pub fn run(args: &crate::cli::ReapArgs) -> Result<(), Error> {
     let repository = crate::actions::repository();
     let github = crate::actions::token_from_env().map(|t| (t, crate::actions::api_url()));
     let progress = Progress::new();
-    let decisions = super::runtime()?.block_on(async {
+    let decisions = super::block_on(async {
         let session = Session::open(args.cloud.endpoint_url.as_deref()).await;
         let reap = Reap {
             regions: &regions,

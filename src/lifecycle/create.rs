@@ -314,18 +314,30 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
         let ((), mut outcomes) = futures::future::try_join(waiting, delivering).await?;
         let broken: Vec<&Outcome> = outcomes.iter().filter(|o| !o.ready).collect();
         for o in &broken {
+            if !tag::is_ours(&o.instance.tags) {
+                return Err(format!(
+                    "{} is not tagged {}; spot will not terminate it",
+                    o.instance.id,
+                    tag::MANAGED_BY
+                ));
+            }
             self.progress.event(format!(
                 "{}: terminating {} (not ready; {} of {total} ready is enough)",
                 o.instance.region,
                 o.instance.id,
                 total - broken.len()
             ));
-            if tag::is_ours(&o.instance.tags) {
-                self.cloud
-                    .terminate(&o.instance.region, std::slice::from_ref(&o.instance.id))
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
+            self.cloud
+                .terminate(&o.instance.region, std::slice::from_ref(&o.instance.id))
+                .await
+                .map_err(|e| e.to_string())?;
+            self.recorder.removed(&Resource {
+                kind: Kind::Instance,
+                region: o.instance.region.clone(),
+                id: o.instance.id.clone(),
+                name: None,
+                tags: o.instance.tags.clone(),
+            });
         }
         outcomes
             .sort_by(|a, b| (&a.instance.region, &a.instance.id).cmp(&(&b.instance.region, &b.instance.id)));
@@ -519,23 +531,30 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
             let extras: Vec<&Instance> =
                 now.iter().filter(|i| !expected.iter().any(|e| e.id == i.id)).collect();
             for extra in extras {
-                self.progress.event(format!(
-                    "{}: terminating duplicate {} from a retried launch",
-                    extra.region, extra.id
-                ));
-                self.record(Resource {
+                let duplicate = Resource {
                     kind: Kind::Instance,
                     region: extra.region.clone(),
                     id: extra.id.clone(),
                     name: None,
                     tags: extra.tags.clone(),
-                });
-                if tag::is_ours(&extra.tags) {
-                    self.cloud
-                        .terminate(&extra.region, std::slice::from_ref(&extra.id))
-                        .await
-                        .map_err(|e| e.to_string())?;
+                };
+                self.record(duplicate.clone());
+                if !tag::is_ours(&extra.tags) {
+                    return Err(format!(
+                        "{} is not tagged {}; spot will not terminate it",
+                        extra.id,
+                        tag::MANAGED_BY
+                    ));
                 }
+                self.progress.event(format!(
+                    "{}: terminating duplicate {} from a retried launch",
+                    extra.region, extra.id
+                ));
+                self.cloud
+                    .terminate(&extra.region, std::slice::from_ref(&extra.id))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.recorder.removed(&duplicate);
             }
             let mut running = Vec::new();
             for e in expected {

@@ -107,24 +107,18 @@ async fn interrupted() {
 /// a signal PID 1 has no handler for: without this, the runner's cancel would go
 /// unheard and the job would wait for its kill. While a `Cancel` listens (during
 /// `create`), it stops the run and rolls back instead.
+/// Must be called inside the process's runtime: the watcher is a task on it, served by its
+/// worker threads even while the command itself runs synchronous code.
 pub fn exit_on_signals() {
-    let watcher = std::thread::Builder::new().name("signals".into()).spawn(|| {
-        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-            return;
-        };
-        runtime.block_on(async {
-            loop {
-                interrupted().await;
-                if LISTENING.load(Ordering::SeqCst) == 0 {
-                    eprintln!("spot: stopped by a signal");
-                    std::process::exit(i32::from(crate::error::exit::INTERRUPTED));
-                }
+    tokio::spawn(async {
+        loop {
+            interrupted().await;
+            if LISTENING.load(Ordering::SeqCst) == 0 {
+                eprintln!("spot: stopped by a signal");
+                std::process::exit(i32::from(crate::error::exit::INTERRUPTED));
             }
-        });
+        }
     });
-    if let Err(e) = watcher {
-        eprintln!("warning: cannot watch for signals: {e}");
-    }
 }
 
 /// Set once when the run should stop (SIGINT, SIGTERM).

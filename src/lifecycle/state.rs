@@ -126,15 +126,18 @@ fn write_atomically(path: &Path, state: &State) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Marks the state file of `deployment_id` under `root`, if there is one, as destroyed:
-/// nothing of it is left.
-pub fn mark_destroyed(root: &Path, deployment_id: &str) -> std::io::Result<()> {
+/// Records a teardown in the state file of `deployment_id` under `root`, if there is one:
+/// `destroyed` when nothing is `left`, else `incomplete` with what is left.
+pub fn mark_removed(root: &Path, deployment_id: &str, left: &[Resource]) -> std::io::Result<()> {
     let Some(mut state) = read(root, deployment_id) else {
         return Ok(());
     };
-    state.status = Status::Destroyed;
-    state.resources.clear();
-    state.instances.clear();
+    let stays = |kind, region: &str, id: &str| {
+        left.iter().any(|l| l.kind == kind && l.region == region && l.id == id)
+    };
+    state.status = if left.is_empty() { Status::Destroyed } else { Status::Incomplete };
+    state.resources.retain(|r| stays(r.kind, &r.region, &r.id));
+    state.instances.retain(|i| stays(crate::provider::Kind::Instance, &i.region, &i.id));
     write_atomically(&path_of(root, deployment_id), &state)
 }
 

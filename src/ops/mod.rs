@@ -3,10 +3,11 @@
 //! instances), [`remove`] (destroy by tags), [`reap`] (scheduled teardown).
 //!
 //! An operation runs inside the process's one tokio runtime and on one [`Session`]: one
-//! [`Ec2`] for the whole run, so credentials are resolved once and connections to the
-//! endpoint are pooled. This layer wires the pure core (manifest, plan, user-data, the
-//! delivery steps) to the edges (EC2, SSH); it never reads the runner's environment
-//! (`actions/` does) and never prints a job summary (`action/` does).
+//! [`Ec2`] for the whole run, so credentials are resolved once and each region's client
+//! (and its connection pool) is built once. This layer wires the pure core (manifest, plan, user-data, the
+//! delivery steps) to the edges (EC2, SSH). Of the environment it reads only the
+//! manifest's secrets (by the names the manifest gives) and [`EMULATOR_SSH_DIR`]; the
+//! runner's variables are `actions/`'s, and job summaries are `action/`'s.
 
 pub mod reap;
 pub mod redeploy;

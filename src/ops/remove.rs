@@ -76,13 +76,15 @@ pub async fn remove(
             total.merge(r);
         }
         let root = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-        // A deployment with anything left keeps its record of what it has.
-        let whole = chosen.iter().filter(|f| {
+        for f in &chosen {
             let mine = f.all_resources();
-            !total.failed.iter().any(|(r, _)| mine.iter().any(|m| m.id == r.id && m.region == r.region))
-        });
-        for f in whole {
-            if let Err(e) = state::mark_destroyed(&root, &f.deployment_id) {
+            let left: Vec<_> = total
+                .failed
+                .iter()
+                .map(|(r, _)| r.clone())
+                .filter(|r| mine.iter().any(|m| m.kind == r.kind && m.id == r.id && m.region == r.region))
+                .collect();
+            if let Err(e) = state::mark_removed(&root, &f.deployment_id, &left) {
                 progress.event(format!("warning: cannot update the state file of {}: {e}", f.deployment_id));
             }
         }

@@ -1,7 +1,8 @@
 //! Up: validate, plan, launch, deliver and verify; roll back on any failure.
 //!
-//! Every input error (the description, an override, a missing secret, `min-ready`) is
-//! found in [`prepare`], before the first cloud call. The launch itself is
+//! Input errors (the description, an override, a missing secret, `min-ready`) are found
+//! in [`prepare`], and the user-data's size when [`create`] renders it: all before the
+//! first cloud call. The launch itself is
 //! `lifecycle::create`; the delivery it pipelines with is [`super::ship`].
 
 use std::time::Duration;

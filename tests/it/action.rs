@@ -244,6 +244,9 @@ fn up_then_post_reports_everything_and_leaves_nothing() {
     assert!(post.status.success(), "{}", text(&post));
     let post_summary = std::fs::read_to_string(job.path("summary-post")).unwrap();
     assert!(post_summary.contains("removed 2 instance"), "{post_summary}");
+    // Every resource main recorded was met by post's look by tags: no leak warning.
+    assert!(text(&post).contains("main recorded"), "{}", text(&post));
+    assert!(!text(&post).contains("not found by their tags"), "{}", text(&post));
     assert_clean(&emu);
     assert_no_secret(&job, dir.path(), &[TOKEN, SECRET, "PRIVATE KEY"]);
 }
@@ -619,6 +622,10 @@ fn every_input_and_output_is_documented_and_read() {
         std::fs::read_dir(repo().join("src/action")).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     let code = files.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect::<Vec<_>>().join("\n");
+    // The outputs are named in one place (summary::outputs, whose unit test checks they are
+    // exactly OUTPUTS), and main sets each of them.
+    let outputs_code = std::fs::read_to_string(repo().join("src/action/summary.rs")).unwrap();
+    assert!(code.contains("in summary::outputs(&created)") && code.contains("set_output(name, &value)"));
     let (inputs, outputs) = declared();
     assert!(inputs.len() >= 15 && outputs.len() == 6);
     for (name, _) in &inputs {
@@ -630,8 +637,7 @@ fn every_input_and_output_is_documented_and_read() {
     }
     for name in &outputs {
         assert!(readme.contains(&format!("| `{name}` |")), "output {name} is not in the README's table");
-        // summary::outputs names each one; main sets them all (and the `up` test reads them back).
-        assert!(code.contains(&format!("(\"{name}\", ")), "output {name} is never set");
+        assert!(outputs_code.contains(&format!("(\"{name}\", ")), "output {name} is never set");
     }
     let consts: Vec<&str> = spot_deployer::action::INPUTS.to_vec();
     assert_eq!(consts, inputs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>());

@@ -109,19 +109,7 @@ fn ident(c: Option<&char>) -> bool {
 /// Every path the code names, as segments (`crate`, `super`, `self`, or a child's name
 /// first), `use` groups expanded.
 fn paths(code: &str) -> Vec<Vec<String>> {
-    let mut found = Vec::new();
-    // `use` items, groups expanded.
-    let mut rest = code;
-    while let Some(at) = rest.find("use ") {
-        let before = rest[..at].chars().last();
-        rest = &rest[at + 4..];
-        if ident(before.as_ref()) {
-            continue;
-        }
-        let end = rest.find(';').unwrap_or(rest.len());
-        expand(&[], &rest[..end], &mut found);
-        rest = &rest[end..];
-    }
+    let mut found = use_items(code);
     // Inline paths: a word followed by `::`.
     let chars: Vec<char> = code.chars().collect();
     let mut i = 0;
@@ -155,6 +143,33 @@ fn paths(code: &str) -> Vec<Vec<String>> {
     found
 }
 
+/// The paths of every `use` item (any visibility, anywhere in the code), groups expanded.
+fn use_items(code: &str) -> Vec<Vec<String>> {
+    let mut found = Vec::new();
+    let mut rest = code;
+    while let Some(at) = rest.find("use ") {
+        let before = rest[..at].chars().last();
+        rest = &rest[at + 4..];
+        if ident(before.as_ref()) {
+            continue;
+        }
+        let end = rest.find(';').unwrap_or(rest.len());
+        expand(&[], &rest[..end], &mut found);
+        rest = &rest[end..];
+    }
+    found
+}
+
+/// The name a `use` path brings into scope, and the path it stands for.
+fn brought(item: &[String]) -> Option<(&str, &[String])> {
+    match item {
+        [.., last] if last.starts_with("as:") => Some((&last[3..], &item[..item.len() - 1])),
+        [.., name, last] if last == "self" => Some((name.as_str(), &item[..item.len() - 1])),
+        [.., last] if last != "*" => Some((last.as_str(), item)),
+        _ => None,
+    }
+}
+
 /// `a::{b, c::{d, e}}` into `a::b`, `a::c::d`, `a::c::e`.
 fn expand(prefix: &[String], text: &str, out: &mut Vec<Vec<String>>) {
     let text = text.trim();
@@ -163,11 +178,17 @@ fn expand(prefix: &[String], text: &str, out: &mut Vec<Vec<String>>) {
         None => (text, None),
     };
     let mut base = prefix.to_vec();
-    base.extend(
-        head.split("::")
-            .map(|s| s.split(" as ").next().unwrap_or("").trim().to_string())
-            .filter(|s| !s.is_empty()),
-    );
+    for segment in head.split("::") {
+        // `x as y` stays `x`, followed by a marker of the name it is brought in as.
+        let mut parts = segment.split(" as ");
+        let name = parts.next().unwrap_or("").trim();
+        if !name.is_empty() {
+            base.push(name.to_string());
+        }
+        if let Some(alias) = parts.next() {
+            base.push(format!("as:{}", alias.trim()));
+        }
+    }
     let Some(group) = group else {
         out.push(base);
         return;
@@ -226,10 +247,22 @@ impl Crate {
                 // A child module of this one, named bare.
                 let mut child = here.clone();
                 child.push(first.to_string());
-                self.file_of(&child)?;
-                let mut abs = here.clone();
-                abs.extend(path.iter().cloned());
-                return self.longest(&abs, depth);
+                if self.file_of(&child).is_some() {
+                    let mut abs = here.clone();
+                    abs.extend(path.iter().cloned());
+                    return self.longest(&abs, depth);
+                }
+                // A name a `use` brought in (`use crate::ops::{self}`, then `ops::up::..`).
+                if depth > 6 || path.len() < 2 {
+                    return None;
+                }
+                let item = use_items(&self.code[file])
+                    .into_iter()
+                    .find(|item| item.len() > 1 && brought(item).is_some_and(|(name, _)| name == first))?;
+                let (_, stands_for) = brought(&item)?;
+                let mut whole = stands_for.to_vec();
+                whole.extend(path[1..].iter().cloned());
+                return self.resolve(file, &whole, depth + 1);
             }
             None => return None,
         };
@@ -259,21 +292,13 @@ impl Crate {
         None
     }
 
+    /// Where a name that `file` brings in by a `use` (`pub use`, `pub(crate) use`) lives.
     fn reexport(&self, file: &str, name: &str, depth: usize) -> Option<String> {
-        let code = &self.code[file];
-        let mut rest = code.as_str();
-        while let Some(at) = rest.find("pub use ") {
-            rest = &rest[at + 8..];
-            let end = rest.find(';').unwrap_or(rest.len());
-            let mut items = Vec::new();
-            expand(&[], &rest[..end], &mut items);
-            for item in items {
-                if item.last().is_some_and(|last| last == name) {
-                    return self.resolve(file, &item, depth + 1);
-                }
-            }
-        }
-        None
+        let item = use_items(&self.code[file])
+            .into_iter()
+            .find(|item| item.len() > 1 && brought(item).is_some_and(|(n, _)| n == name))?;
+        let (_, stands_for) = brought(&item)?;
+        self.resolve(file, stands_for, depth + 1)
     }
 
     /// file -> the files it imports.
@@ -416,16 +441,20 @@ fn the_layer_check_finds_a_circle_and_an_import_that_runs_up() {
             "src/low/a.rs",
             "use super::f;\n// crate::high::h in a comment is no import\npub fn g() { crate::high::h(); }\n",
         ),
-        ("src/mid.rs", "use crate::low::{self, a::{g}};\n"),
+        ("src/mid.rs", "use crate::low::{self, a::{g}};\npub fn m() { g(); }\n"),
+        ("src/other.rs", "use crate::low as below;\npub(crate) use crate::low::a::g as again;\npub fn o() { below::a::g(); }\n"),
         ("src/high.rs", "pub fn h() { let _ = \"crate::mid::nothing\"; }\n"),
     ]
     .into_iter()
     .map(|(f, t)| (f.to_string(), t.to_string()))
     .collect();
-    let floors: BTreeMap<String, usize> = [("lib", 4), ("high", 3), ("mid", 2), ("low", 1)]
+    let floors: BTreeMap<String, usize> = [("lib", 4), ("high", 3), ("mid", 2), ("other", 2), ("low", 1)]
         .into_iter()
         .map(|(m, f)| (m.to_string(), f))
         .collect();
+    // A path through a module a `use` renamed reaches the file it names.
+    let graph = Crate::new(&files).imports();
+    assert!(graph["src/other.rs"].contains("src/low/a.rs"), "{graph:?}");
     let found = problems(&files, &floors);
     assert!(found.iter().any(|p| p == "circle: src/low/a.rs <-> src/low/mod.rs"), "{found:?}");
     assert!(
