@@ -463,3 +463,22 @@ fn the_layer_check_finds_a_circle_and_an_import_that_runs_up() {
     );
     assert_eq!(found.len(), 2, "the comment, the string or the downward imports counted: {found:?}");
 }
+
+#[test]
+fn the_process_builds_one_runtime_in_one_place() {
+    let files = source_files();
+    let builders: Vec<&String> =
+        files.iter().filter(|(_, text)| code_of(text).contains("runtime::Builder")).map(|(f, _)| f).collect();
+    assert_eq!(builders, ["src/commands/mod.rs"], "tokio runtimes are built in: {builders:?}");
+    let callers: Vec<&String> =
+        files.iter().filter(|(_, text)| code_of(text).contains("runtime()")).map(|(f, _)| f).collect();
+    assert_eq!(callers, ["src/commands/mod.rs", "src/lib.rs"], "the runtime is built from: {callers:?}");
+    let lib = code_of(&files["src/lib.rs"]);
+    assert_eq!(lib.matches("runtime()").count(), 1, "lib.rs builds the runtime more than once");
+    // A second runtime in disguise: a current-thread one, or #[tokio::main].
+    assert!(
+        files
+            .values()
+            .all(|t| !code_of(t).contains("new_current_thread") && !code_of(t).contains("tokio::main"))
+    );
+}
