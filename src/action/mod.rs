@@ -1,12 +1,14 @@
 //! The GitHub Action's orchestration: its two steps, above the operations in `ops`.
 //!
-//! [`modes`] (the main step) reads the inputs, masks every secret before printing anything, saves what
-//! post needs to `GITHUB_STATE` before the first resource exists, then runs the mode:
-//! `up` (create and deliver, or for a pull request environment [`pr_env`]: redeploy or
-//! replace), `down`, `reap`, `validate`. [`post`] destroys what main made, found by tags,
-//! unless `keep: true`. [`summary`] renders the job summary, outputs and comments (pure).
-//! Everything the runner hands over is read through `actions/` (the only reader of
-//! `GITHUB_*`, `INPUT_*`, `STATE_*`); one runtime and one [`Session`] serve the whole step.
+//! [`modes`] (the main step) reads the inputs, masks every secret before printing
+//! anything, takes its credentials (`role-to-assume`), saves what post needs to
+//! `GITHUB_STATE` ([`state`]) before the first resource exists, then runs the mode: `up`
+//! (create and deliver, or for a pull request environment [`pr_env`]: redeploy or
+//! replace), `down` ([`down`]), `reap`, `validate`. [`post`] destroys what main made,
+//! found by tags, unless `keep: true`. [`summary`] renders the job summary, outputs and
+//! comments (pure). Everything the runner hands over is read through `actions/` (the only
+//! reader of `GITHUB_*`, `INPUT_*`, `STATE_*`); one runtime and one [`Session`] serve the
+//! whole step.
 
 pub mod down;
 pub mod modes;

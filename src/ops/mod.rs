@@ -4,10 +4,11 @@
 //!
 //! An operation runs inside the process's one tokio runtime and on one [`Session`]: one
 //! [`Ec2`] for the whole run, so credentials are resolved once and each region's client
-//! (and its connection pool) is built once. This layer wires the pure core (manifest, plan, user-data, the
-//! delivery steps) to the edges (EC2, SSH). Of the environment it reads only the
-//! manifest's secrets (by the names the manifest gives) and [`EMULATOR_SSH_DIR`]; the
-//! runner's variables are `actions/`'s, and job summaries are `action/`'s.
+//! (and its connection pool) is built once. This layer wires the pure core (manifest,
+//! plan, user-data, the delivery steps) to the edges (EC2, SSH). Of the environment it
+//! reads only the manifest's secrets (by the names the manifest gives) and
+//! [`EMULATOR_SSH_DIR`]; the runner's variables are `actions/`'s, and job summaries are
+//! `action/`'s.
 
 pub mod reap;
 pub mod redeploy;
