@@ -5,7 +5,6 @@ use std::io::Write as _;
 use crate::cli::PlanArgs;
 use crate::cloud_init::{self, UserDataKeys};
 use crate::error::Error;
-use crate::manifest::{Format, Report};
 use crate::plan;
 
 pub fn run(args: &PlanArgs) -> Result<(), Error> {
@@ -21,9 +20,9 @@ pub fn run(args: &PlanArgs) -> Result<(), Error> {
     let identity = plan::identity(&deployment, &inputs);
     let sized = UserDataKeys::sized_placeholders(&deployment.config.extra_authorized_keys);
     // Size is checked with keys as long as real ones; the printout shows readable placeholders.
-    cloud_init::render(&deployment, &identity, &sized).map_err(|d| invalid(*d, format))?;
+    cloud_init::render(&deployment, &identity, &sized).map_err(|d| crate::ops::invalid(*d, format))?;
     let user_data = cloud_init::render(&deployment, &identity, &UserDataKeys::placeholders())
-        .map_err(|d| invalid(*d, format))?;
+        .map_err(|d| crate::ops::invalid(*d, format))?;
     // Buffered: a large plan is tens of thousands of lines, and stdout is line-buffered.
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let written = if args.user_data {
@@ -39,8 +38,4 @@ pub fn run(args: &PlanArgs) -> Result<(), Error> {
         }
     };
     written.and_then(|()| out.flush()).map_err(|e| Error::io("stdout", "write to", e))
-}
-
-fn invalid(diagnostic: crate::manifest::Diagnostic, format: Format) -> Error {
-    Error::Invalid { report: Report { diagnostics: vec![diagnostic], ..Report::default() }, format }
 }

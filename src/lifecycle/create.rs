@@ -314,13 +314,7 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
         let ((), mut outcomes) = futures::future::try_join(waiting, delivering).await?;
         let broken: Vec<&Outcome> = outcomes.iter().filter(|o| !o.ready).collect();
         for o in &broken {
-            if !tag::is_ours(&o.instance.tags) {
-                return Err(format!(
-                    "{} is not tagged {}; spot will not terminate it",
-                    o.instance.id,
-                    tag::MANAGED_BY
-                ));
-            }
+            may_terminate(&o.instance)?;
             self.progress.event(format!(
                 "{}: terminating {} (not ready; {} of {total} ready is enough)",
                 o.instance.region,
@@ -539,13 +533,7 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
                     tags: extra.tags.clone(),
                 };
                 self.record(duplicate.clone());
-                if !tag::is_ours(&extra.tags) {
-                    return Err(format!(
-                        "{} is not tagged {}; spot will not terminate it",
-                        extra.id,
-                        tag::MANAGED_BY
-                    ));
-                }
+                may_terminate(extra)?;
                 self.progress.event(format!(
                     "{}: terminating duplicate {} from a retried launch",
                     extra.region, extra.id
@@ -629,6 +617,16 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
         .await;
         self.recorder.status(if removal.failed.is_empty() { Status::RolledBack } else { Status::Incomplete });
         Failure { message, cancelled, removal }
+    }
+}
+
+/// The ownership rule before `create` terminates an instance it launched: without spot's
+/// marker the run fails rather than touch it.
+fn may_terminate(instance: &Instance) -> Result<(), String> {
+    if tag::is_ours(&instance.tags) {
+        Ok(())
+    } else {
+        Err(format!("{} is not tagged {}; spot will not terminate it", instance.id, tag::MANAGED_BY))
     }
 }
 

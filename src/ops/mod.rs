@@ -135,11 +135,13 @@ pub fn validate(
     let inputs = inputs(dir, None, repository, None, None)?;
     let identity = crate::plan::identity(&deployment, &inputs);
     let keys = crate::cloud_init::UserDataKeys::sized_placeholders(&deployment.config.extra_authorized_keys);
-    if let Err(diagnostic) = crate::cloud_init::render(&deployment, &identity, &keys) {
-        let report = Report { diagnostics: vec![*diagnostic], ..Report::default() };
-        return Err(Error::Invalid { report, format });
-    }
+    crate::cloud_init::render(&deployment, &identity, &keys).map_err(|d| invalid(*d, format))?;
     Ok((deployment, listing))
+}
+
+/// One problem found after validation (the user-data's size, say) as an input error.
+pub fn invalid(diagnostic: manifest::Diagnostic, format: Format) -> Error {
+    Error::Invalid { report: Report { diagnostics: vec![diagnostic], ..Report::default() }, format }
 }
 
 /// What a valid description holds, in one line.

@@ -21,7 +21,6 @@ use crate::lifecycle::create::Outcome;
 use crate::lifecycle::inventory::{self, Deployed};
 use crate::lifecycle::progress::Progress;
 use crate::lifecycle::state::{Recorder as _, State, StateFile, Status};
-use crate::manifest::Report;
 use crate::plan::{self, tag};
 use crate::provider::{Cloud, Instance, Kind};
 use crate::remote;
@@ -95,10 +94,7 @@ pub async fn attempt(
     let id = inputs.deployment_id.clone();
     let user_data =
         cloud_init::render(deployment, &plan::identity(deployment, inputs), &UserDataKeys::placeholders())
-            .map_err(|d| Error::Invalid {
-                report: Report { diagnostics: vec![*d], ..Report::default() },
-                format: job.format,
-            })?;
+            .map_err(|d| super::invalid(*d, job.format))?;
     let mut plan = plan::build(deployment, inputs, listing.clone(), &user_data);
     let digest = plan::launch_digest(deployment, &plan);
     let regions: Vec<String> = plan.regions.iter().map(|r| r.region.clone()).collect();

@@ -20,8 +20,8 @@ use crate::lifecycle::create::{self, LaunchOnly, Outcome, Request};
 use crate::lifecycle::progress::{Cancel, Progress};
 use crate::lifecycle::state::{Recorder, State, StateFile, Status};
 use crate::lifecycle::teardown;
+use crate::manifest::Format;
 use crate::manifest::types::{Deployment, SshAccess};
-use crate::manifest::{Format, Report};
 use crate::overrides::{Overrides, Source};
 use crate::plan;
 use crate::provider::Instance;
@@ -138,7 +138,7 @@ pub async fn create(
         &identity,
         &UserDataKeys::from_keys(&keys, &deployment.config.extra_authorized_keys),
     )
-    .map_err(|d| Error::Invalid { report: Report { diagnostics: vec![*d], ..Report::default() }, format })?;
+    .map_err(|d| super::invalid(*d, format))?;
     let plan = plan::build(deployment, inputs, listing.clone(), &user_data);
     let request = Request {
         deployment,
