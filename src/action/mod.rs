@@ -179,7 +179,7 @@ where
     };
     match done {
         Ok(said) => println!("{said}"),
-        Err(e) => println!("::warning title=spot: GitHub::{}", actions::escape_data(&e)),
+        Err(e) => actions::warning("spot: GitHub", &e),
     }
 }
 
