@@ -29,6 +29,9 @@ pub mod tag {
     pub const HOST_KEY: &str = "spot:host-key";
     /// [`super::launch_digest`] of what the instances were launched with.
     pub const LAUNCH: &str = "spot:launch";
+    /// Set by EC2 (not spot) on every instance a fleet launches: how an instant fleet,
+    /// which EC2 lists only by id, is found again.
+    pub const FLEET_ID: &str = "aws:ec2:fleet-id";
     /// The value of [`MANAGED_BY`]; teardown never touches a resource without it.
     pub const MANAGED_BY_VALUE: &str = "spot";
 

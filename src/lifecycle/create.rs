@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use super::progress::{Cancel, Progress};
 use super::state::{Recorder, Status};
-use super::teardown::{self, Removal};
+use super::teardown::{self, Removal, VISIBILITY_GRACE};
 use crate::manifest::types::{Arch, Deployment, Fallback};
 use crate::plan::{ImageChoice, Plan, RegionPlan, tag};
 use crate::provider::{
@@ -321,6 +321,7 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
                 o.instance.id,
                 total - broken.len()
             ));
+            // It ran, so EC2 knows it: an id it no longer knows is gone.
             self.cloud
                 .terminate(&o.instance.region, std::slice::from_ref(&o.instance.id))
                 .await
@@ -490,14 +491,18 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
         Ok(Attempt { region: ready.region.clone(), market, asked, outcome })
     }
 
-    /// Waits until every launched instance runs; terminates duplicates a retried launch
-    /// may have made. One describe per region per poll.
+    /// Waits until every launched instance runs. One describe per region per poll. An
+    /// instance EC2's reads do not show yet is pending for [`VISIBILITY_GRACE`] (EC2 is
+    /// eventually consistent: CreateFleet's answer comes before the describe that shows
+    /// it). A retried launch makes no second set: each CreateFleet carries a client
+    /// token, and EC2 answers a repeated token with the first answer.
     async fn wait_running(
         &self,
         expected: &[Launched],
         on_running: &(dyn Fn(Instance) + Sync),
     ) -> Result<Vec<Instance>, String> {
-        let deadline = Instant::now() + self.req.wait_timeout;
+        let started = Instant::now();
+        let deadline = started + self.req.wait_timeout;
         let mut regions: Vec<String> = self.req.plan.regions.iter().map(|r| r.region.clone()).collect();
         regions.retain(|r| {
             self.made
@@ -521,28 +526,6 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
             let mut now: Vec<Instance> = Vec::new();
             for f in found {
                 now.extend(f.map_err(|e| e.to_string())?);
-            }
-            let extras: Vec<&Instance> =
-                now.iter().filter(|i| !expected.iter().any(|e| e.id == i.id)).collect();
-            for extra in extras {
-                let duplicate = Resource {
-                    kind: Kind::Instance,
-                    region: extra.region.clone(),
-                    id: extra.id.clone(),
-                    name: None,
-                    tags: extra.tags.clone(),
-                };
-                self.record(duplicate.clone());
-                may_terminate(extra)?;
-                self.progress.event(format!(
-                    "{}: terminating duplicate {} from a retried launch",
-                    extra.region, extra.id
-                ));
-                self.cloud
-                    .terminate(&extra.region, std::slice::from_ref(&extra.id))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                self.recorder.removed(&duplicate);
             }
             let mut running = Vec::new();
             for e in expected {
@@ -570,10 +553,14 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
                             i.id, i.region, i.state
                         ));
                     }
+                    None if started.elapsed() < VISIBILITY_GRACE => {}
                     None => {
                         return Err(format!(
-                            "{} ({} {}) disappeared while starting",
-                            e.id, e.instance_type, e.az
+                            "{} ({} {}) is not in EC2's answers {}s after launch: it stopped before it ran (spot capacity reclaimed?), or EC2's reads still lag",
+                            e.id,
+                            e.instance_type,
+                            e.az,
+                            VISIBILITY_GRACE.as_secs()
                         ));
                     }
                 }
@@ -610,7 +597,7 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
             self.cloud,
             &self.req.plan.deployment_id,
             made,
-            Instant::now() + budget,
+            (Instant::now() + budget, teardown::Age::Fresh),
             self.progress,
             Some(self.recorder),
         )

@@ -44,6 +44,18 @@ impl Deployed {
         all
     }
 
+    /// Adds what a run recorded (its state file) that the tags did not show: EC2's
+    /// tag-filtered reads lag behind its writes, and an instant fleet is listed only by id.
+    pub fn add_recorded(&mut self, recorded: &[Resource]) {
+        let known = self.all_resources();
+        for r in recorded {
+            if !known.iter().any(|k| k.kind == r.kind && k.region == r.region && k.id == r.id) {
+                self.regions.insert(r.region.clone());
+                self.resources.push(r.clone());
+            }
+        }
+    }
+
     fn note_tags(&mut self, tags: &Tags, region: &str) {
         self.regions.insert(region.to_string());
         let take = |key: &str, slot: &mut Option<String>| {

@@ -48,12 +48,26 @@ pub fn summarize(resources: &[Resource]) -> String {
     if parts.is_empty() { "nothing".into() } else { parts.join(", ") }
 }
 
+/// How long an instance launched moments ago may stay unknown to EC2's reads (eventual
+/// consistency: "InvalidInstanceID.NotFound" for an id CreateFleet just answered).
+pub const VISIBILITY_GRACE: Duration = Duration::from_secs(60);
+
+/// Whose instances a teardown removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Age {
+    /// Launched by this very run (a rollback): an id EC2 does not know yet is asked
+    /// again for up to [`VISIBILITY_GRACE`], not taken as gone.
+    Fresh,
+    /// Found by tags or recorded by an earlier run: an unknown id is gone.
+    Settled,
+}
+
 /// Removes `resources` (instances included) of `deployment_id` by `deadline`.
 pub async fn teardown<C: Cloud>(
     cloud: &C,
     deployment_id: &str,
     resources: Vec<Resource>,
-    deadline: Instant,
+    (deadline, age): (Instant, Age),
     progress: &Progress,
     recorder: Option<&dyn Recorder>,
 ) -> Removal {
@@ -70,7 +84,7 @@ pub async fn teardown<C: Cloud>(
     }
     let removals: Vec<Removal> = futures::stream::iter(by_region)
         .map(|(region, list)| {
-            region_teardown(cloud, deployment_id, region, list, deadline, progress, recorder)
+            region_teardown(cloud, deployment_id, region, list, (deadline, age), progress, recorder)
         })
         .buffer_unordered(16)
         .collect()
@@ -87,7 +101,7 @@ async fn region_teardown<C: Cloud>(
     deployment_id: &str,
     region: String,
     list: Vec<Resource>,
-    deadline: Instant,
+    (deadline, age): (Instant, Age),
     progress: &Progress,
     recorder: Option<&dyn Recorder>,
 ) -> Removal {
@@ -113,13 +127,27 @@ async fn region_teardown<C: Cloud>(
         }
     }
 
-    let ids: Vec<String> = instances.iter().map(|r| r.id.clone()).collect();
+    let mut ids: Vec<String> = instances.iter().map(|r| r.id.clone()).collect();
     let mut terminated = ids.is_empty();
+    let mut instances = instances;
     if !ids.is_empty() {
-        match cloud.terminate(&region, &ids).await {
-            Ok(()) => {
+        match terminate(cloud, &region, &ids, (deadline, age)).await {
+            Ok(unseen) => {
                 progress.event(format!("{region}: terminating {} instance(s)", ids.len()));
                 terminated = true;
+                let (missed, kept): (Vec<Resource>, Vec<Resource>) =
+                    instances.into_iter().partition(|r| unseen.contains(&r.id));
+                for r in missed {
+                    out.failed.push((
+                        r,
+                        format!(
+                            "EC2 did not know this instance {}s after launch (its reads lag); `spot destroy` finds it by its tags",
+                            VISIBILITY_GRACE.as_secs()
+                        ),
+                    ));
+                }
+                instances = kept;
+                ids.retain(|id| !unseen.contains(id));
             }
             Err(e) => {
                 for r in &instances {
@@ -184,6 +212,28 @@ async fn region_teardown<C: Cloud>(
         }
     }
     out
+}
+
+/// Terminates `ids`; for fresh ones, asks again about those EC2 does not know yet until
+/// it does or the grace (or deadline) passes. Answers the ids still unknown that count.
+async fn terminate<C: Cloud>(
+    cloud: &C,
+    region: &str,
+    ids: &[String],
+    (deadline, age): (Instant, Age),
+) -> Result<Vec<String>, crate::provider::Error> {
+    let mut unknown = cloud.terminate(region, ids).await?;
+    if age == Age::Settled {
+        return Ok(Vec::new());
+    }
+    let until = deadline.min(Instant::now() + VISIBILITY_GRACE);
+    let mut delay = Duration::from_millis(500);
+    while !unknown.is_empty() && Instant::now() + delay < until {
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+        unknown = cloud.terminate(region, &unknown).await?;
+    }
+    Ok(unknown)
 }
 
 /// Polls (one describe per poll) until none of `ids` is left in a live state.

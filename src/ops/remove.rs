@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::lifecycle::inventory::{self, Deployed};
 use crate::lifecycle::progress::Progress;
 use crate::lifecycle::state;
-use crate::lifecycle::teardown::{self, Removal};
+use crate::lifecycle::teardown::{self, Age, Removal};
 use crate::plan::tag;
 use crate::provider::{Cloud as _, Tags};
 
@@ -35,8 +35,9 @@ pub async fn everywhere(session: &Session, configured: &[String], progress: &Pro
     regions
 }
 
-/// Finds `deployment` (or every deployment, with `all`) by tags in `regions` and removes
-/// it; `None` when there was nothing to remove.
+/// Finds `deployment` (or every deployment, with `all`) by tags in `regions`, plus what
+/// its state file under `dir` records while any of it shows, and removes it; `None` when
+/// there was nothing to remove.
 pub async fn remove(
     session: &Session,
     dir: &std::path::Path,
@@ -48,8 +49,18 @@ pub async fn remove(
 ) -> Result<Option<Removal>, Error> {
     let filter: Tags = deployment.iter().map(|id| (tag::DEPLOYMENT.to_string(), (*id).to_string())).collect();
     let cloud = &session.cloud;
+    let root = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     {
-        let found = inventory::discover(cloud, regions, &filter).await.map_err(|e| super::cloud_error(&e))?;
+        let mut found =
+            inventory::discover(cloud, regions, &filter).await.map_err(|e| super::cloud_error(&e))?;
+        // While any of it still shows by its tags, what the state file records is removed
+        // too (tags on new resources show late); nothing showing means removed already.
+        if let Some(id) = deployment
+            && let Some(seen) = found.get_mut(id)
+            && let Some(recorded) = state::read(&root, id)
+        {
+            seen.add_recorded(&recorded.resources);
+        }
         let chosen: Vec<&Deployed> = found.values().collect();
         if chosen.is_empty() {
             return Ok(None);
@@ -70,12 +81,18 @@ pub async fn remove(
                 f.instances.len(),
                 teardown::summarize(&f.resources)
             ));
-            teardown::teardown(cloud, &f.deployment_id, f.all_resources(), deadline, progress, None)
+            teardown::teardown(
+                cloud,
+                &f.deployment_id,
+                f.all_resources(),
+                (deadline, Age::Settled),
+                progress,
+                None,
+            )
         });
         for r in futures::future::join_all(sweeps).await {
             total.merge(r);
         }
-        let root = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
         for f in &chosen {
             let mine = f.all_resources();
             let left: Vec<_> = total

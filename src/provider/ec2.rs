@@ -328,7 +328,132 @@ macro_rules! call {
     };
 }
 
+/// Every page of a describe that pages on EC2: one `call!` per page, following
+/// `NextToken` until EC2 gives none. A token answered twice in a row is an error, not a loop.
+macro_rules! pages {
+    ($self:ident, $region:expr, $op:literal, $build:expr) => {
+        async {
+            let mut pages = Vec::new();
+            let mut token: Option<String> = None;
+            loop {
+                let out = call!($self, $region, $op, $build.set_next_token(token.clone()))?;
+                let next = out.next_token().filter(|t| !t.is_empty()).map(str::to_string);
+                pages.push(out);
+                match next {
+                    None => break Ok::<_, Error>(pages),
+                    Some(t) if token.as_ref() == Some(&t) => break Err(repeated_token($op, $region)),
+                    Some(t) => token = Some(t),
+                }
+            }
+        }
+        .await
+    };
+}
+
+fn repeated_token(operation: &'static str, region: &str) -> Error {
+    Error {
+        kind: ErrorKind::Other,
+        code: "RepeatedNextToken".into(),
+        message: "EC2 answered the same NextToken twice; stopped paging".into(),
+        operation,
+        region: region.to_string(),
+    }
+}
+
+/// A fleet EC2 kept (its answer's `UnsuccessfulFleetDeletions`) as an error: gone
+/// already is not one, an unexpected error is worth retrying.
+fn unsuccessful_deletion(region: &str, fleet_id: &str, code: &str, message: &str) -> Option<Error> {
+    let kind = match code {
+        "fleetIdDoesNotExist" => return None,
+        "unexpectedError" => ErrorKind::Transient,
+        _ => ErrorKind::Other,
+    };
+    Some(Error {
+        kind,
+        code: code.to_string(),
+        message: format!("EC2 did not delete fleet {fleet_id}: {message}"),
+        operation: "DeleteFleets",
+        region: region.to_string(),
+    })
+}
+
+/// Spot's view of one described instance.
+fn instance_of(region: &str, i: &aws_sdk_ec2::types::Instance) -> Instance {
+    Instance {
+        id: i.instance_id().unwrap_or_default().to_string(),
+        region: region.to_string(),
+        az: i.placement().and_then(|p| p.availability_zone()).unwrap_or_default().to_string(),
+        instance_type: i.instance_type().map(|t| t.as_str().to_string()).unwrap_or_default(),
+        market: if i.instance_lifecycle().is_some_and(|l| l.as_str() == "spot") {
+            Market::Spot
+        } else {
+            Market::OnDemand
+        },
+        state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default(),
+        public_ip: i.public_ip_address().map(str::to_string),
+        private_ip: i.private_ip_address().map(str::to_string),
+        tags: tags_of(i.tags()),
+    }
+}
+
 impl Ec2 {
+    /// Instances carrying all of `tags` in `states` (every state if empty), every page.
+    async fn described(
+        &self,
+        region: &str,
+        tags: &Tags,
+        states: &[&str],
+    ) -> Result<Vec<aws_sdk_ec2::types::Instance>> {
+        let client = self.client(region);
+        let mut filters = tag_filters(tags);
+        if !states.is_empty() {
+            filters.push(filter("instance-state-name", states));
+        }
+        let pages = pages!(
+            self,
+            region,
+            "DescribeInstances",
+            client.describe_instances().set_filters(Some(filters.clone()))
+        )?;
+        Ok(pages
+            .iter()
+            .flat_map(|p| p.reservations())
+            .flat_map(|r| r.instances())
+            .filter(|i| i.instance_id().is_some())
+            .cloned()
+            .collect())
+    }
+
+    /// Fleets by id (an instant fleet is listed only so), 100 ids a call; ids EC2 no
+    /// longer knows are left out.
+    async fn fleets(&self, region: &str, ids: &[String]) -> Result<Vec<aws_sdk_ec2::types::FleetData>> {
+        let client = self.client(region);
+        let mut out = Vec::new();
+        for chunk in ids.chunks(100) {
+            let asked = pages!(
+                self,
+                region,
+                "DescribeFleets",
+                client.describe_fleets().set_fleet_ids(Some(chunk.to_vec()))
+            );
+            match asked {
+                Ok(pages) => out.extend(pages.iter().flat_map(|p| p.fleets()).cloned()),
+                // One unknown id fails the call: ask for each alone.
+                Err(e) if e.kind == ErrorKind::NotFound => {
+                    for id in chunk {
+                        match pages!(self, region, "DescribeFleets", client.describe_fleets().fleet_ids(id)) {
+                            Ok(pages) => out.extend(pages.iter().flat_map(|p| p.fleets()).cloned()),
+                            Err(e) if e.kind == ErrorKind::NotFound => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
     fn not_ours(&self, operation: &'static str, region: &str, what: &str) -> Error {
         Error {
             kind: ErrorKind::Other,
@@ -363,7 +488,7 @@ impl Ec2 {
         vpc_id: &str,
     ) -> Result<Option<(String, Tags)>> {
         let client = self.client(region);
-        let out = call!(
+        let pages = pages!(
             self,
             region,
             "DescribeSecurityGroups",
@@ -372,7 +497,10 @@ impl Ec2 {
                 .filters(filter("group-name", &[name]))
                 .filters(filter("vpc-id", &[vpc_id]))
         )?;
-        Ok(out.security_groups().first().and_then(|g| Some((g.group_id()?.to_string(), tags_of(g.tags())))))
+        Ok(pages
+            .iter()
+            .flat_map(|p| p.security_groups())
+            .find_map(|g| Some((g.group_id()?.to_string(), tags_of(g.tags())))))
     }
 }
 
@@ -384,7 +512,7 @@ impl Cloud for Ec2 {
             Arch::Arm64 => ("arm64", "arm64"),
         };
         let pattern = format!("ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-{name_arch}-server-*");
-        let out = call!(
+        let pages = pages!(
             self,
             region,
             "DescribeImages",
@@ -396,9 +524,9 @@ impl Cloud for Ec2 {
                 .filters(filter("state", &["available"]))
         )?;
         // Newest by creation date, then by name (Canonical names end in the build date).
-        let newest = out
-            .images()
+        let newest = pages
             .iter()
+            .flat_map(|p| p.images())
             .filter(|i| i.image_id().is_some())
             .max_by(|a, b| (a.creation_date(), a.name()).cmp(&(b.creation_date(), b.name())));
         match newest {
@@ -437,13 +565,14 @@ impl Cloud for Ec2 {
 
     async fn default_network(&self, region: &str) -> Result<Network> {
         let client = self.client(region);
-        let vpcs = call!(
+        let vpcs = pages!(
             self,
             region,
             "DescribeVpcs",
             client.describe_vpcs().filters(filter("isDefault", &["true"]))
         )?;
-        let Some(vpc_id) = vpcs.vpcs().first().and_then(|v| v.vpc_id()).map(str::to_string) else {
+        let Some(vpc_id) = vpcs.iter().flat_map(|p| p.vpcs()).find_map(|v| v.vpc_id()).map(str::to_string)
+        else {
             return Err(Error {
                 kind: ErrorKind::NotFound,
                 code: "NoDefaultVpc".into(),
@@ -452,7 +581,7 @@ impl Cloud for Ec2 {
                 region: region.to_string(),
             });
         };
-        let out = call!(
+        let pages = pages!(
             self,
             region,
             "DescribeSubnets",
@@ -461,9 +590,9 @@ impl Cloud for Ec2 {
                 .filters(filter("vpc-id", &[&vpc_id]))
                 .filters(filter("default-for-az", &["true"]))
         )?;
-        let mut subnets: Vec<Subnet> = out
-            .subnets()
+        let mut subnets: Vec<Subnet> = pages
             .iter()
+            .flat_map(|p| p.subnets())
             .filter_map(|s| {
                 Some(Subnet { id: s.subnet_id()?.to_string(), az: s.availability_zone()?.to_string() })
             })
@@ -719,13 +848,14 @@ impl Cloud for Ec2 {
                     ));
                 }
                 Err(e) if e.kind == ErrorKind::Duplicate && attempt == 0 => {
-                    let found = call!(
+                    let found = pages!(
                         self,
                         region,
                         "DescribeLaunchTemplates",
                         client.describe_launch_templates().launch_template_names(&spec_in.name)
                     )?;
-                    if !found.launch_templates().first().is_some_and(|t| tag::is_ours(&tags_of(t.tags()))) {
+                    let mut templates = found.iter().flat_map(|p| p.launch_templates());
+                    if !templates.next().is_some_and(|t| tag::is_ours(&tags_of(t.tags()))) {
                         return Err(self.not_ours(
                             "CreateLaunchTemplate",
                             region,
@@ -846,52 +976,9 @@ impl Cloud for Ec2 {
     }
 
     async fn instances(&self, region: &str, tags: &Tags) -> Result<Vec<Instance>> {
-        let client = self.client(region);
-        let mut found = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let out = call!(
-                self,
-                region,
-                "DescribeInstances",
-                client
-                    .describe_instances()
-                    .set_filters(Some(tag_filters(tags)))
-                    .filters(filter(
-                        "instance-state-name",
-                        &["pending", "running", "stopping", "stopped", "shutting-down"]
-                    ))
-                    .set_next_token(token.clone())
-            )?;
-            for reservation in out.reservations() {
-                for i in reservation.instances() {
-                    let Some(id) = i.instance_id() else { continue };
-                    found.push(Instance {
-                        id: id.to_string(),
-                        region: region.to_string(),
-                        az: i.placement().and_then(|p| p.availability_zone()).unwrap_or_default().to_string(),
-                        instance_type: i.instance_type().map(|t| t.as_str().to_string()).unwrap_or_default(),
-                        market: if i.instance_lifecycle().is_some_and(|l| l.as_str() == "spot") {
-                            Market::Spot
-                        } else {
-                            Market::OnDemand
-                        },
-                        state: i
-                            .state()
-                            .and_then(|s| s.name())
-                            .map(|n| n.as_str().to_string())
-                            .unwrap_or_default(),
-                        public_ip: i.public_ip_address().map(str::to_string),
-                        private_ip: i.private_ip_address().map(str::to_string),
-                        tags: tags_of(i.tags()),
-                    });
-                }
-            }
-            token = out.next_token().filter(|t| !t.is_empty()).map(str::to_string);
-            if token.is_none() {
-                break;
-            }
-        }
+        let live = ["pending", "running", "stopping", "stopped", "shutting-down"];
+        let mut found: Vec<Instance> =
+            self.described(region, tags, &live).await?.iter().map(|i| instance_of(region, i)).collect();
         found.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(found)
     }
@@ -900,31 +987,34 @@ impl Cloud for Ec2 {
         let client = self.client(region);
         let filters = tag_filters(tags);
         let f = || Some(filters.clone());
-        // Independent describes: one round trip of latency, not five.
-        let (groups, keys, templates, fleets, vpcs) = futures::join!(
+        // Independent describes: one round trip of latency, not six. An instant fleet is
+        // listed only when asked by id, so fleets are found through the
+        // `aws:ec2:fleet-id` tag EC2 puts on their instances, in any state (terminated
+        // ones stay visible for about an hour).
+        let (groups, keys, templates, launched, vpcs) = futures::join!(
             async {
-                call!(
+                pages!(
                     self,
                     region,
                     "DescribeSecurityGroups",
                     client.describe_security_groups().set_filters(f())
                 )
             },
+            // DescribeKeyPairs answers in one page (it has no NextToken).
             async { call!(self, region, "DescribeKeyPairs", client.describe_key_pairs().set_filters(f())) },
             async {
-                call!(
+                pages!(
                     self,
                     region,
                     "DescribeLaunchTemplates",
                     client.describe_launch_templates().set_filters(f())
                 )
             },
-            // DescribeFleets has no tag filter: tags are matched below.
-            async { call!(self, region, "DescribeFleets", client.describe_fleets()) },
-            async { call!(self, region, "DescribeVpcs", client.describe_vpcs().set_filters(f())) },
+            self.described(region, tags, &[]),
+            async { pages!(self, region, "DescribeVpcs", client.describe_vpcs().set_filters(f())) },
         );
         let mut out = Vec::new();
-        for g in groups?.security_groups() {
+        for g in groups?.iter().flat_map(|p| p.security_groups()) {
             out.push(resource(
                 Kind::SecurityGroup,
                 region,
@@ -943,11 +1033,47 @@ impl Cloud for Ec2 {
                 tags_of(k.tags()),
             ));
         }
-        for t in templates?.launch_templates() {
+        for t in templates?.iter().flat_map(|p| p.launch_templates()) {
             let id = t.launch_template_id().unwrap_or_default();
             out.push(resource(Kind::LaunchTemplate, region, id, t.launch_template_name(), tags_of(t.tags())));
         }
-        for fleet in fleets?.fleets() {
+        let mut fleet_ids: Vec<String> =
+            launched?.iter().filter_map(|i| tags_of(i.tags()).remove(tag::FLEET_ID)).collect();
+        fleet_ids.sort();
+        fleet_ids.dedup();
+        let vpcs = vpcs?;
+        let dedicated = vpcs.iter().any(|p| !p.vpcs().is_empty());
+        for v in vpcs.iter().flat_map(|p| p.vpcs()) {
+            out.push(resource(Kind::Vpc, region, v.vpc_id().unwrap_or_default(), None, tags_of(v.tags())));
+        }
+        // Fleets by id; subnets, gateways and route tables exist only inside a dedicated VPC.
+        let (fleets, subnets, gateways, tables) = futures::join!(
+            self.fleets(region, &fleet_ids),
+            async {
+                if !dedicated {
+                    return Ok(Vec::new());
+                }
+                pages!(self, region, "DescribeSubnets", client.describe_subnets().set_filters(f()))
+            },
+            async {
+                if !dedicated {
+                    return Ok(Vec::new());
+                }
+                pages!(
+                    self,
+                    region,
+                    "DescribeInternetGateways",
+                    client.describe_internet_gateways().set_filters(f())
+                )
+            },
+            async {
+                if !dedicated {
+                    return Ok(Vec::new());
+                }
+                pages!(self, region, "DescribeRouteTables", client.describe_route_tables().set_filters(f()))
+            },
+        );
+        for fleet in fleets? {
             let fleet_tags = tags_of(fleet.tags());
             let state =
                 fleet.fleet_state().map(aws_sdk_ec2::types::FleetStateCode::as_str).unwrap_or_default();
@@ -961,29 +1087,7 @@ impl Cloud for Ec2 {
                 ));
             }
         }
-        let vpcs = vpcs?;
-        for v in vpcs.vpcs() {
-            out.push(resource(Kind::Vpc, region, v.vpc_id().unwrap_or_default(), None, tags_of(v.tags())));
-        }
-        if vpcs.vpcs().is_empty() {
-            return Ok(out);
-        }
-        // Subnets, gateways and route tables exist only inside a dedicated VPC.
-        let (subnets, gateways, tables) = futures::join!(
-            async { call!(self, region, "DescribeSubnets", client.describe_subnets().set_filters(f())) },
-            async {
-                call!(
-                    self,
-                    region,
-                    "DescribeInternetGateways",
-                    client.describe_internet_gateways().set_filters(f())
-                )
-            },
-            async {
-                call!(self, region, "DescribeRouteTables", client.describe_route_tables().set_filters(f()))
-            },
-        );
-        for s in subnets?.subnets() {
+        for s in subnets?.iter().flat_map(|p| p.subnets()) {
             out.push(resource(
                 Kind::Subnet,
                 region,
@@ -992,11 +1096,11 @@ impl Cloud for Ec2 {
                 tags_of(s.tags()),
             ));
         }
-        for g in gateways?.internet_gateways() {
+        for g in gateways?.iter().flat_map(|p| p.internet_gateways()) {
             let id = g.internet_gateway_id().unwrap_or_default();
             out.push(resource(Kind::InternetGateway, region, id, None, tags_of(g.tags())));
         }
-        for t in tables?.route_tables() {
+        for t in tables?.iter().flat_map(|p| p.route_tables()) {
             out.push(resource(
                 Kind::RouteTable,
                 region,
@@ -1008,8 +1112,9 @@ impl Cloud for Ec2 {
         Ok(out)
     }
 
-    async fn terminate(&self, region: &str, ids: &[String]) -> Result<()> {
+    async fn terminate(&self, region: &str, ids: &[String]) -> Result<Vec<String>> {
         let client = self.client(region);
+        let mut unknown = Vec::new();
         for chunk in ids.chunks(500) {
             match call!(
                 self,
@@ -1019,7 +1124,7 @@ impl Cloud for Ec2 {
             ) {
                 Ok(_) => {}
                 Err(e) if e.kind == ErrorKind::NotFound => {
-                    // Some are gone already; terminate the rest one by one.
+                    // One unknown id fails the call: terminate the rest one by one.
                     for id in chunk {
                         match call!(
                             self,
@@ -1028,7 +1133,7 @@ impl Cloud for Ec2 {
                             client.terminate_instances().instance_ids(id)
                         ) {
                             Ok(_) => {}
-                            Err(e) if e.kind == ErrorKind::NotFound => {}
+                            Err(e) if e.kind == ErrorKind::NotFound => unknown.push(id.clone()),
                             Err(e) => return Err(e),
                         }
                     }
@@ -1036,34 +1141,56 @@ impl Cloud for Ec2 {
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        Ok(unknown)
     }
 
     async fn delete(&self, r: &Resource) -> Result<()> {
         let client = self.client(&r.region);
         let region = r.region.as_str();
         let result = match r.kind {
-            Kind::Instance => return self.terminate(region, std::slice::from_ref(&r.id)).await,
-            Kind::Fleet => match call!(
-                self,
-                region,
-                "DeleteFleets",
-                client.delete_fleets().fleet_ids(&r.id).terminate_instances(true)
-            ) {
-                Ok(_) => Ok(()),
-                // Some emulators answer an error for a fleet whose instances are already
-                // gone while deleting it anyway: believe the fleet's state, not the answer.
-                Err(e) => {
-                    let fleets =
-                        call!(self, region, "DescribeFleets", client.describe_fleets().fleet_ids(&r.id));
-                    let deleted = fleets.as_ref().is_ok_and(|out| {
-                        out.fleets()
-                            .iter()
-                            .all(|f| f.fleet_state().is_some_and(|s| s.as_str().starts_with("deleted")))
-                    });
-                    if deleted { Ok(()) } else { Err(e) }
+            Kind::Instance => return self.terminate(region, std::slice::from_ref(&r.id)).await.map(drop),
+            Kind::Fleet => {
+                let deleted = retry::run(&self.policy, || async {
+                    let out = client
+                        .delete_fleets()
+                        .fleet_ids(&r.id)
+                        .terminate_instances(true)
+                        .send()
+                        .await
+                        .map_err(|e| classify("DeleteFleets", region, &e))?;
+                    // A 200 can still hold the fleet among the ones EC2 did not delete.
+                    match out.unsuccessful_fleet_deletions().iter().find_map(|u| {
+                        let error = u.error();
+                        let code = error.and_then(|e| e.code()).map_or("Unknown", |c| c.as_str());
+                        unsuccessful_deletion(
+                            region,
+                            &r.id,
+                            code,
+                            error.and_then(|e| e.message()).unwrap_or(""),
+                        )
+                    }) {
+                        Some(e) => Err(e),
+                        None => Ok(()),
+                    }
+                })
+                .await;
+                match deleted {
+                    Ok(()) => Ok(()),
+                    // A fleet already being deleted (`fleetNotInDeletableState`), or an emulator
+                    // that answers an error for a fleet whose instances are gone while
+                    // deleting it anyway: believe the fleet's state, not the answer.
+                    Err(e) if e.code != "unexpectedError" => {
+                        let fleets = self.fleets(region, std::slice::from_ref(&r.id)).await;
+                        let gone = fleets.as_ref().is_ok_and(|found| {
+                            found
+                                .iter()
+                                .all(|f| f.fleet_state().is_some_and(|s| s.as_str().starts_with("deleted")))
+                        });
+                        if gone { Ok(()) } else { Err(e) }
+                    }
+                    Err(e) => Err(e),
                 }
-            },
+            }
             Kind::LaunchTemplate => call!(
                 self,
                 region,
@@ -1158,14 +1285,14 @@ impl Cloud for Ec2 {
 
     async fn set_ssh_sources(&self, region: &str, group_id: &str, cidrs: &[String]) -> Result<()> {
         let client = self.client(region);
-        let out = call!(
+        let pages = pages!(
             self,
             region,
             "DescribeSecurityGroups",
             client.describe_security_groups().group_ids(group_id)
         )?;
         let mut have: Vec<String> = Vec::new();
-        for group in out.security_groups() {
+        for group in pages.iter().flat_map(|p| p.security_groups()) {
             let ssh = group.ip_permissions().iter().filter(|p| {
                 p.ip_protocol() == Some("tcp") && p.from_port() == Some(22) && p.to_port() == Some(22)
             });
@@ -1232,7 +1359,7 @@ impl Cloud for Ec2 {
 
     async fn spot_prices(&self, region: &str, types: &[String]) -> Result<BTreeMap<(String, String), f64>> {
         let client = self.client(region);
-        let out = call!(
+        let pages = pages!(
             self,
             region,
             "DescribeSpotPriceHistory",
@@ -1244,7 +1371,7 @@ impl Cloud for Ec2 {
         )?;
         let mut prices: BTreeMap<(String, String), (aws_sdk_ec2::primitives::DateTime, f64)> =
             BTreeMap::new();
-        for p in out.spot_price_history() {
+        for p in pages.iter().flat_map(|page| page.spot_price_history()) {
             let (Some(t), Some(az), Some(price), Some(at)) =
                 (p.instance_type(), p.availability_zone(), p.spot_price(), p.timestamp())
             else {

@@ -341,10 +341,12 @@ pub trait Cloud: Send + Sync {
     ) -> impl Future<Output = Result<FleetOutcome>> + Send;
     /// Instances carrying all of `tags`, any state but terminated.
     fn instances(&self, region: &str, tags: &Tags) -> impl Future<Output = Result<Vec<Instance>>> + Send;
-    /// Every non-instance resource carrying all of `tags`.
+    /// Every non-instance resource carrying all of `tags`; instant fleets (which EC2
+    /// lists only by id) through their instances' fleet-id tag.
     fn tagged(&self, region: &str, tags: &Tags) -> impl Future<Output = Result<Vec<Resource>>> + Send;
-    /// Terminates instances (already-gone ones are fine).
-    fn terminate(&self, region: &str, ids: &[String]) -> impl Future<Output = Result<()>> + Send;
+    /// Terminates instances; answers the ids EC2 does not know: gone long ago, or
+    /// launched so recently that EC2's reads have not caught up (eventual consistency).
+    fn terminate(&self, region: &str, ids: &[String]) -> impl Future<Output = Result<Vec<String>>> + Send;
     /// Deletes one non-instance resource (already-gone is fine).
     fn delete(&self, resource: &Resource) -> impl Future<Output = Result<()>> + Send;
     /// Makes SSH (TCP 22) in one of our security groups open to exactly `cidrs`:

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::emulator::{Emulator, project, state_dir};
+use crate::emulator::{Emulator, lagging, project, state_dir};
 
 const CONFIG_TWO_REGIONS: &str = "\
 aws:
@@ -152,9 +152,9 @@ fn base64_decode(text: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD.decode(text.trim()).unwrap()
 }
 
-#[test]
-fn capacity_errors_in_one_az_use_the_other_azs() {
+fn capacity_errors_in_one_az_use_the_other_azs(behaviours: &Value) {
     let emu = Emulator::start();
+    emu.behaviours(behaviours);
     emu.faults(
         &json!([{"action": "CreateFleet", "fault": "capacity-az", "azs": ["us-east-1a", "us-east-1b"]}]),
     );
@@ -169,9 +169,9 @@ fn capacity_errors_in_one_az_use_the_other_azs() {
     assert_clean(&emu, &["us-east-1"]);
 }
 
-#[test]
-fn no_spot_capacity_anywhere_falls_back_to_on_demand_when_allowed() {
+fn no_spot_capacity_anywhere_falls_back_to_on_demand_when_allowed(behaviours: &Value) {
     let emu = Emulator::start();
+    emu.behaviours(behaviours);
     emu.faults(&json!([{"action": "CreateFleet", "fault": "capacity-spot"}]));
     let dir = project(
         "aws: {total_instances: 2, ssh_cidr: 127.0.0.1/32}\nspot: {fallback: on-demand}\nregions:\n  - us-east-1: {machine_type: t3.micro}\n  - us-west-2: {machine_type: t3.micro}\n",
@@ -184,9 +184,9 @@ fn no_spot_capacity_anywhere_falls_back_to_on_demand_when_allowed() {
     assert_clean(&emu, &["us-east-1", "us-west-2"]);
 }
 
-#[test]
-fn no_spot_capacity_without_fallback_fails_naming_what_was_tried_and_rolls_back() {
+fn no_spot_capacity_without_fallback_fails_naming_what_was_tried_and_rolls_back(behaviours: &Value) {
     let emu = Emulator::start();
+    emu.behaviours(behaviours);
     emu.faults(&json!([{"action": "CreateFleet", "fault": "capacity-spot"}]));
     let dir = project(
         "aws: {total_instances: 2, ssh_cidr: 127.0.0.1/32}\nregions:\n  - us-east-1: {machine_type: [t3.micro, t3a.micro]}\n  - us-west-2: {machine_type: t3.micro}\n",
@@ -217,9 +217,9 @@ fn no_spot_capacity_without_fallback_fails_naming_what_was_tried_and_rolls_back(
     assert_eq!(state["resources"], json!([]));
 }
 
-#[test]
-fn throttling_on_a_third_of_calls_still_succeeds() {
+fn throttling_on_a_third_of_calls_still_succeeds(behaviours: &Value) {
     let emu = Emulator::start();
+    emu.behaviours(behaviours);
     emu.faults(&json!([{"action": "*", "fault": "throttle", "every": 3}]));
     let dir = project(CONFIG_TWO_REGIONS);
     let created = create_json(&emu, dir.path(), "thr-1");
@@ -230,11 +230,12 @@ fn throttling_on_a_third_of_calls_still_succeeds() {
     assert_clean(&emu, &["us-east-1", "eu-west-1"]);
 }
 
-#[test]
-fn server_errors_and_lost_answers_mid_create_still_give_exactly_the_count() {
+fn server_errors_and_lost_answers_mid_create_still_give_exactly_the_count(behaviours: &Value) {
     let emu = Emulator::start();
+    emu.behaviours(behaviours);
     // A 500 on the template (retried), and a CreateFleet that happened but whose answer
-    // was lost: the retry makes a second fleet, whose extra instances spot terminates.
+    // was lost: the retry carries the same client token, and EC2 answers it with the
+    // first call's fleet, so there is no second set to clean up.
     emu.faults(&json!([
         {"action": "CreateLaunchTemplate", "fault": "error", "status": 500, "code": "InternalError", "times": 1},
         {"action": "CreateFleet", "fault": "reset-after", "times": 1},
@@ -249,16 +250,17 @@ fn server_errors_and_lost_answers_mid_create_still_give_exactly_the_count() {
     assert_eq!(
         live["us-east-1"]["instances"].as_array().unwrap().len(),
         2,
-        "duplicates from the retried launch are gone: {live}"
+        "the retried launch made no second set: {live}"
     );
+    assert_eq!(emu.calls()["CreateFleet"], 2, "the lost answer was asked again");
     let out = destroy(&emu, dir.path(), "flaky-1");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_clean(&emu, &["us-east-1"]);
 }
 
-#[test]
-fn a_refused_launch_rolls_back_everything_the_run_made() {
+fn a_refused_launch_rolls_back_everything_the_run_made(behaviours: &Value) {
     let emu = Emulator::start();
+    emu.behaviours(behaviours);
     emu.faults(&json!([{"action": "CreateFleet", "fault": "error", "status": 400, "code": "InvalidParameterValue", "message": "bad override"}]));
     let dir = project(
         "aws: {total_instances: 2, ssh_cidr: 127.0.0.1/32, use_dedicated_vpc: true}\nregions:\n  - us-east-1: {machine_type: t3.micro}\n",
@@ -294,9 +296,9 @@ fn dedicated_vpc_parts_are_created_tagged_and_destroyed() {
     assert_clean(&emu, &["us-west-2"]);
 }
 
-#[test]
-fn sigterm_mid_create_exits_promptly_and_destroy_cleans_up() {
+fn sigterm_mid_create_exits_promptly_and_destroy_cleans_up(behaviours: &Value) {
     let emu = Emulator::start();
+    emu.behaviours(behaviours);
     emu.faults(&json!([{"action": "CreateFleet", "fault": "delay", "delay_ms": 2500}]));
     let dir = project(
         "aws: {total_instances: 2, ssh_cidr: 127.0.0.1/32}\nregions:\n  - us-east-1: {machine_type: t3.micro}\n  - us-west-2: {machine_type: t3.micro}\n",
@@ -437,9 +439,9 @@ fn an_explicit_image_is_checked_to_exist() {
     assert_clean(&emu, &["us-east-1"]);
 }
 
-#[test]
-fn a_region_without_spot_capacity_is_topped_up_from_the_next_region() {
+fn a_region_without_spot_capacity_is_topped_up_from_the_next_region(behaviours: &Value) {
     let emu = Emulator::start();
+    emu.behaviours(behaviours);
     let all_east = ["us-east-1a", "us-east-1b", "us-east-1c", "us-east-1d", "us-east-1e", "us-east-1f"];
     emu.faults(&json!([{"action": "CreateFleet", "fault": "capacity-az", "azs": all_east}]));
     let dir = project(
@@ -489,4 +491,120 @@ fn the_emulator_ssh_folder_follows_the_endpoint_the_sdk_resolves_from_a_profile(
     assert!(String::from_utf8_lossy(&out.stdout).contains("no deployments"), "{err}");
     assert!(!err.contains("ignored"), "the profile's endpoint was not seen as an override: {err}");
     assert!(emu.calls().values().sum::<u64>() > 0, "the profile's endpoint was not used");
+}
+
+/// The fault matrix, each case twice: with EC2's reads caught up, and lagging (a new
+/// instance unseen by the next three describes, new tags by the next two).
+macro_rules! matrix {
+    ($($case:ident),* $(,)?) => {
+        mod matrix {
+            $(
+                mod $case {
+                    #[test]
+                    fn consistent() {
+                        super::super::$case(&crate::emulator::ec2_like());
+                    }
+                    #[test]
+                    fn lagging() {
+                        super::super::$case(&crate::emulator::lagging(3, 2));
+                    }
+                }
+            )*
+        }
+    };
+}
+
+matrix!(
+    capacity_errors_in_one_az_use_the_other_azs,
+    no_spot_capacity_anywhere_falls_back_to_on_demand_when_allowed,
+    no_spot_capacity_without_fallback_fails_naming_what_was_tried_and_rolls_back,
+    throttling_on_a_third_of_calls_still_succeeds,
+    server_errors_and_lost_answers_mid_create_still_give_exactly_the_count,
+    a_refused_launch_rolls_back_everything_the_run_made,
+    sigterm_mid_create_exits_promptly_and_destroy_cleans_up,
+    a_region_without_spot_capacity_is_topped_up_from_the_next_region,
+);
+
+const ONE_INSTANCE: &str =
+    "aws: {total_instances: 1, ssh_cidr: 127.0.0.1/32}\nregions:\n  - us-east-1: {machine_type: t3.micro}\n";
+
+#[test]
+fn a_launch_ec2_does_not_show_yet_is_pending_and_a_rollback_still_terminates_it() {
+    let emu = Emulator::start();
+    // As measured: new instances missing from the first three describes. spot waits.
+    emu.behaviours(&lagging(3, 0));
+    let dir = project(ONE_INSTANCE);
+    let created = create_json(&emu, dir.path(), "lag-1");
+    assert_eq!(created["instances"].as_array().unwrap().len(), 1);
+    assert!(destroy(&emu, dir.path(), "lag-1").status.success());
+    assert_clean(&emu, &["us-east-1"]);
+    // A run that fails right after CreateFleet rolls back an instance EC2 still answers
+    // "InvalidInstanceID.NotFound" for: asked again until EC2 knows it, not taken as gone.
+    emu.behaviours(&lagging(4, 0));
+    emu.faults(&json!([{"action": "DescribeInstances", "fault": "error", "status": 403, "code": "UnauthorizedOperation", "message": "not allowed", "times": 1}]));
+    let out = emu
+        .spot()
+        .args(["create", "--no-deliver", "--deployment-id", "lag-2"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("UnauthorizedOperation") && err.contains("rolled back: removed 1 instance"),
+        "{err}"
+    );
+    assert!(emu.calls()["TerminateInstances"] > 1, "the unknown id was asked again");
+    assert_clean(&emu, &["us-east-1"]);
+}
+
+#[test]
+fn a_fleet_ec2_did_not_delete_is_an_error_and_the_next_destroy_finishes() {
+    let emu = Emulator::start();
+    let dir = project(ONE_INSTANCE);
+    create_json(&emu, dir.path(), "keep-fleet");
+    emu.faults(&json!([{"action": "DeleteFleets", "fault": "unsuccessful-delete", "code": "fleetNotInDeletableState"}]));
+    let out = destroy(&emu, dir.path(), "keep-fleet");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "a 200 with the fleet in UnsuccessfulFleetDeletions is not success: {err}"
+    );
+    assert!(err.contains("fleetNotInDeletableState") && err.contains("fleet"), "{err}");
+    assert!(emu.leftovers(&["us-east-1"])["us-east-1"]["fleets"].as_array().is_some_and(|f| f.len() == 1));
+    emu.faults(&json!([]));
+    let out = destroy(&emu, dir.path(), "keep-fleet");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_clean(&emu, &["us-east-1"]);
+}
+
+#[test]
+fn the_proxy_refuses_a_describe_it_cannot_page_instead_of_answering_in_one_page() {
+    let emu = Emulator::start();
+    let answer = emu.post("Action=DescribeVolumes&Version=2016-11-15");
+    assert!(answer.contains("FaultProxyCannotPlay"), "{answer}");
+}
+
+#[test]
+fn api_calls_per_create_and_destroy_do_not_grow_with_the_instance_count() {
+    let emu = Emulator::start();
+    emu.behaviours(&json!({"instant_fleets": true, "client_tokens": true}));
+    let regions = ["us-east-1", "us-west-2", "eu-west-1"];
+    let mut counts = Vec::new();
+    for n in [3, 12] {
+        let dir = project(&format!(
+            "aws: {{total_instances: {n}, ssh_cidr: 127.0.0.1/32}}\nregions:\n  - us-east-1: {{machine_type: t3.micro}}\n  - us-west-2: {{machine_type: t3.micro}}\n  - eu-west-1: {{machine_type: t3.micro}}\n"
+        ));
+        let before = emu.calls();
+        let id = format!("calls-{n}");
+        create_json(&emu, dir.path(), &id);
+        assert!(destroy(&emu, dir.path(), &id).status.success());
+        let after = emu.calls();
+        let used: std::collections::BTreeMap<String, u64> =
+            after.iter().map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0))).collect();
+        counts.push(used);
+    }
+    assert_eq!(counts[0], counts[1], "calls for 3 instances vs 12 in 3 regions");
+    assert_clean(&emu, &regions);
 }

@@ -40,6 +40,22 @@ fn http(port: u16, method: &str, path: &str, body: &str) -> String {
     out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
 }
 
+/// What every emulator plays unless a test says otherwise: EC2's pages (2 items, so
+/// every describe spot makes has to follow `NextToken`), instant fleets listed only by
+/// id (found through their instances' `aws:ec2:fleet-id` tag), client tokens honoured.
+/// Eventual consistency is switched on per test ([`Emulator::behaviours`]).
+pub fn ec2_like() -> Value {
+    serde_json::json!({"pages": 2, "instant_fleets": true, "client_tokens": true})
+}
+
+/// [`ec2_like`] with CreateFleet's instances unseen by the next `instances` describes
+/// and new resources' tags by the next `tags` tag-filtered ones.
+pub fn lagging(instances: u32, tags: u32) -> Value {
+    let mut b = ec2_like();
+    b["consistency"] = serde_json::json!({"instances": instances, "tags": tags});
+    b
+}
+
 #[derive(Debug)]
 pub struct Emulator {
     moto: Child,
@@ -76,6 +92,7 @@ impl Emulator {
             .arg(repo().join("tests/support/faultproxy.py"))
             .args(["--port", &proxy_port.to_string(), "--upstream", &format!("http://127.0.0.1:{moto_port}")])
             .args(["--delay-ms", &delay_ms.to_string()])
+            .args(["--behaviours", &ec2_like().to_string()])
             .arg("--instance-connect-dir")
             .arg(instance_connect.path())
             .stdout(Stdio::null())
@@ -97,6 +114,16 @@ impl Emulator {
     /// Replaces the proxy's fault rules.
     pub fn faults(&self, rules: &Value) {
         http(self.proxy_port, "POST", "/__rules", &rules.to_string());
+    }
+
+    /// Replaces the proxy's behaviours (see faultproxy.py; [`ec2_like`] at start).
+    pub fn behaviours(&self, behaviours: &Value) {
+        http(self.proxy_port, "POST", "/__behaviours", &behaviours.to_string());
+    }
+
+    /// One EC2 Query call (form-encoded `body`) through the proxy, unsigned: the answer.
+    pub fn post(&self, body: &str) -> String {
+        http(self.proxy_port, "POST", "/", body)
     }
 
     /// Calls seen by the proxy, by EC2 action.

@@ -20,6 +20,33 @@ Faults, each optionally limited by "every": N (every Nth matching call) and "tim
   capacity-spot            CreateFleet for spot: every pool has no capacity; on-demand
                            requests pass through
 
+Behaviours (EC2 as it really is, where moto is lenient), each switchable per test:
+  POST /__behaviours {"pages": 2, ...}   replace them; also --behaviours JSON at start
+
+  pages: N                 every Describe* that pages on EC2 answers at most N items
+                           and a nextToken bound to the request's other parameters
+                           (EC2 API reference, "Pagination"); a Describe* the proxy
+                           cannot page is refused with 400 FaultProxyCannotPlay
+  consistency: {"instances": N, "tags": M}
+                           a CreateFleet's instances are absent from the next N
+                           DescribeInstances answers that would hold them, and
+                           asked by id (DescribeInstances, TerminateInstances) answer
+                           InvalidInstanceID.NotFound; other new resources are absent
+                           from the next M tag-filtered describes ("Eventual
+                           consistency in the Amazon EC2 API")
+  instant_fleets: true     DescribeFleets without FleetId.N leaves out instant fleets
+                           (DescribeFleets: "If a fleet is of type instant, you must
+                           specify the fleet ID"); instances a fleet launched carry
+                           the aws:ec2:fleet-id tag, as EC2 sets it (moto does not)
+  client_tokens: true      a call repeating a ClientToken gets the first call's
+                           answer, and IdempotentParameterMismatch if its parameters
+                           differ ("Ensuring idempotency in Amazon EC2 API requests")
+
+More faults:
+  unsuccessful-delete      DeleteFleets: 200 with every fleet in
+                           unsuccessfulFleetDeletionSet ("code", default
+                           unexpectedError), not forwarded
+
 With --instance-connect-dir DIR it also plays the instance side of EC2 Instance Connect:
 each SendSSHPublicKey (forwarded to moto, which only answers "Success") is written to
 DIR/<instance-id> as three lines, the OS user, the epoch second it expires (60 s, as on
@@ -27,6 +54,7 @@ AWS) and the key, where the instance player's sshd reads it (AuthorizedKeysComma
 """
 
 import argparse
+import hashlib
 import http.client
 import os
 import http.server
@@ -36,6 +64,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import xml.etree.ElementTree as ET
 
 LOCK = threading.Lock()
 STATS = {}
@@ -46,6 +75,56 @@ UPSTREAM = None
 DELAY = 0.0
 INSTANCE_CONNECT_DIR = None
 NS = "http://ec2.amazonaws.com/doc/2016-11-15/"
+BEHAVIOURS = {}
+HIDDEN = {}  # new resource id -> answers it is still left out of
+FLEET_OF = {}  # instance id -> the fleet that launched it
+TOKENS = {}  # (action, client token) -> (request key, first answer)
+# Describe* calls that page on EC2, with the list each answer holds.
+PAGED = {
+    "DescribeInstances": "reservationSet",
+    "DescribeSecurityGroups": "securityGroupInfo",
+    "DescribeLaunchTemplates": "launchTemplates",
+    "DescribeLaunchTemplateVersions": "launchTemplateVersionSet",
+    "DescribeFleets": "fleetSet",
+    "DescribeVpcs": "vpcSet",
+    "DescribeSubnets": "subnetSet",
+    "DescribeInternetGateways": "internetGatewaySet",
+    "DescribeRouteTables": "routeTableSet",
+    "DescribeImages": "imagesSet",
+    "DescribeSpotPriceHistory": "spotPriceHistorySet",
+}
+# Describe* calls EC2 answers in one page (no NextToken in the API).
+UNPAGED = {
+    "DescribeKeyPairs": "keySet",
+    "DescribeRegions": "regionInfo",
+    "DescribeAvailabilityZones": "availabilityZoneInfo",
+}
+
+
+def request_key(params):
+    """What ties a token to its request: every parameter but the paging ones."""
+    rest = sorted((k, v) for k, v in params if k not in ("NextToken", "MaxResults", "ClientToken"))
+    return hashlib.sha256(json.dumps(rest).encode()).hexdigest()[:16]
+
+
+def add_tag(item, q, key, value):
+    tags = item.find(q("tagSet"))
+    if tags is None:
+        tags = ET.SubElement(item, q("tagSet"))
+    tag = ET.SubElement(tags, q("item"))
+    ET.SubElement(tag, q("key")).text = key
+    ET.SubElement(tag, q("value")).text = value
+
+
+def unsuccessful_deletions(params, code):
+    items = "".join(
+        f"<item><error><code>{code}</code><message>injected</message></error><fleetId>{v}</fleetId></item>"
+        for k, v in params if k.startswith("FleetId.")
+    )
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<DeleteFleetsResponse xmlns="{NS}"><requestId>fault-proxy</requestId>'
+        f"<successfulFleetDeletionSet/><unsuccessfulFleetDeletionSet>{items}</unsuccessfulFleetDeletionSet></DeleteFleetsResponse>"
+    ).encode()
 
 
 def error_xml(code, message):
@@ -110,6 +189,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 RULES = json.loads(body or b"[]")
                 MATCHES.clear()
             return self.reply(200, b"{}", "application/json")
+        if self.path.startswith("/__behaviours"):
+            global BEHAVIOURS
+            with LOCK:
+                BEHAVIOURS = json.loads(body or b"{}")
+            return self.reply(200, b"{}", "application/json")
         params = urllib.parse.parse_qsl(body.decode(), keep_blank_values=True)
         action = dict(params).get("Action", "?")
         target = self.headers.get("X-Amz-Target")
@@ -131,17 +215,161 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.reset()
         if fault == "delay":
             time.sleep(rule.get("delay_ms", 1000) / 1000)
-        if fault == "capacity-az" and action == "CreateFleet":
-            return self.capacity(params, set(rule.get("azs", [])), spot_only=False)
-        if fault == "capacity-spot" and action == "CreateFleet":
-            return self.capacity(params, None, spot_only=True)
-        started = time.monotonic()
-        status, headers, answer = self.upstream("POST", body)
-        with LOCK:
-            UPSTREAM_MS[action] = UPSTREAM_MS.get(action, 0) + (time.monotonic() - started) * 1000
+        if fault == "unsuccessful-delete" and action == "DeleteFleets":
+            return self.reply(200, unsuccessful_deletions(params, rule.get("code", "unexpectedError")))
+        refused = self.refuse(action, params)
+        if refused:
+            return self.reply(400, refused)
+        replay = self.replay(action, params)
+        if replay:
+            status, headers, answer = replay
+        else:
+            forwarded, page = self.strip_paging(action, params)
+            started = time.monotonic()
+            if fault == "capacity-az" and action == "CreateFleet":
+                status, headers, answer = self.capacity(forwarded, set(rule.get("azs", [])), spot_only=False)
+            elif fault == "capacity-spot" and action == "CreateFleet":
+                status, headers, answer = self.capacity(forwarded, None, spot_only=True)
+            else:
+                status, headers, answer = self.upstream("POST", urllib.parse.urlencode(forwarded).encode())
+            with LOCK:
+                UPSTREAM_MS[action] = UPSTREAM_MS.get(action, 0) + (time.monotonic() - started) * 1000
+            if status == 200:
+                answer = self.as_ec2(action, params, answer, page)
+                self.remember(action, params, (status, headers, answer))
         if fault == "reset-after":
             return self.reset()
         self.relay(status, headers, answer)
+
+    def refuse(self, action, params):
+        """The error EC2 would answer before doing anything, or None."""
+        b = BEHAVIOURS
+        if b.get("pages") and action.startswith("Describe") and action not in PAGED and action not in UNPAGED:
+            return error_xml("FaultProxyCannotPlay", f"the fault proxy cannot page {action}; add it to PAGED or UNPAGED")
+        hidden = b.get("consistency", {}).get("instances")
+        if hidden and action in ("DescribeInstances", "TerminateInstances"):
+            ids = [v for k, v in params if k.startswith("InstanceId.")]
+            with LOCK:
+                unseen = [i for i in ids if HIDDEN.get(i, 0) > 0]
+                for i in unseen:
+                    HIDDEN[i] -= 1
+            if unseen:
+                return error_xml("InvalidInstanceID.NotFound", f"The instance IDs '{', '.join(unseen)}' do not exist")
+        token = dict(params).get("NextToken")
+        if b.get("pages") and token and not token.endswith(":" + request_key(params)):
+            return error_xml("InvalidParameterValue", "The token is not valid for this request (parameters changed)")
+        return None
+
+    def replay(self, action, params):
+        """With client_tokens: the first answer to a call with this ClientToken."""
+        token = dict(params).get("ClientToken")
+        if not (BEHAVIOURS.get("client_tokens") and token):
+            return None
+        with LOCK:
+            seen = TOKENS.get((action, token))
+        if seen is None:
+            return None
+        key, answer = seen
+        if key != request_key(params):
+            return 400, [("Content-Type", "text/xml")], error_xml(
+                "IdempotentParameterMismatch", "The client token was used with different parameters")
+        return answer
+
+    def remember(self, action, params, answer):
+        token = dict(params).get("ClientToken")
+        if token:
+            with LOCK:
+                TOKENS.setdefault((action, token), (request_key(params), answer))
+
+    def strip_paging(self, action, params):
+        """The parameters to forward (moto answers in one page) and the page asked for."""
+        size = BEHAVIOURS.get("pages")
+        if not size or action not in PAGED:
+            return params, None
+        p = dict(params)
+        token = p.get("NextToken")
+        offset = int(token.split(":")[1]) if token else 0
+        size = min(size, int(p.get("MaxResults", size)))
+        forwarded = [(k, v) for k, v in params if k not in ("NextToken", "MaxResults")]
+        return forwarded, (offset, size)
+
+    def as_ec2(self, action, params, answer, page):
+        """Moto's answer as EC2 would give it under the behaviours switched on."""
+        b = BEHAVIOURS
+        consistency = b.get("consistency", {})
+        if action.startswith("Create") or action == "ImportKeyPair":
+            self.note_created(action, answer, consistency)
+        if not action.startswith("Describe"):
+            return answer
+        first_page = dict(params).get("NextToken") is None
+        tag_filtered = any(k.startswith("Filter.") and k.endswith(".Name") and v.startswith("tag:") for k, v in params)
+        edits = action == "DescribeInstances" or (action == "DescribeFleets" and b.get("instant_fleets")) or page
+        edits = edits or (tag_filtered and consistency.get("tags"))
+        if not edits:
+            return answer
+        root = ET.fromstring(answer)
+        ns = root.tag[1:].split("}")[0]
+        q = lambda name: f"{{{ns}}}{name}"
+        if action == "DescribeInstances":
+            for reservation in list(root.iter(q("reservationSet")))[:1]:
+                for r in list(reservation):
+                    instances = r.find(q("instancesSet"))
+                    for i in list(instances if instances is not None else []):
+                        iid = i.findtext(q("instanceId"))
+                        if self.hide(iid, first_page):
+                            instances.remove(i)
+                        elif b.get("instant_fleets") and iid in FLEET_OF:
+                            add_tag(i, q, "aws:ec2:fleet-id", FLEET_OF[iid])
+                    if instances is not None and len(instances) == 0:
+                        reservation.remove(r)
+        listed = root.find(q(PAGED.get(action, UNPAGED.get(action, ""))))
+        if action == "DescribeFleets" and b.get("instant_fleets") and not any(k.startswith("FleetId.") for k, _ in params):
+            for f in list(listed):
+                if f.findtext(q("type")) == "instant":
+                    listed.remove(f)
+        if tag_filtered and consistency.get("tags") and listed is not None and action != "DescribeInstances":
+            for item in list(listed):
+                ids = [e.text for e in item if e.tag.endswith("Id") and e.text in HIDDEN]
+                if ids and self.hide(ids[0], first_page):
+                    listed.remove(item)
+        if page and listed is not None:
+            offset, size = page
+            items = list(listed)
+            for item in items:
+                listed.remove(item)
+            listed.extend(items[offset:offset + size])
+            if offset + size < len(items):
+                ET.SubElement(root, q("nextToken")).text = f"proxy:{offset + size}:{request_key(params)}"
+        with LOCK:
+            ET.register_namespace("", ns)
+            return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+    def hide(self, rid, count):
+        """Whether a new resource is still unseen; counts one more answer it was left out of."""
+        with LOCK:
+            if HIDDEN.get(rid, 0) <= 0:
+                return False
+            if count:
+                HIDDEN[rid] -= 1
+            return True
+
+    def note_created(self, action, answer, consistency):
+        text = answer.decode(errors="replace")
+        if action == "CreateFleet":
+            fleet = re.search(r"<fleetId>([^<]+)</fleetId>", text)
+            ids = re.findall(r"<item>(i-[0-9a-f]+)</item>", text)
+            with LOCK:
+                for i in ids:
+                    if fleet:
+                        FLEET_OF[i] = fleet.group(1)
+                    if consistency.get("instances"):
+                        HIDDEN[i] = consistency["instances"]
+            return
+        if consistency.get("tags"):
+            made = re.search(r"<(groupId|keyPairId|launchTemplateId|vpcId|subnetId|internetGatewayId|routeTableId)>([^<]+)<", text)
+            if made:
+                with LOCK:
+                    HIDDEN[made.group(2)] = consistency["tags"]
 
     def push_key(self, request):
         path = os.path.join(INSTANCE_CONNECT_DIR, os.path.basename(request["InstanceId"]))
@@ -190,8 +418,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         p = dict(params)
         market = p.get("TargetCapacitySpecification.DefaultTargetCapacityType", "on-demand")
         if spot_only and market != "spot":
-            status, headers, answer = self.upstream("POST", urllib.parse.urlencode(params).encode())
-            return self.relay(status, headers, answer)
+            return self.upstream("POST", urllib.parse.urlencode(params).encode())
         azs = self.subnet_azs()
         prefix = "LaunchTemplateConfigs.1.Overrides."
         overrides = {}
@@ -219,7 +446,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 f'<?xml version="1.0" encoding="UTF-8"?>\n<CreateFleetResponse xmlns="{NS}">'
                 f"<requestId>fault-proxy</requestId><errorSet>{errors}</errorSet><fleetInstanceSet/></CreateFleetResponse>"
             ).encode()
-            return self.reply(200, body)
+            return 200, [("Content-Type", "text/xml")], body
         rest = [(k, v) for k, v in params if not k.startswith(prefix)]
         for i, o in enumerate(keep, start=1):
             rest.extend((f"{prefix}{i}.{field}", value) for field, value in o.items())
@@ -227,22 +454,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
         text = answer.decode()
         if errors and "</CreateFleetResponse>" in text:
             text = text.replace("</CreateFleetResponse>", f"<errorSet>{errors}</errorSet></CreateFleetResponse>")
-        self.relay(status, headers, text.encode())
+        return status, headers, text.encode()
 
 
 def main():
-    global UPSTREAM, DELAY, RULES, INSTANCE_CONNECT_DIR
+    global UPSTREAM, DELAY, RULES, INSTANCE_CONNECT_DIR, BEHAVIOURS
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--upstream", required=True)
     ap.add_argument("--delay-ms", type=int, default=0)
     ap.add_argument("--rules", default="[]")
+    ap.add_argument("--behaviours", default="{}")
     ap.add_argument("--instance-connect-dir")
     args = ap.parse_args()
     INSTANCE_CONNECT_DIR = args.instance_connect_dir
     UPSTREAM = urllib.parse.urlparse(args.upstream)
     DELAY = args.delay_ms / 1000
     RULES = json.loads(args.rules)
+    BEHAVIOURS = json.loads(args.behaviours)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
     print("ready", flush=True)
