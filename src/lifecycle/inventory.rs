@@ -93,11 +93,7 @@ pub async fn discover<C: Cloud>(
     let per_region: Vec<RegionFinds> = futures::stream::iter(regions)
         .map(|region| {
             let filter = &filter;
-            async move {
-                let (instances, resources) =
-                    futures::join!(cloud.instances(region, filter), cloud.tagged(region, filter));
-                Ok((instances?, resources?))
-            }
+            async move { cloud.tagged(region, filter).await }
         })
         .buffer_unordered(16)
         .collect()

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 
+use super::inventory::Deployed;
 use super::progress::Progress;
 use super::state::Recorder;
 use crate::plan::tag;
@@ -60,6 +61,18 @@ pub enum Age {
     Fresh,
     /// Found by tags or recorded by an earlier run: an unknown id is gone.
     Settled,
+}
+
+/// Removes a deployment an earlier run left, as found by its tags (and records), by
+/// `deadline`: `destroy`, the Action's teardowns, `reap`.
+pub async fn found<C: Cloud>(
+    cloud: &C,
+    deployed: &Deployed,
+    deadline: Instant,
+    progress: &Progress,
+) -> Removal {
+    let resources = deployed.all_resources();
+    teardown(cloud, &deployed.deployment_id, resources, (deadline, Age::Settled), progress, None).await
 }
 
 /// Removes `resources` (instances included) of `deployment_id` by `deadline`.
@@ -112,7 +125,7 @@ async fn region_teardown<C: Cloud>(
         }
         out.removed.push(r);
     };
-    let (instances, mut others): (Vec<Resource>, Vec<Resource>) =
+    let (mut instances, mut others): (Vec<Resource>, Vec<Resource>) =
         list.into_iter().partition(|r| r.kind == Kind::Instance);
     others.sort_by_key(|r| Kind::TEARDOWN.iter().position(|k| *k == r.kind));
 
@@ -129,7 +142,6 @@ async fn region_teardown<C: Cloud>(
 
     let mut ids: Vec<String> = instances.iter().map(|r| r.id.clone()).collect();
     let mut terminated = ids.is_empty();
-    let mut instances = instances;
     if !ids.is_empty() {
         match terminate(cloud, &region, &ids, (deadline, age)).await {
             Ok(unseen) => {

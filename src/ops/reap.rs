@@ -15,7 +15,7 @@ use super::Session;
 use crate::error::Error;
 use crate::lifecycle::inventory::{self, Deployed};
 use crate::lifecycle::progress::Progress;
-use crate::lifecycle::teardown::{self, Age};
+use crate::lifecycle::teardown;
 use crate::provider::Tags;
 
 /// What to do with one deployment, and why.
@@ -138,15 +138,7 @@ pub async fn reap(session: &Session, r: &Reap<'_>, progress: &Progress) -> Resul
             .filter_map(|(i, d)| found.get(&d.deployment_id).map(|f| (i, f)))
             .collect();
         let sweeps = condemned.iter().map(|(i, f)| async move {
-            let removal = teardown::teardown(
-                cloud,
-                &f.deployment_id,
-                f.all_resources(),
-                (deadline, Age::Settled),
-                progress,
-                None,
-            )
-            .await;
+            let removal = teardown::found(cloud, f, deadline, progress).await;
             (*i, removal)
         });
         for (i, removal) in futures::future::join_all(sweeps).await {

@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::lifecycle::inventory::{self, Deployed};
 use crate::lifecycle::progress::Progress;
 use crate::lifecycle::state;
-use crate::lifecycle::teardown::{self, Age, Removal};
+use crate::lifecycle::teardown::{self, Removal};
 use crate::plan::tag;
 use crate::provider::{Cloud as _, Tags};
 
@@ -81,14 +81,7 @@ pub async fn remove(
                 f.instances.len(),
                 teardown::summarize(&f.resources)
             ));
-            teardown::teardown(
-                cloud,
-                &f.deployment_id,
-                f.all_resources(),
-                (deadline, Age::Settled),
-                progress,
-                None,
-            )
+            teardown::found(cloud, f, deadline, progress)
         });
         for r in futures::future::join_all(sweeps).await {
             total.merge(r);

@@ -42,6 +42,8 @@ use crate::plan::tag;
 
 /// Canonical's AWS account, owner of the official Ubuntu images.
 const CANONICAL: &str = "099720109477";
+/// Instance states that are not gone.
+const LIVE: [&str; 5] = ["pending", "running", "stopping", "stopped", "shutting-down"];
 /// Address space of a dedicated VPC.
 const VPC_CIDR: &str = "10.77.0.0/16";
 
@@ -417,8 +419,8 @@ impl Ec2 {
         )?;
         Ok(pages
             .iter()
-            .flat_map(|p| p.reservations())
-            .flat_map(|r| r.instances())
+            .flat_map(aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput::reservations)
+            .flat_map(aws_sdk_ec2::types::Reservation::instances)
             .filter(|i| i.instance_id().is_some())
             .cloned()
             .collect())
@@ -437,12 +439,24 @@ impl Ec2 {
                 client.describe_fleets().set_fleet_ids(Some(chunk.to_vec()))
             );
             match asked {
-                Ok(pages) => out.extend(pages.iter().flat_map(|p| p.fleets()).cloned()),
+                Ok(pages) => out.extend(
+                    pages
+                        .iter()
+                        .flat_map(aws_sdk_ec2::operation::describe_fleets::DescribeFleetsOutput::fleets)
+                        .cloned(),
+                ),
                 // One unknown id fails the call: ask for each alone.
                 Err(e) if e.kind == ErrorKind::NotFound => {
                     for id in chunk {
                         match pages!(self, region, "DescribeFleets", client.describe_fleets().fleet_ids(id)) {
-                            Ok(pages) => out.extend(pages.iter().flat_map(|p| p.fleets()).cloned()),
+                            Ok(pages) => out.extend(
+                                pages
+                                    .iter()
+                                    .flat_map(
+                                        aws_sdk_ec2::operation::describe_fleets::DescribeFleetsOutput::fleets,
+                                    )
+                                    .cloned(),
+                            ),
                             Err(e) if e.kind == ErrorKind::NotFound => {}
                             Err(e) => return Err(e),
                         }
@@ -499,7 +513,7 @@ impl Ec2 {
         )?;
         Ok(pages
             .iter()
-            .flat_map(|p| p.security_groups())
+            .flat_map(aws_sdk_ec2::operation::describe_security_groups::DescribeSecurityGroupsOutput::security_groups)
             .find_map(|g| Some((g.group_id()?.to_string(), tags_of(g.tags())))))
     }
 }
@@ -526,7 +540,7 @@ impl Cloud for Ec2 {
         // Newest by creation date, then by name (Canonical names end in the build date).
         let newest = pages
             .iter()
-            .flat_map(|p| p.images())
+            .flat_map(aws_sdk_ec2::operation::describe_images::DescribeImagesOutput::images)
             .filter(|i| i.image_id().is_some())
             .max_by(|a, b| (a.creation_date(), a.name()).cmp(&(b.creation_date(), b.name())));
         match newest {
@@ -571,7 +585,11 @@ impl Cloud for Ec2 {
             "DescribeVpcs",
             client.describe_vpcs().filters(filter("isDefault", &["true"]))
         )?;
-        let Some(vpc_id) = vpcs.iter().flat_map(|p| p.vpcs()).find_map(|v| v.vpc_id()).map(str::to_string)
+        let Some(vpc_id) = vpcs
+            .iter()
+            .flat_map(aws_sdk_ec2::operation::describe_vpcs::DescribeVpcsOutput::vpcs)
+            .find_map(|v| v.vpc_id())
+            .map(str::to_string)
         else {
             return Err(Error {
                 kind: ErrorKind::NotFound,
@@ -592,7 +610,7 @@ impl Cloud for Ec2 {
         )?;
         let mut subnets: Vec<Subnet> = pages
             .iter()
-            .flat_map(|p| p.subnets())
+            .flat_map(aws_sdk_ec2::operation::describe_subnets::DescribeSubnetsOutput::subnets)
             .filter_map(|s| {
                 Some(Subnet { id: s.subnet_id()?.to_string(), az: s.availability_zone()?.to_string() })
             })
@@ -854,7 +872,7 @@ impl Cloud for Ec2 {
                         "DescribeLaunchTemplates",
                         client.describe_launch_templates().launch_template_names(&spec_in.name)
                     )?;
-                    let mut templates = found.iter().flat_map(|p| p.launch_templates());
+                    let mut templates = found.iter().flat_map(aws_sdk_ec2::operation::describe_launch_templates::DescribeLaunchTemplatesOutput::launch_templates);
                     if !templates.next().is_some_and(|t| tag::is_ours(&tags_of(t.tags()))) {
                         return Err(self.not_ours(
                             "CreateLaunchTemplate",
@@ -976,14 +994,13 @@ impl Cloud for Ec2 {
     }
 
     async fn instances(&self, region: &str, tags: &Tags) -> Result<Vec<Instance>> {
-        let live = ["pending", "running", "stopping", "stopped", "shutting-down"];
         let mut found: Vec<Instance> =
-            self.described(region, tags, &live).await?.iter().map(|i| instance_of(region, i)).collect();
+            self.described(region, tags, &LIVE).await?.iter().map(|i| instance_of(region, i)).collect();
         found.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(found)
     }
 
-    async fn tagged(&self, region: &str, tags: &Tags) -> Result<Vec<Resource>> {
+    async fn tagged(&self, region: &str, tags: &Tags) -> Result<(Vec<Instance>, Vec<Resource>)> {
         let client = self.client(region);
         let filters = tag_filters(tags);
         let f = || Some(filters.clone());
@@ -1014,7 +1031,9 @@ impl Cloud for Ec2 {
             async { pages!(self, region, "DescribeVpcs", client.describe_vpcs().set_filters(f())) },
         );
         let mut out = Vec::new();
-        for g in groups?.iter().flat_map(|p| p.security_groups()) {
+        for g in groups?.iter().flat_map(
+            aws_sdk_ec2::operation::describe_security_groups::DescribeSecurityGroupsOutput::security_groups,
+        ) {
             out.push(resource(
                 Kind::SecurityGroup,
                 region,
@@ -1033,46 +1052,48 @@ impl Cloud for Ec2 {
                 tags_of(k.tags()),
             ));
         }
-        for t in templates?.iter().flat_map(|p| p.launch_templates()) {
+        for t in templates?.iter().flat_map(aws_sdk_ec2::operation::describe_launch_templates::DescribeLaunchTemplatesOutput::launch_templates) {
             let id = t.launch_template_id().unwrap_or_default();
             out.push(resource(Kind::LaunchTemplate, region, id, t.launch_template_name(), tags_of(t.tags())));
         }
+        let launched = launched?;
         let mut fleet_ids: Vec<String> =
-            launched?.iter().filter_map(|i| tags_of(i.tags()).remove(tag::FLEET_ID)).collect();
+            launched.iter().filter_map(|i| tags_of(i.tags()).remove(tag::FLEET_ID)).collect();
         fleet_ids.sort();
         fleet_ids.dedup();
         let vpcs = vpcs?;
         let dedicated = vpcs.iter().any(|p| !p.vpcs().is_empty());
-        for v in vpcs.iter().flat_map(|p| p.vpcs()) {
+        for v in vpcs.iter().flat_map(aws_sdk_ec2::operation::describe_vpcs::DescribeVpcsOutput::vpcs) {
             out.push(resource(Kind::Vpc, region, v.vpc_id().unwrap_or_default(), None, tags_of(v.tags())));
         }
         // Fleets by id; subnets, gateways and route tables exist only inside a dedicated VPC.
-        let (fleets, subnets, gateways, tables) = futures::join!(
-            self.fleets(region, &fleet_ids),
-            async {
-                if !dedicated {
-                    return Ok(Vec::new());
-                }
-                pages!(self, region, "DescribeSubnets", client.describe_subnets().set_filters(f()))
-            },
-            async {
-                if !dedicated {
-                    return Ok(Vec::new());
-                }
-                pages!(
-                    self,
-                    region,
-                    "DescribeInternetGateways",
-                    client.describe_internet_gateways().set_filters(f())
-                )
-            },
-            async {
-                if !dedicated {
-                    return Ok(Vec::new());
-                }
-                pages!(self, region, "DescribeRouteTables", client.describe_route_tables().set_filters(f()))
-            },
-        );
+        let vpc_parts = async {
+            if !dedicated {
+                return Ok((Vec::new(), Vec::new(), Vec::new()));
+            }
+            let (subnets, gateways, tables) = futures::join!(
+                async { pages!(self, region, "DescribeSubnets", client.describe_subnets().set_filters(f())) },
+                async {
+                    pages!(
+                        self,
+                        region,
+                        "DescribeInternetGateways",
+                        client.describe_internet_gateways().set_filters(f())
+                    )
+                },
+                async {
+                    pages!(
+                        self,
+                        region,
+                        "DescribeRouteTables",
+                        client.describe_route_tables().set_filters(f())
+                    )
+                },
+            );
+            Ok::<_, Error>((subnets?, gateways?, tables?))
+        };
+        let (fleets, vpc_parts) = futures::join!(self.fleets(region, &fleet_ids), vpc_parts);
+        let (subnets, gateways, tables) = vpc_parts?;
         for fleet in fleets? {
             let fleet_tags = tags_of(fleet.tags());
             let state =
@@ -1087,7 +1108,9 @@ impl Cloud for Ec2 {
                 ));
             }
         }
-        for s in subnets?.iter().flat_map(|p| p.subnets()) {
+        for s in
+            subnets.iter().flat_map(aws_sdk_ec2::operation::describe_subnets::DescribeSubnetsOutput::subnets)
+        {
             out.push(resource(
                 Kind::Subnet,
                 region,
@@ -1096,11 +1119,14 @@ impl Cloud for Ec2 {
                 tags_of(s.tags()),
             ));
         }
-        for g in gateways?.iter().flat_map(|p| p.internet_gateways()) {
+        for g in gateways.iter().flat_map(aws_sdk_ec2::operation::describe_internet_gateways::DescribeInternetGatewaysOutput::internet_gateways) {
             let id = g.internet_gateway_id().unwrap_or_default();
             out.push(resource(Kind::InternetGateway, region, id, None, tags_of(g.tags())));
         }
-        for t in tables?.iter().flat_map(|p| p.route_tables()) {
+        for t in tables
+            .iter()
+            .flat_map(aws_sdk_ec2::operation::describe_route_tables::DescribeRouteTablesOutput::route_tables)
+        {
             out.push(resource(
                 Kind::RouteTable,
                 region,
@@ -1109,7 +1135,12 @@ impl Cloud for Ec2 {
                 tags_of(t.tags()),
             ));
         }
-        Ok(out)
+        let live: Vec<Instance> = launched
+            .iter()
+            .filter(|i| i.state().and_then(|s| s.name()).is_some_and(|n| LIVE.contains(&n.as_str())))
+            .map(|i| instance_of(region, i))
+            .collect();
+        Ok((live, out))
     }
 
     async fn terminate(&self, region: &str, ids: &[String]) -> Result<Vec<String>> {
@@ -1159,19 +1190,19 @@ impl Cloud for Ec2 {
                         .await
                         .map_err(|e| classify("DeleteFleets", region, &e))?;
                     // A 200 can still hold the fleet among the ones EC2 did not delete.
-                    match out.unsuccessful_fleet_deletions().iter().find_map(|u| {
-                        let error = u.error();
-                        let code = error.and_then(|e| e.code()).map_or("Unknown", |c| c.as_str());
-                        unsuccessful_deletion(
-                            region,
-                            &r.id,
-                            code,
-                            error.and_then(|e| e.message()).unwrap_or(""),
-                        )
-                    }) {
-                        Some(e) => Err(e),
-                        None => Ok(()),
-                    }
+                    out.unsuccessful_fleet_deletions()
+                        .iter()
+                        .find_map(|u| {
+                            let error = u.error();
+                            let code = error.and_then(|e| e.code()).map_or("Unknown", |c| c.as_str());
+                            unsuccessful_deletion(
+                                region,
+                                &r.id,
+                                code,
+                                error.and_then(|e| e.message()).unwrap_or(""),
+                            )
+                        })
+                        .map_or(Ok(()), Err)
                 })
                 .await;
                 match deleted {
@@ -1292,7 +1323,9 @@ impl Cloud for Ec2 {
             client.describe_security_groups().group_ids(group_id)
         )?;
         let mut have: Vec<String> = Vec::new();
-        for group in pages.iter().flat_map(|p| p.security_groups()) {
+        for group in pages.iter().flat_map(
+            aws_sdk_ec2::operation::describe_security_groups::DescribeSecurityGroupsOutput::security_groups,
+        ) {
             let ssh = group.ip_permissions().iter().filter(|p| {
                 p.ip_protocol() == Some("tcp") && p.from_port() == Some(22) && p.to_port() == Some(22)
             });
@@ -1371,7 +1404,7 @@ impl Cloud for Ec2 {
         )?;
         let mut prices: BTreeMap<(String, String), (aws_sdk_ec2::primitives::DateTime, f64)> =
             BTreeMap::new();
-        for p in pages.iter().flat_map(|page| page.spot_price_history()) {
+        for p in pages.iter().flat_map(aws_sdk_ec2::operation::describe_spot_price_history::DescribeSpotPriceHistoryOutput::spot_price_history) {
             let (Some(t), Some(az), Some(price), Some(at)) =
                 (p.instance_type(), p.availability_zone(), p.spot_price(), p.timestamp())
             else {

@@ -341,9 +341,14 @@ pub trait Cloud: Send + Sync {
     ) -> impl Future<Output = Result<FleetOutcome>> + Send;
     /// Instances carrying all of `tags`, any state but terminated.
     fn instances(&self, region: &str, tags: &Tags) -> impl Future<Output = Result<Vec<Instance>>> + Send;
-    /// Every non-instance resource carrying all of `tags`; instant fleets (which EC2
-    /// lists only by id) through their instances' fleet-id tag.
-    fn tagged(&self, region: &str, tags: &Tags) -> impl Future<Output = Result<Vec<Resource>>> + Send;
+    /// Everything carrying all of `tags`: the instances not terminated, and every other
+    /// resource; instant fleets (which EC2 lists only by id) through the fleet-id tag of
+    /// their instances, terminated ones included.
+    fn tagged(
+        &self,
+        region: &str,
+        tags: &Tags,
+    ) -> impl Future<Output = Result<(Vec<Instance>, Vec<Resource>)>> + Send;
     /// Terminates instances; answers the ids EC2 does not know: gone long ago, or
     /// launched so recently that EC2's reads have not caught up (eventual consistency).
     fn terminate(&self, region: &str, ids: &[String]) -> impl Future<Output = Result<Vec<String>>> + Send;

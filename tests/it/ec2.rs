@@ -33,6 +33,11 @@ fn create_json(emu: &Emulator, dir: &std::path::Path, id: &str) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `spot create --no-deliver` of `dir` as `id`, however it ends.
+fn create(emu: &Emulator, dir: &std::path::Path, id: &str) -> std::process::Output {
+    emu.spot().args(["create", "--no-deliver", "--deployment-id", id]).arg(dir).output().unwrap()
+}
+
 fn destroy(emu: &Emulator, dir: &std::path::Path, id: &str) -> std::process::Output {
     emu.spot().args(["destroy", id, "--dir"]).arg(dir).output().unwrap()
 }
@@ -191,12 +196,7 @@ fn no_spot_capacity_without_fallback_fails_naming_what_was_tried_and_rolls_back(
     let dir = project(
         "aws: {total_instances: 2, ssh_cidr: 127.0.0.1/32}\nregions:\n  - us-east-1: {machine_type: [t3.micro, t3a.micro]}\n  - us-west-2: {machine_type: t3.micro}\n",
     );
-    let out = emu
-        .spot()
-        .args(["create", "--no-deliver", "--deployment-id", "nocap-1"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = create(&emu, dir.path(), "nocap-1");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     for needle in [
@@ -265,12 +265,7 @@ fn a_refused_launch_rolls_back_everything_the_run_made(behaviours: &Value) {
     let dir = project(
         "aws: {total_instances: 2, ssh_cidr: 127.0.0.1/32, use_dedicated_vpc: true}\nregions:\n  - us-east-1: {machine_type: t3.micro}\n",
     );
-    let out = emu
-        .spot()
-        .args(["create", "--no-deliver", "--deployment-id", "bad-1"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = create(&emu, dir.path(), "bad-1");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("InvalidParameterValue") && err.contains("rolled back: removed"), "{err}");
@@ -391,12 +386,7 @@ fn endpoint_flag_wins_invalid_input_makes_no_call_and_missing_credentials_fail_c
     // A malformed description creates nothing and makes no call.
     std::fs::write(dir.path().join(".spot/deployment.yaml"), "version: 1\npackges: [jq]\n").unwrap();
     let before = emu.calls().values().sum::<u64>();
-    let out = emu
-        .spot()
-        .args(["create", "--no-deliver", "--deployment-id", "bad-input"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = create(&emu, dir.path(), "bad-input");
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(emu.calls().values().sum::<u64>(), before, "invalid input makes no cloud call");
     std::fs::write(dir.path().join(".spot/deployment.yaml"), "version: 1\n").unwrap();
@@ -420,12 +410,7 @@ fn an_explicit_image_is_checked_to_exist() {
     let dir = project(
         "aws: {total_instances: 1, ssh_cidr: 127.0.0.1/32}\nregions:\n  - us-east-1: {machine_type: t3.micro, image: ami-0123456789abcdef0}\n",
     );
-    let out = emu
-        .spot()
-        .args(["create", "--no-deliver", "--deployment-id", "ami-1"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = create(&emu, dir.path(), "ami-1");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("image ami-0123456789abcdef0 does not exist"), "{err}");
@@ -542,12 +527,7 @@ fn a_launch_ec2_does_not_show_yet_is_pending_and_a_rollback_still_terminates_it(
     // "InvalidInstanceID.NotFound" for: asked again until EC2 knows it, not taken as gone.
     emu.behaviours(&lagging(4, 0));
     emu.faults(&json!([{"action": "DescribeInstances", "fault": "error", "status": 403, "code": "UnauthorizedOperation", "message": "not allowed", "times": 1}]));
-    let out = emu
-        .spot()
-        .args(["create", "--no-deliver", "--deployment-id", "lag-2"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = create(&emu, dir.path(), "lag-2");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
