@@ -6,6 +6,10 @@
 #
 #   bench/ec2.sh                       # uses target/release/spot (builds it if missing)
 #   SPOT_BIN=target/debug/spot DELAY_MS=100 COUNT=50 bench/ec2.sh
+#   CALLS=1 SPOT_BIN=target/debug/spot DELAY_MS=0 bench/ec2.sh
+#       instead: a table of EC2 calls per create+destroy of 1, 12 and 36 instances in 3
+#       regions, pagination off and with 2-item pages (instant fleets listed only by id
+#       and client tokens honoured in both)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SPOT_BIN=${SPOT_BIN:-target/release/spot}
@@ -64,6 +68,27 @@ run() { # label dir id
 
 # moto builds each region's backend on first use (seconds): do that before timing.
 python3 tests/support/ec2_inventory.py "http://127.0.0.1:$moto_port" us-east-1 us-west-2 eu-west-1 eu-central-1 ap-southeast-2 >/dev/null
+if [[ -n ${CALLS:-} ]]; then
+  echo "| instances (3 regions) | pages | create calls | destroy calls | total |"
+  echo "|---|---|---|---|---|"
+  for pages in off 2; do
+    b='{"instant_fleets": true, "client_tokens": true}'
+    [[ $pages == off ]] || b="{\"instant_fleets\": true, \"client_tokens\": true, \"pages\": $pages}"
+    curl -s -X POST -d "$b" "http://127.0.0.1:$proxy_port/__behaviours" >/dev/null
+    for n in 1 12 36; do
+      dir=$(COUNT=$n project "c$n-$pages" us-east-1 us-west-2 eu-west-1)
+      id="calls-$n-$pages"; before=$(stats)
+      "$SPOT_BIN" create --no-deliver --deployment-id "$id" "$dir" >/dev/null 2>"$work/$id.log" || { cat "$work/$id.log"; exit 1; }
+      mid=$(stats)
+      "$SPOT_BIN" destroy "$id" --dir "$dir" >/dev/null 2>>"$work/$id.log" || { cat "$work/$id.log"; exit 1; }
+      after=$(stats)
+      c=$(diff_calls "$before" "$mid" | cut -d' ' -f1); d=$(diff_calls "$mid" "$after" | cut -d' ' -f1)
+      echo "| $n | $pages | $c | $d | $((c + d)) |"
+      [[ -n ${SHOW_CALLS:-} ]] && echo "  create: $(diff_calls "$before" "$mid")" && echo "  destroy: $(diff_calls "$mid" "$after")"
+    done
+  done
+  exit 0
+fi
 one=$(project one us-east-1)
 five=$(project five us-east-1 us-west-2 eu-west-1 eu-central-1 ap-southeast-2)
 echo "$COUNT instances, ${DELAY_MS} ms added to every EC2 call, $SPOT_BIN"

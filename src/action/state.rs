@@ -21,7 +21,7 @@ pub fn created_key(n: usize) -> String {
 }
 
 /// The entry of the `n`-th resource main removed again itself (a rollback, an instance
-/// that was not ready, a duplicate of a retried launch).
+/// that was not ready).
 pub fn removed_key(n: usize) -> String {
     format!("removed_{n}")
 }
