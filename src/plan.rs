@@ -41,6 +41,16 @@ pub mod tag {
     pub fn is_ours(tags: &std::collections::BTreeMap<String, String>) -> bool {
         tags.get(MANAGED_BY).map(String::as_str) == Some(MANAGED_BY_VALUE)
     }
+
+    /// A resource found under a name the run wants, made by this same run (`ours` are the
+    /// run's tags): its own earlier attempt whose answer was lost, which it may adopt or
+    /// replace. One of another run (a deployment id in use) it never touches.
+    pub fn same_run(
+        found: &std::collections::BTreeMap<String, String>,
+        ours: &std::collections::BTreeMap<String, String>,
+    ) -> bool {
+        is_ours(found) && found.get(RUN_ID).is_some() && found.get(RUN_ID) == ours.get(RUN_ID)
+    }
 }
 
 /// What the run adds to the description: who, when, and under which id.

@@ -3,17 +3,17 @@
 //! [`modes`] (the main step) reads the inputs, masks every secret before printing
 //! anything, takes its credentials (`role-to-assume`), saves what post needs to
 //! `GITHUB_STATE` ([`state`]) before the first resource exists, then runs the mode: `up`
-//! (create and deliver, or for a pull request environment [`pr_env`]: redeploy or
-//! replace), `down` ([`down`]), `reap`, `validate`. [`post`] destroys what main made,
+//! (create and deliver, or with `keep: true` [`kept`]: redeploy or replace; an id in use
+//! without `keep` is refused), `down` ([`down`]), `reap`, `validate`. [`post`] destroys what main made,
 //! found by tags, unless `keep: true`. [`summary`] renders the job summary, outputs and
 //! comments (pure). Everything the runner hands over is read through `actions/` (the only
 //! reader of `GITHUB_*`, `INPUT_*`, `STATE_*`); one runtime and one [`Session`] serve the
 //! whole step.
 
 pub mod down;
+pub mod kept;
 pub mod modes;
 pub mod post;
-pub mod pr_env;
 pub mod state;
 pub mod summary;
 

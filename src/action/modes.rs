@@ -68,30 +68,36 @@ async fn up(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
     })?;
     // Credentials first (role-to-assume), before any state or summary is written.
     let session = super::session().await?;
-    let saved = [
-        (state::MODE, "up".to_string()),
-        (state::DEPLOYMENT_ID, id.clone()),
-        (state::KEEP, keep.to_string()),
-        (state::WORKING_DIRECTORY, dir.to_string_lossy().into_owned()),
-    ];
-    for (key, value) in &saved {
-        actions::save_state(key, value).map_err(|e| io("GITHUB_STATE", e))?;
-    }
     let job = job(dir, &id)?;
+    // A pull request's comment is about its kept environment.
     let pr = job.pr.filter(|_| keep);
     let hooks = ActionHooks::default();
     let outcome = match ops::up::prepare(&job) {
         // A push with a broken description fails here and leaves any environment alone.
-        Err(e) => Err((e, pr.is_some())),
-        Ok(prepared) => match pr {
-            Some(_) => super::pr_env::push(&session, &job, &prepared, &hooks).await,
-            None => {
+        Err(e) => Err((e, keep)),
+        Ok(prepared) => {
+            // `keep: false` makes a new deployment; an id given that is in use is refused
+            // before post is told of it, so post never removes another run's deployment.
+            if !keep && actions::input("deployment-id").is_some() {
+                let help = "set `keep: true` to deliver into it (or replace it when it no longer fits), remove it with `mode: down`, or leave `deployment-id` out for a new one";
+                if let Err(e) = ops::up::refuse_existing(&session, &prepared, help).await {
+                    actions::save_state(state::REFUSED, &id).map_err(|e| io("GITHUB_STATE", e))?;
+                    let _ = actions::summary(&summary::failed(&id, &e.to_string()));
+                    return Err(e);
+                }
+            }
+            save_state(dir, &id, keep)?;
+            if keep {
+                // Kept (a pull request's environment, or any `keep: true` run): the build
+                // goes into what runs under the id when it fits, else replaces it.
+                super::kept::push(&session, &job, &prepared, &hooks).await
+            } else {
                 actions::group(&format!("Create {id}"));
                 let created = ops::up::create(&session, &job, &prepared, &hooks).await;
                 actions::end_group();
                 created.map_err(|e| (e, false))
             }
-        },
+        }
     };
     let created = match outcome {
         Ok(done) => done,
@@ -134,6 +140,20 @@ async fn up(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
         created.outcomes.iter().filter(|o| o.ready).count(),
         created.seconds
     );
+    Ok(())
+}
+
+/// What post needs to find what main makes: saved before anything is created.
+fn save_state(dir: &std::path::Path, id: &str, keep: bool) -> Result<(), Error> {
+    let saved = [
+        (state::MODE, "up".to_string()),
+        (state::DEPLOYMENT_ID, id.to_string()),
+        (state::KEEP, keep.to_string()),
+        (state::WORKING_DIRECTORY, dir.to_string_lossy().into_owned()),
+    ];
+    for (key, value) in &saved {
+        actions::save_state(key, value).map_err(|e| io("GITHUB_STATE", e))?;
+    }
     Ok(())
 }
 

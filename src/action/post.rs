@@ -1,7 +1,7 @@
 //! The post step: destroys what main made, found by its tags, unless `keep: true`; then
 //! holds the removal against the resources main saved to `GITHUB_STATE` one by one.
 
-use super::{Mode, state};
+use super::state;
 use crate::actions;
 use crate::error::Error;
 use crate::lifecycle::progress::Progress;
@@ -11,6 +11,10 @@ use crate::overrides::list;
 
 /// The post step.
 pub async fn run() -> Result<(), Error> {
+    if let Some(id) = actions::state(state::REFUSED) {
+        println!("post: main refused {id} (a deployment that was there before this run); nothing to remove");
+        return Ok(());
+    }
     if actions::state(state::MODE).is_some_and(|m| m != "up") {
         println!("post: nothing to do after mode `{}`", actions::state(state::MODE).unwrap_or_default());
         return Ok(());
@@ -22,9 +26,10 @@ pub async fn run() -> Result<(), Error> {
         );
         return Ok(());
     }
-    let Some(id) = actions::state(state::DEPLOYMENT_ID).or_else(|| super::deployment_id(Mode::Up, false))
-    else {
-        println!("post: no deployment id saved or derivable; nothing to do");
+    // Main saves the id before it creates anything; none saved means it made nothing (and
+    // an id derived here could name a deployment of another run).
+    let Some(id) = actions::state(state::DEPLOYMENT_ID) else {
+        println!("post: main saved no deployment id (it stopped before creating anything); nothing to do");
         return Ok(());
     };
     let dir = actions::state(state::WORKING_DIRECTORY)

@@ -32,6 +32,13 @@ pub fn run(args: &CreateArgs) -> Result<(), Error> {
     let prepared = ops::up::prepare(&job)?;
     let created = super::block_on(async {
         let session = Session::open(args.cloud.endpoint_url.as_deref()).await;
+        // A generated id is new; one given may name a deployment that runs already.
+        if let Some(id) = &job.deployment_id {
+            let help = format!(
+                "to replace it, run `spot destroy {id}` first; for another deployment beside it, choose another --deployment-id or leave it out"
+            );
+            ops::up::refuse_existing(&session, &prepared, &help).await?;
+        }
         ops::up::create(&session, &job, &prepared, &NoHooks).await
     })?;
     print_ready(args.json, &created);

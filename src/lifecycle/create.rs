@@ -126,6 +126,15 @@ struct Run<'a, C: Cloud, D: Deliver> {
     progress: &'a Progress,
     cancel: &'a Cancel,
     made: Mutex<Vec<Resource>>,
+    /// The next launch round after the first (each has its own client token).
+    round: std::sync::atomic::AtomicU32,
+}
+
+/// The regions prepared so far and every fleet call made: what a top-up builds on.
+#[derive(Debug, Default)]
+struct Fill {
+    ready: BTreeMap<String, Ready>,
+    attempts: Vec<Attempt>,
 }
 
 /// Creates the deployment. On success at least `min_ready` instances are ready (each
@@ -138,7 +147,16 @@ pub async fn create<C: Cloud, D: Deliver>(
     progress: &Progress,
     cancel: &Cancel,
 ) -> Result<Vec<Outcome>, Failure> {
-    let run = Run { cloud, deliver, req, recorder, progress, cancel, made: Mutex::new(Vec::new()) };
+    let run = Run {
+        cloud,
+        deliver,
+        req,
+        recorder,
+        progress,
+        cancel,
+        made: Mutex::new(Vec::new()),
+        round: std::sync::atomic::AtomicU32::new(2),
+    };
     // A signal stops the run between steps; a call in flight gets a short grace period,
     // then is abandoned (whatever it made is tagged, and `destroy` finds it).
     let outcome = tokio::select! {
@@ -186,8 +204,7 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
     async fn go(&self) -> Result<Vec<Outcome>, String> {
         let total = self.req.plan.total_instances;
         let first: Vec<&RegionPlan> = self.req.plan.regions.iter().filter(|r| r.instances > 0).collect();
-        let mut ready: BTreeMap<String, Ready> = BTreeMap::new();
-        let mut attempts: Vec<Attempt> = Vec::new();
+        let mut fill = Fill::default();
 
         // Round one: every region with a share, prepared and launched in parallel.
         let results: Vec<Result<(Ready, Attempt), String>> = futures::stream::iter(first)
@@ -202,47 +219,20 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
             .await;
         for result in results {
             let (prepared, attempt) = result?;
-            ready.insert(prepared.region.clone(), prepared);
-            attempts.push(attempt);
+            fill.ready.insert(prepared.region.clone(), prepared);
+            fill.attempts.push(attempt);
         }
-        let mut launched: u32 = attempts.iter().map(|a| count(&a.outcome)).sum();
-
-        // Top up: spot in the other regions (and ones with spare pools), in config order.
-        let markets: &[Market] = match self.req.deployment.config.fallback {
-            Fallback::None => &[Market::Spot],
-            Fallback::OnDemand => &[Market::Spot, Market::OnDemand],
-        };
-        let mut round = 2;
-        for market in markets {
-            for plan in &self.req.plan.regions {
-                if launched >= total {
-                    break;
-                }
-                self.check_cancel()?;
-                let exhausted = attempts
-                    .iter()
-                    .any(|a| a.region == plan.region && a.market == *market && count(&a.outcome) < a.asked);
-                if exhausted {
-                    continue;
-                }
-                let prepared = match ready.get(&plan.region) {
-                    Some(r) => r.clone(),
-                    None => {
-                        let r = self.prepare(plan).await?;
-                        ready.insert(plan.region.clone(), r.clone());
-                        r
-                    }
-                };
-                let attempt = self.launch(&prepared, total - launched, *market, round).await?;
-                round += 1;
-                launched += count(&attempt.outcome);
-                attempts.push(attempt);
-            }
-        }
+        let launched: u32 = fill.attempts.iter().map(|a| count(&a.outcome)).sum();
+        let launched = launched + len(&self.top_up(total.saturating_sub(launched), &mut fill, &[]).await?);
         if launched < total {
-            return Err(capacity_report(total, launched, &attempts, self.req.deployment.config.fallback));
+            return Err(capacity_report(
+                total,
+                launched,
+                &fill.attempts,
+                self.req.deployment.config.fallback,
+            ));
         }
-        for a in &attempts {
+        for a in &fill.attempts {
             for e in &a.outcome.errors {
                 self.progress.event(format!(
                     "{}: {} {} in {} unavailable ({}), filled elsewhere",
@@ -250,82 +240,238 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
                 ));
             }
         }
-        let expected: Vec<Launched> = attempts.iter().flat_map(|a| a.outcome.launched.clone()).collect();
-        self.wait_and_deliver(&expected).await
+        let expected: Vec<Launched> = fill.attempts.iter().flat_map(|a| a.outcome.launched.clone()).collect();
+        self.wait_and_deliver(expected, &mut fill).await
+    }
+
+    /// Launches up to `want` more instances, as a shortfall at launch is filled: spot in
+    /// each region in config order (skipping a region whose spot pools already came up
+    /// short), then on-demand when `spot.fallback` allows. Pools in `avoid` (type, AZ)
+    /// are left out. Answers what it launched.
+    async fn top_up(
+        &self,
+        want: u32,
+        fill: &mut Fill,
+        avoid: &[(String, String)],
+    ) -> Result<Vec<Launched>, String> {
+        let markets: &[Market] = match self.req.deployment.config.fallback {
+            Fallback::None => &[Market::Spot],
+            Fallback::OnDemand => &[Market::Spot, Market::OnDemand],
+        };
+        let mut got: Vec<Launched> = Vec::new();
+        for market in markets {
+            for plan in &self.req.plan.regions {
+                if len(&got) >= want {
+                    return Ok(got);
+                }
+                self.check_cancel()?;
+                let exhausted = fill
+                    .attempts
+                    .iter()
+                    .any(|a| a.region == plan.region && a.market == *market && count(&a.outcome) < a.asked);
+                if exhausted {
+                    continue;
+                }
+                let mut prepared = match fill.ready.get(&plan.region) {
+                    Some(r) => r.clone(),
+                    None => {
+                        let r = self.prepare(plan).await?;
+                        fill.ready.insert(plan.region.clone(), r.clone());
+                        r
+                    }
+                };
+                prepared.pools.retain(|p| !avoid.iter().any(|(t, az)| *t == p.instance_type && *az == p.az));
+                if prepared.pools.is_empty() {
+                    continue;
+                }
+                let round = self.round.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let attempt = self.launch(&prepared, want - len(&got), *market, round).await?;
+                got.extend(attempt.outcome.launched.iter().cloned());
+                fill.attempts.push(attempt);
+            }
+        }
+        Ok(got)
     }
 
     /// Pipelined: each instance is delivered to the moment it runs, while the others
-    /// still start. Fails as soon as too many instances failed to leave `min_ready`.
-    async fn wait_and_deliver(&self, expected: &[Launched]) -> Result<Vec<Outcome>, String> {
-        let total = expected.len();
-        let min_ready = usize::try_from(self.req.min_ready).unwrap_or(usize::MAX).min(total);
-        let (tx, rx) = futures::channel::mpsc::unbounded::<Instance>();
-        let waiting = async move {
-            let result = self
-                .wait_running(expected, &|instance| {
-                    let _ = tx.unbounded_send(instance);
-                })
-                .await;
-            drop(tx);
-            result.map(|_| ())
+    /// still start; EC2 is watched the whole time, one describe per region per look. An
+    /// instance EC2 takes back (a spot reclaim: `shutting-down`/`terminated`, reason
+    /// `Server.SpotInstanceTermination`) fails with that reason, its delivery stopped;
+    /// when `min_ready` can then no longer be met it is replaced from the other pools, as
+    /// a shortfall at launch is. Fails as soon as too many instances failed otherwise.
+    async fn wait_and_deliver(&self, first: Vec<Launched>, fill: &mut Fill) -> Result<Vec<Outcome>, String> {
+        let started = Instant::now();
+        let min_ready = usize::try_from(self.req.min_ready).unwrap_or(usize::MAX).min(first.len());
+        let mut watch = Watch {
+            expected: first.into_iter().map(|l| (l, started)).collect(),
+            min_ready,
+            ..Watch::default()
         };
-        let delivering = async {
-            let mut stream = rx
-                .map(|instance| async move {
-                    let result = self.deliver.deliver(&instance).await;
-                    (instance, result)
-                })
-                .buffer_unordered(DELIVERY_CONCURRENCY);
-            let mut outcomes: Vec<Outcome> = Vec::new();
-            while let Some((instance, result)) = stream.next().await {
-                let secs = self.progress.elapsed().as_secs_f64();
-                match result {
-                    Ok(()) => {
-                        self.progress
-                            .event(format!("{}: {} ready ({secs:.1}s)", instance.region, instance.id));
-                        outcomes.push(Outcome {
-                            instance,
-                            ready: true,
-                            seconds_to_ready: Some(secs),
-                            error: None,
-                        });
+        let filter: Tags = [
+            (tag::DEPLOYMENT.to_string(), self.req.plan.deployment_id.clone()),
+            (tag::RUN_ID.to_string(), self.req.run_id.clone()),
+        ]
+        .into();
+        let mut deliveries = futures::stream::FuturesUnordered::new();
+        let mut stops: BTreeMap<String, futures::future::AbortHandle> = BTreeMap::new();
+        let mut last: BTreeMap<String, String> = BTreeMap::new();
+        loop {
+            let seen = self.look(&filter).await?;
+            for (e, at) in watch.expected.clone() {
+                if watch.outcomes.contains_key(&e.id) {
+                    continue;
+                }
+                let state = seen.iter().find(|i| i.id == e.id);
+                let label = state.map_or("gone", |i| i.state.as_str()).to_string();
+                if last.get(&e.id) != Some(&label) {
+                    if let Some(i) = state.filter(|i| i.state == "running") {
+                        let address = i.address().unwrap_or("no address");
+                        self.progress.event(format!(
+                            "{}: {} running at {address} ({:.1}s)",
+                            i.region,
+                            i.id,
+                            self.progress.elapsed().as_secs_f64()
+                        ));
                     }
-                    Err(e) => {
-                        self.progress.event(format!("{}: {} failed: {e}", instance.region, instance.id));
-                        outcomes.push(Outcome {
-                            instance,
-                            ready: false,
-                            seconds_to_ready: None,
-                            error: Some(e),
-                        });
+                    last.insert(e.id.clone(), label);
+                }
+                match state {
+                    Some(i) if i.state == "running" => {
+                        if watch.handed.insert(e.id.clone()) {
+                            let (stop, handle) = futures::future::AbortHandle::new_pair();
+                            stops.insert(e.id.clone(), stop);
+                            let instance = i.clone();
+                            deliveries.push(async move {
+                                let result =
+                                    futures::future::Abortable::new(self.deliver.deliver(&instance), handle)
+                                        .await;
+                                (instance, result)
+                            });
+                        }
+                    }
+                    Some(i) if i.state == "pending" => {}
+                    // Taken back by EC2: stop delivering to it.
+                    Some(i) => {
+                        if let Some(stop) = stops.remove(&i.id) {
+                            stop.abort();
+                        }
+                        let ran = watch.handed.contains(&i.id);
+                        self.taken_back(&mut watch, i, ran);
+                    }
+                    None if at.elapsed() < VISIBILITY_GRACE => {}
+                    None => {
+                        return Err(format!(
+                            "{} ({} {}) is not in EC2's answers {}s after launch: it stopped before it ran (spot capacity reclaimed?), or EC2's reads still lag",
+                            e.id,
+                            e.instance_type,
+                            e.az,
+                            VISIBILITY_GRACE.as_secs()
+                        ));
                     }
                 }
-                let failed = outcomes.iter().filter(|o| !o.ready).count();
-                if total - failed < min_ready {
-                    return Err(not_ready_report(&outcomes, total, min_ready));
-                }
-                self.progress.status(format!(
-                    "{}/{total} ready, {failed} failed",
-                    outcomes.iter().filter(|o| o.ready).count()
+            }
+            self.replace_if_short(&mut watch, fill).await?;
+            if watch.done() {
+                break;
+            }
+            let starting: Vec<&(Launched, Instant)> = watch
+                .expected
+                .iter()
+                .filter(|(e, _)| !watch.handed.contains(&e.id) && !watch.outcomes.contains_key(&e.id))
+                .collect();
+            if starting.iter().any(|(_, at)| at.elapsed() >= self.req.wait_timeout) {
+                return Err(format!(
+                    "{} of {} instance(s) not running after {}s",
+                    starting.len(),
+                    watch.expected.len(),
+                    self.req.wait_timeout.as_secs()
                 ));
             }
-            Ok(outcomes)
-        };
-        let ((), mut outcomes) = futures::future::try_join(waiting, delivering).await?;
-        let broken: Vec<&Outcome> = outcomes.iter().filter(|o| !o.ready).collect();
+            let running =
+                watch.handed.len() - watch.outcomes.keys().filter(|id| watch.handed.contains(*id)).count();
+            self.progress.status(format!(
+                "{}/{} running, {} ready",
+                running,
+                watch.expected.len(),
+                watch.outcomes.values().filter(|o| o.ready).count()
+            ));
+            // While only deliveries run, EC2 is asked less often: a reclaim gives two
+            // minutes' notice, and a delivery it cuts short is looked at at once.
+            let pause = if starting.is_empty() { self.req.poll * 5 } else { self.req.poll };
+            let tick = self.cancel.sleep(pause);
+            tokio::pin!(tick);
+            loop {
+                tokio::select! {
+                    Some((instance, result)) = deliveries.next(), if !deliveries.is_empty() => {
+                        stops.remove(&instance.id);
+                        // Stopped because EC2 took it back: its outcome is in already.
+                        let Ok(result) = result else { continue };
+                        if watch.outcomes.contains_key(&instance.id) {
+                            continue;
+                        }
+                        match result {
+                            Ok(()) => {
+                                let secs = self.progress.elapsed().as_secs_f64();
+                                self.progress.event(format!("{}: {} ready ({secs:.1}s)", instance.region, instance.id));
+                                watch.outcomes.insert(instance.id.clone(), Outcome {
+                                    instance,
+                                    ready: true,
+                                    seconds_to_ready: Some(secs),
+                                    error: None,
+                                });
+                            }
+                            // A delivery that failed: was it EC2 taking the instance back?
+                            Err(e) => match self.look(&filter).await?.into_iter().find(|i| i.id == instance.id) {
+                                Some(now) if now.state != "running" => self.taken_back(&mut watch, &now, true),
+                                _ => {
+                                    self.progress.event(format!("{}: {} failed: {e}", instance.region, instance.id));
+                                    watch.outcomes.insert(instance.id.clone(), Outcome {
+                                        instance,
+                                        ready: false,
+                                        seconds_to_ready: None,
+                                        error: Some(e),
+                                    });
+                                }
+                            },
+                        }
+                        let before = watch.expected.len();
+                        self.replace_if_short(&mut watch, fill).await?;
+                        if watch.done() || watch.expected.len() > before {
+                            break;
+                        }
+                    }
+                    cancelled = &mut tick => {
+                        if cancelled {
+                            return Err("cancelled by signal".into());
+                        }
+                        break;
+                    }
+                }
+            }
+            if watch.done() {
+                break;
+            }
+        }
+        let mut outcomes: Vec<Outcome> = watch.outcomes.into_values().collect();
+        let broken: Vec<&Outcome> =
+            outcomes.iter().filter(|o| !o.ready && !watch.taken.contains_key(&o.instance.id)).collect();
+        let ready = outcomes.iter().filter(|o| o.ready).count();
         for o in &broken {
             may_terminate(&o.instance)?;
             self.progress.event(format!(
-                "{}: terminating {} (not ready; {} of {total} ready is enough)",
+                "{}: terminating {} (not ready; {ready} of {} ready is enough)",
                 o.instance.region,
                 o.instance.id,
-                total - broken.len()
+                watch.expected.len()
             ));
             // It ran, so EC2 knows it: an id it no longer knows is gone.
             self.cloud
                 .terminate(&o.instance.region, std::slice::from_ref(&o.instance.id))
                 .await
                 .map_err(|e| e.to_string())?;
+        }
+        // Those EC2 took back are gone too.
+        for o in outcomes.iter().filter(|o| !o.ready) {
             self.recorder.removed(&Resource {
                 kind: Kind::Instance,
                 region: o.instance.region.clone(),
@@ -339,6 +485,83 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
         Ok(outcomes)
     }
 
+    /// This run's instances in every region it launched into, any state, with EC2's
+    /// reason for each one's last state change.
+    async fn look(&self, filter: &Tags) -> Result<Vec<Instance>, String> {
+        let mut regions: Vec<String> = self
+            .made
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|m| m.kind == Kind::Instance)
+            .map(|m| m.region.clone())
+            .collect();
+        regions.sort();
+        regions.dedup();
+        let found: Vec<Result<Vec<Instance>, provider::Error>> = futures::stream::iter(&regions)
+            .map(|region| self.cloud.watched(region, filter))
+            .buffer_unordered(REGION_CONCURRENCY)
+            .collect()
+            .await;
+        let mut seen = Vec::new();
+        for f in found {
+            seen.extend(f.map_err(|e| e.to_string())?);
+        }
+        Ok(seen)
+    }
+
+    /// Notes an instance EC2 took back (`ran`: spot was delivering to it).
+    fn taken_back(&self, watch: &mut Watch, instance: &Instance, ran: bool) {
+        let why = taken_back_message(instance, ran);
+        self.progress.event(format!("{}: {why}", instance.region));
+        watch.taken.insert(instance.id.clone(), (instance.instance_type.clone(), instance.az.clone()));
+        watch.outcomes.insert(
+            instance.id.clone(),
+            Outcome { instance: instance.clone(), ready: false, seconds_to_ready: None, error: Some(why) },
+        );
+    }
+
+    /// When `min_ready` can no longer be met by the instances still in play and EC2
+    /// taking instances back is why, launches replacements from the pools not taken back
+    /// from; fails naming every instance that failed (and what the top-up tried) when
+    /// that cannot make up the difference.
+    async fn replace_if_short(&self, watch: &mut Watch, fill: &mut Fill) -> Result<(), String> {
+        let failed = watch.outcomes.values().filter(|o| !o.ready).count();
+        let in_play = watch.expected.len() - failed;
+        if in_play >= watch.min_ready {
+            return Ok(());
+        }
+        let want = watch.min_ready - in_play;
+        let report = || {
+            not_ready_report(
+                &watch.outcomes.values().cloned().collect::<Vec<_>>(),
+                watch.expected.len(),
+                watch.min_ready,
+            )
+        };
+        // Only what EC2 took back is made good; a build that fails would fail again.
+        if want > watch.taken.len() - watch.replaced {
+            return Err(report());
+        }
+        let avoid: Vec<(String, String)> = watch.taken.values().cloned().collect();
+        self.progress
+            .event(format!("launching {want} replacement(s) for what EC2 took back, from other pools"));
+        let attempts_before = fill.attempts.len();
+        let got = self.top_up(u32::try_from(want).unwrap_or(u32::MAX), fill, &avoid).await?;
+        if got.len() < want {
+            let tried = capacity_report(
+                u32::try_from(want).unwrap_or(u32::MAX),
+                len(&got),
+                &fill.attempts[attempts_before..],
+                self.req.deployment.config.fallback,
+            );
+            return Err(format!("{}\nno replacement: {tried}", report()));
+        }
+        watch.replaced += got.len();
+        let now = Instant::now();
+        watch.expected.extend(got.into_iter().map(|l| (l, now)));
+        Ok(())
+    }
     /// Image, network, security group, key pair and launch template for one region.
     async fn prepare(&self, plan: &RegionPlan) -> Result<Ready, String> {
         let cloud = self.cloud;
@@ -491,98 +714,6 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
         Ok(Attempt { region: ready.region.clone(), market, asked, outcome })
     }
 
-    /// Waits until every launched instance runs. One describe per region per poll. An
-    /// instance EC2's reads do not show yet is pending for [`VISIBILITY_GRACE`] (EC2 is
-    /// eventually consistent: CreateFleet's answer comes before the describe that shows
-    /// it). A retried launch makes no second set: each CreateFleet carries a client
-    /// token, and EC2 answers a repeated token with the first answer.
-    async fn wait_running(
-        &self,
-        expected: &[Launched],
-        on_running: &(dyn Fn(Instance) + Sync),
-    ) -> Result<Vec<Instance>, String> {
-        let started = Instant::now();
-        let deadline = started + self.req.wait_timeout;
-        let mut regions: Vec<String> = self.req.plan.regions.iter().map(|r| r.region.clone()).collect();
-        regions.retain(|r| {
-            self.made
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .iter()
-                .any(|m| &m.region == r && m.kind == Kind::Instance)
-        });
-        let filter: Tags = [
-            (tag::DEPLOYMENT.to_string(), self.req.plan.deployment_id.clone()),
-            (tag::RUN_ID.to_string(), self.req.run_id.clone()),
-        ]
-        .into();
-        let mut last: BTreeMap<String, String> = BTreeMap::new();
-        loop {
-            let found: Vec<Result<Vec<Instance>, provider::Error>> = futures::stream::iter(&regions)
-                .map(|region| self.cloud.instances(region, &filter))
-                .buffer_unordered(REGION_CONCURRENCY)
-                .collect()
-                .await;
-            let mut now: Vec<Instance> = Vec::new();
-            for f in found {
-                now.extend(f.map_err(|e| e.to_string())?);
-            }
-            let mut running = Vec::new();
-            for e in expected {
-                let state = now.iter().find(|i| i.id == e.id);
-                let label = state.map_or("gone", |i| i.state.as_str()).to_string();
-                if last.get(&e.id) != Some(&label) {
-                    if let Some(i) = state.filter(|i| i.state == "running") {
-                        let address = i.address().unwrap_or("no address");
-                        self.progress.event(format!(
-                            "{}: {} running at {address} ({:.1}s)",
-                            i.region,
-                            i.id,
-                            self.progress.elapsed().as_secs_f64()
-                        ));
-                        on_running(i.clone());
-                    }
-                    last.insert(e.id.clone(), label.clone());
-                }
-                match state {
-                    Some(i) if i.state == "running" => running.push(i.clone()),
-                    Some(i) if i.state == "pending" => {}
-                    Some(i) => {
-                        return Err(format!(
-                            "{} in {} went to `{}` while starting (spot capacity reclaimed?)",
-                            i.id, i.region, i.state
-                        ));
-                    }
-                    None if started.elapsed() < VISIBILITY_GRACE => {}
-                    None => {
-                        return Err(format!(
-                            "{} ({} {}) is not in EC2's answers {}s after launch: it stopped before it ran (spot capacity reclaimed?), or EC2's reads still lag",
-                            e.id,
-                            e.instance_type,
-                            e.az,
-                            VISIBILITY_GRACE.as_secs()
-                        ));
-                    }
-                }
-            }
-            self.progress.status(format!("{}/{} running", running.len(), expected.len()));
-            if running.len() == expected.len() {
-                return Ok(running);
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "{} of {} instance(s) not running after {}s",
-                    expected.len() - running.len(),
-                    expected.len(),
-                    self.req.wait_timeout.as_secs()
-                ));
-            }
-            if self.cancel.sleep(self.req.poll).await {
-                return Err("cancelled by signal".into());
-            }
-        }
-    }
-
     /// Removes what this run made. After a cancel, it keeps within a few seconds and
     /// leaves the rest (recorded, tagged) to `destroy`.
     async fn roll_back(&self, message: String) -> Failure {
@@ -618,7 +749,49 @@ fn may_terminate(instance: &Instance) -> Result<(), String> {
 }
 
 fn count(outcome: &FleetOutcome) -> u32 {
-    u32::try_from(outcome.launched.len()).unwrap_or(u32::MAX)
+    len(&outcome.launched)
+}
+
+fn len<T>(items: &[T]) -> u32 {
+    u32::try_from(items.len()).unwrap_or(u32::MAX)
+}
+
+/// What the watch over a run's instances knows.
+#[derive(Debug, Default)]
+struct Watch {
+    /// Every instance launched for the run, with when.
+    expected: Vec<(Launched, Instant)>,
+    min_ready: usize,
+    /// Handed to delivery (it ran).
+    handed: std::collections::BTreeSet<String>,
+    /// The end of each instance that has one, by id.
+    outcomes: BTreeMap<String, Outcome>,
+    /// Taken back by EC2, with the pool (type, AZ) each came from.
+    taken: BTreeMap<String, (String, String)>,
+    /// Replacements launched.
+    replaced: usize,
+}
+
+impl Watch {
+    fn done(&self) -> bool {
+        self.expected.iter().all(|(e, _)| self.outcomes.contains_key(&e.id))
+    }
+}
+
+/// Pure: why an instance left `running` (or never got there), naming EC2's reason: a
+/// spot reclaim is `Server.SpotInstanceTermination`.
+fn taken_back_message(instance: &Instance, ran: bool) -> String {
+    let reason = instance.state_reason.as_deref().unwrap_or("EC2 gave no reason");
+    let what = if reason.contains("Server.SpotInstance") {
+        "spot capacity reclaimed by EC2"
+    } else {
+        "stopped outside spot"
+    };
+    let when = if ran { "while spot delivered to it" } else { "before it ran" };
+    format!(
+        "{} ({} in {}) went to `{}` {when}: {what} ({reason})",
+        instance.id, instance.instance_type, instance.az, instance.state
+    )
 }
 
 /// Names every instance that did not become ready and why.

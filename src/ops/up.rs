@@ -116,6 +116,43 @@ pub fn prepare(job: &Job) -> Result<Prepared, Error> {
     Ok(Prepared { inputs, deployment, listing, limits, min_ready, secret_values })
 }
 
+/// Refuses a deployment id that is already in use: a second `create` under one id would
+/// make a second set of instances beside the first (and fight over its names). Looks in
+/// the description's regions, by tags; nothing is created or written. `help` says what the
+/// caller's surface offers instead (the CLI: destroy first; the action: `keep: true`).
+pub async fn refuse_existing(session: &Session, prepared: &Prepared, help: &str) -> Result<(), Error> {
+    let id = &prepared.inputs.deployment_id;
+    let regions: Vec<String> = prepared.deployment.config.regions.iter().map(|r| r.name.clone()).collect();
+    let filter = [(plan::tag::DEPLOYMENT.to_string(), id.clone())].into();
+    let mut found = crate::lifecycle::inventory::discover(&session.cloud, &regions, &filter)
+        .await
+        .map_err(|e| Error::Runtime { message: format!("cannot look for {id}: {e}"), help: String::new() })?;
+    match found.remove(id) {
+        None => Ok(()),
+        Some(existing) => Err(Error::Usage { message: exists_message(&existing), help: help.to_string() }),
+    }
+}
+
+/// Pure: what of `existing` is there, for the refusal.
+fn exists_message(existing: &crate::lifecycle::inventory::Deployed) -> String {
+    let regions: Vec<&str> = existing.regions.iter().map(String::as_str).collect();
+    let mut message = format!(
+        "deployment `{}` already exists in {}: {} instance(s) and {} other resource(s)",
+        existing.deployment_id,
+        regions.join(", "),
+        existing.instances.len(),
+        existing.resources.len()
+    );
+    if let Some(run) = &existing.run_id {
+        message.push_str(&format!(", made by run {run}"));
+    }
+    if let Some(expires) = &existing.expires_at {
+        message.push_str(&format!(", expiring {expires}"));
+    }
+    message.push_str("; nothing was created or changed");
+    message
+}
+
 /// Plans and creates `job`, already [`prepare`]d: the whole of `create` but the printing.
 pub async fn create(
     session: &Session,

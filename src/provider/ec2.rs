@@ -395,6 +395,7 @@ fn instance_of(region: &str, i: &aws_sdk_ec2::types::Instance) -> Instance {
         public_ip: i.public_ip_address().map(str::to_string),
         private_ip: i.private_ip_address().map(str::to_string),
         tags: tags_of(i.tags()),
+        state_reason: i.state_reason().and_then(|r| r.message().or(r.code())).map(str::to_string),
     }
 }
 
@@ -466,6 +467,33 @@ impl Ec2 {
             }
         }
         Ok(out)
+    }
+
+    /// May this run take over `what` (found under the name it wants, with tags `found`)?
+    /// Only when it made it itself; another run's belongs to a deployment id in use.
+    fn claim(
+        &self,
+        operation: &'static str,
+        region: &str,
+        what: &str,
+        found: Option<&Tags>,
+        ours: &Tags,
+    ) -> Result<()> {
+        match found {
+            Some(found) if tag::same_run(found, ours) => Ok(()),
+            Some(found) if tag::is_ours(found) => Err(Error {
+                kind: ErrorKind::Other,
+                code: "DeploymentInUse".into(),
+                message: format!(
+                    "{what} belongs to run {} of deployment {}: that deployment exists; spot will not replace it",
+                    found.get(tag::RUN_ID).map_or("(unknown)", String::as_str),
+                    found.get(tag::DEPLOYMENT).map_or("(unknown)", String::as_str),
+                ),
+                operation,
+                region: region.to_string(),
+            }),
+            _ => Err(self.not_ours(operation, region, what)),
+        }
     }
 
     fn not_ours(&self, operation: &'static str, region: &str, what: &str) -> Error {
@@ -747,18 +775,12 @@ impl Cloud for Ec2 {
         );
         let group_id = match created {
             Ok(out) => out.group_id().unwrap_or_default().to_string(),
-            // A retried create whose first answer was lost, or a redeploy: adopt ours.
+            // A retried create whose first answer was lost: adopt it.
             Err(e) if e.kind == ErrorKind::Duplicate => {
-                match self.find_security_group(region, name, vpc_id).await? {
-                    Some((id, found)) if tag::is_ours(&found) => id,
-                    _ => {
-                        return Err(self.not_ours(
-                            "CreateSecurityGroup",
-                            region,
-                            &format!("security group `{name}`"),
-                        ));
-                    }
-                }
+                let found = self.find_security_group(region, name, vpc_id).await?;
+                let what = format!("security group `{name}`");
+                self.claim("CreateSecurityGroup", region, &what, found.as_ref().map(|(_, t)| t), tags)?;
+                found.map(|(id, _)| id).unwrap_or_default()
             }
             Err(e) => return Err(e),
         };
@@ -784,13 +806,12 @@ impl Cloud for Ec2 {
                     let id = out.key_pair_id().unwrap_or(name).to_string();
                     return Ok(resource(Kind::KeyPair, region, &id, Some(name), tags.clone()));
                 }
-                // A key of this name from an earlier run of the same deployment: replace it.
+                // This run's own key, from an attempt whose answer was lost: replace it.
                 Err(e) if e.kind == ErrorKind::Duplicate && attempt == 0 => {
                     let found =
                         call!(self, region, "DescribeKeyPairs", client.describe_key_pairs().key_names(name))?;
-                    if !found.key_pairs().first().is_some_and(|k| tag::is_ours(&tags_of(k.tags()))) {
-                        return Err(self.not_ours("ImportKeyPair", region, &format!("key pair `{name}`")));
-                    }
+                    let found = found.key_pairs().first().map(|k| tags_of(k.tags()));
+                    self.claim("ImportKeyPair", region, &format!("key pair `{name}`"), found.as_ref(), tags)?;
                     call!(self, region, "DeleteKeyPair", client.delete_key_pair().key_name(name))?;
                 }
                 Err(e) => return Err(e),
@@ -872,14 +893,13 @@ impl Cloud for Ec2 {
                         "DescribeLaunchTemplates",
                         client.describe_launch_templates().launch_template_names(&spec_in.name)
                     )?;
-                    let mut templates = found.iter().flat_map(aws_sdk_ec2::operation::describe_launch_templates::DescribeLaunchTemplatesOutput::launch_templates);
-                    if !templates.next().is_some_and(|t| tag::is_ours(&tags_of(t.tags()))) {
-                        return Err(self.not_ours(
-                            "CreateLaunchTemplate",
-                            region,
-                            &format!("launch template `{}`", spec_in.name),
-                        ));
-                    }
+                    let found = found
+                        .iter()
+                        .flat_map(aws_sdk_ec2::operation::describe_launch_templates::DescribeLaunchTemplatesOutput::launch_templates)
+                        .next()
+                        .map(|t| tags_of(t.tags()));
+                    let what = format!("launch template `{}`", spec_in.name);
+                    self.claim("CreateLaunchTemplate", region, &what, found.as_ref(), &spec_in.tags)?;
                     call!(
                         self,
                         region,
@@ -998,6 +1018,10 @@ impl Cloud for Ec2 {
             self.described(region, tags, &LIVE).await?.iter().map(|i| instance_of(region, i)).collect();
         found.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(found)
+    }
+
+    async fn watched(&self, region: &str, tags: &Tags) -> Result<Vec<Instance>> {
+        Ok(self.described(region, tags, &[]).await?.iter().map(|i| instance_of(region, i)).collect())
     }
 
     async fn tagged(&self, region: &str, tags: &Tags) -> Result<(Vec<Instance>, Vec<Resource>)> {

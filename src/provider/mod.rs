@@ -230,6 +230,10 @@ pub struct Instance {
     pub public_ip: Option<String>,
     pub private_ip: Option<String>,
     pub tags: Tags,
+    /// EC2's reason for the last state change (`Server.SpotInstanceTermination: ...`),
+    /// when it gives one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_reason: Option<String>,
 }
 
 impl Instance {
@@ -246,6 +250,7 @@ impl Instance {
             public_ip: None,
             private_ip: None,
             tags,
+            state_reason: None,
         }
     }
 
@@ -341,6 +346,9 @@ pub trait Cloud: Send + Sync {
     ) -> impl Future<Output = Result<FleetOutcome>> + Send;
     /// Instances carrying all of `tags`, any state but terminated.
     fn instances(&self, region: &str, tags: &Tags) -> impl Future<Output = Result<Vec<Instance>>> + Send;
+    /// Instances carrying all of `tags` in every state, terminated included, each with
+    /// EC2's reason for its last state change: how a run sees one EC2 took back.
+    fn watched(&self, region: &str, tags: &Tags) -> impl Future<Output = Result<Vec<Instance>>> + Send;
     /// Everything carrying all of `tags`: the instances not terminated, and every other
     /// resource; instant fleets (which EC2 lists only by id) through the fleet-id tag of
     /// their instances, terminated ones included.

@@ -525,6 +525,74 @@ fn a_pull_request_environment_takes_pushes_in_place_is_replaced_when_it_must_be_
     }
 }
 
+#[test]
+fn a_named_deployment_on_a_push_is_redeployed_with_keep_and_refused_without_it() {
+    let emu = Emulator::start();
+    let player = Player::start(&emu, &["us-east-1"], &[]);
+    let dir = repository(&config(1, "root"), &stamped("v1"), &[]);
+    let wd = dir.path().to_str().unwrap();
+    let manifest = dir.path().join(".spot/deployment.yaml");
+    let push = json!({"ref": "refs/heads/main"});
+    let kept = [
+        ("working-directory", wd),
+        ("ssh-cidr", "127.0.0.1/32"),
+        ("deployment-id", "staging"),
+        ("keep", "true"),
+    ];
+    let first = Job::new("9301", "push", push.clone());
+    let out = first.run(&emu, "main", &kept, Some(&player.ssh_dir));
+    assert!(out.status.success(), "{}\nplayer: {}", text(&out), player.log());
+    let original = file_commands(&first.path("output-main"))["instance-ids"].clone();
+    let post = first.run(&emu, "post", &[], None);
+    assert!(text(&post).contains("keeping staging"), "{}", text(&post));
+
+    // `keep: true` on a push takes the redeploy-or-replace path pull requests take.
+    std::fs::write(&manifest, stamped("v2")).unwrap();
+    let second = Job::new("9302", "push", push.clone());
+    let out = second.run(&emu, "main", &kept, Some(&player.ssh_dir));
+    assert!(out.status.success(), "{}\nplayer: {}", text(&out), player.log());
+    assert!(text(&out).contains("redeployed into the running staging"), "{}", text(&out));
+    assert_eq!(file_commands(&second.path("output-main"))["instance-ids"], original);
+    assert_eq!(player.on_instance(&original, "cat /var/lib/spot/version").trim(), "v2");
+
+    // Without `keep`, the id in use is refused before anything is made, and post (which
+    // removes what its main made) leaves the deployment alone.
+    let calls = emu.calls();
+    let fresh = [("working-directory", wd), ("ssh-cidr", "127.0.0.1/32"), ("deployment-id", "staging")];
+    let third = Job::new("9303", "push", push);
+    let out = third.run(&emu, "main", &fresh, Some(&player.ssh_dir));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("deployment `staging` already exists") && text(&out).contains("keep: true"),
+        "{}",
+        text(&out)
+    );
+    assert!(std::fs::read_to_string(third.path("summary-main")).unwrap().contains("already exists"));
+    let post = third.run(&emu, "post", &[("working-directory", wd)], None);
+    assert!(post.status.success() && text(&post).contains("main refused staging"), "{}", text(&post));
+    let made: Vec<String> = emu
+        .calls()
+        .iter()
+        .filter(|(k, v)| {
+            ["Create", "Import", "Delete", "Terminate"].iter().any(|c| k.starts_with(c))
+                && calls.get(*k) != Some(v)
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert!(made.is_empty(), "the refused run changed EC2: {made:?}");
+    assert_eq!(emu.leftovers(&["us-east-1"])["us-east-1"]["instances"], json!([original]));
+
+    let down = Job::new("9304", "push", json!({}));
+    let out = down.run(
+        &emu,
+        "main",
+        &[("working-directory", wd), ("mode", "down"), ("deployment-id", "staging")],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_clean(&emu);
+}
+
 /// Sets tags on every resource of a deployment, or terminates its instances, directly.
 fn tamper(emu: &Emulator, deployment: &str, action: &str) {
     let script = format!(

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::common::repo;
-use crate::emulator::{Emulator, state_dir};
+use crate::emulator::{Emulator, reclaiming, state_dir};
 
 /// The instance player for one test, stopped with SIGTERM (it then stops every sshd and
 /// service it started) when dropped.
@@ -505,5 +505,72 @@ fn a_clean_boot_is_judged_done_from_cloud_inits_own_status() {
     assert!(status.starts_with("status: done"), "{status}");
     let destroyed = emu.spot().args(["destroy", "ci-done-1", "--dir"]).arg(dir.path()).output().unwrap();
     assert!(destroyed.status.success(), "{}", stderr(&destroyed));
+    assert_clean(&emu);
+}
+
+/// A deployment whose delivery takes `secs` seconds on each instance.
+fn slow(secs: u32) -> String {
+    format!("version: 1\nscripts:\n  - name: slow\n    command: sleep {secs}\n")
+}
+
+#[test]
+fn a_spot_instance_reclaimed_while_spot_delivers_is_replaced_from_another_pool() {
+    let emu = Emulator::start();
+    // Reclaimed the moment it is first seen running: spot starts delivering to it while
+    // EC2 takes it away (its sshd goes), and sees that at its next look.
+    emu.behaviours(&reclaiming(1, 1, "pool"));
+    let player = Player::start(&emu, &["us-east-1"], &[]);
+    let dir = repository(&config(1, "root"), &slow(1), &[]);
+    let out = create(&emu, &player, dir.path(), "reclaim-1", &[]);
+    assert!(out.status.success(), "{}\nplayer: {}", stderr(&out), player.log());
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let outcomes = doc["instances"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 2, "the reclaimed instance and its replacement: {doc:#}");
+    let lost = outcomes.iter().find(|o| o["ready"] == false).expect("the reclaimed one");
+    let replacement = outcomes.iter().find(|o| o["ready"] == true).expect("a ready replacement");
+    let error = lost["error"].as_str().unwrap();
+    assert!(
+        error.contains("Server.SpotInstanceTermination") && error.contains("while spot delivered to it"),
+        "{error}"
+    );
+    assert!(!error.to_lowercase().contains("ssh"), "a reclaim, not an SSH error: {error}");
+    assert_ne!(lost["az"], replacement["az"], "the replacement comes from another pool: {doc:#}");
+    assert_eq!(emu.calls()["CreateFleet"], 2, "{:?}", emu.calls());
+    assert!(stderr(&out).contains("launching 1 replacement(s)"), "{}", stderr(&out));
+    let destroyed = emu.spot().args(["destroy", "reclaim-1", "--dir"]).arg(dir.path()).output().unwrap();
+    assert!(destroyed.status.success(), "{}", stderr(&destroyed));
+    assert_clean(&emu);
+}
+
+#[test]
+fn a_reclaim_that_min_ready_absorbs_launches_nothing_and_one_no_pool_can_replace_fails_naming_it() {
+    let emu = Emulator::start();
+    // Reclaimed at the second look, mid-script: its SSH session drops.
+    emu.behaviours(&reclaiming(1, 2, "none"));
+    let player = Player::start(&emu, &["us-east-1"], &[]);
+    let dir = repository(&config(2, "root"), &slow(12), &[]);
+    let out = create(&emu, &player, dir.path(), "reclaim-2", &["--min-ready", "1"]);
+    assert!(out.status.success(), "{}\nplayer: {}", stderr(&out), player.log());
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let outcomes = doc["instances"].as_array().unwrap();
+    assert_eq!(outcomes.iter().filter(|o| o["ready"] == true).count(), 1, "{doc:#}");
+    let lost = outcomes.iter().find(|o| o["ready"] == false).expect("the reclaimed one");
+    assert!(lost["error"].as_str().unwrap().contains("spot capacity reclaimed by EC2"), "{doc:#}");
+    assert_eq!(emu.calls()["CreateFleet"], 1, "one ready was enough: no replacement");
+    let destroyed = emu.spot().args(["destroy", "reclaim-2", "--dir"]).arg(dir.path()).output().unwrap();
+    assert!(destroyed.status.success(), "{}", stderr(&destroyed));
+    assert_clean(&emu);
+
+    // Every instance needed, and no spot capacity left after the reclaim: the run fails
+    // naming the reclaim and what the replacement tried, and rolls back.
+    let emu = Emulator::start();
+    emu.behaviours(&reclaiming(1, 1, "none"));
+    let player = Player::start(&emu, &["us-east-1"], &[]);
+    let dir = repository(&config(1, "root"), &slow(1), &[]);
+    let out = create(&emu, &player, dir.path(), "reclaim-3", &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}\nplayer: {}", player.log());
+    assert!(err.contains("Server.SpotInstanceTermination") && err.contains("no replacement"), "{err}");
+    assert!(err.contains("InsufficientInstanceCapacity") && err.contains("rolled back"), "{err}");
     assert_clean(&emu);
 }

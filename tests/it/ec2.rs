@@ -588,3 +588,79 @@ fn api_calls_per_create_and_destroy_do_not_grow_with_the_instance_count() {
     assert_eq!(counts[0], counts[1], "calls for 3 instances vs 12 in 3 regions");
     assert_clean(&emu, &regions);
 }
+
+/// Calls that change something in EC2, by name, out of a `calls()` count.
+fn writes(calls: &std::collections::BTreeMap<String, u64>) -> std::collections::BTreeMap<String, u64> {
+    let changes =
+        ["Create", "Import", "Delete", "Terminate", "Modify", "Authorize", "Revoke", "Attach", "Associate"];
+    calls
+        .iter()
+        .filter(|(k, _)| changes.iter().any(|c| k.starts_with(c)))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect()
+}
+
+#[test]
+fn a_deployment_id_in_use_is_refused_and_the_first_set_is_left_as_it_was() {
+    let emu = Emulator::start();
+    let dir = project(ONE_INSTANCE);
+    create_json(&emu, dir.path(), "same");
+    let before = emu.details("us-east-1");
+    let calls = emu.calls();
+    let state_files = std::fs::read_dir(state_dir(dir.path())).unwrap().count();
+    // As a new user would: the same command again.
+    let out = create(&emu, dir.path(), "same");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("deployment `same` already exists in us-east-1: 1 instance(s)"), "{err}");
+    assert!(err.contains("spot destroy same") && err.contains("nothing was created or changed"), "{err}");
+    assert_eq!(writes(&emu.calls()), writes(&calls), "the refused create changed something");
+    assert_eq!(emu.details("us-east-1"), before, "the first set changed");
+    assert_eq!(
+        std::fs::read_dir(state_dir(dir.path())).unwrap().count(),
+        state_files,
+        "a state file was written"
+    );
+    // Destroyed, the id is free again.
+    assert!(destroy(&emu, dir.path(), "same").status.success());
+    create_json(&emu, dir.path(), "same");
+    assert!(destroy(&emu, dir.path(), "same").status.success());
+    assert_clean(&emu, &["us-east-1"]);
+}
+
+#[test]
+fn two_creates_racing_for_one_id_make_one_set_and_the_loser_touches_nothing_of_it() {
+    let emu = Emulator::start();
+    // The first security group is held back, so both runs look before either has made
+    // anything: the look cannot tell them apart, the names they both want must.
+    emu.faults(&json!([{"action": "CreateSecurityGroup", "fault": "delay", "delay_ms": 2500, "times": 1}]));
+    let dir = project(ONE_INSTANCE);
+    let run = || {
+        emu.spot()
+            .args(["create", "--no-deliver", "--json", "--deployment-id", "raced"])
+            .arg(dir.path())
+            .timeout(std::time::Duration::from_secs(120))
+            .output()
+            .unwrap()
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(run);
+        let b = s.spawn(run);
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let (won, lost) = if a.status.success() { (a, b) } else { (b, a) };
+    let err = String::from_utf8_lossy(&lost.stderr);
+    assert!(won.status.success(), "neither won: {}", String::from_utf8_lossy(&won.stderr));
+    assert_eq!(lost.status.code(), Some(2), "{err}");
+    assert!(err.contains("DeploymentInUse") && err.contains("of deployment raced"), "{err}");
+    let winner: Value = serde_json::from_slice(&won.stdout).unwrap();
+    let left = emu.leftovers(&["us-east-1"]);
+    let instances = left["us-east-1"]["instances"].as_array().cloned().unwrap_or_default();
+    assert_eq!(instances.len(), 1, "one set under one id: {left:#}");
+    assert_eq!(instances[0], winner["instances"][0]["id"], "{left:#}");
+    for kind in ["key_pairs", "launch_templates", "security_groups"] {
+        assert_eq!(left["us-east-1"][kind].as_array().map(Vec::len), Some(1), "{kind}: {left:#}");
+    }
+    assert!(destroy(&emu, dir.path(), "raced").status.success());
+    assert_clean(&emu, &["us-east-1"]);
+}

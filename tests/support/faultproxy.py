@@ -42,6 +42,19 @@ Behaviours (EC2 as it really is, where moto is lenient), each switchable per tes
                            answer, and IdempotentParameterMismatch if its parameters
                            differ ("Ensuring idempotency in Amazon EC2 API requests")
 
+  reclaim: {"count": K, "after": N, "capacity": "pool" | "none"}
+                           spot reclaims the first K spot instances a CreateFleet
+                           launched, once each has been shown running in N
+                           DescribeInstances answers: the proxy terminates it in
+                           the emulator (whose instance player then stops its
+                           sshd, as a reclaimed machine drops its connections) and
+                           from then on answers it with state reason
+                           Server.SpotInstanceTermination (EC2 API reference,
+                           StateReason). Afterwards a spot CreateFleet finds no
+                           capacity in the reclaimed pool (type and AZ), or, with
+                           "capacity": "none", in any pool ("Spot Instance
+                           interruptions": EC2 reclaims when it needs the capacity)
+
 More faults:
   unsuccessful-delete      DeleteFleets: 200 with every fleet in
                            unsuccessfulFleetDeletionSet ("code", default
@@ -76,6 +89,9 @@ DELAY = 0.0
 INSTANCE_CONNECT_DIR = None
 NS = "http://ec2.amazonaws.com/doc/2016-11-15/"
 BEHAVIOURS = {}
+RUNNING_SEEN = {}  # spot instance id -> DescribeInstances answers it was shown running in
+RECLAIMED = {}  # instance id -> (type, AZ) it was reclaimed from
+SPOT_REASON = ("Server.SpotInstanceTermination", "Server.SpotInstanceTermination: Spot instance termination")
 HIDDEN = {}  # new resource id -> answers it is still left out of
 FLEET_OF = {}  # instance id -> the fleet that launched it
 TOKENS = {}  # (action, client token) -> (request key, first answer)
@@ -226,10 +242,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         else:
             forwarded, page = self.strip_paging(action, params)
             started = time.monotonic()
+            reclaimed_pools = self.reclaimed_pools(action, forwarded)
             if fault == "capacity-az" and action == "CreateFleet":
-                status, headers, answer = self.capacity(forwarded, set(rule.get("azs", [])), spot_only=False)
+                status, headers, answer = self.capacity(forwarded, lambda t, az: az in set(rule.get("azs", [])))
             elif fault == "capacity-spot" and action == "CreateFleet":
-                status, headers, answer = self.capacity(forwarded, None, spot_only=True)
+                status, headers, answer = self.capacity(forwarded, lambda t, az: True, spot_only=True)
+            elif reclaimed_pools is not None:
+                status, headers, answer = self.capacity(forwarded, reclaimed_pools, spot_only=True)
             else:
                 status, headers, answer = self.upstream("POST", urllib.parse.urlencode(forwarded).encode())
             with LOCK:
@@ -322,6 +341,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                             add_tag(i, q, "aws:ec2:fleet-id", FLEET_OF[iid])
                     if instances is not None and len(instances) == 0:
                         reservation.remove(r)
+            self.reclaim(root, q, first_page)
         listed = root.find(q(PAGED.get(action, UNPAGED.get(action, ""))))
         if action == "DescribeFleets" and b.get("instant_fleets") and not any(k.startswith("FleetId.") for k, _ in params):
             for f in list(listed):
@@ -414,7 +434,50 @@ class Handler(http.server.BaseHTTPRequestHandler):
         azs = re.findall(r"<availabilityZone>([^<]+)</availabilityZone>", text)
         return dict(zip(ids, azs))
 
-    def capacity(self, params, bad_azs, spot_only):
+    def reclaimed_pools(self, action, params):
+        """With reclaim: for a spot CreateFleet after a reclaim, which pools have no capacity."""
+        reclaim = BEHAVIOURS.get("reclaim")
+        if not reclaim or action != "CreateFleet" or not RECLAIMED:
+            return None
+        if reclaim.get("capacity") == "none":
+            return lambda t, az: True
+        with LOCK:
+            pools = set(RECLAIMED.values())
+        return lambda t, az: (t, az) in pools
+
+    def reclaim(self, root, q, first_page):
+        """With reclaim: counts running spot instances, reclaims (terminates) the ones due,
+        and answers every reclaimed one with EC2's spot state reason."""
+        reclaim = BEHAVIOURS.get("reclaim")
+        if not reclaim:
+            return
+        due = []
+        for i in root.iter(q("item")):
+            iid = i.findtext(q("instanceId"))
+            if not iid or iid not in FLEET_OF:
+                continue
+            if iid in RECLAIMED:
+                reason = i.find(q("stateReason"))
+                if reason is None:
+                    reason = ET.SubElement(i, q("stateReason"))
+                for child in list(reason):
+                    reason.remove(child)
+                ET.SubElement(reason, q("code")).text = SPOT_REASON[0]
+                ET.SubElement(reason, q("message")).text = SPOT_REASON[1]
+                continue
+            if i.findtext(f"{q('instanceState')}/{q('name')}") != "running" or i.findtext(q("instanceLifecycle")) != "spot":
+                continue
+            with LOCK:
+                if first_page:
+                    RUNNING_SEEN[iid] = RUNNING_SEEN.get(iid, 0) + 1
+                if RUNNING_SEEN.get(iid, 0) >= reclaim.get("after", 1) and len(RECLAIMED) < reclaim.get("count", 1):
+                    RECLAIMED[iid] = (i.findtext(q("instanceType")), i.findtext(f"{q('placement')}/{q('availabilityZone')}"))
+                    due.append(iid)
+        for iid in due:
+            body = urllib.parse.urlencode({"Action": "TerminateInstances", "Version": "2016-11-15", "InstanceId.1": iid}).encode()
+            self.upstream("POST", body)
+
+    def capacity(self, params, no_capacity, spot_only=False):
         p = dict(params)
         market = p.get("TargetCapacitySpecification.DefaultTargetCapacityType", "on-demand")
         if spot_only and market != "spot":
@@ -430,7 +493,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         for n in sorted(overrides):
             o = overrides[n]
             az = azs.get(o.get("SubnetId"), "?")
-            (drop if spot_only or az in bad_azs else keep).append(o)
+            (drop if no_capacity(o.get("InstanceType"), az) else keep).append(o)
         template = p.get("LaunchTemplateConfigs.1.LaunchTemplateSpecification.LaunchTemplateId", "")
         errors = "".join(
             "<item><launchTemplateAndOverrides><launchTemplateSpecification>"

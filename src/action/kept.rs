@@ -1,5 +1,5 @@
-//! A pull request's environment (`keep: true` on a pull request): each push goes into
-//! the running instances when they still fit (EC2 Instance Connect gets this run back
+//! A kept environment (`keep: true`, a pull request's or any other event's): each run
+//! delivers into the running instances when they still fit (EC2 Instance Connect gets this run back
 //! in, `ops::redeploy`); otherwise the old environment is removed and a new one made.
 
 use super::POST_BUDGET;
