@@ -526,7 +526,9 @@ fn a_launch_ec2_does_not_show_yet_is_pending_and_a_rollback_still_terminates_it(
     // A run that fails right after CreateFleet rolls back an instance EC2 still answers
     // "InvalidInstanceID.NotFound" for: asked again until EC2 knows it, not taken as gone.
     emu.behaviours(&lagging(4, 0));
-    emu.faults(&json!([{"action": "DescribeInstances", "fault": "error", "status": 403, "code": "UnauthorizedOperation", "message": "not allowed", "times": 1}]));
+    // The first DescribeInstances is the look for an id in use; the second, the first
+    // after CreateFleet, fails.
+    emu.faults(&json!([{"action": "DescribeInstances", "fault": "error", "status": 403, "code": "UnauthorizedOperation", "message": "not allowed", "every": 2, "times": 1}]));
     let out = create(&emu, dir.path(), "lag-2");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
