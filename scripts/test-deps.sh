@@ -17,7 +17,9 @@ command -v systemd-analyze >/dev/null 2>&1 || missing_apt+=(systemd)
 command -v unshare >/dev/null 2>&1 || missing_apt+=(util-linux)
 # The VM instances (tests/it/vm.rs): qemu, its disk tool, the image builder, and socat for
 # the guest's ways to the harness (its metadata service and apt's proxy).
-command -v qemu-system-x86_64 >/dev/null 2>&1 || missing_apt+=(qemu-system-x86)
+# qemu-utils goes in with qemu-system-x86 even when a qemu-img is there: apt removes a
+# qemu-utils of another version (a backport) that the system emulator conflicts with.
+command -v qemu-system-x86_64 >/dev/null 2>&1 || missing_apt+=(qemu-system-x86 qemu-utils)
 command -v qemu-img >/dev/null 2>&1 || missing_apt+=(qemu-utils)
 command -v mmdebstrap >/dev/null 2>&1 || missing_apt+=(mmdebstrap)
 command -v socat >/dev/null 2>&1 || missing_apt+=(socat)
@@ -25,6 +27,10 @@ if ((${#missing_apt[@]})); then
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing_apt[@]}" >/dev/null
 fi
+# Every tool, checked after the install (an install can remove another package).
+for tool in cloud-init /usr/sbin/sshd sudo curl systemd-analyze unshare qemu-system-x86_64 qemu-img mmdebstrap socat; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "test-deps: $tool is missing after the install" >&2; exit 1; }
+done
 # sshd's privilege-separation directory (the SSH tests run a private sshd on 127.0.0.1).
 as_root mkdir -p /run/sshd
 # The Python tools at the pinned versions (scripts/test-requirements.txt); pip runs only

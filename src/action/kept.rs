@@ -33,13 +33,34 @@ pub(super) async fn push(
             println!("replacing {id}: {why}");
             actions::group(&format!("Replace the previous {id}"));
             let progress = Progress::new();
-            let removed =
-                ops::remove::remove(session, &job.dir, &regions, Some(id), false, POST_BUDGET, &progress)
-                    .await;
+            let removed = ops::remove::remove(
+                session,
+                &job.dir,
+                &regions,
+                ops::remove::Target { deployment: Some(id), run: None },
+                false,
+                POST_BUDGET,
+                &progress,
+            )
+            .await;
             actions::end_group();
             // What ran before is partly gone now; this run made nothing yet.
             if let Some(r) = removed.map_err(|e| (e, false))? {
                 println!("replaced the previous environment: removed {}", r.summary());
+                // A new set beside what is left of the old one would be two under one id.
+                if !r.failed.is_empty() {
+                    let left: Vec<String> = r
+                        .failed
+                        .iter()
+                        .map(|(res, e)| format!("{} {} in {}: {e}", res.kind, res.id, res.region))
+                        .collect();
+                    let message = format!(
+                        "the previous {id} is not wholly removed, so no new one is made: {}",
+                        left.join("; ")
+                    );
+                    let help = "run the job again, or remove it with `mode: down` (what is left is tagged and found)";
+                    return Err((Error::Runtime { message, help: help.into() }, false));
+                }
             }
         }
     }

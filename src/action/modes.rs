@@ -81,12 +81,15 @@ async fn up(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
             if !keep && actions::input("deployment-id").is_some() {
                 let help = "set `keep: true` to deliver into it (or replace it when it no longer fits), remove it with `mode: down`, or leave `deployment-id` out for a new one";
                 if let Err(e) = ops::up::refuse_existing(&session, &prepared, help).await {
-                    actions::save_state(state::REFUSED, &id).map_err(|e| io("GITHUB_STATE", e))?;
+                    if matches!(e, Error::Usage { .. }) {
+                        actions::save_state(state::REFUSED, &id).map_err(|e| io("GITHUB_STATE", e))?;
+                    }
+                    actions::error("spot: create refused", &e.to_string());
                     let _ = actions::summary(&summary::failed(&id, &e.to_string()));
                     return Err(e);
                 }
             }
-            save_state(dir, &id, keep)?;
+            save_state(dir, &id, &job.run_id, keep)?;
             if keep {
                 // Kept (a pull request's environment, or any `keep: true` run): the build
                 // goes into what runs under the id when it fits, else replaces it.
@@ -144,10 +147,11 @@ async fn up(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
 }
 
 /// What post needs to find what main makes: saved before anything is created.
-fn save_state(dir: &std::path::Path, id: &str, keep: bool) -> Result<(), Error> {
+fn save_state(dir: &std::path::Path, id: &str, run_id: &str, keep: bool) -> Result<(), Error> {
     let saved = [
         (state::MODE, "up".to_string()),
         (state::DEPLOYMENT_ID, id.to_string()),
+        (state::RUN_ID, run_id.to_string()),
         (state::KEEP, keep.to_string()),
         (state::WORKING_DIRECTORY, dir.to_string_lossy().into_owned()),
     ];

@@ -45,7 +45,11 @@ pub async fn run() -> Result<(), Error> {
     );
     let session = super::session().await?;
     let progress = Progress::new();
-    let removal = super::down::remove_with_summary(&session, &dir, &id, &regions, &progress).await;
+    // Only what this run's main made: another run's set under the same id (one that
+    // raced it) is not post's to remove.
+    let run = actions::state(state::RUN_ID);
+    let removal =
+        super::down::remove_with_summary(&session, &dir, (&id, run.as_deref()), &regions, &progress).await;
     if let Ok(found) = &removal {
         let unseen = unseen(&recorded, found.as_ref());
         if !unseen.is_empty() {

@@ -12,6 +12,8 @@ pub const DEPLOYMENT_ID: &str = "deployment-id";
 /// `true`: post keeps the deployment.
 pub const KEEP: &str = "keep";
 pub const WORKING_DIRECTORY: &str = "working-directory";
+/// The run id main created under (its `spot:run-id` tag): post removes only that run's.
+pub const RUN_ID: &str = "run-id";
 /// The deployment id main refused (another run's deployment uses it): post leaves it be.
 pub const REFUSED: &str = "refused";
 /// The regions the plan used, comma-separated: where post looks.

@@ -16,7 +16,16 @@ pub fn run(args: &DestroyArgs) -> Result<(), Error> {
     let removal = super::block_on(async {
         let session = Session::open(args.cloud.endpoint_url.as_deref()).await;
         let id = args.deployment.as_deref();
-        ops::remove::remove(&session, &args.dir, &regions, id, args.yes, timeout, &progress).await
+        ops::remove::remove(
+            &session,
+            &args.dir,
+            &regions,
+            ops::remove::Target { deployment: id, run: None },
+            args.yes,
+            timeout,
+            &progress,
+        )
+        .await
     });
     ops::remove::report(removal, args.deployment.as_deref(), &regions, &progress)
 }

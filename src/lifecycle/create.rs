@@ -17,6 +17,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
+use futures::future::{AbortHandle, AbortRegistration, Abortable};
 use serde::Serialize;
 
 use super::progress::{Cancel, Progress};
@@ -293,165 +294,28 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
         Ok(got)
     }
 
-    /// Pipelined: each instance is delivered to the moment it runs, while the others
-    /// still start; EC2 is watched the whole time, one describe per region per look. An
-    /// instance EC2 takes back (a spot reclaim: `shutting-down`/`terminated`, reason
-    /// `Server.SpotInstanceTermination`) fails with that reason, its delivery stopped;
-    /// when `min_ready` can then no longer be met it is replaced from the other pools, as
-    /// a shortfall at launch is. Fails as soon as too many instances failed otherwise.
+    /// Pipelined: each instance is delivered to the moment it runs (at most
+    /// [`DELIVERY_CONCURRENCY`] at once), while the others still start and EC2 is watched
+    /// beside the deliveries ([`Self::watch`]). Then the instances that failed are
+    /// terminated (those EC2 took back are gone already).
     async fn wait_and_deliver(&self, first: Vec<Launched>, fill: &mut Fill) -> Result<Vec<Outcome>, String> {
-        let started = Instant::now();
-        let min_ready = usize::try_from(self.req.min_ready).unwrap_or(usize::MAX).min(first.len());
-        let mut watch = Watch {
-            expected: first.into_iter().map(|l| (l, started)).collect(),
-            min_ready,
-            ..Watch::default()
+        let (to_deliver, delivering) = futures::channel::mpsc::unbounded::<(Instance, AbortRegistration)>();
+        let (delivered_tx, delivered) = futures::channel::mpsc::unbounded::<Delivered>();
+        let pump = delivering
+            .map(|(instance, registration)| async move {
+                let result = Abortable::new(self.deliver.deliver(&instance), registration).await;
+                (instance, result)
+            })
+            .buffer_unordered(DELIVERY_CONCURRENCY)
+            .for_each(move |done| {
+                let _ = delivered_tx.unbounded_send(done);
+                futures::future::ready(())
+            });
+        let watch = tokio::select! {
+            biased;
+            watch = self.watch(first, fill, to_deliver, delivered) => watch?,
+            () = pump => return Err("the deliveries stopped before the watch ended".into()),
         };
-        let filter: Tags = [
-            (tag::DEPLOYMENT.to_string(), self.req.plan.deployment_id.clone()),
-            (tag::RUN_ID.to_string(), self.req.run_id.clone()),
-        ]
-        .into();
-        let mut deliveries = futures::stream::FuturesUnordered::new();
-        let mut stops: BTreeMap<String, futures::future::AbortHandle> = BTreeMap::new();
-        let mut last: BTreeMap<String, String> = BTreeMap::new();
-        loop {
-            let seen = self.look(&filter).await?;
-            for (e, at) in watch.expected.clone() {
-                if watch.outcomes.contains_key(&e.id) {
-                    continue;
-                }
-                let state = seen.iter().find(|i| i.id == e.id);
-                let label = state.map_or("gone", |i| i.state.as_str()).to_string();
-                if last.get(&e.id) != Some(&label) {
-                    if let Some(i) = state.filter(|i| i.state == "running") {
-                        let address = i.address().unwrap_or("no address");
-                        self.progress.event(format!(
-                            "{}: {} running at {address} ({:.1}s)",
-                            i.region,
-                            i.id,
-                            self.progress.elapsed().as_secs_f64()
-                        ));
-                    }
-                    last.insert(e.id.clone(), label);
-                }
-                match state {
-                    Some(i) if i.state == "running" => {
-                        if watch.handed.insert(e.id.clone()) {
-                            let (stop, handle) = futures::future::AbortHandle::new_pair();
-                            stops.insert(e.id.clone(), stop);
-                            let instance = i.clone();
-                            deliveries.push(async move {
-                                let result =
-                                    futures::future::Abortable::new(self.deliver.deliver(&instance), handle)
-                                        .await;
-                                (instance, result)
-                            });
-                        }
-                    }
-                    Some(i) if i.state == "pending" => {}
-                    // Taken back by EC2: stop delivering to it.
-                    Some(i) => {
-                        if let Some(stop) = stops.remove(&i.id) {
-                            stop.abort();
-                        }
-                        let ran = watch.handed.contains(&i.id);
-                        self.taken_back(&mut watch, i, ran);
-                    }
-                    None if at.elapsed() < VISIBILITY_GRACE => {}
-                    None => {
-                        return Err(format!(
-                            "{} ({} {}) is not in EC2's answers {}s after launch: it stopped before it ran (spot capacity reclaimed?), or EC2's reads still lag",
-                            e.id,
-                            e.instance_type,
-                            e.az,
-                            VISIBILITY_GRACE.as_secs()
-                        ));
-                    }
-                }
-            }
-            self.replace_if_short(&mut watch, fill).await?;
-            if watch.done() {
-                break;
-            }
-            let starting: Vec<&(Launched, Instant)> = watch
-                .expected
-                .iter()
-                .filter(|(e, _)| !watch.handed.contains(&e.id) && !watch.outcomes.contains_key(&e.id))
-                .collect();
-            if starting.iter().any(|(_, at)| at.elapsed() >= self.req.wait_timeout) {
-                return Err(format!(
-                    "{} of {} instance(s) not running after {}s",
-                    starting.len(),
-                    watch.expected.len(),
-                    self.req.wait_timeout.as_secs()
-                ));
-            }
-            let running =
-                watch.handed.len() - watch.outcomes.keys().filter(|id| watch.handed.contains(*id)).count();
-            self.progress.status(format!(
-                "{}/{} running, {} ready",
-                running,
-                watch.expected.len(),
-                watch.outcomes.values().filter(|o| o.ready).count()
-            ));
-            // While only deliveries run, EC2 is asked less often: a reclaim gives two
-            // minutes' notice, and a delivery it cuts short is looked at at once.
-            let pause = if starting.is_empty() { self.req.poll * 5 } else { self.req.poll };
-            let tick = self.cancel.sleep(pause);
-            tokio::pin!(tick);
-            loop {
-                tokio::select! {
-                    Some((instance, result)) = deliveries.next(), if !deliveries.is_empty() => {
-                        stops.remove(&instance.id);
-                        // Stopped because EC2 took it back: its outcome is in already.
-                        let Ok(result) = result else { continue };
-                        if watch.outcomes.contains_key(&instance.id) {
-                            continue;
-                        }
-                        match result {
-                            Ok(()) => {
-                                let secs = self.progress.elapsed().as_secs_f64();
-                                self.progress.event(format!("{}: {} ready ({secs:.1}s)", instance.region, instance.id));
-                                watch.outcomes.insert(instance.id.clone(), Outcome {
-                                    instance,
-                                    ready: true,
-                                    seconds_to_ready: Some(secs),
-                                    error: None,
-                                });
-                            }
-                            // A delivery that failed: was it EC2 taking the instance back?
-                            Err(e) => match self.look(&filter).await?.into_iter().find(|i| i.id == instance.id) {
-                                Some(now) if now.state != "running" => self.taken_back(&mut watch, &now, true),
-                                _ => {
-                                    self.progress.event(format!("{}: {} failed: {e}", instance.region, instance.id));
-                                    watch.outcomes.insert(instance.id.clone(), Outcome {
-                                        instance,
-                                        ready: false,
-                                        seconds_to_ready: None,
-                                        error: Some(e),
-                                    });
-                                }
-                            },
-                        }
-                        let before = watch.expected.len();
-                        self.replace_if_short(&mut watch, fill).await?;
-                        if watch.done() || watch.expected.len() > before {
-                            break;
-                        }
-                    }
-                    cancelled = &mut tick => {
-                        if cancelled {
-                            return Err("cancelled by signal".into());
-                        }
-                        break;
-                    }
-                }
-            }
-            if watch.done() {
-                break;
-            }
-        }
         let mut outcomes: Vec<Outcome> = watch.outcomes.into_values().collect();
         let broken: Vec<&Outcome> =
             outcomes.iter().filter(|o| !o.ready && !watch.taken.contains_key(&o.instance.id)).collect();
@@ -470,7 +334,6 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        // Those EC2 took back are gone too.
         for o in outcomes.iter().filter(|o| !o.ready) {
             self.recorder.removed(&Resource {
                 kind: Kind::Instance,
@@ -483,6 +346,190 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
         outcomes
             .sort_by(|a, b| (&a.instance.region, &a.instance.id).cmp(&(&b.instance.region, &b.instance.id)));
         Ok(outcomes)
+    }
+
+    /// Watches the run's instances until each has an outcome: one describe per region per
+    /// look, every poll while any starts (or a failed delivery waits to be explained),
+    /// every five polls while only deliveries run. A running instance is handed to
+    /// delivery. One EC2 takes back (a spot reclaim: `shutting-down`/`terminated`, reason
+    /// `Server.SpotInstanceTermination`) while it starts, while spot delivers to it (its
+    /// delivery is stopped) or after it was ready fails with that reason; when `min_ready`
+    /// can then no longer be met it is replaced from the other pools, as a shortfall at
+    /// launch is. A delivery that fails is held for a few looks first: EC2's answer may
+    /// lag the dropped connection of a reclaimed machine.
+    async fn watch(
+        &self,
+        first: Vec<Launched>,
+        fill: &mut Fill,
+        to_deliver: futures::channel::mpsc::UnboundedSender<(Instance, AbortRegistration)>,
+        mut delivered: futures::channel::mpsc::UnboundedReceiver<Delivered>,
+    ) -> Result<Watch, String> {
+        let started = Instant::now();
+        let min_ready = usize::try_from(self.req.min_ready).unwrap_or(usize::MAX).min(first.len());
+        let mut w = Watch {
+            expected: first.into_iter().map(|l| (l, started)).collect(),
+            min_ready,
+            ..Watch::default()
+        };
+        let filter: Tags = [
+            (tag::DEPLOYMENT.to_string(), self.req.plan.deployment_id.clone()),
+            (tag::RUN_ID.to_string(), self.req.run_id.clone()),
+        ]
+        .into();
+        let mut stops: BTreeMap<String, AbortHandle> = BTreeMap::new();
+        let mut last: BTreeMap<String, String> = BTreeMap::new();
+        loop {
+            match self.look(&filter).await {
+                Ok(seen) => self.judge(&mut w, &seen, &mut last, &mut stops, &to_deliver)?,
+                // Only deliveries run: one failed look is not worth the deployment.
+                Err(e) if w.starting().is_empty() && w.suspects.is_empty() => {
+                    self.progress.event(format!("could not look at the instances ({e}); delivering on"));
+                }
+                Err(e) => return Err(e),
+            }
+            self.replace_if_short(&mut w, fill).await?;
+            if w.done() {
+                return Ok(w);
+            }
+            let starting = w.starting();
+            if starting.iter().any(|(_, at)| at.elapsed() >= self.req.wait_timeout) {
+                return Err(format!(
+                    "{} of {} instance(s) not running after {}s",
+                    starting.len(),
+                    w.expected.len(),
+                    self.req.wait_timeout.as_secs()
+                ));
+            }
+            self.progress.status(format!(
+                "{}/{} running, {} ready",
+                w.handed.len(),
+                w.expected.len(),
+                w.outcomes.values().filter(|o| o.ready).count()
+            ));
+            // While only deliveries run, EC2 is asked less often: a reclaim gives two
+            // minutes' notice, and a delivery it cuts short is looked at at once.
+            let pause =
+                if starting.is_empty() && w.suspects.is_empty() { self.req.poll * 5 } else { self.req.poll };
+            let tick = self.cancel.sleep(pause);
+            tokio::pin!(tick);
+            loop {
+                tokio::select! {
+                    Some((instance, result)) = delivered.next() => {
+                        stops.remove(&instance.id);
+                        // Stopped because EC2 took it back: its outcome is in already.
+                        let Ok(result) = result else { continue };
+                        if w.outcomes.contains_key(&instance.id) {
+                            continue;
+                        }
+                        match result {
+                            Ok(()) => {
+                                let secs = self.progress.elapsed().as_secs_f64();
+                                self.progress.event(format!("{}: {} ready ({secs:.1}s)", instance.region, instance.id));
+                                let outcome = Outcome { instance, ready: true, seconds_to_ready: Some(secs), error: None };
+                                w.outcomes.insert(outcome.instance.id.clone(), outcome);
+                                if w.done() {
+                                    return Ok(w);
+                                }
+                            }
+                            // Was it EC2 taking the machine away? The next looks say.
+                            Err(error) => {
+                                w.suspects.insert(instance.id.clone(), Suspect { instance, error, looks: SUSPECT_LOOKS });
+                                break;
+                            }
+                        }
+                    }
+                    cancelled = &mut tick => {
+                        if cancelled {
+                            return Err("cancelled by signal".into());
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One look's worth of news about the run's instances, into `w`.
+    fn judge(
+        &self,
+        w: &mut Watch,
+        seen: &[Instance],
+        last: &mut BTreeMap<String, String>,
+        stops: &mut BTreeMap<String, AbortHandle>,
+        to_deliver: &futures::channel::mpsc::UnboundedSender<(Instance, AbortRegistration)>,
+    ) -> Result<(), String> {
+        for (e, at) in w.expected.clone() {
+            let state = seen.iter().find(|i| i.id == e.id);
+            let label = state.map_or("gone", |i| i.state.as_str()).to_string();
+            if last.get(&e.id) != Some(&label) {
+                if let Some(i) = state.filter(|i| i.state == "running") {
+                    let address = i.address().unwrap_or("no address");
+                    self.progress.event(format!(
+                        "{}: {} running at {address} ({:.1}s)",
+                        i.region,
+                        i.id,
+                        self.progress.elapsed().as_secs_f64()
+                    ));
+                }
+                last.insert(e.id.clone(), label);
+            }
+            let left = state.filter(|i| i.state != "running" && i.state != "pending");
+            if let Some(outcome) = w.outcomes.get(&e.id) {
+                // A ready instance EC2 takes back before the run ends is not ready now.
+                if let Some(i) = left.filter(|_| outcome.ready) {
+                    self.left(w, i, Phase::Ready);
+                }
+                continue;
+            }
+            if let Some(suspect) = w.suspects.get_mut(&e.id) {
+                suspect.looks = suspect.looks.saturating_sub(1);
+                if let Some(i) = left {
+                    w.suspects.remove(&e.id);
+                    self.left(w, i, Phase::Delivering);
+                } else if suspect.looks == 0
+                    && let Some(Suspect { instance, error, .. }) = w.suspects.remove(&e.id)
+                {
+                    self.progress.event(format!("{}: {} failed: {error}", instance.region, instance.id));
+                    w.outcomes.insert(
+                        instance.id.clone(),
+                        Outcome { instance, ready: false, seconds_to_ready: None, error: Some(error) },
+                    );
+                }
+                continue;
+            }
+            match state {
+                Some(i) if i.state == "running" => {
+                    if w.handed.insert(e.id.clone()) {
+                        let (stop, registration) = AbortHandle::new_pair();
+                        stops.insert(e.id.clone(), stop);
+                        to_deliver
+                            .unbounded_send((i.clone(), registration))
+                            .map_err(|_| "the deliveries stopped".to_string())?;
+                    }
+                }
+                Some(i) if i.state == "pending" => {}
+                Some(i) => {
+                    if let Some(stop) = stops.remove(&i.id) {
+                        stop.abort();
+                    }
+                    let phase = if w.handed.contains(&i.id) { Phase::Delivering } else { Phase::Starting };
+                    self.left(w, i, phase);
+                }
+                // Seen running before: an answer that lags, not an instance gone.
+                None if w.handed.contains(&e.id) => {}
+                None if at.elapsed() < VISIBILITY_GRACE => {}
+                None => {
+                    return Err(format!(
+                        "{} ({} {}) is not in EC2's answers {}s after launch: it stopped before it ran (spot capacity reclaimed?), or EC2's reads still lag",
+                        e.id,
+                        e.instance_type,
+                        e.az,
+                        VISIBILITY_GRACE.as_secs()
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// This run's instances in every region it launched into, any state, with EC2's
@@ -510,12 +557,15 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
         Ok(seen)
     }
 
-    /// Notes an instance EC2 took back (`ran`: spot was delivering to it).
-    fn taken_back(&self, watch: &mut Watch, instance: &Instance, ran: bool) {
-        let why = taken_back_message(instance, ran);
+    /// Notes an instance that left `running` in `phase`: a spot reclaim is made good
+    /// (when `min_ready` needs it) from other pools; anything else is a failure.
+    fn left(&self, w: &mut Watch, instance: &Instance, phase: Phase) {
+        let why = taken_back_message(instance, phase);
         self.progress.event(format!("{}: {why}", instance.region));
-        watch.taken.insert(instance.id.clone(), (instance.instance_type.clone(), instance.az.clone()));
-        watch.outcomes.insert(
+        if is_reclaim(instance) {
+            w.taken.insert(instance.id.clone(), (instance.instance_type.clone(), instance.az.clone()));
+        }
+        w.outcomes.insert(
             instance.id.clone(),
             Outcome { instance: instance.clone(), ready: false, seconds_to_ready: None, error: Some(why) },
         );
@@ -756,6 +806,12 @@ fn len<T>(items: &[T]) -> u32 {
     u32::try_from(items.len()).unwrap_or(u32::MAX)
 }
 
+/// Looks a failed delivery waits for EC2 to show its instance taken back.
+const SUSPECT_LOOKS: u32 = 5;
+
+/// A delivery's end: its instance, and its result unless the watch stopped it.
+type Delivered = (Instance, Result<Result<(), String>, futures::future::Aborted>);
+
 /// What the watch over a run's instances knows.
 #[derive(Debug, Default)]
 struct Watch {
@@ -766,28 +822,62 @@ struct Watch {
     handed: std::collections::BTreeSet<String>,
     /// The end of each instance that has one, by id.
     outcomes: BTreeMap<String, Outcome>,
-    /// Taken back by EC2, with the pool (type, AZ) each came from.
+    /// Deliveries that failed, held until EC2's answers say whether it took them back.
+    suspects: BTreeMap<String, Suspect>,
+    /// Reclaimed by EC2 (spot), with the pool (type, AZ) each came from.
     taken: BTreeMap<String, (String, String)>,
     /// Replacements launched.
     replaced: usize,
 }
 
+#[derive(Debug)]
+struct Suspect {
+    instance: Instance,
+    error: String,
+    looks: u32,
+}
+
 impl Watch {
     fn done(&self) -> bool {
-        self.expected.iter().all(|(e, _)| self.outcomes.contains_key(&e.id))
+        self.suspects.is_empty() && self.expected.iter().all(|(e, _)| self.outcomes.contains_key(&e.id))
+    }
+
+    /// Launched and not running yet.
+    fn starting(&self) -> Vec<&(Launched, Instant)> {
+        self.expected
+            .iter()
+            .filter(|(e, _)| !self.handed.contains(&e.id) && !self.outcomes.contains_key(&e.id))
+            .collect()
     }
 }
 
-/// Pure: why an instance left `running` (or never got there), naming EC2's reason: a
-/// spot reclaim is `Server.SpotInstanceTermination`.
-fn taken_back_message(instance: &Instance, ran: bool) -> String {
+/// When an instance left `running`.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    Starting,
+    Delivering,
+    Ready,
+}
+
+/// Pure: EC2 reclaimed it for spot capacity (state reason `Server.SpotInstanceTermination`,
+/// or `Server.SpotInstanceShutdown` for one that stops).
+fn is_reclaim(instance: &Instance) -> bool {
+    instance.state_reason.as_deref().is_some_and(|r| r.contains("Server.SpotInstance"))
+}
+
+/// Pure: why an instance left `running` (or never got there), naming EC2's reason.
+fn taken_back_message(instance: &Instance, phase: Phase) -> String {
     let reason = instance.state_reason.as_deref().unwrap_or("EC2 gave no reason");
-    let what = if reason.contains("Server.SpotInstance") {
+    let what = if is_reclaim(instance) {
         "spot capacity reclaimed by EC2"
     } else {
-        "stopped outside spot"
+        "not a spot reclaim, so not replaced"
     };
-    let when = if ran { "while spot delivered to it" } else { "before it ran" };
+    let when = match phase {
+        Phase::Starting => "before it ran",
+        Phase::Delivering => "while spot delivered to it",
+        Phase::Ready => "after it was ready, before the run ended",
+    };
     format!(
         "{} ({} in {}) went to `{}` {when}: {what} ({reason})",
         instance.id, instance.instance_type, instance.az, instance.state
@@ -831,4 +921,42 @@ fn capacity_report(total: u32, launched: u32, attempts: &[Attempt], fallback: Fa
         );
     }
     lines.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn left(state: &str, reason: Option<&str>) -> Instance {
+        let mut i = Instance::running("i-1", Tags::new());
+        i.state = state.into();
+        i.state_reason = reason.map(str::to_string);
+        i
+    }
+
+    #[test]
+    fn only_a_spot_reclaim_counts_as_one_and_each_message_says_when_and_why() {
+        let reclaimed =
+            left("shutting-down", Some("Server.SpotInstanceTermination: Spot instance termination"));
+        assert!(is_reclaim(&reclaimed));
+        assert_eq!(
+            taken_back_message(&reclaimed, Phase::Delivering),
+            "i-1 (t3.micro in us-east-1a) went to `shutting-down` while spot delivered to it: spot capacity reclaimed by EC2 (Server.SpotInstanceTermination: Spot instance termination)"
+        );
+        // A machine that powered itself off, a failed launch, a user's terminate: not
+        // reclaims, so not replaced (they would fail again, or were meant).
+        for reason in [
+            Some("Client.InstanceInitiatedShutdown: Instance initiated shutdown"),
+            Some("Client.InternalError: Client error on launch"),
+            Some("Client.UserInitiatedShutdown: User initiated shutdown"),
+            None,
+        ] {
+            let gone = left("terminated", reason);
+            assert!(!is_reclaim(&gone), "{reason:?}");
+            assert!(taken_back_message(&gone, Phase::Starting).contains("before it ran: not a spot reclaim"));
+        }
+        assert!(
+            taken_back_message(&reclaimed, Phase::Ready).contains("after it was ready, before the run ended")
+        );
+    }
 }

@@ -58,10 +58,35 @@ pub struct StateFile {
 }
 
 impl StateFile {
-    /// Starts the file for a new run (replacing an older run's file of the same id).
-    pub fn create(root: &Path, state: State) -> std::io::Result<Self> {
+    /// Starts the file for a new run, replacing an older run's file of the same id once
+    /// that run is over (rolled back, destroyed). `Ok(Err(other))`: another run's file is
+    /// still live (creating, ready, incomplete), and is left as it is.
+    pub fn create(root: &Path, state: State) -> std::io::Result<Result<Self, Box<State>>> {
         let dir = root.join(STATE_DIR);
         std::fs::create_dir_all(&dir)?;
+        let path = path_of(root, &state.deployment_id);
+        // Claimed atomically when there is none, so two runs cannot both take it.
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if let Some(other) = read(root, &state.deployment_id)
+                    && other.run_id != state.run_id
+                    && matches!(other.status, Status::Creating | Status::Ready | Status::Incomplete)
+                {
+                    return Ok(Err(Box::new(other)));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        let file = Self { path, state: Mutex::new(state) };
+        file.write()?;
+        Ok(Ok(file))
+    }
+
+    /// Starts the file for a run that takes the deployment over (a redeploy into it),
+    /// replacing whatever file of the id is there.
+    pub fn take_over(root: &Path, state: State) -> std::io::Result<Self> {
+        std::fs::create_dir_all(root.join(STATE_DIR))?;
         let file = Self { path: path_of(root, &state.deployment_id), state: Mutex::new(state) };
         file.write()?;
         Ok(file)
@@ -121,7 +146,7 @@ fn path_of(root: &Path, deployment_id: &str) -> PathBuf {
 /// crash) never sees half a file.
 fn write_atomically(path: &Path, state: &State) -> std::io::Result<()> {
     let text = serde_json::to_string_pretty(state).map_err(std::io::Error::other)?;
-    let tmp = path.with_extension("json.tmp");
+    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
     std::fs::write(&tmp, text + "\n")?;
     std::fs::rename(&tmp, path)
 }

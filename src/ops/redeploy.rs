@@ -188,7 +188,7 @@ fn record(
     plan: &plan::Plan,
     run_id: &str,
 ) -> Result<StateFile, Error> {
-    let state = StateFile::create(
+    let state = StateFile::take_over(
         root,
         State {
             deployment_id: plan.deployment_id.clone(),

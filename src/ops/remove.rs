@@ -35,19 +35,30 @@ pub async fn everywhere(session: &Session, configured: &[String], progress: &Pro
     regions
 }
 
-/// Finds `deployment` (or every deployment, with `all`) by tags in `regions`, plus what
+/// What to remove: one deployment (or any), and of it only what one run made (the
+/// Action's post step removes what its main made, never another run's set of that id).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Target<'a> {
+    pub deployment: Option<&'a str>,
+    pub run: Option<&'a str>,
+}
+
+/// Finds the `target` (or every deployment, with `all`) by tags in `regions`, plus what
 /// its state file under `dir` records while any of it shows, and removes it; `None` when
 /// there was nothing to remove.
 pub async fn remove(
     session: &Session,
     dir: &std::path::Path,
     regions: &[String],
-    deployment: Option<&str>,
+    target: Target<'_>,
     all: bool,
     timeout: std::time::Duration,
     progress: &Progress,
 ) -> Result<Option<Removal>, Error> {
-    let filter: Tags = deployment.iter().map(|id| (tag::DEPLOYMENT.to_string(), (*id).to_string())).collect();
+    let deployment = target.deployment;
+    let mut filter: Tags =
+        deployment.iter().map(|id| (tag::DEPLOYMENT.to_string(), (*id).to_string())).collect();
+    filter.extend(target.run.map(|run| (tag::RUN_ID.to_string(), run.to_string())));
     let cloud = &session.cloud;
     let root = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     {
@@ -58,6 +69,7 @@ pub async fn remove(
         if let Some(id) = deployment
             && let Some(seen) = found.get_mut(id)
             && let Some(recorded) = state::read(&root, id)
+            && target.run.is_none_or(|run| recorded.run_id == run)
         {
             seen.add_recorded(&recorded.resources);
         }

@@ -202,7 +202,20 @@ pub async fn create(
             instances: Vec::new(),
         },
     )
-    .map_err(|e| Error::io(deployment.root.join(crate::lifecycle::state::STATE_DIR), "write", e))?;
+    .map_err(|e| Error::io(deployment.root.join(crate::lifecycle::state::STATE_DIR), "write", e))?
+    .map_err(|other| Error::Usage {
+        message: format!(
+            "the state file of `{}` belongs to run {}, which is {} (expires {}); nothing was created",
+            other.deployment_id,
+            other.run_id,
+            format!("{:?}", other.status).to_lowercase(),
+            other.expires_at
+        ),
+        help: format!(
+            "`spot destroy {}` removes that deployment (and marks the file destroyed), or choose another --deployment-id",
+            other.deployment_id
+        ),
+    })?;
     hooks.starting(&plan);
     let tee = Tee { first: &state, second: hooks.recorder() };
 

@@ -395,7 +395,11 @@ fn instance_of(region: &str, i: &aws_sdk_ec2::types::Instance) -> Instance {
         public_ip: i.public_ip_address().map(str::to_string),
         private_ip: i.private_ip_address().map(str::to_string),
         tags: tags_of(i.tags()),
-        state_reason: i.state_reason().and_then(|r| r.message().or(r.code())).map(str::to_string),
+        state_reason: i
+            .state_reason()
+            .and_then(|r| r.message().filter(|m| !m.is_empty()).or(r.code()))
+            .filter(|m| !m.is_empty())
+            .map(str::to_string),
     }
 }
 

@@ -582,6 +582,14 @@ fn a_named_deployment_on_a_push_is_redeployed_with_keep_and_refused_without_it()
     assert!(made.is_empty(), "the refused run changed EC2: {made:?}");
     assert_eq!(emu.leftovers(&["us-east-1"])["us-east-1"]["instances"], json!([original]));
 
+    // A run that raced for the id and lost (its look saw nothing yet, its names were
+    // taken) made nothing: its post removes what its own run made, which is nothing.
+    let raced = Job::new("9305", "push", json!({}));
+    std::fs::write(raced.path("state"), format!("mode=up\ndeployment-id=staging\nrun-id=9305-1\nkeep=false\nworking-directory={wd}\nregions=us-east-1\n")).unwrap();
+    let post = raced.run(&emu, "post", &[("working-directory", wd)], None);
+    assert!(post.status.success(), "{}", text(&post));
+    assert_eq!(emu.leftovers(&["us-east-1"])["us-east-1"]["instances"], json!([original]), "{}", text(&post));
+
     let down = Job::new("9304", "push", json!({}));
     let out = down.run(
         &emu,

@@ -517,8 +517,10 @@ fn slow(secs: u32) -> String {
 fn a_spot_instance_reclaimed_while_spot_delivers_is_replaced_from_another_pool() {
     let emu = Emulator::start();
     // Reclaimed the moment it is first seen running: spot starts delivering to it while
-    // EC2 takes it away (its sshd goes), and sees that at its next look.
-    emu.behaviours(&reclaiming(1, 1, "pool"));
+    // EC2 takes it away (its sshd goes), and sees that at its next look. Capacity stays
+    // everywhere, and moto fills from the first pool asked: only spot leaving the
+    // reclaimed pool out puts the replacement in another AZ.
+    emu.behaviours(&reclaiming(1, 1, 0, "any"));
     let player = Player::start(&emu, &["us-east-1"], &[]);
     let dir = repository(&config(1, "root"), &slow(1), &[]);
     let out = create(&emu, &player, dir.path(), "reclaim-1", &[]);
@@ -545,8 +547,10 @@ fn a_spot_instance_reclaimed_while_spot_delivers_is_replaced_from_another_pool()
 #[test]
 fn a_reclaim_that_min_ready_absorbs_launches_nothing_and_one_no_pool_can_replace_fails_naming_it() {
     let emu = Emulator::start();
-    // Reclaimed at the second look, mid-script: its SSH session drops.
-    emu.behaviours(&reclaiming(1, 2, "none"));
+    // Reclaimed at the second look, mid-script: its SSH session drops while EC2's next
+    // answer still shows it running (reads lag); the failed delivery waits for the look
+    // that shows the reclaim.
+    emu.behaviours(&reclaiming(1, 2, 1, "none"));
     let player = Player::start(&emu, &["us-east-1"], &[]);
     let dir = repository(&config(2, "root"), &slow(12), &[]);
     let out = create(&emu, &player, dir.path(), "reclaim-2", &["--min-ready", "1"]);
@@ -555,7 +559,11 @@ fn a_reclaim_that_min_ready_absorbs_launches_nothing_and_one_no_pool_can_replace
     let outcomes = doc["instances"].as_array().unwrap();
     assert_eq!(outcomes.iter().filter(|o| o["ready"] == true).count(), 1, "{doc:#}");
     let lost = outcomes.iter().find(|o| o["ready"] == false).expect("the reclaimed one");
-    assert!(lost["error"].as_str().unwrap().contains("spot capacity reclaimed by EC2"), "{doc:#}");
+    let error = lost["error"].as_str().unwrap();
+    assert!(
+        error.contains("spot capacity reclaimed by EC2") && error.contains("while spot delivered"),
+        "{doc:#}"
+    );
     assert_eq!(emu.calls()["CreateFleet"], 1, "one ready was enough: no replacement");
     let destroyed = emu.spot().args(["destroy", "reclaim-2", "--dir"]).arg(dir.path()).output().unwrap();
     assert!(destroyed.status.success(), "{}", stderr(&destroyed));
@@ -564,7 +572,7 @@ fn a_reclaim_that_min_ready_absorbs_launches_nothing_and_one_no_pool_can_replace
     // Every instance needed, and no spot capacity left after the reclaim: the run fails
     // naming the reclaim and what the replacement tried, and rolls back.
     let emu = Emulator::start();
-    emu.behaviours(&reclaiming(1, 1, "none"));
+    emu.behaviours(&reclaiming(1, 1, 0, "none"));
     let player = Player::start(&emu, &["us-east-1"], &[]);
     let dir = repository(&config(1, "root"), &slow(1), &[]);
     let out = create(&emu, &player, dir.path(), "reclaim-3", &[]);

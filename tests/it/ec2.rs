@@ -633,24 +633,26 @@ fn a_deployment_id_in_use_is_refused_and_the_first_set_is_left_as_it_was() {
 #[test]
 fn two_creates_racing_for_one_id_make_one_set_and_the_loser_touches_nothing_of_it() {
     let emu = Emulator::start();
-    // The first security group is held back, so both runs look before either has made
-    // anything: the look cannot tell them apart, the names they both want must.
-    emu.faults(&json!([{"action": "CreateSecurityGroup", "fault": "delay", "delay_ms": 2500, "times": 1}]));
-    let dir = project(ONE_INSTANCE);
-    let run = || {
+    // The first key pair (the first thing a run makes) is held back, so both runs look
+    // before either has made anything: the look cannot tell them apart, the names they
+    // both want must.
+    emu.faults(&json!([{"action": "ImportKeyPair", "fault": "delay", "delay_ms": 2500, "times": 1}]));
+    // Two checkouts, as two CI runners have.
+    let dirs = [project(ONE_INSTANCE), project(ONE_INSTANCE)];
+    let run = |dir: &std::path::Path| {
         emu.spot()
             .args(["create", "--no-deliver", "--json", "--deployment-id", "raced"])
-            .arg(dir.path())
+            .arg(dir)
             .timeout(std::time::Duration::from_secs(120))
             .output()
             .unwrap()
     };
     let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(run);
-        let b = s.spawn(run);
+        let a = s.spawn(|| run(dirs[0].path()));
+        let b = s.spawn(|| run(dirs[1].path()));
         (a.join().unwrap(), b.join().unwrap())
     });
-    let (won, lost) = if a.status.success() { (a, b) } else { (b, a) };
+    let (won, lost, dir) = if a.status.success() { (a, b, &dirs[0]) } else { (b, a, &dirs[1]) };
     let err = String::from_utf8_lossy(&lost.stderr);
     assert!(won.status.success(), "neither won: {}", String::from_utf8_lossy(&won.stderr));
     assert_eq!(lost.status.code(), Some(2), "{err}");

@@ -57,11 +57,12 @@ pub fn lagging(instances: u32, tags: u32) -> Value {
 }
 
 /// [`ec2_like`] with spot reclaiming the first `count` spot instances once each was shown
-/// running `after` times; then no spot capacity in their pools (`capacity: "pool"`) or
-/// anywhere (`"none"`).
-pub fn reclaiming(count: u32, after: u32, capacity: &str) -> Value {
+/// running `after` times, still shown running by the `stale` answers after; then no spot
+/// capacity in their pools (`capacity: "pool"`), anywhere (`"none"`), or capacity
+/// everywhere (`"any"`).
+pub fn reclaiming(count: u32, after: u32, stale: u32, capacity: &str) -> Value {
     let mut b = ec2_like();
-    b["reclaim"] = serde_json::json!({"count": count, "after": after, "capacity": capacity});
+    b["reclaim"] = serde_json::json!({"count": count, "after": after, "stale": stale, "capacity": capacity});
     b
 }
 

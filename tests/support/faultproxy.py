@@ -42,18 +42,21 @@ Behaviours (EC2 as it really is, where moto is lenient), each switchable per tes
                            answer, and IdempotentParameterMismatch if its parameters
                            differ ("Ensuring idempotency in Amazon EC2 API requests")
 
-  reclaim: {"count": K, "after": N, "capacity": "pool" | "none"}
+  reclaim: {"count": K, "after": N, "stale": S, "capacity": "pool" | "none" | "any"}
                            spot reclaims the first K spot instances a CreateFleet
                            launched, once each has been shown running in N
                            DescribeInstances answers: the proxy terminates it in
                            the emulator (whose instance player then stops its
-                           sshd, as a reclaimed machine drops its connections) and
-                           from then on answers it with state reason
-                           Server.SpotInstanceTermination (EC2 API reference,
-                           StateReason). Afterwards a spot CreateFleet finds no
-                           capacity in the reclaimed pool (type and AZ), or, with
-                           "capacity": "none", in any pool ("Spot Instance
-                           interruptions": EC2 reclaims when it needs the capacity)
+                           sshd, as a reclaimed machine drops its connections);
+                           the next S answers still show it running (reads lag),
+                           the one after shutting-down, then terminated, both
+                           with state reason Server.SpotInstanceTermination (EC2
+                           API reference, StateReason). Afterwards a spot
+                           CreateFleet finds no capacity in the reclaimed pool
+                           (type and AZ; "pool", the default), in any pool
+                           ("none"), or capacity everywhere ("any") ("Spot
+                           Instance interruptions": EC2 reclaims when it needs the
+                           capacity)
 
 More faults:
   unsuccessful-delete      DeleteFleets: 200 with every fleet in
@@ -91,6 +94,7 @@ NS = "http://ec2.amazonaws.com/doc/2016-11-15/"
 BEHAVIOURS = {}
 RUNNING_SEEN = {}  # spot instance id -> DescribeInstances answers it was shown running in
 RECLAIMED = {}  # instance id -> (type, AZ) it was reclaimed from
+SINCE_RECLAIM = {}  # reclaimed instance id -> DescribeInstances answers since
 SPOT_REASON = ("Server.SpotInstanceTermination", "Server.SpotInstanceTermination: Spot instance termination")
 HIDDEN = {}  # new resource id -> answers it is still left out of
 FLEET_OF = {}  # instance id -> the fleet that launched it
@@ -437,7 +441,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def reclaimed_pools(self, action, params):
         """With reclaim: for a spot CreateFleet after a reclaim, which pools have no capacity."""
         reclaim = BEHAVIOURS.get("reclaim")
-        if not reclaim or action != "CreateFleet" or not RECLAIMED:
+        if not reclaim or action != "CreateFleet" or not RECLAIMED or reclaim.get("capacity") == "any":
             return None
         if reclaim.get("capacity") == "none":
             return lambda t, az: True
@@ -457,11 +461,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if not iid or iid not in FLEET_OF:
                 continue
             if iid in RECLAIMED:
+                with LOCK:
+                    answered = SINCE_RECLAIM.get(iid, 0)
+                    if first_page:
+                        SINCE_RECLAIM[iid] = answered + 1
+                stale = reclaim.get("stale", 0)
+                state = i.find(q("instanceState"))
                 reason = i.find(q("stateReason"))
-                if reason is None:
-                    reason = ET.SubElement(i, q("stateReason"))
-                for child in list(reason):
-                    reason.remove(child)
+                if reason is not None:
+                    i.remove(reason)
+                if answered < stale:
+                    state.find(q("code")).text, state.find(q("name")).text = "16", "running"
+                    continue
+                if answered == stale:
+                    state.find(q("code")).text, state.find(q("name")).text = "32", "shutting-down"
+                reason = ET.SubElement(i, q("stateReason"))
                 ET.SubElement(reason, q("code")).text = SPOT_REASON[0]
                 ET.SubElement(reason, q("message")).text = SPOT_REASON[1]
                 continue

@@ -287,6 +287,19 @@ class Instance:
         return "\n".join(lines)
 
     def stop(self):
+        """The machine goes away: every process in its mount namespace is killed (its
+        sshd, each SSH session sshd forked in a session of its own, its services)."""
+        try:
+            ns = os.readlink(f"/proc/{self.proc.pid}/ns/mnt") if self.proc.poll() is None else None
+        except OSError:
+            ns = None
+        if ns and ns != os.readlink("/proc/self/ns/mnt"):
+            for pid in [p for p in os.listdir("/proc") if p.isdigit()]:
+                try:
+                    if os.readlink(f"/proc/{pid}/ns/mnt") == ns:
+                        os.kill(int(pid), signal.SIGKILL)
+                except OSError:
+                    pass
         for name in os.listdir(self.standin_state):
             if name.endswith(".pid"):
                 try:
