@@ -17,7 +17,7 @@ pub(super) async fn run(dir: &std::path::Path, keep: bool) -> Result<(), Error> 
     let progress = Progress::new();
     // Every region: the description may have moved since the deployment was made.
     let regions = ops::remove::everywhere(&session, &configured, &progress).await;
-    let removal = remove_with_summary(&session, dir, (&id, None), &regions, &progress).await;
+    let removal = remove_with_summary(&session, dir, &id, None, &regions, &progress).await;
     if let Some(pr) = actions::pull_request().filter(|p| id == format!("pr-{}", p.number)) {
         let state = match &removal {
             Ok(_) => "removed",
@@ -41,11 +41,11 @@ pub(super) async fn run(dir: &std::path::Path, keep: bool) -> Result<(), Error> 
 pub(super) async fn remove_with_summary(
     session: &Session,
     dir: &std::path::Path,
-    target: (&str, Option<&str>),
+    id: &str,
+    run: Option<&str>,
     regions: &[String],
     progress: &Progress,
 ) -> Result<Option<Removal>, Error> {
-    let (id, run) = target;
     let target = ops::remove::Target { deployment: Some(id), run };
     let removal = ops::remove::remove(session, dir, regions, target, false, POST_BUDGET, progress).await;
     let error = removal.as_ref().map_err(ToString::to_string);

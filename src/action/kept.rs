@@ -49,14 +49,9 @@ pub(super) async fn push(
                 println!("replaced the previous environment: removed {}", r.summary());
                 // A new set beside what is left of the old one would be two under one id.
                 if !r.failed.is_empty() {
-                    let left: Vec<String> = r
-                        .failed
-                        .iter()
-                        .map(|(res, e)| format!("{} {} in {}: {e}", res.kind, res.id, res.region))
-                        .collect();
                     let message = format!(
                         "the previous {id} is not wholly removed, so no new one is made: {}",
-                        left.join("; ")
+                        r.failures().join("; ")
                     );
                     let help = "run the job again, or remove it with `mode: down` (what is left is tagged and found)";
                     return Err((Error::Runtime { message, help: help.into() }, false));

@@ -49,7 +49,7 @@ pub async fn run() -> Result<(), Error> {
     // raced it) is not post's to remove.
     let run = actions::state(state::RUN_ID);
     let removal =
-        super::down::remove_with_summary(&session, &dir, (&id, run.as_deref()), &regions, &progress).await;
+        super::down::remove_with_summary(&session, &dir, &id, run.as_deref(), &regions, &progress).await;
     if let Ok(found) = &removal {
         let unseen = unseen(&recorded, found.as_ref());
         if !unseen.is_empty() {

@@ -35,6 +35,11 @@ impl Removal {
     pub fn summary(&self) -> String {
         summarize(&self.removed)
     }
+
+    /// Each resource not removed, as `kind id in region: why`.
+    pub fn failures(&self) -> Vec<String> {
+        self.failed.iter().map(|(r, e)| format!("{} {} in {}: {e}", r.kind, r.id, r.region)).collect()
+    }
 }
 
 /// Counts by kind, in teardown order.

@@ -66,6 +66,19 @@ fn emulator_dir(set: Option<PathBuf>, overridden: bool) -> (Option<PathBuf>, Opt
     }
 }
 
+/// Deployment `id` as its tags show it in `regions`, if anything of it is there.
+pub async fn look_for(
+    session: &Session,
+    regions: &[String],
+    id: &str,
+) -> Result<Option<crate::lifecycle::inventory::Deployed>, Error> {
+    let filter = [(crate::plan::tag::DEPLOYMENT.to_string(), id.to_string())].into();
+    let mut found = crate::lifecycle::inventory::discover(&session.cloud, regions, &filter)
+        .await
+        .map_err(|e| Error::Runtime { message: format!("cannot look for {id}: {e}"), help: String::new() })?;
+    Ok(found.remove(id))
+}
+
 /// Loads, validates and lists the bundle: everything `validate` checks. `measure`
 /// also reads each file's size and mode.
 pub fn load_checked(dir: &Path, format: Format, measure: bool) -> Result<(Deployment, Listing), Error> {

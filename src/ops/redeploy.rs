@@ -18,7 +18,7 @@ use crate::deliver::run::Shipment;
 use crate::error::Error;
 use crate::keys::{KeyPair, Secret};
 use crate::lifecycle::create::Outcome;
-use crate::lifecycle::inventory::{self, Deployed};
+use crate::lifecycle::inventory::Deployed;
 use crate::lifecycle::progress::Progress;
 use crate::lifecycle::state::{Recorder as _, State, StateFile, Status};
 use crate::plan::{self, tag};
@@ -103,11 +103,7 @@ pub async fn attempt(
 
     {
         let cloud = &session.cloud;
-        let filter = [(tag::DEPLOYMENT.to_string(), id.clone())].into();
-        let mut found = inventory::discover(cloud, &regions, &filter)
-            .await
-            .map_err(|e| runtime_error(format!("cannot look for {id}: {e}")))?;
-        let Some(found) = found.remove(&id) else {
+        let Some(found) = super::look_for(session, &regions, &id).await? else {
             return Ok(Reuse::Absent);
         };
         let ttl = deployment.config.ttl_secs;

@@ -135,11 +135,7 @@ pub fn report(
         }
         Some(r) => {
             let _ = writeln!(out, "removed {}", r.summary());
-            let failed: Vec<String> = r
-                .failed
-                .iter()
-                .map(|(res, e)| format!("{} {} in {}: {e}", res.kind, res.id, res.region))
-                .collect();
+            let failed = r.failures();
             Err(Error::Runtime {
                 message: format!("{} resource(s) not removed:\n  {}", failed.len(), failed.join("\n  ")),
                 help: "run `spot destroy` again; what remains is still tagged and will be found".into(),

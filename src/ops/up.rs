@@ -123,11 +123,7 @@ pub fn prepare(job: &Job) -> Result<Prepared, Error> {
 pub async fn refuse_existing(session: &Session, prepared: &Prepared, help: &str) -> Result<(), Error> {
     let id = &prepared.inputs.deployment_id;
     let regions: Vec<String> = prepared.deployment.config.regions.iter().map(|r| r.name.clone()).collect();
-    let filter = [(plan::tag::DEPLOYMENT.to_string(), id.clone())].into();
-    let mut found = crate::lifecycle::inventory::discover(&session.cloud, &regions, &filter)
-        .await
-        .map_err(|e| Error::Runtime { message: format!("cannot look for {id}: {e}"), help: String::new() })?;
-    match found.remove(id) {
+    match super::look_for(session, &regions, id).await? {
         None => Ok(()),
         Some(existing) => Err(Error::Usage { message: exists_message(&existing), help: help.to_string() }),
     }
@@ -268,13 +264,7 @@ pub async fn create(
             if !failure.removal.failed.is_empty() {
                 message.push_str(&format!(
                     "\nnot removed yet ({}), recorded in {}: run `spot destroy {}`",
-                    failure
-                        .removal
-                        .failed
-                        .iter()
-                        .map(|(r, e)| format!("{} {} in {}: {e}", r.kind, r.id, r.region))
-                        .collect::<Vec<_>>()
-                        .join("; "),
+                    failure.removal.failures().join("; "),
                     state.path().display(),
                     plan.deployment_id
                 ));

@@ -109,6 +109,13 @@ fn create(emu: &Emulator, player: &Player, dir: &Path, id: &str, extra: &[&str])
         .unwrap()
 }
 
+/// `spot destroy id`, which must succeed and leave nothing behind.
+fn destroy_leaving_nothing(emu: &Emulator, dir: &Path, id: &str) {
+    let destroyed = emu.spot().args(["destroy", id, "--dir"]).arg(dir).output().unwrap();
+    assert!(destroyed.status.success(), "{}", stderr(&destroyed));
+    assert_clean(emu);
+}
+
 fn assert_clean(emu: &Emulator) {
     let left = emu.leftovers(&["us-east-1"]);
     assert_eq!(left, json!({}), "resources left behind: {left:#}");
@@ -193,9 +200,7 @@ fn the_example_is_delivered_verified_and_its_secret_stays_secret() {
         assert!(!text.contains(SECRET), "the secret leaked into {what}");
     }
 
-    let destroyed = emu.spot().args(["destroy", "hello-1", "--dir"]).arg(dir.path()).output().unwrap();
-    assert!(destroyed.status.success(), "{}", stderr(&destroyed));
-    assert_clean(&emu);
+    destroy_leaving_nothing(&emu, dir.path(), "hello-1");
 }
 
 #[test]
@@ -297,9 +302,7 @@ fn min_ready_keeps_the_ready_instances_and_terminates_the_failed_one() {
     let listed = emu.spot().args(["list", "--json"]).arg(dir.path()).output().unwrap();
     let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
     assert!(!listed.contains(failed[0]["id"].as_str().unwrap()) || listed.contains("terminated"), "{listed}");
-    let destroyed = emu.spot().args(["destroy", "minready-1", "--dir"]).arg(dir.path()).output().unwrap();
-    assert!(destroyed.status.success(), "{}", stderr(&destroyed));
-    assert_clean(&emu);
+    destroy_leaving_nothing(&emu, dir.path(), "minready-1");
 }
 
 #[test]
@@ -393,9 +396,7 @@ fn a_one_gigabyte_bundle_is_shipped_in_bounded_memory() {
         "stat -c %s /opt/big/blob.bin",
     );
     assert_eq!(size.trim(), "1073741824");
-    let destroyed = emu.spot().args(["destroy", "big-1", "--dir"]).arg(dir.path()).output().unwrap();
-    assert!(destroyed.status.success(), "{}", stderr(&destroyed));
-    assert_clean(&emu);
+    destroy_leaving_nothing(&emu, dir.path(), "big-1");
 }
 
 #[test]
@@ -503,9 +504,7 @@ fn a_clean_boot_is_judged_done_from_cloud_inits_own_status() {
     // What spot read: the real command's view of the played boot.
     let status = player.on_instance(&id, "cloud-init status --long");
     assert!(status.starts_with("status: done"), "{status}");
-    let destroyed = emu.spot().args(["destroy", "ci-done-1", "--dir"]).arg(dir.path()).output().unwrap();
-    assert!(destroyed.status.success(), "{}", stderr(&destroyed));
-    assert_clean(&emu);
+    destroy_leaving_nothing(&emu, dir.path(), "ci-done-1");
 }
 
 /// A deployment whose delivery takes `secs` seconds on each instance.
@@ -539,9 +538,7 @@ fn a_spot_instance_reclaimed_while_spot_delivers_is_replaced_from_another_pool()
     assert_ne!(lost["az"], replacement["az"], "the replacement comes from another pool: {doc:#}");
     assert_eq!(emu.calls()["CreateFleet"], 2, "{:?}", emu.calls());
     assert!(stderr(&out).contains("launching 1 replacement(s)"), "{}", stderr(&out));
-    let destroyed = emu.spot().args(["destroy", "reclaim-1", "--dir"]).arg(dir.path()).output().unwrap();
-    assert!(destroyed.status.success(), "{}", stderr(&destroyed));
-    assert_clean(&emu);
+    destroy_leaving_nothing(&emu, dir.path(), "reclaim-1");
 }
 
 #[test]
@@ -565,9 +562,7 @@ fn a_reclaim_that_min_ready_absorbs_launches_nothing_and_one_no_pool_can_replace
         "{doc:#}"
     );
     assert_eq!(emu.calls()["CreateFleet"], 1, "one ready was enough: no replacement");
-    let destroyed = emu.spot().args(["destroy", "reclaim-2", "--dir"]).arg(dir.path()).output().unwrap();
-    assert!(destroyed.status.success(), "{}", stderr(&destroyed));
-    assert_clean(&emu);
+    destroy_leaving_nothing(&emu, dir.path(), "reclaim-2");
 
     // Every instance needed, and no spot capacity left after the reclaim: the run fails
     // naming the reclaim and what the replacement tried, and rolls back.
