@@ -17,15 +17,18 @@ command -v systemd-analyze >/dev/null 2>&1 || missing_apt+=(systemd)
 command -v unshare >/dev/null 2>&1 || missing_apt+=(util-linux)
 # The VM instances (tests/it/vm.rs): qemu, its disk tool, the image builder, and socat for
 # the guest's ways to the harness (its metadata service and apt's proxy).
-# qemu-utils goes in with qemu-system-x86 even when a qemu-img is there: apt removes a
-# qemu-utils of another version (a backport) that the system emulator conflicts with.
-command -v qemu-system-x86_64 >/dev/null 2>&1 || missing_apt+=(qemu-system-x86 qemu-utils)
+# qemu-utils goes in pinned to the system emulator's version, even when a qemu-img is
+# there: a newer one (a backport the machine came with) "Breaks" the emulator's common
+# package, and apt does not downgrade it alone. The version is read after `apt-get update`.
+command -v qemu-system-x86_64 >/dev/null 2>&1 || missing_apt+=(qemu-system-x86=VERSION qemu-utils=VERSION)
 command -v qemu-img >/dev/null 2>&1 || missing_apt+=(qemu-utils)
 command -v mmdebstrap >/dev/null 2>&1 || missing_apt+=(mmdebstrap)
 command -v socat >/dev/null 2>&1 || missing_apt+=(socat)
 if ((${#missing_apt[@]})); then
   as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing_apt[@]}" >/dev/null
+  qemu_version=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+  missing_apt=("${missing_apt[@]/%=VERSION/=$qemu_version}")
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --allow-downgrades --no-install-recommends "${missing_apt[@]}" >/dev/null
 fi
 # Every tool, checked after the install (an install can remove another package).
 for tool in cloud-init /usr/sbin/sshd sudo curl systemd-analyze unshare qemu-system-x86_64 qemu-img mmdebstrap socat; do

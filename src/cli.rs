@@ -177,9 +177,18 @@ pub struct ReapArgs {
     /// Print what would be removed and why, remove nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// How long a deployment with no instance must stay so before it counts as an orphan.
-    #[arg(long, default_value = "30s")]
+    /// How old the newest resource of a deployment with no instance must be before it
+    /// counts as an orphan (a younger one may be a create between its first resource and
+    /// its launch).
+    #[arg(long, default_value = "10m")]
     pub orphan_grace: String,
+    /// This repository, whose deployments (tag `spot:repository`) are judged
+    /// [default: $GITHUB_REPOSITORY, else the folder's name, as `create` tags them].
+    #[arg(long)]
+    pub repository: Option<String>,
+    /// Judge every repository's deployments in the account, not only this one's.
+    #[arg(long, conflicts_with = "repository")]
+    pub whole_account: bool,
     /// Print the decisions as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -225,6 +234,10 @@ pub struct DestroyArgs {
     /// Region to search instead of the config's (repeatable).
     #[arg(long = "region", value_name = "REGION")]
     pub regions: Vec<String>,
+    /// Also search every other region enabled for the account (the default when neither
+    /// --region nor a readable config names any); one that refuses the account is skipped.
+    #[arg(long)]
+    pub all_regions: bool,
     /// Destroy every deployment found when no id is given and more than one exists.
     #[arg(long)]
     pub yes: bool,

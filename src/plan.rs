@@ -25,6 +25,9 @@ pub mod tag {
     pub const PR: &str = "spot:pr";
     pub const RUN_ID: &str = "spot:run-id";
     pub const EXPIRES_AT: &str = "spot:expires-at";
+    /// When the resource was made (RFC 3339): security groups, key pairs and VPC parts
+    /// have no creation time of their own, and reap judges an orphan by its age.
+    pub const CREATED_AT: &str = "spot:created-at";
     /// The instances' SSH host public key (spot generated it): a later run pins it.
     pub const HOST_KEY: &str = "spot:host-key";
     /// [`super::launch_digest`] of what the instances were launched with.

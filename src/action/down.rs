@@ -6,17 +6,21 @@ use crate::actions;
 use crate::error::Error;
 use crate::lifecycle::progress::Progress;
 use crate::lifecycle::teardown::Removal;
+use crate::ops::remove::Search;
 use crate::ops::{self, Session};
 
 /// `mode: down`: removes the deployment wherever it is, and says so on its pull request.
 pub(super) async fn run(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
     let id = super::deployment_id(Mode::Down, keep)
         .ok_or_else(|| usage("no deployment to remove: set input `deployment-id`".into()))?;
-    let configured = super::regions(dir)?;
+    // The description may be broken or gone (a pull request that removed `.spot/`): it
+    // only says where to look first.
+    let given = actions::input("regions").map(|v| crate::overrides::list(&v)).unwrap_or_default();
+    let configured = ops::known_regions(dir, &given)?;
     let session = super::session().await?;
     let progress = Progress::new();
     // Every region: the description may have moved since the deployment was made.
-    let regions = ops::remove::everywhere(&session, &configured, &progress).await;
+    let regions = ops::remove::everywhere(&session, &configured, &progress).await?;
     let removal = remove_with_summary(&session, dir, &id, None, &regions, &progress).await;
     if let Some(pr) = actions::pull_request().filter(|p| id == format!("pr-{}", p.number)) {
         let state = match &removal {
@@ -43,7 +47,7 @@ pub(super) async fn remove_with_summary(
     dir: &std::path::Path,
     id: &str,
     run: Option<&str>,
-    regions: &[String],
+    regions: &Search,
     progress: &Progress,
 ) -> Result<Option<Removal>, Error> {
     let target = ops::remove::Target { deployment: Some(id), run };
@@ -51,7 +55,7 @@ pub(super) async fn remove_with_summary(
     let error = removal.as_ref().map_err(ToString::to_string);
     let text = summary::teardown(
         id,
-        regions,
+        &regions.describe(),
         error.as_ref().map_err(String::as_str).copied(),
         progress.elapsed().as_secs_f64(),
     );

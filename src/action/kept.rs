@@ -36,7 +36,7 @@ pub(super) async fn push(
             let removed = ops::remove::remove(
                 session,
                 &job.dir,
-                &regions,
+                &ops::remove::Search::only(&regions),
                 ops::remove::Target { deployment: Some(id), run: None },
                 false,
                 POST_BUDGET,

@@ -47,6 +47,7 @@ pub const INPUTS: &[&str] = &[
     "role-to-assume",
     "endpoint-url",
     "dry-run",
+    "whole-account",
 ];
 
 /// Every output the main step sets.
@@ -63,17 +64,25 @@ enum Mode {
     Validate,
 }
 
-fn mode() -> Result<Mode, Error> {
-    match actions::input("mode").as_deref().unwrap_or("up") {
-        "up" => Ok(Mode::Up),
-        "down" => Ok(Mode::Down),
-        "reap" => Ok(Mode::Reap),
-        "validate" => Ok(Mode::Validate),
-        other => Err(Error::Usage {
-            message: format!("input `mode` is `{other}`"),
-            help: "use up, down, reap or validate".into(),
-        }),
+impl Mode {
+    const ALL: [Mode; 4] = [Mode::Up, Mode::Down, Mode::Reap, Mode::Validate];
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Up => "up",
+            Mode::Down => "down",
+            Mode::Reap => "reap",
+            Mode::Validate => "validate",
+        }
     }
+}
+
+fn mode() -> Result<Mode, Error> {
+    let given = actions::input("mode").unwrap_or_else(|| "up".into());
+    Mode::ALL.into_iter().find(|m| m.name() == given).ok_or_else(|| Error::Usage {
+        message: format!("input `mode` is `{given}`"),
+        help: "use up, down, reap or validate".into(),
+    })
 }
 
 fn usage(message: String) -> Error {

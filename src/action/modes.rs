@@ -15,6 +15,10 @@ use crate::ops::{self, Session};
 use crate::overrides::Source;
 use crate::provider::Cloud as _;
 
+/// How old the newest resource of a deployment with no instance must be before `mode:
+/// reap` takes it for an orphan (as `spot reap --orphan-grace`'s default).
+const ORPHAN_GRACE: Duration = Duration::from_secs(600);
+
 /// The main step.
 pub async fn run() -> Result<(), Error> {
     // Masks first: nothing may be printed before them.
@@ -22,8 +26,12 @@ pub async fn run() -> Result<(), Error> {
         actions::mask(&token);
     }
     let mode = super::mode()?;
-    let keep = actions::input_bool("keep").map_err(usage)?;
     let dir = super::working_directory();
+    // What post needs, saved before anything that can fail (the `keep` parse, credentials,
+    // the description): an unreadable `keep` is kept by post, and fails here.
+    let keep = actions::input_bool("keep");
+    save_state(mode, &dir, *keep.as_ref().unwrap_or(&true))?;
+    let keep = keep.map_err(usage)?;
     match mode {
         Mode::Validate => {
             let (deployment, listing) = ops::validate(&dir, Format::Github, actions::repository())?;
@@ -66,9 +74,10 @@ async fn up(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
     let id = super::deployment_id(Mode::Up, keep).ok_or_else(|| {
         usage("no deployment id: set input `deployment-id` (GITHUB_RUN_ID is not set)".into())
     })?;
-    // Credentials first (role-to-assume), before any state or summary is written.
-    let session = super::session().await?;
     let job = job(dir, &id)?;
+    actions::save_state(state::DEPLOYMENT_ID, &id).map_err(|e| io("GITHUB_STATE", e))?;
+    actions::save_state(state::RUN_ID, &job.run_id).map_err(|e| io("GITHUB_STATE", e))?;
+    let session = super::session().await?;
     // A pull request's comment is about its kept environment.
     let pr = job.pr.filter(|_| keep);
     let hooks = ActionHooks::default();
@@ -89,7 +98,6 @@ async fn up(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
                     return Err(e);
                 }
             }
-            save_state(dir, &id, &job.run_id, keep)?;
             if keep {
                 // Kept (a pull request's environment, or any `keep: true` run): the build
                 // goes into what runs under the id when it fits, else replaces it.
@@ -115,6 +123,8 @@ async fn up(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
             return Err(e);
         }
     };
+    // Post keeps a kept deployment only once it is ready.
+    actions::save_state(state::READY, &id).map_err(|e| io("GITHUB_STATE", e))?;
     let prices = spot_prices(&session, &created).await;
     for (name, value) in summary::outputs(&created) {
         actions::set_output(name, &value).map_err(|e| io("GITHUB_OUTPUT", e))?;
@@ -146,12 +156,11 @@ async fn up(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
     Ok(())
 }
 
-/// What post needs to find what main makes: saved before anything is created.
-fn save_state(dir: &std::path::Path, id: &str, run_id: &str, keep: bool) -> Result<(), Error> {
+/// What post needs to know whatever main does next: the mode (post tears down only after
+/// `up`), `keep`, and the folder. `up` adds the deployment and run ids once it has them.
+fn save_state(mode: Mode, dir: &std::path::Path, keep: bool) -> Result<(), Error> {
     let saved = [
-        (state::MODE, "up".to_string()),
-        (state::DEPLOYMENT_ID, id.to_string()),
-        (state::RUN_ID, run_id.to_string()),
+        (state::MODE, mode.name().to_string()),
         (state::KEEP, keep.to_string()),
         (state::WORKING_DIRECTORY, dir.to_string_lossy().into_owned()),
     ];
@@ -180,7 +189,9 @@ async fn spot_prices(session: &Session, created: &Created) -> BTreeMap<(String, 
 async fn reap(dir: &std::path::Path) -> Result<(), Error> {
     let regions = super::regions(dir)?;
     let dry_run = actions::input_bool("dry-run").map_err(usage)?;
-    let repository = actions::repository();
+    let whole_account = actions::input_bool("whole-account").map_err(usage)?;
+    let repository = actions::repository()
+        .ok_or_else(|| usage("mode `reap` needs GITHUB_REPOSITORY (set by the runner)".into()))?;
     let github = actions::input("github-token").map(|t| (crate::keys::Secret::new(t), actions::api_url()));
     let session = super::session().await?;
     let progress = Progress::new();
@@ -188,8 +199,9 @@ async fn reap(dir: &std::path::Path) -> Result<(), Error> {
         regions: &regions,
         dry_run,
         github,
-        repository: repository.as_deref(),
-        orphan_grace: Duration::from_secs(30),
+        repository: &repository,
+        whole_account,
+        orphan_grace: ORPHAN_GRACE,
     };
     let decisions = ops::reap::reap(&session, &reap, &progress).await?;
     let _ = actions::summary(&summary::reap(&decisions, dry_run));

@@ -15,15 +15,10 @@ pub async fn run() -> Result<(), Error> {
         println!("post: main refused {id} (a deployment that was there before this run); nothing to remove");
         return Ok(());
     }
-    if actions::state(state::MODE).is_some_and(|m| m != "up") {
-        println!("post: nothing to do after mode `{}`", actions::state(state::MODE).unwrap_or_default());
-        return Ok(());
-    }
-    if actions::state(state::KEEP).as_deref() == Some("true") {
-        println!(
-            "post: keeping {} (keep: true); remove it with mode: down, mode: reap, or `spot destroy`",
-            actions::state(state::DEPLOYMENT_ID).unwrap_or_default()
-        );
+    // What main saved; the inputs when it saved nothing (it stopped at once).
+    let mode = actions::state(state::MODE).or_else(|| actions::input("mode")).unwrap_or_else(|| "up".into());
+    if mode != "up" {
+        println!("post: nothing to do after mode `{mode}`");
         return Ok(());
     }
     // Main saves the id before it creates anything; none saved means it made nothing (and
@@ -32,24 +27,40 @@ pub async fn run() -> Result<(), Error> {
         println!("post: main saved no deployment id (it stopped before creating anything); nothing to do");
         return Ok(());
     };
+    // Only what this run's main made: another run's set under the same id (one that raced
+    // it, or the environment a kept redeploy went into) is not post's to remove.
+    let Some(run) = actions::state(state::RUN_ID) else {
+        println!("post: main saved no run id for {id} (it stopped before creating anything); nothing to do");
+        return Ok(());
+    };
+    match kept(actions::state(state::KEEP).as_deref(), actions::input("keep").as_deref()) {
+        true if actions::state(state::READY).as_deref() == Some(id.as_str()) => {
+            println!(
+                "post: keeping {id} (keep: true); remove it with mode: down, mode: reap, or `spot destroy`"
+            );
+            return Ok(());
+        }
+        true => println!(
+            "post: {id} never got ready in this run (main failed or was cancelled), so keep: true does not hold it: removing what this run made (an environment an earlier run made stays)"
+        ),
+        false => {}
+    }
     let dir = actions::state(state::WORKING_DIRECTORY)
         .map_or_else(super::working_directory, std::path::PathBuf::from);
-    let regions = match actions::state(state::REGIONS) {
+    // Where main made it: each must answer.
+    let regions = ops::remove::Search::only(&match actions::state(state::REGIONS) {
         Some(r) => list(&r),
         None => super::regions(&dir)?,
-    };
+    });
     let recorded = recorded();
     println!(
-        "post: main recorded {} resource(s); removing everything tagged spot:deployment={id}",
+        "post: main recorded {} resource(s); removing what is tagged spot:deployment={id} and spot:run-id={run}",
         recorded.len()
     );
     let session = super::session().await?;
     let progress = Progress::new();
-    // Only what this run's main made: another run's set under the same id (one that
-    // raced it) is not post's to remove.
-    let run = actions::state(state::RUN_ID);
     let removal =
-        super::down::remove_with_summary(&session, &dir, &id, run.as_deref(), &regions, &progress).await;
+        super::down::remove_with_summary(&session, &dir, &id, Some(&run), &regions, &progress).await;
     if let Ok(found) = &removal {
         let unseen = unseen(&recorded, found.as_ref());
         if !unseen.is_empty() {
@@ -72,6 +83,12 @@ pub async fn run() -> Result<(), Error> {
     result
 }
 
+/// Pure: does post keep the deployment? `keep` as main saved it, else the input; a value
+/// that is not `false` keeps (main refused it, and a kept deployment must not be lost).
+fn kept(saved: Option<&str>, input: Option<&str>) -> bool {
+    !saved.or(input).is_none_or(|v| v.eq_ignore_ascii_case("false"))
+}
+
 /// The resources main made and did not remove again itself, each `kind region id`.
 fn recorded() -> Vec<String> {
     let removed: Vec<String> = (1..).map_while(|n| actions::state(&state::removed_key(n))).collect();
@@ -91,6 +108,16 @@ fn unseen(recorded: &[String], removal: Option<&Removal>) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::provider::{Kind, Resource, Tags};
+
+    #[test]
+    fn keep_is_what_main_saved_else_the_input_and_anything_unreadable_keeps() {
+        assert!(kept(Some("true"), Some("false")));
+        assert!(!kept(Some("false"), Some("true")));
+        assert!(kept(None, Some("true")));
+        assert!(kept(None, Some("yes please")));
+        assert!(!kept(None, Some("FALSE")));
+        assert!(!kept(None, None));
+    }
 
     #[test]
     fn a_recorded_resource_the_teardown_never_met_is_named() {

@@ -16,6 +16,8 @@ pub const WORKING_DIRECTORY: &str = "working-directory";
 pub const RUN_ID: &str = "run-id";
 /// The deployment id main refused (another run's deployment uses it): post leaves it be.
 pub const REFUSED: &str = "refused";
+/// The deployment id, once main has it ready: with `keep: true`, post keeps only then.
+pub const READY: &str = "ready";
 /// The regions the plan used, comma-separated: where post looks.
 pub const REGIONS: &str = "regions";
 

@@ -147,12 +147,7 @@ pub fn failed_comment(id: &str, error: &str, kept: bool) -> String {
 }
 
 /// The job summary of a teardown of `id` in `regions` that took `seconds`.
-pub fn teardown(
-    id: &str,
-    regions: &[String],
-    removal: Result<&Option<Removal>, &str>,
-    seconds: f64,
-) -> String {
+pub fn teardown(id: &str, regions: &str, removal: Result<&Option<Removal>, &str>, seconds: f64) -> String {
     match removal {
         Ok(Some(r)) if r.failed.is_empty() => {
             format!("## spot: teardown of `{id}`\n\nremoved {} in {seconds:.1}s\n", r.summary())
@@ -163,7 +158,7 @@ pub fn teardown(
             r.failed.len()
         ),
         Ok(None) => {
-            format!("## spot: teardown of `{id}`\n\nnothing left to remove in {}\n", regions.join(", "))
+            format!("## spot: teardown of `{id}`\n\nnothing left to remove in {regions}\n")
         }
         Err(e) => format!("## spot: teardown of `{id}` failed\n\n```\n{e}\n```\n"),
     }
@@ -267,9 +262,9 @@ mod tests {
                 .contains("no capacity\n\nSee the job log; what ran before keeps running")
         );
         assert!(failed_comment("pr-7", "x", false).contains("nothing of this run was kept"));
-        let regions = ["us-east-1".to_string()];
-        assert!(teardown("d", &regions, Ok(&None), 1.0).contains("nothing left to remove in us-east-1"));
-        assert!(teardown("d", &regions, Err("denied"), 1.0).contains("failed\n\n```\ndenied"));
+        let regions = "us-east-1";
+        assert!(teardown("d", regions, Ok(&None), 1.0).contains("nothing left to remove in us-east-1"));
+        assert!(teardown("d", regions, Err("denied"), 1.0).contains("failed\n\n```\ndenied"));
         let partial = Removal {
             removed: Vec::new(),
             failed: vec![(
@@ -283,7 +278,7 @@ mod tests {
                 "in use".into(),
             )],
         };
-        assert!(teardown("d", &regions, Ok(&Some(partial)), 1.0).contains("incomplete"));
+        assert!(teardown("d", regions, Ok(&Some(partial)), 1.0).contains("incomplete"));
     }
 
     #[test]

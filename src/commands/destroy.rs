@@ -6,7 +6,7 @@ use crate::lifecycle::progress::Progress;
 use crate::ops::{self, Session};
 
 pub fn run(args: &DestroyArgs) -> Result<(), Error> {
-    let regions = ops::regions_for(&args.dir, &args.regions)?;
+    let configured = ops::known_regions(&args.dir, &args.regions)?;
     let timeout = ops::duration("--timeout", &args.timeout)?;
     if let Some(id) = &args.deployment {
         crate::plan::check_deployment_id(id)
@@ -15,8 +15,13 @@ pub fn run(args: &DestroyArgs) -> Result<(), Error> {
     let progress = Progress::new();
     let removal = super::block_on(async {
         let session = Session::open(args.cloud.endpoint_url.as_deref()).await;
+        let regions = if args.all_regions || configured.is_empty() {
+            ops::remove::everywhere(&session, &configured, &progress).await?
+        } else {
+            ops::remove::Search::only(&configured)
+        };
         let id = args.deployment.as_deref();
-        ops::remove::remove(
+        let removal = ops::remove::remove(
             &session,
             &args.dir,
             &regions,
@@ -25,7 +30,9 @@ pub fn run(args: &DestroyArgs) -> Result<(), Error> {
             timeout,
             &progress,
         )
-        .await
-    });
+        .await;
+        Ok::<_, Error>((removal, regions))
+    })?;
+    let (removal, regions) = removal;
     ops::remove::report(removal, args.deployment.as_deref(), &regions, &progress)
 }

@@ -8,7 +8,15 @@ use crate::ops::{self, Session};
 pub fn run(args: &crate::cli::ReapArgs) -> Result<(), Error> {
     let regions = ops::regions_for(&args.dir, &args.regions)?;
     let grace = ops::duration("--orphan-grace", &args.orphan_grace)?;
-    let repository = crate::actions::repository();
+    // As `create` names the repository in its tags.
+    let repository = ops::inputs(
+        &args.dir,
+        None,
+        args.repository.clone().or_else(crate::actions::repository),
+        None,
+        None,
+    )?
+    .repository;
     let github = crate::actions::token_from_env().map(|t| (t, crate::actions::api_url()));
     let progress = Progress::new();
     let decisions = super::block_on(async {
@@ -17,7 +25,8 @@ pub fn run(args: &crate::cli::ReapArgs) -> Result<(), Error> {
             regions: &regions,
             dry_run: args.dry_run,
             github,
-            repository: repository.as_deref(),
+            repository: &repository,
+            whole_account: args.whole_account,
             orphan_grace: grace,
         };
         reap::reap(&session, &reap, &progress).await

@@ -148,7 +148,9 @@ pub fn steps(deployment: &Deployment, bundle_sha256: &str, limits: &Limits) -> D
     let manifest = &deployment.manifest;
     let bundle_path = format!("{BUNDLES_DIR}/{bundle_sha256}.tar.gz");
 
-    let mut unpack = String::from("set -eu\n");
+    // The marker of an earlier delivery goes before anything changes: a redeploy that
+    // stops halfway must never look finished to the next one.
+    let mut unpack = format!("set -eu\nrm -f {READY_MARKER}\n");
     unpack.push_str(&safe_extract(&bundle_path, "/"));
     let login_user = format!("{}:", deployment.config.username);
     for upload in &manifest.uploads {

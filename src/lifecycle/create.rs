@@ -196,9 +196,14 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
         self.req.plan.regions.iter().find(|r| r.region == region)
     }
 
+    /// The tags of what is made in `plan`'s region now, stamped with the time
+    /// (`spot:created-at`); a retried call sends the same ones.
     fn region_tags(&self, plan: &RegionPlan) -> Tags {
         let mut tags = self.req.tags.clone();
         tags.extend(plan.tags.clone());
+        let now = jiff::Timestamp::now();
+        let now = jiff::Timestamp::from_second(now.as_second()).unwrap_or(now);
+        tags.insert(tag::CREATED_AT.to_string(), now.to_string());
         tags
     }
 

@@ -88,9 +88,21 @@ pub async fn discover<C: Cloud>(
     regions: &[String],
     extra: &Tags,
 ) -> Result<BTreeMap<String, Deployed>, Error> {
+    discover_beyond(cloud, regions, &[], extra).await.map(|(found, _)| found)
+}
+
+/// [`discover`] in `regions` and in `beyond`: regions looked in only in case, where an
+/// answer that the region refuses this account ([`Error::region_refused`]) skips it
+/// (returned) instead of failing the search.
+pub async fn discover_beyond<C: Cloud>(
+    cloud: &C,
+    regions: &[String],
+    beyond: &[String],
+    extra: &Tags,
+) -> Result<(BTreeMap<String, Deployed>, Vec<Error>), Error> {
     let mut filter: Tags = [(tag::MANAGED_BY.to_string(), tag::MANAGED_BY_VALUE.to_string())].into();
     filter.extend(extra.clone());
-    let per_region: Vec<RegionFinds> = futures::stream::iter(regions)
+    let per_region: Vec<RegionFinds> = futures::stream::iter(regions.iter().chain(beyond))
         .map(|region| {
             let filter = &filter;
             async move { cloud.tagged(region, filter).await }
@@ -99,8 +111,16 @@ pub async fn discover<C: Cloud>(
         .collect()
         .await;
     let mut found: BTreeMap<String, Deployed> = BTreeMap::new();
+    let mut skipped = Vec::new();
     for result in per_region {
-        let (instances, resources) = result?;
+        let (instances, resources) = match result {
+            Ok(finds) => finds,
+            Err(e) if e.region_refused() && beyond.contains(&e.region) && !regions.contains(&e.region) => {
+                skipped.push(e);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         for i in instances {
             group(&mut found, &i.tags, &i.region).instances.push(i);
         }
@@ -112,5 +132,6 @@ pub async fn discover<C: Cloud>(
         f.instances.sort_by(|a, b| (&a.region, &a.id).cmp(&(&b.region, &b.id)));
         f.resources.sort();
     }
-    Ok(found)
+    skipped.sort_by(|a, b| a.region.cmp(&b.region));
+    Ok((found, skipped))
 }

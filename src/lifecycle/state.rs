@@ -59,26 +59,17 @@ pub struct StateFile {
 
 impl StateFile {
     /// Starts the file for a new run, replacing an older run's file of the same id once
-    /// that run is over (rolled back, destroyed). `Ok(Err(other))`: another run's file is
-    /// still live (creating, ready, incomplete), and is left as it is.
+    /// that run is over (rolled back, destroyed, or past its time to live). `Ok(Err(other))`:
+    /// another run's file is still live (creating, ready, incomplete), and is left as it is.
     pub fn create(root: &Path, state: State) -> std::io::Result<Result<Self, Box<State>>> {
-        let dir = root.join(STATE_DIR);
-        std::fs::create_dir_all(&dir)?;
-        let path = path_of(root, &state.deployment_id);
-        // Claimed atomically when there is none, so two runs cannot both take it.
-        match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                if let Some(other) = read(root, &state.deployment_id)
-                    && other.run_id != state.run_id
-                    && matches!(other.status, Status::Creating | Status::Ready | Status::Incomplete)
-                {
-                    return Ok(Err(Box::new(other)));
-                }
-            }
-            Err(e) => return Err(e),
+        let _claim = claim(root, &state.deployment_id)?;
+        if let Some(other) = read(root, &state.deployment_id)
+            && other.run_id != state.run_id
+            && other.is_live(jiff::Timestamp::now())
+        {
+            return Ok(Err(Box::new(other)));
         }
-        let file = Self { path, state: Mutex::new(state) };
+        let file = Self { path: path_of(root, &state.deployment_id), state: Mutex::new(state) };
         file.write()?;
         Ok(Ok(file))
     }
@@ -86,7 +77,7 @@ impl StateFile {
     /// Starts the file for a run that takes the deployment over (a redeploy into it),
     /// replacing whatever file of the id is there.
     pub fn take_over(root: &Path, state: State) -> std::io::Result<Self> {
-        std::fs::create_dir_all(root.join(STATE_DIR))?;
+        let _claim = claim(root, &state.deployment_id)?;
         let file = Self { path: path_of(root, &state.deployment_id), state: Mutex::new(state) };
         file.write()?;
         Ok(file)
@@ -137,6 +128,34 @@ impl Recorder for StateFile {
     }
 }
 
+impl State {
+    /// Is the run still answerable for what it made at `now`? Creating or ready before its
+    /// expiry (after it, the instances have shut themselves down), or incomplete (what is
+    /// left stays until a teardown removes it).
+    pub fn is_live(&self, now: jiff::Timestamp) -> bool {
+        let expired = self.expires_at.parse::<jiff::Timestamp>().is_ok_and(|t| t <= now);
+        match self.status {
+            Status::Creating | Status::Ready => !expired,
+            Status::Incomplete => true,
+            Status::RolledBack | Status::Destroyed => false,
+        }
+    }
+}
+
+/// Holds the lock beside the file of `deployment_id` (dropped: released), so that two
+/// runs in one checkout read and replace it one after the other.
+fn claim(root: &Path, deployment_id: &str) -> std::io::Result<std::fs::File> {
+    let dir = root.join(STATE_DIR);
+    std::fs::create_dir_all(&dir)?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(format!("{deployment_id}.lock")))?;
+    lock.lock()?;
+    Ok(lock)
+}
+
 /// The file of `deployment_id` under `root`.
 fn path_of(root: &Path, deployment_id: &str) -> PathBuf {
     root.join(STATE_DIR).join(format!("{deployment_id}.json"))
@@ -154,6 +173,7 @@ fn write_atomically(path: &Path, state: &State) -> std::io::Result<()> {
 /// Records a teardown in the state file of `deployment_id` under `root`, if there is one:
 /// `destroyed` when nothing is `left`, else `incomplete` with what is left.
 pub fn mark_removed(root: &Path, deployment_id: &str, left: &[Resource]) -> std::io::Result<()> {
+    let _claim = claim(root, deployment_id)?;
     let Some(mut state) = read(root, deployment_id) else {
         return Ok(());
     };
@@ -170,4 +190,68 @@ pub fn mark_removed(root: &Path, deployment_id: &str, left: &[Resource]) -> std:
 pub fn read(root: &Path, deployment_id: &str) -> Option<State> {
     let text = std::fs::read_to_string(path_of(root, deployment_id)).ok()?;
     serde_json::from_str(&text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(run: &str, expires_at: &str) -> State {
+        State {
+            deployment_id: "d-1".into(),
+            run_id: run.into(),
+            repository: "acme/app".into(),
+            created_at: "2026-12-01T00:00:00Z".into(),
+            expires_at: expires_at.into(),
+            status: Status::Creating,
+            resources: Vec::new(),
+            instances: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn another_runs_file_holds_the_id_while_it_is_live_and_not_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let later = "2999-01-01T00:00:00Z";
+        let first = StateFile::create(dir.path(), state("run-a", later)).unwrap().unwrap();
+        let refused = StateFile::create(dir.path(), state("run-b", later)).unwrap().unwrap_err();
+        assert_eq!(refused.run_id, "run-a");
+        // The same run may start it again (a retried create).
+        assert!(StateFile::create(dir.path(), state("run-a", later)).unwrap().is_ok());
+        for live in [Status::Ready, Status::Incomplete] {
+            first.status(live);
+            assert!(StateFile::create(dir.path(), state("run-b", later)).unwrap().is_err(), "{live:?}");
+        }
+        first.status(Status::RolledBack);
+        assert!(StateFile::create(dir.path(), state("run-b", later)).unwrap().is_ok());
+        assert_eq!(read(dir.path(), "d-1").unwrap().run_id, "run-b");
+
+        // A ready file past its expiry no longer holds the id; an incomplete one does.
+        let dir = tempfile::tempdir().unwrap();
+        let expired = StateFile::create(dir.path(), state("run-a", "2020-01-01T00:00:00Z")).unwrap().unwrap();
+        expired.status(Status::Incomplete);
+        assert!(StateFile::create(dir.path(), state("run-b", later)).unwrap().is_err());
+        expired.status(Status::Ready);
+        assert!(StateFile::create(dir.path(), state("run-b", later)).unwrap().is_ok());
+    }
+
+    #[test]
+    fn a_teardown_marks_the_file_destroyed_or_incomplete_with_what_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::create(dir.path(), state("run-a", "2999-01-01T00:00:00Z")).unwrap().unwrap();
+        let resource = |id: &str| Resource {
+            kind: crate::provider::Kind::KeyPair,
+            region: "us-east-1".into(),
+            id: id.into(),
+            name: None,
+            tags: crate::provider::Tags::new(),
+        };
+        file.created(&resource("key-1"));
+        file.created(&resource("key-2"));
+        mark_removed(dir.path(), "d-1", &[resource("key-2")]).unwrap();
+        let after = read(dir.path(), "d-1").unwrap();
+        assert_eq!((after.status, after.resources), (Status::Incomplete, vec![resource("key-2")]));
+        mark_removed(dir.path(), "d-1", &[]).unwrap();
+        assert_eq!(read(dir.path(), "d-1").unwrap().status, Status::Destroyed);
+    }
 }

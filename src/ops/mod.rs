@@ -190,24 +190,31 @@ pub fn duration(what: &str, text: &str) -> Result<std::time::Duration, Error> {
 
 /// Regions to search: those `given`, else the config's in `dir`.
 pub fn regions_for(dir: &Path, given: &[String]) -> Result<Vec<String>, Error> {
-    if !given.is_empty() {
-        for r in given {
-            if !manifest::types::AWS_REGIONS.contains(&r.as_str()) {
-                return Err(Error::Usage {
-                    message: format!("`{r}` is not an AWS region"),
-                    help: "pass a region such as us-east-1".into(),
-                });
-            }
-        }
-        return Ok(given.to_vec());
-    }
-    match manifest::load_regions(dir) {
-        Ok(regions) if !regions.is_empty() => Ok(regions),
-        Ok(_) | Err(_) => Err(Error::Usage {
+    let regions = known_regions(dir, given)?;
+    if regions.is_empty() {
+        return Err(Error::Usage {
             message: format!("no regions to search: `{}` has no valid config with regions", dir.display()),
             help: "pass --region (repeatable), or run from the repository that holds .spot/".into(),
-        }),
+        });
     }
+    Ok(regions)
+}
+
+/// The regions `given` (each checked), else the config's in `dir`, else none: for
+/// removing, which must work when `.spot/` is gone or broken.
+pub fn known_regions(dir: &Path, given: &[String]) -> Result<Vec<String>, Error> {
+    for r in given {
+        if !manifest::types::AWS_REGIONS.contains(&r.as_str()) {
+            return Err(Error::Usage {
+                message: format!("`{r}` is not an AWS region"),
+                help: "pass a region such as us-east-1".into(),
+            });
+        }
+    }
+    if !given.is_empty() {
+        return Ok(given.to_vec());
+    }
+    Ok(manifest::load_regions(dir).unwrap_or_default())
 }
 
 /// Maps a cloud error to the command error, with a hint for credential problems.

@@ -1,11 +1,13 @@
 //! Reap (`spot reap` and the Action's `mode: reap`): scheduled teardown of what others left.
 //!
-//! Across the regions, every deployment tagged `spot:managed-by=spot` is judged by the
-//! pure [`judge`]: removed when its `spot:expires-at` has passed, when its pull request is
-//! closed (asked through the GitHub API when a token is given), or when it is an orphan
-//! (security group, key pair, launch template or fleet with no instance left, still so
-//! after a grace period, so a `create` between its first resource and its launch is not
-//! mistaken for one). Untagged resources are never looked at.
+//! Across the regions, every deployment tagged `spot:managed-by=spot` and made from this
+//! repository (`spot:repository`; every repository's only when asked for the whole
+//! account) is judged by the pure [`judge`]: removed when its `spot:expires-at` has
+//! passed, when its pull request is closed (asked through the GitHub API when a token is
+//! given), or when it is an orphan: security group, key pair, launch template or fleet
+//! with no instance left, whose newest resource (`spot:created-at`) is older than the
+//! grace period, so a `create` between its first resource and its launch is not mistaken
+//! for one. Untagged resources are never looked at.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +18,7 @@ use crate::error::Error;
 use crate::lifecycle::inventory::{self, Deployed};
 use crate::lifecycle::progress::Progress;
 use crate::lifecycle::teardown;
+use crate::plan::tag;
 use crate::provider::Tags;
 
 /// What to do with one deployment, and why.
@@ -27,8 +30,15 @@ pub enum Verdict {
 }
 
 /// Pure: decides about one deployment at `now`. `pr_closed` is what GitHub said about
-/// its pull request (`None`: not asked or no answer, with the reason in `pr_note`).
-pub fn judge(found: &Deployed, now: jiff::Timestamp, pr_closed: Option<bool>, pr_note: &str) -> Verdict {
+/// its pull request (`None`: not asked or no answer, with the reason in `pr_note`). A
+/// deployment without instances is an orphan once its newest resource is older than
+/// `grace` (one with no `spot:created-at` at all counts as old).
+pub fn judge(
+    found: &Deployed,
+    now: jiff::Timestamp,
+    (pr_closed, pr_note): (Option<bool>, &str),
+    grace: Duration,
+) -> Verdict {
     if let Some(expires) = &found.expires_at {
         match expires.parse::<jiff::Timestamp>() {
             Ok(t) if t <= now => return Verdict::Remove(format!("expired at {expires}")),
@@ -40,7 +50,22 @@ pub fn judge(found: &Deployed, now: jiff::Timestamp, pr_closed: Option<bool>, pr
         return Verdict::Remove(format!("pull request #{} is closed", found.pr.as_deref().unwrap_or("?")));
     }
     if found.instances.is_empty() {
-        return Verdict::Remove(format!("orphan: {} and no instance", teardown::summarize(&found.resources)));
+        let newest = found
+            .resources
+            .iter()
+            .filter_map(|r| r.tags.get(tag::CREATED_AT)?.parse::<jiff::Timestamp>().ok())
+            .max();
+        let age = newest.map(|t| now.as_second().saturating_sub(t.as_second()));
+        let grace_secs = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
+        return match age {
+            Some(age) if age < grace_secs => Verdict::Keep(format!(
+                "no instance yet, its newest resource made {age}s ago (a create may be under way; an orphan once older than {}s)",
+                grace.as_secs()
+            )),
+            _ => {
+                Verdict::Remove(format!("orphan: {} and no instance", teardown::summarize(&found.resources)))
+            }
+        };
     }
     let mut why = format!("expires at {}", found.expires_at.as_deref().unwrap_or("(no expiry tag)"));
     if let Some(pr) = &found.pr {
@@ -71,8 +96,11 @@ pub struct Reap<'a> {
     pub dry_run: bool,
     /// Token and API URL to ask about pull requests with.
     pub github: Option<(crate::keys::Secret, String)>,
-    /// `owner/name` of this repository: only its pull requests are asked about.
-    pub repository: Option<&'a str>,
+    /// `owner/name` of this repository (or the name `create` tagged it with): only its
+    /// deployments are judged, and only its pull requests asked about.
+    pub repository: &'a str,
+    /// Every repository's deployments in the account, not only this one's.
+    pub whole_account: bool,
     pub orphan_grace: Duration,
 }
 
@@ -80,52 +108,29 @@ pub struct Reap<'a> {
 pub async fn reap(session: &Session, r: &Reap<'_>, progress: &Progress) -> Result<Vec<Decision>, Error> {
     let cloud = &session.cloud;
     {
-        let github = match (&r.github, r.repository) {
-            (Some((token, api)), Some(repo)) => Some(
-                crate::github::GitHub::new(token, api, repo)
+        let github = match &r.github {
+            Some((token, api)) => Some(
+                crate::github::GitHub::new(token, api, r.repository)
                     .map_err(|message| Error::Usage { message, help: String::new() })?,
             ),
-            _ => None,
+            None => None,
         };
+        let mut filter = Tags::new();
+        if !r.whole_account {
+            filter.insert(tag::REPOSITORY.to_string(), r.repository.to_string());
+        }
         let found =
-            inventory::discover(cloud, r.regions, &Tags::new()).await.map_err(|e| super::cloud_error(&e))?;
+            inventory::discover(cloud, r.regions, &filter).await.map_err(|e| super::cloud_error(&e))?;
         let mut decisions = Vec::new();
-        let mut orphans = Vec::new();
         let now = jiff::Timestamp::now();
         for f in found.values() {
             let (closed, note) = pr_state(github.as_ref(), r.repository, f).await;
-            let verdict = judge(f, now, closed, &note);
-            if f.instances.is_empty()
-                && matches!(verdict, Verdict::Remove(ref why) if why.starts_with("orphan"))
-            {
-                orphans.push(f.deployment_id.clone());
-            }
             decisions.push(Decision {
                 deployment_id: f.deployment_id.clone(),
-                verdict,
+                verdict: judge(f, now, (closed, &note), r.orphan_grace),
                 removed: None,
                 error: None,
             });
-        }
-        if !orphans.is_empty() && !r.dry_run {
-            // Look again after the grace period: a create may be between its first resource
-            // and its launch.
-            progress.event(format!(
-                "{} orphan candidate(s); looking again in {}s",
-                orphans.len(),
-                r.orphan_grace.as_secs()
-            ));
-            tokio::time::sleep(r.orphan_grace).await;
-            let again = inventory::discover(cloud, r.regions, &Tags::new())
-                .await
-                .map_err(|e| super::cloud_error(&e))?;
-            for d in &mut decisions {
-                if orphans.contains(&d.deployment_id)
-                    && again.get(&d.deployment_id).is_some_and(|f| !f.instances.is_empty())
-                {
-                    d.verdict = Verdict::Keep("has instances now (a create was in progress)".into());
-                }
-            }
         }
         if r.dry_run {
             return Ok(decisions);
@@ -153,7 +158,7 @@ pub async fn reap(session: &Session, r: &Reap<'_>, progress: &Progress) -> Resul
 
 async fn pr_state(
     github: Option<&crate::github::GitHub>,
-    repository: Option<&str>,
+    repository: &str,
     f: &Deployed,
 ) -> (Option<bool>, String) {
     let Some(pr) = f.pr.as_deref() else {
@@ -162,7 +167,7 @@ async fn pr_state(
     let Some(github) = github else {
         return (None, "not asked (no GitHub token)".into());
     };
-    if f.repository.as_deref() != repository {
+    if f.repository.as_deref() != Some(repository) {
         return (None, format!("not asked (repository {})", f.repository.as_deref().unwrap_or("unknown")));
     }
     let Ok(number) = pr.parse::<u64>() else {
@@ -231,22 +236,50 @@ mod tests {
         }
     }
 
+    /// A deployment with no instance whose resources were made at `times`.
+    fn made_at(times: &[&str]) -> Deployed {
+        let resources = times
+            .iter()
+            .enumerate()
+            .map(|(n, t)| crate::provider::Resource {
+                kind: crate::provider::Kind::SecurityGroup,
+                region: "us-east-1".into(),
+                id: format!("sg-{n}"),
+                name: None,
+                tags: [(tag::CREATED_AT.to_string(), (*t).to_string())].into(),
+            })
+            .collect();
+        Deployed { resources, ..found("2026-11-26T13:00:00Z", None, 0) }
+    }
+
     #[test]
     fn verdicts() {
         let now: jiff::Timestamp = "2026-11-26T12:00:00Z".parse().unwrap();
         let later = "2026-11-26T13:00:00Z";
+        let grace = Duration::from_secs(600);
+        let judge = |f: &Deployed, closed| judge(f, now, (closed, ""), grace);
         assert!(
-            matches!(judge(&found("2026-11-26T11:59:59Z", None, 1), now, None, ""), Verdict::Remove(w) if w.starts_with("expired"))
+            matches!(judge(&found("2026-11-26T11:59:59Z", None, 1), None), Verdict::Remove(w) if w.starts_with("expired"))
         );
         assert!(
-            matches!(judge(&found(later, Some("7"), 1), now, Some(true), ""), Verdict::Remove(w) if w.contains("#7 is closed"))
+            matches!(judge(&found(later, Some("7"), 1), Some(true)), Verdict::Remove(w) if w.contains("#7 is closed"))
         );
         assert!(
-            matches!(judge(&found(later, Some("7"), 1), now, Some(false), ""), Verdict::Keep(w) if w.contains("#7 is open"))
+            matches!(judge(&found(later, Some("7"), 1), Some(false)), Verdict::Keep(w) if w.contains("#7 is open"))
         );
+        assert!(matches!(judge(&found(later, None, 2), None), Verdict::Keep(_)));
+        // Without instances, by the age of the newest resource.
+        assert!(matches!(judge(&found(later, None, 0), None), Verdict::Remove(w) if w.starts_with("orphan")));
+        let old = made_at(&["2026-11-26T11:00:00Z", "2026-11-26T11:49:59Z"]);
+        assert!(matches!(judge(&old, None), Verdict::Remove(w) if w.starts_with("orphan")));
+        let fresh = made_at(&["2026-11-26T11:00:00Z", "2026-11-26T11:58:00Z"]);
         assert!(
-            matches!(judge(&found(later, None, 0), now, None, ""), Verdict::Remove(w) if w.starts_with("orphan"))
+            matches!(judge(&fresh, None), Verdict::Keep(w) if w.contains("made 120s ago")),
+            "{:?}",
+            judge(&fresh, None)
         );
-        assert!(matches!(judge(&found(later, None, 2), now, None, ""), Verdict::Keep(_)));
+        // An expired one goes whatever its age.
+        let expired = Deployed { expires_at: Some("2026-11-26T11:59:00Z".into()), ..fresh };
+        assert!(matches!(judge(&expired, None), Verdict::Remove(w) if w.starts_with("expired")));
     }
 }

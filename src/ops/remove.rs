@@ -13,26 +13,71 @@ use crate::lifecycle::teardown::{self, Removal};
 use crate::plan::tag;
 use crate::provider::{Cloud as _, Tags};
 
-/// `configured` and then every other region enabled for the account: where a deployment
-/// may be when its description has moved since it was made (a pull request that changed
-/// its regions). Without an answer from EC2, the configured ones, with a warning.
-pub async fn everywhere(session: &Session, configured: &[String], progress: &Progress) -> Vec<String> {
-    let mut regions = configured.to_vec();
+/// Where to look for a deployment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Search {
+    /// Where it was configured or recorded: a region that will not answer is an error
+    /// (something of it may be there).
+    pub regions: Vec<String>,
+    /// Every other region enabled for the account, looked in just in case: one that
+    /// refuses this account (not enabled, or closed to it) is skipped with a warning.
+    pub beyond: Vec<String>,
+}
+
+impl Search {
+    /// Only `regions`, each of which must answer.
+    pub fn only(regions: &[String]) -> Self {
+        Self { regions: regions.to_vec(), beyond: Vec::new() }
+    }
+
+    /// Every region looked in.
+    pub fn all(&self) -> Vec<String> {
+        self.regions.iter().chain(&self.beyond).cloned().collect()
+    }
+
+    /// The regions in a few words.
+    pub fn describe(&self) -> String {
+        match (self.regions.is_empty(), self.beyond.len()) {
+            (_, 0) => self.regions.join(", "),
+            (true, n) => format!("the account's {n} enabled regions"),
+            (false, n) => format!("{} and the account's {n} other enabled regions", self.regions.join(", ")),
+        }
+    }
+
+    /// Makes `region` one that must answer.
+    fn require(&mut self, region: &str) {
+        self.beyond.retain(|r| r != region);
+        if !self.regions.iter().any(|r| r == region) {
+            self.regions.push(region.to_string());
+        }
+    }
+}
+
+/// `configured` (which must answer) and then every other region enabled for the
+/// account: where a deployment may be when its description has moved or is gone since it
+/// was made (a pull request that changed its regions, or removed `.spot/`). Without an
+/// answer from EC2, the configured ones, with a warning.
+pub async fn everywhere(
+    session: &Session,
+    configured: &[String],
+    progress: &Progress,
+) -> Result<Search, Error> {
+    let mut search = Search::only(configured);
     let near = configured.first().map_or("us-east-1", String::as_str);
     match session.cloud.regions(near).await {
-        Ok(all) => {
-            for r in all {
-                if !regions.contains(&r) {
-                    regions.push(r);
-                }
-            }
-        }
-        Err(e) => progress.event(format!(
+        Ok(all) => search.beyond = all.into_iter().filter(|r| !configured.contains(r)).collect(),
+        Err(e) if !configured.is_empty() => progress.event(format!(
             "warning: cannot list the account's regions ({e}); looking in {} only",
             configured.join(", ")
         )),
+        Err(e) => {
+            return Err(Error::Runtime {
+                message: format!("no region to look in: none is configured, and {e}"),
+                help: "give the regions (input `regions`, or --region)".into(),
+            });
+        }
     }
-    regions
+    Ok(search)
 }
 
 /// What to remove: one deployment (or any), and of it only what one run made (the
@@ -49,7 +94,7 @@ pub struct Target<'a> {
 pub async fn remove(
     session: &Session,
     dir: &std::path::Path,
-    regions: &[String],
+    search: &Search,
     target: Target<'_>,
     all: bool,
     timeout: std::time::Duration,
@@ -62,19 +107,39 @@ pub async fn remove(
     let cloud = &session.cloud;
     let root = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     {
-        let mut found =
-            inventory::discover(cloud, regions, &filter).await.map_err(|e| super::cloud_error(&e))?;
+        // Where its state file records something, the region must answer.
+        let mut search = search.clone();
+        for r in deployment.and_then(|id| owned(&root, id, target.run)).iter().flat_map(|s| &s.resources) {
+            search.require(&r.region);
+        }
+        let (mut found, skipped) =
+            inventory::discover_beyond(cloud, &search.regions, &search.beyond, &filter)
+                .await
+                .map_err(|e| super::cloud_error(&e))?;
+        for e in skipped {
+            progress.event(format!(
+                "warning: skipped {}, which refuses this account ({}); nothing of ours was configured or recorded there",
+                e.region, e.code
+            ));
+        }
         // While any of it still shows by its tags, what the state file records is removed
         // too (tags on new resources show late); nothing showing means removed already.
         if let Some(id) = deployment
             && let Some(seen) = found.get_mut(id)
-            && let Some(recorded) = state::read(&root, id)
-            && target.run.is_none_or(|run| recorded.run_id == run)
+            && let Some(recorded) = owned(&root, id, target.run)
         {
             seen.add_recorded(&recorded.resources);
         }
         let chosen: Vec<&Deployed> = found.values().collect();
         if chosen.is_empty() {
+            // Nothing of it shows anywhere it was made: its state file (when this target's)
+            // says so, or it would hold a later `create` of the id back.
+            if let Some(id) = deployment
+                && owned(&root, id, target.run).is_some()
+                && let Err(e) = state::mark_removed(&root, id, &[])
+            {
+                progress.event(format!("warning: cannot update the state file of {id}: {e}"));
+            }
             return Ok(None);
         }
         if deployment.is_none() && chosen.len() > 1 && !all {
@@ -98,7 +163,7 @@ pub async fn remove(
         for r in futures::future::join_all(sweeps).await {
             total.merge(r);
         }
-        for f in &chosen {
+        for f in chosen.iter().filter(|f| owned(&root, &f.deployment_id, target.run).is_some()) {
             let mine = f.all_resources();
             let left: Vec<_> = total
                 .failed
@@ -114,11 +179,17 @@ pub async fn remove(
     }
 }
 
+/// The state file of deployment `id` under `root`, when it is the target's: of any run,
+/// or of the one run the target names.
+fn owned(root: &std::path::Path, id: &str, run: Option<&str>) -> Option<state::State> {
+    state::read(root, id).filter(|s| run.is_none_or(|run| s.run_id == run))
+}
+
 /// Prints what `remove` did; an error when something is left.
 pub fn report(
     removal: Result<Option<Removal>, Error>,
     deployment: Option<&str>,
-    regions: &[String],
+    search: &Search,
     progress: &Progress,
 ) -> Result<(), Error> {
     let mut out = std::io::stdout().lock();
@@ -126,7 +197,7 @@ pub fn report(
         None => {
             let what = deployment
                 .map_or_else(|| "no deployments".to_string(), |id| format!("no resources of `{id}`"));
-            let _ = writeln!(out, "nothing to do: {what} in {}", regions.join(", "));
+            let _ = writeln!(out, "nothing to do: {what} in {}", search.describe());
             Ok(())
         }
         Some(r) if r.failed.is_empty() => {

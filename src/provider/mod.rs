@@ -286,6 +286,15 @@ pub struct Error {
     pub region: String,
 }
 
+impl Error {
+    /// The region will not answer this account at all: not enabled for it (`OptInRequired`),
+    /// or closed to these credentials (`UnauthorizedOperation`, an SCP or a policy that
+    /// limits regions).
+    pub fn region_refused(&self) -> bool {
+        matches!(self.code.as_str(), "OptInRequired" | "UnauthorizedOperation")
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} in {} failed: {}", self.operation, self.region, self.code)?;

@@ -252,28 +252,131 @@ fn up_then_post_reports_everything_and_leaves_nothing() {
 }
 
 #[test]
-fn a_main_step_killed_midway_is_cleaned_up_by_its_post_step() {
+fn a_main_step_killed_midway_is_cleaned_up_by_its_post_step_kept_or_not() {
     let emu = Emulator::start();
-    emu.faults(&json!([{"action": "CreateFleet", "fault": "delay", "delay_ms": 4000}]));
     let dir = project();
-    let job = Job::new("9002", "push", json!({}));
-    let inputs = [("working-directory", dir.path().to_str().unwrap()), ("ssh-cidr", "127.0.0.1/32")];
-    let mut child: Child =
-        job.command(&emu, "main", &inputs, None).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while emu.calls().get("CreateFleet").copied().unwrap_or(0) == 0 {
-        assert!(Instant::now() < deadline, "main never reached CreateFleet");
-        std::thread::sleep(Duration::from_millis(50));
+    let wd = dir.path().to_str().unwrap();
+    // `keep: true` keeps a deployment only once it is ready: one killed mid-create is
+    // removed by post all the same.
+    for (run, keep) in [("9002", "false"), ("9003", "true")] {
+        emu.faults(&json!([{"action": "CreateFleet", "fault": "delay", "delay_ms": 4000}]));
+        let before = emu.calls().get("CreateFleet").copied().unwrap_or(0);
+        let job = Job::new(run, "push", json!({}));
+        let inputs = [("working-directory", wd), ("ssh-cidr", "127.0.0.1/32"), ("keep", keep)];
+        let mut child: Child = job
+            .command(&emu, "main", &inputs, None)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while emu.calls().get("CreateFleet").copied().unwrap_or(0) == before {
+            assert!(Instant::now() < deadline, "main never reached CreateFleet");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        child.kill().unwrap(); // SIGKILL: no handler runs, like a lost runner step
+        child.wait().unwrap();
+        // The fleet call still completes in the emulator: instances exist now.
+        std::thread::sleep(Duration::from_secs(4));
+        emu.faults(&json!([]));
+        let state = file_commands(&job.path("state"));
+        assert_eq!(
+            state["deployment-id"],
+            format!("gh-{run}-1"),
+            "the id is saved before the first resource"
+        );
+        assert_eq!(state["keep"], keep);
+        assert!(!state.contains_key("ready"), "{state:?}");
+        assert!(emu.leftovers(&["us-east-1"]).to_string().contains("instances"), "nothing was made");
+        let post = job.run(&emu, "post", &[("working-directory", wd), ("keep", keep)], None);
+        assert!(post.status.success(), "{}", text(&post));
+        if keep == "true" {
+            assert!(text(&post).contains("never got ready in this run"), "{}", text(&post));
+        }
+        assert_clean(&emu);
     }
-    std::thread::sleep(Duration::from_millis(500));
-    child.kill().unwrap(); // SIGKILL: no handler runs, like a lost runner step
-    child.wait().unwrap();
-    // The fleet call still completes in the emulator: instances exist now.
-    std::thread::sleep(Duration::from_secs(4));
+}
+
+#[test]
+fn main_saves_what_post_needs_before_anything_can_fail() {
+    let emu = Emulator::start();
+    let dir = project();
+    let wd = dir.path().to_str().unwrap();
+    let out = emu
+        .spot()
+        .args(["create", "--no-deliver", "--repository", "acme/app", "--deployment-id", "staging"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let standing = emu.leftovers(&["us-east-1"]);
+    let calls = emu.calls();
+    let changed = || -> Vec<String> {
+        emu.calls()
+            .iter()
+            .filter(|(k, v)| {
+                ["Create", "Import", "Delete", "Terminate", "Authorize", "Revoke"]
+                    .iter()
+                    .any(|c| k.starts_with(c))
+                    && calls.get(*k) != Some(v)
+            })
+            .map(|(k, _)| k.clone())
+            .collect()
+    };
+
+    // Main fails at the role assumption (no OIDC token) with `keep: true` and an explicit
+    // id: post knows both, and removes nothing (this run made nothing).
+    let job = Job::new("9401", "push", json!({}));
+    let inputs = [
+        ("working-directory", wd),
+        ("deployment-id", "staging"),
+        ("keep", "true"),
+        ("role-to-assume", "arn:aws:iam::123456789012:role/spot"),
+    ];
+    let out = job.run(&emu, "main", &inputs, None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("id-token: write"), "{}", text(&out));
     let state = file_commands(&job.path("state"));
-    assert_eq!(state["deployment-id"], "gh-9002-1", "the id is saved before the first resource");
-    let post = job.run(&emu, "post", &[("working-directory", dir.path().to_str().unwrap())], None);
+    assert_eq!(
+        (state["mode"].as_str(), state["deployment-id"].as_str(), state["keep"].as_str()),
+        ("up", "staging", "true"),
+        "{state:?}"
+    );
+    let post = job.run(&emu, "post", &[("working-directory", wd), ("keep", "false")], None);
     assert!(post.status.success(), "{}", text(&post));
+    assert!(changed().is_empty(), "post changed EC2: {:?}\n{}", changed(), text(&post));
+    assert_eq!(emu.leftovers(&["us-east-1"]), standing);
+
+    // An unreadable `keep`: an input error in main (nothing made), "keep" in post.
+    let job = Job::new("9402", "push", json!({}));
+    let out = job.run(
+        &emu,
+        "main",
+        &[("working-directory", wd), ("keep", "yes"), ("ssh-cidr", "127.0.0.1/32")],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("input `keep` is `yes`"), "{}", text(&out));
+    assert_eq!(file_commands(&job.path("state"))["keep"], "true");
+    // Post with no state at all falls back to the inputs: `keep` unreadable keeps.
+    let empty = Job::new("9403", "push", json!({}));
+    let post = empty.run(&emu, "post", &[("working-directory", wd), ("keep", "yes")], None);
+    assert!(post.status.success(), "{}", text(&post));
+    assert!(changed().is_empty(), "an unreadable keep changed EC2: {:?}", changed());
+
+    // After `down`, `reap` and `validate`, post does nothing (here with `staging` named).
+    for mode in ["validate", "reap", "down"] {
+        let job = Job::new("9404", "schedule", json!({}));
+        let inputs =
+            [("working-directory", wd), ("mode", mode), ("deployment-id", "staging"), ("dry-run", "true")];
+        let out = job.run(&emu, "main", &inputs, None);
+        assert!(out.status.success(), "{mode}: {}", text(&out));
+        assert_eq!(file_commands(&job.path("state"))["mode"], mode);
+        let post = job.run(&emu, "post", &inputs, None);
+        assert!(post.status.success(), "{}", text(&post));
+        assert!(text(&post).contains(&format!("nothing to do after mode `{mode}`")), "{}", text(&post));
+    }
     assert_clean(&emu);
 }
 
@@ -459,9 +562,27 @@ fn a_pull_request_environment_takes_pushes_in_place_is_replaced_when_it_must_be_
         "a bad push removed the environment"
     );
 
-    // An instance whose last delivery did not finish is replaced, not patched.
+    // Its post: main failed before anything was ready, and the environment an earlier
+    // run made is not this run's to remove.
+    let post = broken.run(&emu, "post", &up, None);
+    assert!(post.status.success() && text(&post).contains("never got ready"), "{}", text(&post));
+    assert_eq!(emu.leftovers(&["us-east-1"])["us-east-1"]["instances"], json!([original]), "{}", text(&post));
+
+    // A redeploy that fails halfway (its script) keeps the instance, without its
+    // completion marker: the next push replaces it instead of patching it.
+    std::fs::write(&manifest, stamped("v3; exit 3")).unwrap();
+    let mut half = Job::new("9107", "pull_request", event("synchronize", "cccccccccccccccd"));
+    half.api_url = Some(github.url());
+    let out = half.run(&emu, "main", &up, Some(&player.ssh_dir));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("redeploy into pr-7 failed"), "{}", text(&out));
+    let marker =
+        player.on_instance(&original, "test -e /var/lib/spot/ready.json && echo marker || echo none");
+    assert_eq!(marker.trim(), "none", "a half-applied delivery kept its completion marker");
+    let post = half.run(&emu, "post", &up, None);
+    assert!(post.status.success(), "{}", text(&post));
+    assert_eq!(emu.leftovers(&["us-east-1"])["us-east-1"]["instances"], json!([original]), "{}", text(&post));
     std::fs::write(&manifest, stamped("v3")).unwrap();
-    player.on_instance(&original, "rm /var/lib/spot/ready.json");
     let (third, log, replacement) = push("9105", "dddddddddddddddd", &up);
     assert!(log.contains("replacing pr-7") && log.contains("no completion marker"), "{log}");
     assert_ne!(replacement, original);
@@ -508,7 +629,7 @@ fn a_pull_request_environment_takes_pushes_in_place_is_replaced_when_it_must_be_
         })
         .collect();
     assert_eq!(creates.len(), 1, "one comment, not duplicated: {requests:#?}");
-    assert_eq!(updates.len(), 5, "updated on each push and on close: {requests:#?}");
+    assert_eq!(updates.len(), 6, "updated on each push and on close: {requests:#?}");
     assert!(creates[0]["body"]["body"].as_str().unwrap().contains("<!-- spot:environment -->"));
     let body = |n: usize| updates[n]["body"]["body"].as_str().unwrap().to_string();
     assert!(
@@ -517,10 +638,11 @@ fn a_pull_request_environment_takes_pushes_in_place_is_replaced_when_it_must_be_
         body(0)
     );
     assert!(body(1).contains("failed") && body(1).contains("what ran before keeps running"), "{}", body(1));
-    assert!(body(2).contains("`dddddddddddd`") && body(2).contains("New instances"), "{}", body(2));
-    assert!(body(4).contains("removed"));
+    assert!(body(2).contains("failed") && body(2).contains("what ran before keeps running"), "{}", body(2));
+    assert!(body(3).contains("`dddddddddddd`") && body(3).contains("New instances"), "{}", body(3));
+    assert!(body(5).contains("removed"));
     assert!(requests.iter().all(|r| r["auth"] == format!("Bearer {TOKEN}")));
-    for job in [&first, &second, &third, &fourth, &close] {
+    for job in [&first, &second, &broken, &half, &third, &fourth, &close] {
         assert_no_secret(job, dir.path(), &[TOKEN, SECRET]);
     }
 }
@@ -601,18 +723,25 @@ fn a_named_deployment_on_a_push_is_redeployed_with_keep_and_refused_without_it()
     assert_clean(&emu);
 }
 
-/// Sets tags on every resource of a deployment, or terminates its instances, directly.
+/// Behind spot's back: `expire` tags every resource of a deployment expired; `terminate`
+/// terminates its instances; `orphan` dates its security group and key pair long ago
+/// and deletes the rest (moto does not retag launch templates).
 fn tamper(emu: &Emulator, deployment: &str, action: &str) {
     let script = format!(
         "import boto3\nec2 = boto3.client('ec2', region_name='us-east-1', endpoint_url='{url}', aws_access_key_id='t', aws_secret_access_key='t')\n\
          f = [{{'Name': 'tag:spot:deployment', 'Values': ['{deployment}']}}]\n\
          ids = [i['InstanceId'] for r in ec2.describe_instances(Filters=f)['Reservations'] for i in r['Instances']]\n\
+         others = [g['GroupId'] for g in ec2.describe_security_groups(Filters=f)['SecurityGroups']]\n\
+         others += [k['KeyPairId'] for k in ec2.describe_key_pairs(Filters=f)['KeyPairs']]\n\
+         templates = [t['LaunchTemplateId'] for t in ec2.describe_launch_templates(Filters=f)['LaunchTemplates']]\n\
+         fleets = [x['FleetId'] for x in ec2.describe_fleets()['Fleets'] if {{'Key': 'spot:deployment', 'Value': '{deployment}'}} in x.get('Tags', [])]\n\
          if '{action}' == 'expire':\n\
-         \x20   ids += [g['GroupId'] for g in ec2.describe_security_groups(Filters=f)['SecurityGroups']]\n\
-         \x20   ids += [k['KeyPairId'] for k in ec2.describe_key_pairs(Filters=f)['KeyPairs']]\n\
-         \x20   ids += [t['LaunchTemplateId'] for t in ec2.describe_launch_templates(Filters=f)['LaunchTemplates']]\n\
-         \x20   ec2.create_tags(Resources=ids, Tags=[{{'Key': 'spot:expires-at', 'Value': '2020-01-01T00:00:00Z'}}])\n\
+         \x20   ec2.create_tags(Resources=ids + others + templates, Tags=[{{'Key': 'spot:expires-at', 'Value': '2020-01-01T00:00:00Z'}}])\n\
          else:\n\
+         \x20   if '{action}' == 'orphan':\n\
+         \x20       ec2.create_tags(Resources=others, Tags=[{{'Key': 'spot:created-at', 'Value': '2020-01-01T00:00:00Z'}}])\n\
+         \x20       ec2.delete_fleets(FleetIds=fleets, TerminateInstances=True)\n\
+         \x20       for t in templates: ec2.delete_launch_template(LaunchTemplateId=t)\n\
          \x20   ec2.terminate_instances(InstanceIds=ids)\n",
         url = emu.moto_url()
     );
@@ -625,35 +754,46 @@ fn tamper(emu: &Emulator, deployment: &str, action: &str) {
 }
 
 #[test]
-fn reap_removes_expired_closed_and_orphaned_deployments_and_keeps_the_rest() {
+fn reap_removes_this_repositorys_expired_closed_and_orphaned_deployments_and_keeps_the_rest() {
     let emu = Emulator::start();
     let github = FakeGitHub::start(&["7=closed", "8=open"]);
     let dir = repository(&config(1, "root"), "version: 1\n", &[]);
-    for (id, pr) in [("closed-pr", Some("7")), ("open-pr", Some("8")), ("expired", None), ("orphan", None)] {
+    let create = |id: &str, repository: &str, pr: Option<&str>| {
         let mut cmd = emu.spot();
-        cmd.args(["create", "--no-deliver", "--repository", "acme/app", "--deployment-id", id])
+        cmd.args(["create", "--no-deliver", "--repository", repository, "--deployment-id", id])
             .arg(dir.path());
         if let Some(pr) = pr {
             cmd.args(["--pr", pr]);
         }
-        let out = cmd.output().unwrap();
+        cmd
+    };
+    for (id, repository, pr) in [
+        ("closed-pr", "acme/app", Some("7")),
+        ("open-pr", "acme/app", Some("8")),
+        ("expired", "acme/app", None),
+        ("orphan", "acme/app", None),
+        ("young-orphan", "acme/app", None),
+        ("theirs", "other/repo", None),
+    ] {
+        let out = create(id, repository, pr).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     tamper(&emu, "expired", "expire");
-    tamper(&emu, "orphan", "terminate");
+    tamper(&emu, "theirs", "expire");
+    tamper(&emu, "orphan", "orphan");
+    // Its instance gone, but its resources made moments ago: judged by their age.
+    tamper(&emu, "young-orphan", "terminate");
     let foreign = emu.foreign("us-east-1");
-    let reap = |dry: bool| {
+    let reap = |extra: &[&str]| {
         let mut cmd = emu.spot();
-        cmd.args(["reap", "--json", "--orphan-grace", "1s"])
+        cmd.args(["reap", "--json"])
+            .args(extra)
             .arg(dir.path())
             .env("GITHUB_TOKEN", TOKEN)
             .env("GITHUB_REPOSITORY", "acme/app")
             .env("GITHUB_SERVER_URL", "https://github.example")
             .env("GITHUB_SHA", "0123456789abcdef0123456789abcdef01234567")
             .env("GITHUB_API_URL", github.url());
-        if dry {
-            cmd.arg("--dry-run");
-        }
         let out = cmd.output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -669,26 +809,109 @@ fn reap_removes_expired_closed_and_orphaned_deployments_and_keeps_the_rest() {
             })
             .collect::<BTreeMap<String, (String, String)>>()
     };
-    let dry = reap(true);
+    let dry = reap(&["--dry-run"]);
     assert_eq!(dry["closed-pr"].0, "remove", "{dry:?}");
     assert!(dry["closed-pr"].1.contains("#7 is closed"));
     assert_eq!(dry["expired"].0, "remove");
     assert!(dry["expired"].1.contains("expired at 2020-01-01"));
-    assert_eq!(dry["orphan"].0, "remove");
+    assert_eq!(dry["orphan"].0, "remove", "{dry:?}");
     assert!(dry["orphan"].1.starts_with("orphan"));
+    assert_eq!(dry["young-orphan"].0, "keep", "{dry:?}");
+    assert!(dry["young-orphan"].1.contains("no instance yet"), "{dry:?}");
     assert_eq!(dry["open-pr"].0, "keep");
     assert!(dry["open-pr"].1.contains("#8 is open"));
+    assert!(!dry.contains_key("theirs"), "another repository's deployment was judged: {dry:?}");
     assert!(emu.leftovers(&["us-east-1"]).to_string().contains("closed-pr"), "dry run removed something");
+    // The whole account only when asked.
+    let all = reap(&["--dry-run", "--whole-account"]);
+    assert_eq!(all["theirs"].0, "remove", "{all:?}");
 
-    let done = reap(false);
-    assert_eq!(done.values().filter(|v| v.0 == "remove").count(), 3);
+    // A create under way (its launch held up): resources, no instance yet. The reap
+    // beside it keeps it at once (no second look after a sleep), and the create finishes.
+    emu.faults(&json!([{"action": "CreateFleet", "fault": "delay", "delay_ms": 6000}]));
+    let fleets = emu.calls().get("CreateFleet").copied().unwrap_or(0);
+    let mut underway = create("underway", "acme/app", None);
+    underway.timeout(Duration::from_secs(120));
+    let done = std::thread::scope(|s| {
+        let creating = s.spawn(move || underway.output().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while emu.calls().get("CreateFleet").copied().unwrap_or(0) == fleets {
+            assert!(Instant::now() < deadline, "the create never reached CreateFleet");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let done = reap(&[]);
+        let created = creating.join().unwrap();
+        assert!(
+            created.status.success(),
+            "the reap broke a create under way: {}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+        done
+    });
+    emu.faults(&json!([]));
+    assert_eq!(done["underway"].0, "keep", "{done:?}");
+    assert!(done["underway"].1.contains("no instance yet"), "{done:?}");
+    assert_eq!(done.values().filter(|v| v.0 == "remove").count(), 3, "{done:?}");
     let left = emu.leftovers(&["us-east-1"]).to_string();
     for gone in ["closed-pr", "\"expired\"", "\"orphan\""] {
         assert!(!left.contains(gone), "{gone} still there: {left}");
     }
-    assert!(left.contains("open-pr"), "the open PR's environment was removed: {left}");
+    for kept in ["open-pr", "young-orphan", "underway", "theirs"] {
+        assert!(left.contains(kept), "{kept} was removed: {left}");
+    }
     let instance = foreign["instance"].as_str().unwrap();
     assert!(left.contains(instance) && left.contains("not-spot"), "untagged resources were touched: {left}");
+}
+
+#[test]
+fn down_needs_no_description_and_skips_only_a_region_nothing_was_made_in_that_refuses_the_account() {
+    let emu = Emulator::start();
+    let dir = repository(&config(1, "root"), "version: 1\n", &[]);
+    let wd = dir.path().to_str().unwrap();
+    for (id, pr) in [("pr-9", Some("9")), ("by-hand", None)] {
+        let mut cmd = emu.spot();
+        cmd.args(["create", "--no-deliver", "--repository", "acme/app", "--deployment-id", id])
+            .arg(dir.path());
+        cmd.args(pr.map(|p| vec!["--pr", p]).unwrap_or_default());
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    // The pull request deleted `.spot/`; one region of the account will not answer it.
+    std::fs::remove_dir_all(dir.path().join(".spot")).unwrap();
+    emu.faults(&json!([{"action": "*", "region": "ap-south-1", "fault": "error", "status": 403,
+        "code": "UnauthorizedOperation", "message": "You are not authorized to perform this operation."}]));
+    let close = Job::new("9501", "pull_request", json!({"action": "closed", "pull_request": {"number": 9}}));
+    let out = close.run(&emu, "main", &[("working-directory", wd), ("mode", "down")], None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("skipped ap-south-1, which refuses this account (UnauthorizedOperation)"),
+        "{}",
+        text(&out)
+    );
+    assert!(!emu.leftovers(&["us-east-1"]).to_string().contains("pr-9"), "pr-9 is still there");
+
+    // Where the deployment is configured (here: given), the same answer is an error.
+    let given = Job::new("9502", "push", json!({}));
+    let inputs = [
+        ("working-directory", wd),
+        ("mode", "down"),
+        ("deployment-id", "by-hand"),
+        ("regions", "ap-south-1"),
+    ];
+    let out = given.run(&emu, "main", &inputs, None);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("UnauthorizedOperation"), "{}", text(&out));
+    assert!(
+        emu.leftovers(&["us-east-1"]).to_string().contains("by-hand"),
+        "a failed search removed something"
+    );
+
+    // `spot destroy` with no description to read looks everywhere too.
+    let out = emu.spot().args(["destroy", "by-hand", "--dir", wd]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("skipped ap-south-1"));
+    emu.faults(&json!([]));
+    assert_clean(&emu);
 }
 
 #[test]

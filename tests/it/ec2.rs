@@ -624,7 +624,22 @@ fn a_deployment_id_in_use_is_refused_and_the_first_set_is_left_as_it_was() {
         "a state file was written"
     );
     // Destroyed, the id is free again.
+    let file = state_dir(dir.path()).join("same.json");
+    let ready = std::fs::read_to_string(&file).unwrap();
     assert!(destroy(&emu, dir.path(), "same").status.success());
+    create_json(&emu, dir.path(), "same");
+    assert!(destroy(&emu, dir.path(), "same").status.success());
+    assert_clean(&emu, &["us-east-1"]);
+
+    // A state file still `ready` for a deployment removed from elsewhere (another
+    // checkout's destroy, a reap) holds the id until a destroy finds nothing of it.
+    std::fs::write(&file, &ready).unwrap();
+    let out = create(&emu, dir.path(), "same");
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("spot destroy same"));
+    let out = destroy(&emu, dir.path(), "same");
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("nothing to do"));
+    assert!(std::fs::read_to_string(&file).unwrap().contains("\"destroyed\""));
     create_json(&emu, dir.path(), "same");
     assert!(destroy(&emu, dir.path(), "same").status.success());
     assert_clean(&emu, &["us-east-1"]);

@@ -9,7 +9,9 @@ Control (JSON over HTTP on the same port):
   POST /__rules   [{"action": "CreateFleet", "fault": "...", ...}, ...]   replace rules
   GET  /__stats   {"CreateFleet": 1, ...}                                  calls seen
 
-Faults, each optionally limited by "every": N (every Nth matching call) and "times": K:
+Faults, each optionally limited by "every": N (every Nth matching call), "times": K and
+"region": R (only calls signed for region R, read from the Authorization header's
+credential scope, as EC2's regional endpoints tell them apart):
   throttle                 503 RequestLimitExceeded, not forwarded
   error                    "status"/"code"/"message" answer, not forwarded
   reset-before             connection closed before forwarding (nothing happened)
@@ -155,11 +157,19 @@ def error_xml(code, message):
     ).encode()
 
 
-def pick_rule(action):
+def signed_region(headers):
+    """The region a SigV4 request is signed for (Credential=KEY/DATE/REGION/SERVICE/...)."""
+    match = re.search(r"Credential=[^/]+/[^/]+/([^/]+)/", headers.get("Authorization", ""))
+    return match.group(1) if match else None
+
+
+def pick_rule(action, region=None):
     """The first rule that fires for this call (counting matches per rule)."""
     with LOCK:
         for i, rule in enumerate(RULES):
             if rule.get("action", "*") not in ("*", action):
+                continue
+            if rule.get("region") not in (None, region):
                 continue
             n = MATCHES.get(i, 0) + 1
             MATCHES[i] = n
@@ -225,7 +235,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             STATS[action] = STATS.get(action, 0) + 1
         if DELAY:
             time.sleep(DELAY)
-        rule = pick_rule(action)
+        rule = pick_rule(action, signed_region(self.headers))
         fault = rule["fault"] if rule else None
         if fault == "throttle":
             return self.reply(503, error_xml("RequestLimitExceeded", "Request limit exceeded."))
