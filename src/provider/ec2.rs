@@ -35,7 +35,8 @@ use base64::Engine as _;
 use super::retry::{self, Policy};
 use super::{
     Cloud, Error, ErrorKind, FleetOutcome, FleetRequest, Image, Instance, Kind, Launched, Market, Network,
-    PoolError, Resource, Result, Subnet, Tags, TemplateSpec, is_capacity_code,
+    PoolError, Resource, Result, Subnet, Tags, TemplateSpec, canonical_cidr, is_capacity_code,
+    missing_sources,
 };
 use crate::manifest::types::Arch;
 use crate::plan::tag;
@@ -306,6 +307,17 @@ fn tag_filters(tags: &Tags) -> Vec<Filter> {
     tags.iter().map(|(k, v)| Filter::builder().name(format!("tag:{k}")).values(v).build()).collect()
 }
 
+/// Filters for what this run of this deployment made (its `spot:deployment` and
+/// `spot:run-id` among `tags`).
+fn run_filters(tags: &Tags) -> Vec<Filter> {
+    let mine: Tags = tags
+        .iter()
+        .filter(|(k, _)| [tag::DEPLOYMENT, tag::RUN_ID].contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    tag_filters(&mine)
+}
+
 fn filter(name: &str, values: &[&str]) -> Filter {
     Filter::builder().name(name).set_values(Some(values.iter().map(|v| (*v).to_string()).collect())).build()
 }
@@ -327,6 +339,20 @@ macro_rules! call {
     ($self:ident, $region:expr, $op:literal, $build:expr) => {
         retry::run(&$self.policy, || async { $build.send().await.map_err(|e| classify($op, $region, &e)) })
             .await
+    };
+}
+
+/// A create EC2 takes no client token for: `$build` is sent again after a failure that may
+/// have made it (a timeout, a reset) only when `$find` (this run's tags) does not find
+/// it. Answers `$id` of the output, or what `$find` found.
+macro_rules! create_checked {
+    ($self:ident, $region:expr, $op:literal, $build:expr, $id:expr, $find:expr) => {
+        retry::run_checked(
+            &$self.policy,
+            || async { $build.send().await.map_err(|e| classify($op, $region, &e)).map($id) },
+            || $find,
+        )
+        .await
     };
 }
 
@@ -511,20 +537,66 @@ impl Ec2 {
     }
 
     /// Allows SSH into `group_id` from `cidrs`; a rule that is already there is fine.
+    /// Opens port 22 of the group to `cidrs`. One call adds all or nothing: when one
+    /// source is there already (an earlier attempt, a rule added by hand) EC2 refuses the
+    /// whole call as a duplicate, and only the missing ones are asked for again.
     async fn allow_ssh(&self, region: &str, group_id: &str, cidrs: &[String]) -> Result<()> {
         let client = self.client(region);
-        match call!(
+        let mut missing = missing_sources(cidrs, &[]);
+        for _ in 0..3 {
+            match call!(
+                self,
+                region,
+                "AuthorizeSecurityGroupIngress",
+                client
+                    .authorize_security_group_ingress()
+                    .group_id(group_id)
+                    .ip_permissions(ssh_permission(&missing))
+            ) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind == ErrorKind::Duplicate => {
+                    missing = missing_sources(&missing, &self.ssh_sources(region, group_id).await?);
+                    if missing.is_empty() {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error {
+            kind: ErrorKind::Other,
+            code: "SourcesNotAdded".into(),
+            message: format!(
+                "EC2 kept refusing SSH from {} as duplicates it does not list",
+                missing.join(", ")
+            ),
+            operation: "AuthorizeSecurityGroupIngress",
+            region: region.to_string(),
+        })
+    }
+
+    /// The sources port 22 of the group is open to, in canonical form.
+    async fn ssh_sources(&self, region: &str, group_id: &str) -> Result<Vec<String>> {
+        let client = self.client(region);
+        let pages = pages!(
             self,
             region,
-            "AuthorizeSecurityGroupIngress",
-            client
-                .authorize_security_group_ingress()
-                .group_id(group_id)
-                .ip_permissions(ssh_permission(cidrs))
+            "DescribeSecurityGroups",
+            client.describe_security_groups().group_ids(group_id)
+        )?;
+        let mut have: Vec<String> = Vec::new();
+        for group in pages.iter().flat_map(
+            aws_sdk_ec2::operation::describe_security_groups::DescribeSecurityGroupsOutput::security_groups,
         ) {
-            Err(e) if e.kind != ErrorKind::Duplicate => Err(e),
-            _ => Ok(()),
+            let ssh = group.ip_permissions().iter().filter(|p| {
+                p.ip_protocol() == Some("tcp") && p.from_port() == Some(22) && p.to_port() == Some(22)
+            });
+            for p in ssh {
+                have.extend(p.ip_ranges().iter().filter_map(|r| r.cidr_ip()).map(canonical_cidr));
+                have.extend(p.ipv6_ranges().iter().filter_map(|r| r.cidr_ipv6()).map(canonical_cidr));
+            }
         }
+        Ok(have)
     }
 
     async fn find_security_group(
@@ -658,13 +730,27 @@ impl Cloud for Ec2 {
         made: &(dyn Fn(Resource) + Sync),
     ) -> Result<Network> {
         let client = self.client(region);
-        let vpc = call!(
+        // Only this run's: what an attempt whose answer was lost made.
+        let mine = run_filters(tags);
+        let vpc_id = create_checked!(
             self,
             region,
             "CreateVpc",
-            client.create_vpc().cidr_block(VPC_CIDR).tag_specifications(spec("vpc", tags))
+            client.create_vpc().cidr_block(VPC_CIDR).tag_specifications(spec("vpc", tags)),
+            |out| out.vpc().and_then(|v| v.vpc_id()).unwrap_or_default().to_string(),
+            async {
+                let found = call!(
+                    self,
+                    region,
+                    "DescribeVpcs",
+                    client
+                        .describe_vpcs()
+                        .set_filters(Some(mine.clone()))
+                        .filters(filter("cidr", &[VPC_CIDR]))
+                )?;
+                Ok(found.vpcs().first().and_then(|v| v.vpc_id()).map(str::to_string))
+            }
         )?;
-        let vpc_id = vpc.vpc().and_then(|v| v.vpc_id()).unwrap_or_default().to_string();
         made(resource(Kind::Vpc, region, &vpc_id, None, tags.clone()));
         call!(
             self,
@@ -675,14 +761,30 @@ impl Cloud for Ec2 {
                 .vpc_id(&vpc_id)
                 .enable_dns_hostnames(AttributeBooleanValue::builder().value(true).build())
         )?;
-        let igw = call!(
+        let igw_id = create_checked!(
             self,
             region,
             "CreateInternetGateway",
-            client.create_internet_gateway().tag_specifications(spec("internet-gateway", tags))
+            client.create_internet_gateway().tag_specifications(spec("internet-gateway", tags)),
+            |out| out
+                .internet_gateway()
+                .and_then(|g| g.internet_gateway_id())
+                .unwrap_or_default()
+                .to_string(),
+            async {
+                let found = call!(
+                    self,
+                    region,
+                    "DescribeInternetGateways",
+                    client.describe_internet_gateways().set_filters(Some(mine.clone()))
+                )?;
+                Ok(found
+                    .internet_gateways()
+                    .first()
+                    .and_then(|g| g.internet_gateway_id())
+                    .map(str::to_string))
+            }
         )?;
-        let igw_id =
-            igw.internet_gateway().and_then(|g| g.internet_gateway_id()).unwrap_or_default().to_string();
         made(resource(Kind::InternetGateway, region, &igw_id, None, tags.clone()));
         call!(
             self,
@@ -690,11 +792,16 @@ impl Cloud for Ec2 {
             "AttachInternetGateway",
             client.attach_internet_gateway().internet_gateway_id(&igw_id).vpc_id(&vpc_id)
         )?;
+        // Its client token makes a retried create the same one (one VPC, one table).
         let table = call!(
             self,
             region,
             "CreateRouteTable",
-            client.create_route_table().vpc_id(&vpc_id).tag_specifications(spec("route-table", tags))
+            client
+                .create_route_table()
+                .vpc_id(&vpc_id)
+                .client_token(format!("spot-{vpc_id}-routes"))
+                .tag_specifications(spec("route-table", tags))
         )?;
         let table_id = table.route_table().and_then(|t| t.route_table_id()).unwrap_or_default().to_string();
         made(resource(Kind::RouteTable, region, &table_id, None, tags.clone()));
@@ -724,7 +831,8 @@ impl Cloud for Ec2 {
         let mut subnets = Vec::new();
         for (i, az) in azs.iter().enumerate() {
             let cidr = format!("10.77.{}.0/20", i * 16);
-            let subnet = call!(
+            // In this run's VPC, a subnet of this block is the one a lost answer made.
+            let subnet_id = create_checked!(
                 self,
                 region,
                 "CreateSubnet",
@@ -733,9 +841,21 @@ impl Cloud for Ec2 {
                     .vpc_id(&vpc_id)
                     .cidr_block(&cidr)
                     .availability_zone(az)
-                    .tag_specifications(spec("subnet", tags))
+                    .tag_specifications(spec("subnet", tags)),
+                |out| out.subnet().and_then(|s| s.subnet_id()).unwrap_or_default().to_string(),
+                async {
+                    let found = call!(
+                        self,
+                        region,
+                        "DescribeSubnets",
+                        client
+                            .describe_subnets()
+                            .filters(filter("vpc-id", &[vpc_id.as_str()]))
+                            .filters(filter("cidr-block", &[cidr.as_str()]))
+                    )?;
+                    Ok(found.subnets().first().and_then(|s| s.subnet_id()).map(str::to_string))
+                }
             )?;
-            let subnet_id = subnet.subnet().and_then(|s| s.subnet_id()).unwrap_or_default().to_string();
             made(resource(Kind::Subnet, region, &subnet_id, None, tags.clone()));
             call!(
                 self,
@@ -1344,26 +1464,9 @@ impl Cloud for Ec2 {
 
     async fn set_ssh_sources(&self, region: &str, group_id: &str, cidrs: &[String]) -> Result<()> {
         let client = self.client(region);
-        let pages = pages!(
-            self,
-            region,
-            "DescribeSecurityGroups",
-            client.describe_security_groups().group_ids(group_id)
-        )?;
-        let mut have: Vec<String> = Vec::new();
-        for group in pages.iter().flat_map(
-            aws_sdk_ec2::operation::describe_security_groups::DescribeSecurityGroupsOutput::security_groups,
-        ) {
-            let ssh = group.ip_permissions().iter().filter(|p| {
-                p.ip_protocol() == Some("tcp") && p.from_port() == Some(22) && p.to_port() == Some(22)
-            });
-            for p in ssh {
-                have.extend(p.ip_ranges().iter().filter_map(|r| r.cidr_ip()).map(str::to_string));
-                have.extend(p.ipv6_ranges().iter().filter_map(|r| r.cidr_ipv6()).map(str::to_string));
-            }
-        }
-        let missing: Vec<String> = cidrs.iter().filter(|c| !have.contains(c)).cloned().collect();
-        let stale: Vec<String> = have.into_iter().filter(|c| !cidrs.contains(c)).collect();
+        let have = self.ssh_sources(region, group_id).await?;
+        let missing = missing_sources(cidrs, &have);
+        let stale = missing_sources(&have, cidrs);
         if !missing.is_empty() {
             self.allow_ssh(region, group_id, &missing).await?;
         }

@@ -193,6 +193,32 @@ impl PoolError {
     }
 }
 
+/// Pure: a CIDR in the one form EC2 answers with (IPv6 in lower case, zeros compressed,
+/// RFC 5952), so that sources compare equal however they were written. Text that is not
+/// a CIDR is left as it is.
+pub fn canonical_cidr(cidr: &str) -> String {
+    match cidr.trim().split_once('/') {
+        Some((addr, prefix)) => match (addr.parse::<std::net::IpAddr>(), prefix.parse::<u8>()) {
+            (Ok(addr), Ok(prefix)) => format!("{addr}/{prefix}"),
+            _ => cidr.to_string(),
+        },
+        None => cidr.to_string(),
+    }
+}
+
+/// Pure: the sources of `wanted` that `have` lacks, compared in canonical form (and so
+/// written).
+pub fn missing_sources(wanted: &[String], have: &[String]) -> Vec<String> {
+    let have: Vec<String> = have.iter().map(|c| canonical_cidr(c)).collect();
+    let mut missing: Vec<String> = Vec::new();
+    for c in wanted.iter().map(|c| canonical_cidr(c)) {
+        if !have.contains(&c) && !missing.contains(&c) {
+            missing.push(c);
+        }
+    }
+    missing
+}
+
 /// Error codes that mean "no room here now" rather than "wrong request".
 pub fn is_capacity_code(code: &str) -> bool {
     matches!(
@@ -287,6 +313,12 @@ pub struct Error {
 }
 
 impl Error {
+    /// EC2 refused the call before doing anything (throttling): sending it again cannot
+    /// make a second of anything.
+    pub fn unprocessed(&self) -> bool {
+        matches!(self.code.as_str(), "RequestLimitExceeded" | "Throttling" | "ThrottlingException")
+    }
+
     /// The region will not answer this account at all: not enabled for it (`OptInRequired`),
     /// or closed to these credentials (`UnauthorizedOperation`, an SCP or a policy that
     /// limits regions).
@@ -395,4 +427,21 @@ pub trait Cloud: Send + Sync {
         region: &str,
         types: &[String],
     ) -> impl Future<Output = Result<BTreeMap<(String, String), f64>>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_compare_in_canonical_form() {
+        assert_eq!(canonical_cidr("2001:DB8:0:0::/64"), "2001:db8::/64");
+        assert_eq!(canonical_cidr(" 10.0.0.0/8"), "10.0.0.0/8");
+        assert_eq!(canonical_cidr("not a cidr"), "not a cidr");
+        let have = vec!["2001:db8::/64".to_string(), "10.0.0.0/8".to_string()];
+        let wanted: Vec<String> =
+            ["2001:0DB8:0000::/64", "10.0.0.0/8", "192.0.2.0/24", "192.0.2.0/24"].map(String::from).to_vec();
+        assert_eq!(missing_sources(&wanted, &have), ["192.0.2.0/24"]);
+        assert_eq!(missing_sources(&have, &wanted), Vec::<String>::new());
+    }
 }

@@ -43,10 +43,23 @@ impl Policy {
 
 /// Runs `call` until it succeeds, fails with a non-transient error, or the policy's
 /// attempts or time budget run out (then the last error is returned).
-pub async fn run<T, F, Fut>(policy: &Policy, mut call: F) -> Result<T, Error>
+pub async fn run<T, F, Fut>(policy: &Policy, call: F) -> Result<T, Error>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Error>>,
+{
+    run_checked(policy, call, || async { Ok(None) }).await
+}
+
+/// [`run`] for a call that is not idempotent: after a failure that may have done it
+/// anyway (a timeout, a reset, a 5xx; not a throttle, which EC2 refuses unprocessed),
+/// `done` is asked before the call is sent again, and what it finds is the answer.
+pub async fn run_checked<T, F, Fut, D, DFut>(policy: &Policy, mut call: F, mut done: D) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+    D: FnMut() -> DFut,
+    DFut: Future<Output = Result<Option<T>, Error>>,
 {
     let started = Instant::now();
     let mut attempt = 0;
@@ -60,6 +73,11 @@ where
                     return Err(e);
                 }
                 tokio::time::sleep(delay).await;
+                if !e.unprocessed()
+                    && let Some(value) = done().await?
+                {
+                    return Ok(value);
+                }
             }
             Err(e) => return Err(e),
         }
@@ -112,6 +130,42 @@ mod tests {
         .await;
         assert!(out.is_err());
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_call_that_may_have_happened_is_looked_up_before_it_is_sent_again() {
+        let policy = Policy { base: Duration::from_millis(1), ..Policy::default() };
+        let reset = Error { code: "NetworkError".into(), ..transient() };
+        let (calls, looks) = (AtomicU32::new(0), AtomicU32::new(0));
+        let out = run_checked(
+            &policy,
+            || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err::<&str, _>(reset.clone())
+            },
+            || async {
+                looks.fetch_add(1, Ordering::SeqCst);
+                Ok(Some("made by the lost attempt"))
+            },
+        )
+        .await;
+        assert_eq!(out.unwrap(), "made by the lost attempt");
+        assert_eq!((calls.load(Ordering::SeqCst), looks.load(Ordering::SeqCst)), (1, 1));
+        // A throttled call did nothing: sent again without a look.
+        let (calls, looks) = (AtomicU32::new(0), AtomicU32::new(0));
+        let out = run_checked(
+            &policy,
+            || async {
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 { Err(transient()) } else { Ok("sent") }
+            },
+            || async {
+                looks.fetch_add(1, Ordering::SeqCst);
+                Ok(None)
+            },
+        )
+        .await;
+        assert_eq!(out.unwrap(), "sent");
+        assert_eq!((calls.load(Ordering::SeqCst), looks.load(Ordering::SeqCst)), (2, 0));
     }
 
     #[test]

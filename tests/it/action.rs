@@ -657,7 +657,7 @@ fn a_named_deployment_on_a_push_is_redeployed_with_keep_and_refused_without_it()
     let push = json!({"ref": "refs/heads/main"});
     let kept = [
         ("working-directory", wd),
-        ("ssh-cidr", "127.0.0.1/32"),
+        ("ssh-cidr", "127.0.0.1/32, 2001:DB8:0::/64"),
         ("deployment-id", "staging"),
         ("keep", "true"),
     ];
@@ -668,11 +668,36 @@ fn a_named_deployment_on_a_push_is_redeployed_with_keep_and_refused_without_it()
     let post = first.run(&emu, "post", &[], None);
     assert!(text(&post).contains("keeping staging"), "{}", text(&post));
 
-    // `keep: true` on a push takes the redeploy-or-replace path pull requests take.
+    // `keep: true` on a push takes the redeploy-or-replace path pull requests take. Its
+    // SSH sources: the IPv6 one written another way is the same rule (EC2 answers in
+    // canonical form), two are new, and one of those is added by hand while spot's call
+    // is on its way: EC2 refuses the whole call as a duplicate, and the other one is
+    // still added.
     std::fs::write(&manifest, stamped("v2")).unwrap();
     let second = Job::new("9302", "push", push.clone());
-    let out = second.run(&emu, "main", &kept, Some(&player.ssh_dir));
+    let sources = "127.0.0.1/32, 2001:0db8:0:0::/64, 10.2.0.0/16, 10.3.0.0/16";
+    let wider = [kept[0], ("ssh-cidr", sources), kept[2], kept[3]];
+    emu.faults(
+        &json!([{"action": "AuthorizeSecurityGroupIngress", "fault": "delay", "delay_ms": 4000, "times": 1}]),
+    );
+    let authorized = emu.calls().get("AuthorizeSecurityGroupIngress").copied().unwrap_or(0);
+    let out = std::thread::scope(|s| {
+        let main = s.spawn(|| second.run(&emu, "main", &wider, Some(&player.ssh_dir)));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while emu.calls().get("AuthorizeSecurityGroupIngress").copied().unwrap_or(0) == authorized {
+            assert!(Instant::now() < deadline, "the redeploy never opened SSH");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        add_ssh_source(&emu, "10.2.0.0/16");
+        main.join().unwrap()
+    });
+    emu.faults(&json!([]));
     assert!(out.status.success(), "{}\nplayer: {}", text(&out), player.log());
+    let groups = emu.details("us-east-1")["security_groups"].clone();
+    let mut open: Vec<String> =
+        serde_json::from_value(groups[0]["ingress"][0]["cidrs"].clone()).unwrap_or_default();
+    open.sort();
+    assert_eq!(open, ["10.2.0.0/16", "10.3.0.0/16", "127.0.0.1/32", "2001:db8::/64"], "{groups:#}");
     assert!(text(&out).contains("redeployed into the running staging"), "{}", text(&out));
     assert_eq!(file_commands(&second.path("output-main"))["instance-ids"], original);
     assert_eq!(player.on_instance(&original, "cat /var/lib/spot/version").trim(), "v2");
@@ -721,6 +746,22 @@ fn a_named_deployment_on_a_push_is_redeployed_with_keep_and_refused_without_it()
     );
     assert!(out.status.success(), "{}", text(&out));
     assert_clean(&emu);
+}
+
+/// Behind spot's back: opens port 22 of the one security group to `cidr`.
+fn add_ssh_source(emu: &Emulator, cidr: &str) {
+    let script = format!(
+        "import boto3\nec2 = boto3.client('ec2', region_name='us-east-1', endpoint_url='{url}', aws_access_key_id='t', aws_secret_access_key='t')\n\
+         g = [g['GroupId'] for g in ec2.describe_security_groups()['SecurityGroups'] if g['GroupName'] != 'default'][0]\n\
+         ec2.authorize_security_group_ingress(GroupId=g, IpPermissions=[{{'IpProtocol': 'tcp', 'FromPort': 22, 'ToPort': 22, 'IpRanges': [{{'CidrIp': '{cidr}'}}]}}])\n",
+        url = emu.moto_url()
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Behind spot's back: `expire` tags every resource of a deployment expired; `terminate`

@@ -279,11 +279,38 @@ fn dedicated_vpc_parts_are_created_tagged_and_destroyed() {
     let dir = project(
         "aws: {total_instances: 1, ssh_cidr: 127.0.0.1/32, use_dedicated_vpc: true}\nregions:\n  - us-west-2: {machine_type: t3.micro}\n",
     );
+    // Each create EC2 takes no client token for loses its first answer after doing it:
+    // looked up by this run's tags (a subnet by its block in this VPC) before it is sent
+    // again, never made twice. The route table's client token does the same.
+    let lost = |action: &str| json!({"action": action, "fault": "reset-after", "times": 1});
+    emu.faults(&json!([
+        lost("CreateVpc"),
+        lost("CreateInternetGateway"),
+        lost("CreateRouteTable"),
+        lost("CreateSubnet")
+    ]));
     create_json(&emu, dir.path(), "vpc-1");
+    emu.faults(&json!([]));
     let left = emu.leftovers(&["us-west-2"]);
-    for kind in ["vpcs", "subnets", "internet_gateways", "route_tables"] {
-        assert!(left["us-west-2"][kind].as_array().is_some_and(|a| !a.is_empty()), "no {kind}: {left}");
+    // Route tables: the VPC's main one (EC2 makes it) and spot's.
+    for (kind, n) in [("vpcs", 1), ("internet_gateways", 1), ("route_tables", 2)] {
+        assert_eq!(left["us-west-2"][kind].as_array().map(Vec::len), Some(n), "{n} of {kind}: {left:#}");
     }
+    let subnets = left["us-west-2"]["subnets"].as_array().cloned().unwrap_or_default();
+    assert!(!subnets.is_empty(), "{left:#}");
+    let calls = emu.calls();
+    assert_eq!(
+        calls.get("CreateSubnet").copied().unwrap_or(0),
+        subnets.len() as u64,
+        "one subnet per zone, the lost one found instead of sent again: {calls:?} {left:#}"
+    );
+    for (action, lookup) in
+        [("CreateVpc", "DescribeVpcs"), ("CreateInternetGateway", "DescribeInternetGateways")]
+    {
+        assert_eq!(calls.get(action).copied(), Some(1), "{action} sent again: {calls:?}");
+        assert!(calls.get(lookup).copied().unwrap_or(0) >= 1, "{lookup} never asked: {calls:?}");
+    }
+    assert_eq!(calls.get("CreateRouteTable").copied(), Some(2), "its token makes the retry safe: {calls:?}");
     let details = emu.details("us-west-2");
     assert_eq!(details["vpcs"][0]["tags"]["spot:deployment"], "vpc-1");
     let out = destroy(&emu, dir.path(), "vpc-1");

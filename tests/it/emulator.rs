@@ -42,10 +42,11 @@ fn http(port: u16, method: &str, path: &str, body: &str) -> String {
 
 /// What every emulator plays unless a test says otherwise: EC2's pages (2 items, so
 /// every describe spot makes has to follow `NextToken`), instant fleets listed only by
-/// id (found through their instances' `aws:ec2:fleet-id` tag), client tokens honoured.
-/// Eventual consistency is switched on per test ([`Emulator::behaviours`]).
+/// id (found through their instances' `aws:ec2:fleet-id` tag), client tokens honoured,
+/// IPv6 sources kept in EC2's canonical form. Eventual consistency is switched on per
+/// test ([`Emulator::behaviours`]).
 pub fn ec2_like() -> Value {
-    serde_json::json!({"pages": 2, "instant_fleets": true, "client_tokens": true})
+    serde_json::json!({"pages": 2, "instant_fleets": true, "client_tokens": true, "canonical_cidrs": true})
 }
 
 /// [`ec2_like`] with CreateFleet's instances unseen by the next `instances` describes

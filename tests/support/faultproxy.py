@@ -44,6 +44,12 @@ Behaviours (EC2 as it really is, where moto is lenient), each switchable per tes
                            answer, and IdempotentParameterMismatch if its parameters
                            differ ("Ensuring idempotency in Amazon EC2 API requests")
 
+  canonical_cidrs: true    AuthorizeSecurityGroupIngress/RevokeSecurityGroupIngress keep an
+                           IPv6 source in the one form EC2 answers with (lower case,
+                           zeros compressed) before moto stores or compares it, so a
+                           source written another way is the same rule, as on EC2
+                           (moto compares the text as given)
+
   reclaim: {"count": K, "after": N, "stale": S, "capacity": "pool" | "none" | "any"}
                            spot reclaims the first K spot instances a CreateFleet
                            launched, once each has been shown running in N
@@ -73,6 +79,7 @@ AWS) and the key, where the instance player's sshd reads it (AuthorizedKeysComma
 
 import argparse
 import hashlib
+import ipaddress
 import http.client
 import os
 import http.server
@@ -155,6 +162,15 @@ def error_xml(code, message):
         f"<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors>"
         "<RequestID>fault-proxy</RequestID></Response>"
     ).encode()
+
+
+def canonical_cidr(text):
+    """An IPv6 CIDR as EC2 writes it back: lower case, zeros compressed."""
+    addr, _, prefix = text.partition("/")
+    try:
+        return f"{ipaddress.ip_address(addr)}/{prefix}" if prefix else text
+    except ValueError:
+        return text
 
 
 def signed_region(headers):
@@ -316,6 +332,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def strip_paging(self, action, params):
         """The parameters to forward (moto answers in one page) and the page asked for."""
+        if BEHAVIOURS.get("canonical_cidrs") and action in ("AuthorizeSecurityGroupIngress", "RevokeSecurityGroupIngress"):
+            params = [(k, canonical_cidr(v) if k.endswith(".CidrIpv6") else v) for k, v in params]
         size = BEHAVIOURS.get("pages")
         if not size or action not in PAGED:
             return params, None
