@@ -322,9 +322,14 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
             () = pump => return Err("the deliveries stopped before the watch ended".into()),
         };
         let mut outcomes: Vec<Outcome> = watch.outcomes.into_values().collect();
-        let broken: Vec<&Outcome> =
-            outcomes.iter().filter(|o| !o.ready && !watch.taken.contains_key(&o.instance.id)).collect();
+        // Gone already: shutting down or terminated (a reclaim). One EC2 stopped
+        // (`Server.SpotInstanceShutdown`) is still there, and is terminated with the rest.
+        let broken: Vec<&Outcome> = outcomes
+            .iter()
+            .filter(|o| !o.ready && !matches!(o.instance.state.as_str(), "shutting-down" | "terminated"))
+            .collect();
         let ready = outcomes.iter().filter(|o| o.ready).count();
+        let mut kept: Vec<String> = Vec::new();
         for o in &broken {
             may_terminate(&o.instance)?;
             self.progress.event(format!(
@@ -333,13 +338,19 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
                 o.instance.id,
                 watch.expected.len()
             ));
-            // It ran, so EC2 knows it: an id it no longer knows is gone.
-            self.cloud
-                .terminate(&o.instance.region, std::slice::from_ref(&o.instance.id))
-                .await
-                .map_err(|e| e.to_string())?;
+            // It ran, so EC2 knows it: an id it no longer knows is gone. One that cannot
+            // be terminated now stays recorded (and tagged) for the teardown.
+            if let Err(e) =
+                self.cloud.terminate(&o.instance.region, std::slice::from_ref(&o.instance.id)).await
+            {
+                self.progress.event(format!(
+                    "warning: {}: cannot terminate {} now ({e}); the teardown removes it",
+                    o.instance.region, o.instance.id
+                ));
+                kept.push(o.instance.id.clone());
+            }
         }
-        for o in outcomes.iter().filter(|o| !o.ready) {
+        for o in outcomes.iter().filter(|o| !o.ready && !kept.contains(&o.instance.id)) {
             self.recorder.removed(&Resource {
                 kind: Kind::Instance,
                 region: o.instance.region.clone(),
@@ -383,12 +394,21 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
         .into();
         let mut stops: BTreeMap<String, AbortHandle> = BTreeMap::new();
         let mut last: BTreeMap<String, String> = BTreeMap::new();
+        let mut failed_looks = 0;
         loop {
             match self.look(&filter).await {
-                Ok(seen) => self.judge(&mut w, &seen, &mut last, &mut stops, &to_deliver)?,
-                // Only deliveries run: one failed look is not worth the deployment.
-                Err(e) if w.starting().is_empty() && w.suspects.is_empty() => {
-                    self.progress.event(format!("could not look at the instances ({e}); delivering on"));
+                Ok(seen) => {
+                    failed_looks = 0;
+                    self.judge(&mut w, &seen, &mut last, &mut stops, &to_deliver)?;
+                }
+                // A look already retries what is worth retrying; a few failed ones in a
+                // row (the deliveries go on, starting instances wait) are not worth the
+                // deployment, more are.
+                Err(e) if failed_looks + 1 < FAILED_LOOKS => {
+                    failed_looks += 1;
+                    self.progress.event(format!(
+                        "could not look at the instances ({e}); trying again ({failed_looks} of {FAILED_LOOKS})"
+                    ));
                 }
                 Err(e) => return Err(e),
             }
@@ -595,7 +615,7 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
             )
         };
         // Only what EC2 took back is made good; a build that fails would fail again.
-        if want > watch.taken.len() - watch.replaced {
+        if want > watch.taken.len().saturating_sub(watch.replaced) {
             return Err(report());
         }
         let avoid: Vec<(String, String)> = watch.taken.values().cloned().collect();
@@ -810,6 +830,9 @@ fn count(outcome: &FleetOutcome) -> u32 {
 fn len<T>(items: &[T]) -> u32 {
     u32::try_from(items.len()).unwrap_or(u32::MAX)
 }
+
+/// Failed looks in a row the watch lives through.
+const FAILED_LOOKS: u32 = 3;
 
 /// Looks a failed delivery waits for EC2 to show its instance taken back.
 const SUSPECT_LOOKS: u32 = 5;

@@ -564,6 +564,32 @@ fn a_reclaim_that_min_ready_absorbs_launches_nothing_and_one_no_pool_can_replace
     assert_eq!(emu.calls()["CreateFleet"], 1, "one ready was enough: no replacement");
     destroy_leaving_nothing(&emu, dir.path(), "reclaim-2");
 
+    // EC2 stops the reclaimed one instead (Server.SpotInstanceShutdown): it is still
+    // there, so spot terminates it with what was not ready, rather than leaving a
+    // stopped instance (and its volume) behind a deployment that says it has one.
+    let emu = Emulator::start();
+    let mut stopping = reclaiming(1, 2, 1, "none");
+    stopping["reclaim"]["interruption"] = json!("stop");
+    emu.behaviours(&stopping);
+    let player = Player::start(&emu, &["us-east-1"], &[]);
+    let dir = repository(&config(2, "root"), &slow(12), &[]);
+    let out = create(&emu, &player, dir.path(), "reclaim-stop", &["--min-ready", "1"]);
+    assert!(out.status.success(), "{}\nplayer: {}", stderr(&out), player.log());
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ready: Vec<&Value> =
+        doc["instances"].as_array().unwrap().iter().filter(|o| o["ready"] == true).collect();
+    assert_eq!(ready.len(), 1, "{doc:#}");
+    let lost =
+        doc["instances"].as_array().unwrap().iter().find(|o| o["ready"] == false).expect("the stopped one");
+    assert!(lost["error"].as_str().unwrap().contains("Server.SpotInstanceShutdown"), "{doc:#}");
+    assert_eq!(
+        emu.leftovers(&["us-east-1"])["us-east-1"]["instances"],
+        json!([ready[0]["id"]]),
+        "the stopped instance was left behind: {}",
+        stderr(&out)
+    );
+    destroy_leaving_nothing(&emu, dir.path(), "reclaim-stop");
+
     // Every instance needed, and no spot capacity left after the reclaim: the run fails
     // naming the reclaim and what the replacement tried, and rolls back.
     let emu = Emulator::start();

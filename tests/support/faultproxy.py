@@ -64,7 +64,10 @@ Behaviours (EC2 as it really is, where moto is lenient), each switchable per tes
                            (type and AZ; "pool", the default), in any pool
                            ("none"), or capacity everywhere ("any") ("Spot
                            Instance interruptions": EC2 reclaims when it needs the
-                           capacity)
+                           capacity). With "interruption": "stop" it stops the
+                           instance instead (stopping, then stopped, reason
+                           Server.SpotInstanceShutdown), as EC2 does for a spot
+                           request whose interruption behaviour is stop
 
 More faults:
   unsuccessful-delete      DeleteFleets: 200 with every fleet in
@@ -105,6 +108,7 @@ RUNNING_SEEN = {}  # spot instance id -> DescribeInstances answers it was shown 
 RECLAIMED = {}  # instance id -> (type, AZ) it was reclaimed from
 SINCE_RECLAIM = {}  # reclaimed instance id -> DescribeInstances answers since
 SPOT_REASON = ("Server.SpotInstanceTermination", "Server.SpotInstanceTermination: Spot instance termination")
+SPOT_STOP_REASON = ("Server.SpotInstanceShutdown", "Server.SpotInstanceShutdown: Spot instance shutdown")
 HIDDEN = {}  # new resource id -> answers it is still left out of
 FLEET_OF = {}  # instance id -> the fleet that launched it
 TOKENS = {}  # (action, client token) -> (request key, first answer)
@@ -501,11 +505,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 if answered < stale:
                     state.find(q("code")).text, state.find(q("name")).text = "16", "running"
                     continue
+                stop = reclaim.get("interruption") == "stop"
                 if answered == stale:
-                    state.find(q("code")).text, state.find(q("name")).text = "32", "shutting-down"
+                    state.find(q("code")).text, state.find(q("name")).text = ("64", "stopping") if stop else ("32", "shutting-down")
+                code, message = SPOT_STOP_REASON if stop else SPOT_REASON
                 reason = ET.SubElement(i, q("stateReason"))
-                ET.SubElement(reason, q("code")).text = SPOT_REASON[0]
-                ET.SubElement(reason, q("message")).text = SPOT_REASON[1]
+                ET.SubElement(reason, q("code")).text = code
+                ET.SubElement(reason, q("message")).text = message
                 continue
             if i.findtext(f"{q('instanceState')}/{q('name')}") != "running" or i.findtext(q("instanceLifecycle")) != "spot":
                 continue
@@ -515,8 +521,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 if RUNNING_SEEN.get(iid, 0) >= reclaim.get("after", 1) and len(RECLAIMED) < reclaim.get("count", 1):
                     RECLAIMED[iid] = (i.findtext(q("instanceType")), i.findtext(f"{q('placement')}/{q('availabilityZone')}"))
                     due.append(iid)
+        action = "StopInstances" if reclaim.get("interruption") == "stop" else "TerminateInstances"
         for iid in due:
-            body = urllib.parse.urlencode({"Action": "TerminateInstances", "Version": "2016-11-15", "InstanceId.1": iid}).encode()
+            body = urllib.parse.urlencode({"Action": action, "Version": "2016-11-15", "InstanceId.1": iid}).encode()
             self.upstream("POST", body)
 
     def capacity(self, params, no_capacity, spot_only=False):
