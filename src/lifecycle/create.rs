@@ -401,16 +401,16 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
                     failed_looks = 0;
                     self.judge(&mut w, &seen, &mut last, &mut stops, &to_deliver)?;
                 }
-                // A look already retries what is worth retrying; a few failed ones in a
-                // row (the deliveries go on, starting instances wait) are not worth the
-                // deployment, more are.
-                Err(e) if failed_looks + 1 < FAILED_LOOKS => {
+                // A look already retries what is worth retrying; a few that still fail
+                // for EC2's own trouble in a row (the deliveries go on, starting instances
+                // wait) are not worth the deployment, more are. A refusal is at once.
+                Err(e) if e.kind == provider::ErrorKind::Transient && failed_looks + 1 < FAILED_LOOKS => {
                     failed_looks += 1;
                     self.progress.event(format!(
                         "could not look at the instances ({e}); trying again ({failed_looks} of {FAILED_LOOKS})"
                     ));
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.to_string()),
             }
             self.replace_if_short(&mut w, fill).await?;
             if w.done() {
@@ -559,7 +559,7 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
 
     /// This run's instances in every region it launched into, any state, with EC2's
     /// reason for each one's last state change.
-    async fn look(&self, filter: &Tags) -> Result<Vec<Instance>, String> {
+    async fn look(&self, filter: &Tags) -> Result<Vec<Instance>, provider::Error> {
         let mut regions: Vec<String> = self
             .made
             .lock()
@@ -577,7 +577,7 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
             .await;
         let mut seen = Vec::new();
         for f in found {
-            seen.extend(f.map_err(|e| e.to_string())?);
+            seen.extend(f?);
         }
         Ok(seen)
     }
