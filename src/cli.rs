@@ -234,8 +234,9 @@ pub struct DestroyArgs {
     /// Region to search instead of the config's (repeatable).
     #[arg(long = "region", value_name = "REGION")]
     pub regions: Vec<String>,
-    /// Also search every other region enabled for the account (the default when neither
-    /// --region nor a readable config names any); one that refuses the account is skipped.
+    /// Also search every other region enabled for the account (the default for a named
+    /// deployment when neither --region nor a readable config names any); one that
+    /// refuses the account is skipped. Needs a deployment id.
     #[arg(long)]
     pub all_regions: bool,
     /// Destroy every deployment found when no id is given and more than one exists.

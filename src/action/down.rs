@@ -50,7 +50,9 @@ pub(super) async fn remove_with_summary(
     regions: &Search,
     progress: &Progress,
 ) -> Result<Option<Removal>, Error> {
-    let target = ops::remove::Target { deployment: Some(id), run };
+    // Never another repository's deployment of the same id.
+    let repository = actions::repository();
+    let target = ops::remove::Target { deployment: Some(id), run, repository: repository.as_deref() };
     let removal = ops::remove::remove(session, dir, regions, target, false, POST_BUDGET, progress).await;
     let error = removal.as_ref().map_err(ToString::to_string);
     let text = summary::teardown(

@@ -37,7 +37,11 @@ pub(super) async fn push(
                 session,
                 &job.dir,
                 &ops::remove::Search::only(&regions),
-                ops::remove::Target { deployment: Some(id), run: None },
+                ops::remove::Target {
+                    deployment: Some(id),
+                    run: None,
+                    repository: Some(&prepared.inputs.repository),
+                },
                 false,
                 POST_BUDGET,
                 &progress,

@@ -114,8 +114,9 @@ fn overrides() -> Overrides {
 }
 
 /// The deployment id: the input; else `pr-<number>` for a pull request environment
-/// (`keep: true`, or `down`); else `gh-<run id>-<attempt>`, which the post step can
-/// derive again even when main saved nothing.
+/// (`keep: true`, or `down`); else `gh-<run id>-<attempt>-<4 hex>`: new for each step
+/// (matrix legs and steps of one run share the run id and attempt), so post knows it only
+/// from what main saved.
 fn deployment_id(mode: Mode, keep: bool) -> Option<String> {
     if let Some(id) = actions::input("deployment-id") {
         return Some(id);
@@ -125,7 +126,7 @@ fn deployment_id(mode: Mode, keep: bool) -> Option<String> {
     {
         return Some(format!("pr-{}", pr.number));
     }
-    actions::run().map(|(id, attempt)| format!("gh-{id}-{attempt}"))
+    actions::run().map(|(id, attempt)| format!("gh-{id}-{attempt}-{:04x}", fastrand::u16(..)))
 }
 
 /// Regions to search: input `regions`, else the config's in `dir`.

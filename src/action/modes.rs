@@ -51,8 +51,11 @@ fn job(dir: &std::path::Path, id: &str) -> Result<Job, Error> {
         .transpose()?;
     let ssh_budget =
         ops::duration("input `ssh-timeout`", &actions::input("ssh-timeout").unwrap_or("5m".into()))?;
+    // Unique to this step: matrix legs and steps of one run share its id and attempt, and
+    // post removes what is tagged with this run id (it reads it back from the state).
+    let random = fastrand::u32(..);
     let run_id = actions::run()
-        .map_or_else(|| format!("local-{:08x}", fastrand::u32(..)), |(id, a)| format!("{id}-{a}"));
+        .map_or_else(|| format!("local-{random:08x}"), |(id, a)| format!("{id}-{a}-{random:08x}"));
     Ok(Job {
         dir: dir.to_path_buf(),
         deployment_id: Some(id.to_string()),

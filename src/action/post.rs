@@ -47,11 +47,12 @@ pub async fn run() -> Result<(), Error> {
     }
     let dir = actions::state(state::WORKING_DIRECTORY)
         .map_or_else(super::working_directory, std::path::PathBuf::from);
-    // Where main made it: each must answer.
-    let regions = ops::remove::Search::only(&match actions::state(state::REGIONS) {
-        Some(r) => list(&r),
-        None => super::regions(&dir)?,
-    });
+    // Where main made it: each must answer. Main saves them before the first resource.
+    let Some(regions) = actions::state(state::REGIONS) else {
+        println!("post: main made no plan for {id} (it stopped before creating anything); nothing to do");
+        return Ok(());
+    };
+    let regions = ops::remove::Search::only(&list(&regions));
     let recorded = recorded();
     println!(
         "post: main recorded {} resource(s); removing what is tagged spot:deployment={id} and spot:run-id={run}",

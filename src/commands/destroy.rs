@@ -7,6 +7,19 @@ use crate::ops::{self, Session};
 
 pub fn run(args: &DestroyArgs) -> Result<(), Error> {
     let configured = ops::known_regions(&args.dir, &args.regions)?;
+    // Every region of the account is searched only for a deployment named: without an id,
+    // destroy takes what it finds, and the whole account is not a folder's to take.
+    if args.deployment.is_none() && (configured.is_empty() || args.all_regions) {
+        return Err(Error::Usage {
+            message: if args.all_regions {
+                "--all-regions needs a deployment id".into()
+            } else {
+                format!("no regions to search: `{}` has no valid config with regions", args.dir.display())
+            },
+            help: "name the deployment (`spot destroy <id>`, which searches every region), or pass --region"
+                .into(),
+        });
+    }
     let timeout = ops::duration("--timeout", &args.timeout)?;
     if let Some(id) = &args.deployment {
         crate::plan::check_deployment_id(id)
@@ -25,7 +38,7 @@ pub fn run(args: &DestroyArgs) -> Result<(), Error> {
             &session,
             &args.dir,
             &regions,
-            ops::remove::Target { deployment: id, run: None },
+            ops::remove::Target { deployment: id, run: None, repository: None },
             args.yes,
             timeout,
             &progress,

@@ -20,6 +20,10 @@ pub struct Deployed {
     pub pr: Option<String>,
     pub run_id: Option<String>,
     pub expires_at: Option<String>,
+    /// Every `spot:repository` its resources carry: more than one when two repositories
+    /// use the same id (in different regions), which the first tags seen cannot tell.
+    #[serde(skip)]
+    pub repositories: BTreeSet<String>,
     pub regions: BTreeSet<String>,
     pub instances: Vec<Instance>,
     /// Everything else (security groups, key pairs, templates, fleets, VPC parts).
@@ -64,6 +68,7 @@ impl Deployed {
             }
         };
         take(tag::REPOSITORY, &mut self.repository);
+        self.repositories.extend(tags.get(tag::REPOSITORY).cloned());
         take(tag::PR, &mut self.pr);
         take(tag::RUN_ID, &mut self.run_id);
         take(tag::EXPIRES_AT, &mut self.expires_at);
@@ -133,5 +138,9 @@ pub async fn discover_beyond<C: Cloud>(
         f.resources.sort();
     }
     skipped.sort_by(|a, b| a.region.cmp(&b.region));
+    // Not one region answered: that is the credentials or their policy, not the regions.
+    if regions.is_empty() && !beyond.is_empty() && skipped.len() == beyond.len() {
+        return Err(skipped.swap_remove(0));
+    }
     Ok((found, skipped))
 }

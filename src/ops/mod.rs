@@ -66,13 +66,17 @@ fn emulator_dir(set: Option<PathBuf>, overridden: bool) -> (Option<PathBuf>, Opt
     }
 }
 
-/// Deployment `id` as its tags show it in `regions`, if anything of it is there.
+/// Deployment `id` as its tags show it in `regions` (of `repository` only, when given),
+/// if anything of it is there.
 pub async fn look_for(
     session: &Session,
     regions: &[String],
     id: &str,
+    repository: Option<&str>,
 ) -> Result<Option<crate::lifecycle::inventory::Deployed>, Error> {
-    let filter = [(crate::plan::tag::DEPLOYMENT.to_string(), id.to_string())].into();
+    let mut filter: crate::provider::Tags =
+        [(crate::plan::tag::DEPLOYMENT.to_string(), id.to_string())].into();
+    filter.extend(repository.map(|r| (crate::plan::tag::REPOSITORY.to_string(), r.to_string())));
     let mut found = crate::lifecycle::inventory::discover(&session.cloud, regions, &filter)
         .await
         .map_err(|e| Error::Runtime { message: format!("cannot look for {id}: {e}"), help: String::new() })?;

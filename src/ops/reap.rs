@@ -39,6 +39,16 @@ pub fn judge(
     (pr_closed, pr_note): (Option<bool>, &str),
     grace: Duration,
 ) -> Verdict {
+    // One id, two repositories' deployments: the expiry, pull request and instances seen
+    // could be either's, so neither is judged from the other's tags.
+    if found.repositories.len() > 1 {
+        let names: Vec<&str> = found.repositories.iter().map(String::as_str).collect();
+        return Verdict::Keep(format!(
+            "its id is used by {} repositories ({}): each repository's own reap judges its deployment",
+            names.len(),
+            names.join(", ")
+        ));
+    }
     if let Some(expires) = &found.expires_at {
         match expires.parse::<jiff::Timestamp>() {
             Ok(t) if t <= now => return Verdict::Remove(format!("expired at {expires}")),
@@ -108,12 +118,13 @@ pub struct Reap<'a> {
 pub async fn reap(session: &Session, r: &Reap<'_>, progress: &Progress) -> Result<Vec<Decision>, Error> {
     let cloud = &session.cloud;
     {
+        // Pull requests are asked about only for a GitHub repository (`owner/name`).
         let github = match &r.github {
-            Some((token, api)) => Some(
+            Some((token, api)) if r.repository.contains('/') => Some(
                 crate::github::GitHub::new(token, api, r.repository)
                     .map_err(|message| Error::Usage { message, help: String::new() })?,
             ),
-            None => None,
+            _ => None,
         };
         let mut filter = Tags::new();
         if !r.whole_account {
@@ -281,5 +292,10 @@ mod tests {
         // An expired one goes whatever its age.
         let expired = Deployed { expires_at: Some("2026-11-26T11:59:00Z".into()), ..fresh };
         assert!(matches!(judge(&expired, None), Verdict::Remove(w) if w.starts_with("expired")));
+        // Unless two repositories' deployments share its id.
+        let shared = Deployed { repositories: ["acme/a".into(), "acme/b".into()].into(), ..expired };
+        assert!(
+            matches!(judge(&shared, None), Verdict::Keep(w) if w.contains("2 repositories (acme/a, acme/b)"))
+        );
     }
 }

@@ -103,7 +103,9 @@ pub async fn attempt(
 
     {
         let cloud = &session.cloud;
-        let Some(found) = super::look_for(session, &regions, &id).await? else {
+        // Only this repository's: another's deployment of the same id is not ours to
+        // deliver into or replace.
+        let Some(found) = super::look_for(session, &regions, &id, Some(&inputs.repository)).await? else {
             return Ok(Reuse::Absent);
         };
         let ttl = deployment.config.ttl_secs;

@@ -81,11 +81,14 @@ pub async fn everywhere(
 }
 
 /// What to remove: one deployment (or any), and of it only what one run made (the
-/// Action's post step removes what its main made, never another run's set of that id).
+/// Action's post step removes what its main made, never another run's set of that id),
+/// or only what one repository made (the Action never touches another repository's
+/// deployment of the same id).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Target<'a> {
     pub deployment: Option<&'a str>,
     pub run: Option<&'a str>,
+    pub repository: Option<&'a str>,
 }
 
 /// Finds the `target` (or every deployment, with `all`) by tags in `regions`, plus what
@@ -104,12 +107,13 @@ pub async fn remove(
     let mut filter: Tags =
         deployment.iter().map(|id| (tag::DEPLOYMENT.to_string(), (*id).to_string())).collect();
     filter.extend(target.run.map(|run| (tag::RUN_ID.to_string(), run.to_string())));
+    filter.extend(target.repository.map(|r| (tag::REPOSITORY.to_string(), r.to_string())));
     let cloud = &session.cloud;
     let root = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     {
         // Where its state file records something, the region must answer.
         let mut search = search.clone();
-        for r in deployment.and_then(|id| owned(&root, id, target.run)).iter().flat_map(|s| &s.resources) {
+        for r in deployment.and_then(|id| owned(&root, id, target)).iter().flat_map(|s| &s.resources) {
             search.require(&r.region);
         }
         let (mut found, skipped) =
@@ -125,17 +129,27 @@ pub async fn remove(
         // While any of it still shows by its tags, what the state file records is removed
         // too (tags on new resources show late); nothing showing means removed already.
         if let Some(id) = deployment
-            && let Some(seen) = found.get_mut(id)
-            && let Some(recorded) = owned(&root, id, target.run)
+            && let Some(recorded) = owned(&root, id, target)
         {
-            seen.add_recorded(&recorded.resources);
+            match found.get_mut(id) {
+                Some(seen) => seen.add_recorded(&recorded.resources),
+                // Nothing shows by its tags, yet the file holds resources: new ones whose
+                // tags do not show yet, or ones removed elsewhere. Both are asked for by id
+                // (gone ones cost a NotFound each), never dropped from the record unseen.
+                None if !recorded.resources.is_empty() => {
+                    let mut seen = Deployed { deployment_id: id.to_string(), ..Deployed::default() };
+                    seen.add_recorded(&recorded.resources);
+                    found.insert(id.to_string(), seen);
+                }
+                None => {}
+            }
         }
         let chosen: Vec<&Deployed> = found.values().collect();
         if chosen.is_empty() {
             // Nothing of it shows anywhere it was made: its state file (when this target's)
             // says so, or it would hold a later `create` of the id back.
             if let Some(id) = deployment
-                && owned(&root, id, target.run).is_some()
+                && owned(&root, id, target).is_some()
                 && let Err(e) = state::mark_removed(&root, id, &[])
             {
                 progress.event(format!("warning: cannot update the state file of {id}: {e}"));
@@ -163,7 +177,7 @@ pub async fn remove(
         for r in futures::future::join_all(sweeps).await {
             total.merge(r);
         }
-        for f in chosen.iter().filter(|f| owned(&root, &f.deployment_id, target.run).is_some()) {
+        for f in chosen.iter().filter(|f| owned(&root, &f.deployment_id, target).is_some()) {
             let mine = f.all_resources();
             let left: Vec<_> = total
                 .failed
@@ -179,10 +193,12 @@ pub async fn remove(
     }
 }
 
-/// The state file of deployment `id` under `root`, when it is the target's: of any run,
-/// or of the one run the target names.
-fn owned(root: &std::path::Path, id: &str, run: Option<&str>) -> Option<state::State> {
-    state::read(root, id).filter(|s| run.is_none_or(|run| s.run_id == run))
+/// The state file of deployment `id` under `root`, when it is the target's: of any run
+/// and repository, or of the ones the target names.
+fn owned(root: &std::path::Path, id: &str, target: Target<'_>) -> Option<state::State> {
+    state::read(root, id).filter(|s| {
+        target.run.is_none_or(|run| s.run_id == run) && target.repository.is_none_or(|r| s.repository == r)
+    })
 }
 
 /// Prints what `remove` did; an error when something is left.

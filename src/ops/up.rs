@@ -123,7 +123,8 @@ pub fn prepare(job: &Job) -> Result<Prepared, Error> {
 pub async fn refuse_existing(session: &Session, prepared: &Prepared, help: &str) -> Result<(), Error> {
     let id = &prepared.inputs.deployment_id;
     let regions: Vec<String> = prepared.deployment.config.regions.iter().map(|r| r.name.clone()).collect();
-    match super::look_for(session, &regions, id).await? {
+    // Any repository's: a deployment of the id anywhere is in the way of this one's names.
+    match super::look_for(session, &regions, id, None).await? {
         None => Ok(()),
         Some(existing) => Err(Error::Usage { message: exists_message(&existing), help: help.to_string() }),
     }

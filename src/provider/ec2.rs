@@ -307,6 +307,16 @@ fn tag_filters(tags: &Tags) -> Vec<Filter> {
     tags.iter().map(|(k, v)| Filter::builder().name(format!("tag:{k}")).values(v).build()).collect()
 }
 
+/// A link between two of this run's new parts (a gateway to its VPC, a route, a table to
+/// a subnet) that EC2 says exists already: a retry whose first answer was lost made it.
+fn made_already<T>(result: Result<T>) -> Result<()> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if matches!(e.code.as_str(), "Resource.AlreadyAssociated" | "RouteAlreadyExists") => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Filters for what this run of this deployment made (its `spot:deployment` and
 /// `spot:run-id` among `tags`).
 fn run_filters(tags: &Tags) -> Vec<Filter> {
@@ -786,12 +796,12 @@ impl Cloud for Ec2 {
             }
         )?;
         made(resource(Kind::InternetGateway, region, &igw_id, None, tags.clone()));
-        call!(
+        made_already(call!(
             self,
             region,
             "AttachInternetGateway",
             client.attach_internet_gateway().internet_gateway_id(&igw_id).vpc_id(&vpc_id)
-        )?;
+        ))?;
         // Its client token makes a retried create the same one (one VPC, one table).
         let table = call!(
             self,
@@ -805,7 +815,7 @@ impl Cloud for Ec2 {
         )?;
         let table_id = table.route_table().and_then(|t| t.route_table_id()).unwrap_or_default().to_string();
         made(resource(Kind::RouteTable, region, &table_id, None, tags.clone()));
-        call!(
+        made_already(call!(
             self,
             region,
             "CreateRoute",
@@ -814,7 +824,7 @@ impl Cloud for Ec2 {
                 .route_table_id(&table_id)
                 .destination_cidr_block("0.0.0.0/0")
                 .gateway_id(&igw_id)
-        )?;
+        ))?;
         let zones = call!(
             self,
             region,
@@ -866,12 +876,12 @@ impl Cloud for Ec2 {
                     .subnet_id(&subnet_id)
                     .map_public_ip_on_launch(AttributeBooleanValue::builder().value(true).build())
             )?;
-            call!(
+            made_already(call!(
                 self,
                 region,
                 "AssociateRouteTable",
                 client.associate_route_table().route_table_id(&table_id).subnet_id(&subnet_id)
-            )?;
+            ))?;
             subnets.push(Subnet { id: subnet_id, az: az.clone() });
         }
         Ok(Network { vpc_id, subnets })

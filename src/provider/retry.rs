@@ -48,13 +48,29 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Error>>,
 {
-    run_checked(policy, call, || async { Ok(None) }).await
+    retry(policy, call, || async { Ok(None) }, 0).await
 }
+
+/// How often a call that may have happened is looked for before it is sent again (or
+/// given up): at once, then 1 s and 2 s later, as EC2's reads lag its writes.
+pub const LOOKS: u32 = 3;
 
 /// [`run`] for a call that is not idempotent: after a failure that may have done it
 /// anyway (a timeout, a reset, a 5xx; not a throttle, which EC2 refuses unprocessed),
-/// `done` is asked before the call is sent again, and what it finds is the answer.
-pub async fn run_checked<T, F, Fut, D, DFut>(policy: &Policy, mut call: F, mut done: D) -> Result<T, Error>
+/// `done` is asked (up to [`LOOKS`] times) before the call is sent again, and after the
+/// last failure too; what it finds is the answer.
+pub async fn run_checked<T, F, Fut, D, DFut>(policy: &Policy, call: F, done: D) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+    D: FnMut() -> DFut,
+    DFut: Future<Output = Result<Option<T>, Error>>,
+{
+    retry(policy, call, done, LOOKS).await
+}
+
+/// The loop of both: `looks` times `done` after a failure that may have done the call.
+async fn retry<T, F, Fut, D, DFut>(policy: &Policy, mut call: F, mut done: D, looks: u32) -> Result<T, Error>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Error>>,
@@ -67,17 +83,22 @@ where
         attempt += 1;
         match call().await {
             Ok(value) => return Ok(value),
-            Err(e) if e.kind == ErrorKind::Transient && attempt < policy.max_attempts => {
+            Err(e) if e.kind == ErrorKind::Transient => {
+                if !e.unprocessed() {
+                    for look in 0..looks {
+                        if look > 0 {
+                            tokio::time::sleep(Duration::from_secs(1 << (look - 1))).await;
+                        }
+                        if let Some(value) = done().await? {
+                            return Ok(value);
+                        }
+                    }
+                }
                 let delay = policy.delay(attempt);
-                if started.elapsed() + delay > policy.budget {
+                if attempt >= policy.max_attempts || started.elapsed() + delay > policy.budget {
                     return Err(e);
                 }
                 tokio::time::sleep(delay).await;
-                if !e.unprocessed()
-                    && let Some(value) = done().await?
-                {
-                    return Ok(value);
-                }
             }
             Err(e) => return Err(e),
         }

@@ -211,14 +211,19 @@ fn up_then_post_reports_everything_and_leaves_nothing() {
         stdout.lines().filter(|l| l.starts_with("::add-mask::")).count() > 4,
         "keys not masked line by line"
     );
-    assert!(stdout.contains("::group::Create gh-9001-1"));
-
     let outputs = file_commands(&job.path("output-main"));
+    // New for each step (a matrix leg or another step of run 9001 gets another).
+    let id = outputs["deployment-id"].clone();
+    assert!(
+        id.len() == "gh-9001-1-".len() + 4
+            && id.starts_with("gh-9001-1-")
+            && stdout.contains(&format!("::group::Create {id}")),
+        "{id}"
+    );
     let (_, declared_outputs) = declared();
     for name in &declared_outputs {
         assert!(outputs.contains_key(name), "output {name} missing: {outputs:?}");
     }
-    assert_eq!(outputs["deployment-id"], "gh-9001-1");
     assert_eq!(outputs["market"], "spot");
     assert_eq!(outputs["instance-ids"].split(',').count(), 2);
     assert_eq!(outputs["regions"], "us-east-1");
@@ -234,7 +239,11 @@ fn up_then_post_reports_everything_and_leaves_nothing() {
     assert!(summary.len() < 64 * 1024);
 
     let state = file_commands(&job.path("state"));
-    assert_eq!(state["deployment-id"], "gh-9001-1");
+    assert_eq!(state["deployment-id"], id);
+    assert!(
+        state["run-id"].starts_with("9001-1-") && state["run-id"].len() == "9001-1-".len() + 8,
+        "{state:?}"
+    );
     assert_eq!(state["regions"], "us-east-1");
     assert!(state.keys().any(|k| k.starts_with("resource_")), "{state:?}");
     let details = emu.details("us-east-1").to_string();
@@ -281,10 +290,9 @@ fn a_main_step_killed_midway_is_cleaned_up_by_its_post_step_kept_or_not() {
         std::thread::sleep(Duration::from_secs(4));
         emu.faults(&json!([]));
         let state = file_commands(&job.path("state"));
-        assert_eq!(
-            state["deployment-id"],
-            format!("gh-{run}-1"),
-            "the id is saved before the first resource"
+        assert!(
+            state["deployment-id"].starts_with(&format!("gh-{run}-1-")),
+            "the id is saved before the first resource: {state:?}"
         );
         assert_eq!(state["keep"], keep);
         assert!(!state.contains_key("ready"), "{state:?}");
@@ -675,7 +683,8 @@ fn a_named_deployment_on_a_push_is_redeployed_with_keep_and_refused_without_it()
     // still added.
     std::fs::write(&manifest, stamped("v2")).unwrap();
     let second = Job::new("9302", "push", push.clone());
-    let sources = "127.0.0.1/32, 2001:0db8:0:0::/64, 10.2.0.0/16, 10.3.0.0/16";
+    // (The one added by hand comes last: moto alone would add the sources before it.)
+    let sources = "127.0.0.1/32, 2001:0db8:0:0::/64, 10.3.0.0/16, 10.2.0.0/16";
     let wider = [kept[0], ("ssh-cidr", sources), kept[2], kept[3]];
     emu.faults(
         &json!([{"action": "AuthorizeSecurityGroupIngress", "fault": "delay", "delay_ms": 4000, "times": 1}]),
@@ -917,6 +926,17 @@ fn down_needs_no_description_and_skips_only_a_region_nothing_was_made_in_that_re
         let out = cmd.output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
+    // Another repository's pull request #9 in the same account (another region: names
+    // are per region), made from another checkout.
+    let theirs = repository(&config(1, "root"), "version: 1\n", &[]);
+    let out = emu
+        .spot()
+        .args(["create", "--no-deliver", "--repository", "other/repo", "--deployment-id", "pr-9", "--pr", "9"])
+        .args(["--region", "eu-west-1"])
+        .arg(theirs.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // The pull request deleted `.spot/`; one region of the account will not answer it.
     std::fs::remove_dir_all(dir.path().join(".spot")).unwrap();
     emu.faults(&json!([{"action": "*", "region": "ap-south-1", "fault": "error", "status": 403,
@@ -930,27 +950,66 @@ fn down_needs_no_description_and_skips_only_a_region_nothing_was_made_in_that_re
         text(&out)
     );
     assert!(!emu.leftovers(&["us-east-1"]).to_string().contains("pr-9"), "pr-9 is still there");
+    let other = emu.leftovers(&["eu-west-1"]);
+    assert_eq!(
+        other["eu-west-1"]["instances"].as_array().map(Vec::len),
+        Some(1),
+        "the other repository's pr-9 was touched: {other:#}"
+    );
 
-    // Where the deployment is configured (here: given), the same answer is an error.
+    // Where the deployment is configured (here: given, beside a region that answers),
+    // the same answer is an error.
     let given = Job::new("9502", "push", json!({}));
     let inputs = [
         ("working-directory", wd),
         ("mode", "down"),
         ("deployment-id", "by-hand"),
-        ("regions", "ap-south-1"),
+        ("regions", "us-east-1, ap-south-1"),
     ];
     let out = given.run(&emu, "main", &inputs, None);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("UnauthorizedOperation"), "{}", text(&out));
+    assert!(text(&out).contains("in ap-south-1 failed: UnauthorizedOperation"), "{}", text(&out));
     assert!(
         emu.leftovers(&["us-east-1"]).to_string().contains("by-hand"),
         "a failed search removed something"
     );
 
-    // `spot destroy` with no description to read looks everywhere too.
+    // Not one region answers (the credentials' policy, not the regions): an error, not
+    // "nothing left to remove".
+    let refused = |region: Option<&str>| {
+        let mut rule = json!({"action": "*", "fault": "error", "status": 403, "code": "UnauthorizedOperation", "message": "not allowed"});
+        if let Some(region) = region {
+            rule["region"] = json!(region);
+        }
+        rule
+    };
+    emu.faults(&json!([refused(None)]));
+    let nowhere = Job::new("9503", "push", json!({}));
+    let out = nowhere.run(
+        &emu,
+        "main",
+        &[("working-directory", wd), ("mode", "down"), ("deployment-id", "by-hand")],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(!text(&out).contains("nothing to do"), "{}", text(&out));
+
+    // `spot destroy` with no description to read looks everywhere too; where its state
+    // file records the deployment (us-east-1), a refusal is an error.
+    emu.faults(&json!([refused(Some("us-east-1")), refused(Some("ap-south-1"))]));
+    let out = emu.spot().args(["destroy", "by-hand", "--dir", wd]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    emu.faults(&json!([refused(Some("ap-south-1"))]));
     let out = emu.spot().args(["destroy", "by-hand", "--dir", wd]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("skipped ap-south-1"));
+    // Without an id, no folder's destroy takes what it finds in the whole account.
+    let out = emu.spot().args(["destroy", "--yes", "--dir", wd]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(emu.leftovers(&["eu-west-1"]).to_string().contains("pr-9"));
+    let out = emu.spot().args(["destroy", "pr-9", "--region", "eu-west-1", "--dir"]).arg(theirs.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(emu.leftovers(&["eu-west-1"]), json!({}));
     emu.faults(&json!([]));
     assert_clean(&emu);
 }

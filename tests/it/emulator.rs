@@ -43,10 +43,17 @@ fn http(port: u16, method: &str, path: &str, body: &str) -> String {
 /// What every emulator plays unless a test says otherwise: EC2's pages (2 items, so
 /// every describe spot makes has to follow `NextToken`), instant fleets listed only by
 /// id (found through their instances' `aws:ec2:fleet-id` tag), client tokens honoured,
-/// IPv6 sources kept in EC2's canonical form. Eventual consistency is switched on per
-/// test ([`Emulator::behaviours`]).
+/// IPv6 sources kept in EC2's canonical form, a security group rule call refused whole
+/// when one of its sources exists. Eventual consistency is switched on per test
+/// ([`Emulator::behaviours`]).
 pub fn ec2_like() -> Value {
-    serde_json::json!({"pages": 2, "instant_fleets": true, "client_tokens": true, "canonical_cidrs": true})
+    serde_json::json!({
+        "pages": 2,
+        "instant_fleets": true,
+        "client_tokens": true,
+        "canonical_cidrs": true,
+        "all_or_nothing_rules": true
+    })
 }
 
 /// [`ec2_like`] with CreateFleet's instances unseen by the next `instances` describes

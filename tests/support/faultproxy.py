@@ -50,6 +50,12 @@ Behaviours (EC2 as it really is, where moto is lenient), each switchable per tes
                            source written another way is the same rule, as on EC2
                            (moto compares the text as given)
 
+  all_or_nothing_rules: true
+                           AuthorizeSecurityGroupIngress naming any source the group
+                           already allows (same protocol and ports) is refused whole
+                           with InvalidPermission.Duplicate, nothing added, as EC2
+                           refuses it (moto adds the sources before the duplicate)
+
   reclaim: {"count": K, "after": N, "stale": S, "capacity": "pool" | "none" | "any"}
                            spot reclaims the first K spot instances a CreateFleet
                            launched, once each has been shown running in N
@@ -294,9 +300,40 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.reset()
         self.relay(status, headers, answer)
 
+    def existing_rule(self, params):
+        """A source of this AuthorizeSecurityGroupIngress that its group already allows."""
+        p = dict(params)
+        asked = set()
+        for k, v in params:
+            m = re.match(r"IpPermissions\.(\d+)\.(IpRanges\.\d+\.CidrIp|Ipv6Ranges\.\d+\.CidrIpv6)$", k)
+            if m:
+                n = m.group(1)
+                rule = (p.get(f"IpPermissions.{n}.IpProtocol"), p.get(f"IpPermissions.{n}.FromPort"), p.get(f"IpPermissions.{n}.ToPort"))
+                asked.add(rule + (canonical_cidr(v),))
+        body = urllib.parse.urlencode({"Action": "DescribeSecurityGroups", "Version": "2016-11-15", "GroupId.1": p.get("GroupId", "")}).encode()
+        status, _, answer = self.upstream("POST", body)
+        if status != 200:
+            return None
+        root = ET.fromstring(answer)
+        ns = root.tag.split("}")[0] + "}" if root.tag.startswith("{") else ""
+        have = set()
+        for perm in root.iter(f"{ns}ipPermissions"):
+            for item in perm.findall(f"{ns}item"):
+                rule = (item.findtext(f"{ns}ipProtocol"), item.findtext(f"{ns}fromPort"), item.findtext(f"{ns}toPort"))
+                for cidr in item.iter(f"{ns}cidrIp"):
+                    have.add(rule + (canonical_cidr(cidr.text or ""),))
+                for cidr in item.iter(f"{ns}cidrIpv6"):
+                    have.add(rule + (canonical_cidr(cidr.text or ""),))
+        both = sorted(asked & have)
+        return both[0][3] if both else None
+
     def refuse(self, action, params):
         """The error EC2 would answer before doing anything, or None."""
         b = BEHAVIOURS
+        if b.get("all_or_nothing_rules") and action == "AuthorizeSecurityGroupIngress":
+            dup = self.existing_rule(params)
+            if dup:
+                return error_xml("InvalidPermission.Duplicate", f"the specified rule \"peer: {dup}, ALLOW\" already exists")
         if b.get("pages") and action.startswith("Describe") and action not in PAGED and action not in UNPAGED:
             return error_xml("FaultProxyCannotPlay", f"the fault proxy cannot page {action}; add it to PAGED or UNPAGED")
         hidden = b.get("consistency", {}).get("instances")
