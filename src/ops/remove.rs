@@ -133,10 +133,16 @@ pub async fn remove(
         {
             match found.get_mut(id) {
                 Some(seen) => seen.add_recorded(&recorded.resources),
-                // Nothing shows by its tags, yet the file holds resources: new ones whose
-                // tags do not show yet, or ones removed elsewhere. Both are asked for by id
-                // (gone ones cost a NotFound each), never dropped from the record unseen.
-                None if !recorded.resources.is_empty() => {
+                // Nothing shows by its tags, yet a file made minutes ago holds resources:
+                // new ones whose tags do not show yet. They are asked for by id, never
+                // dropped from the record unseen. An older file's are gone (removed
+                // from elsewhere): tags show within seconds.
+                None if !recorded.resources.is_empty() && recent(&recorded.created_at) => {
+                    progress.event(format!(
+                        "nothing of {id} shows by its tags; asking EC2 by id for the {} resource(s) its state file (from {}) records",
+                        recorded.resources.len(),
+                        recorded.created_at
+                    ));
                     let mut seen = Deployed { deployment_id: id.to_string(), ..Deployed::default() };
                     seen.add_recorded(&recorded.resources);
                     found.insert(id.to_string(), seen);
@@ -191,6 +197,18 @@ pub async fn remove(
         }
         Ok(Some(total))
     }
+}
+
+/// How long after a run began its resources' tags may still not show in EC2's reads.
+const TAG_LAG: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Pure over the clock: was `created_at` (RFC 3339) less than [`TAG_LAG`] ago? An
+/// unreadable time counts as recent (the safe side: ask by id).
+fn recent(created_at: &str) -> bool {
+    created_at.parse::<jiff::Timestamp>().map_or(true, |t| {
+        jiff::Timestamp::now().as_second() - t.as_second()
+            < i64::try_from(TAG_LAG.as_secs()).unwrap_or(i64::MAX)
+    })
 }
 
 /// The state file of deployment `id` under `root`, when it is the target's: of any run

@@ -931,7 +931,16 @@ fn down_needs_no_description_and_skips_only_a_region_nothing_was_made_in_that_re
     let theirs = repository(&config(1, "root"), "version: 1\n", &[]);
     let out = emu
         .spot()
-        .args(["create", "--no-deliver", "--repository", "other/repo", "--deployment-id", "pr-9", "--pr", "9"])
+        .args([
+            "create",
+            "--no-deliver",
+            "--repository",
+            "other/repo",
+            "--deployment-id",
+            "pr-9",
+            "--pr",
+            "9",
+        ])
         .args(["--region", "eu-west-1"])
         .arg(theirs.path())
         .output()
@@ -1007,7 +1016,12 @@ fn down_needs_no_description_and_skips_only_a_region_nothing_was_made_in_that_re
     let out = emu.spot().args(["destroy", "--yes", "--dir", wd]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(emu.leftovers(&["eu-west-1"]).to_string().contains("pr-9"));
-    let out = emu.spot().args(["destroy", "pr-9", "--region", "eu-west-1", "--dir"]).arg(theirs.path()).output().unwrap();
+    let out = emu
+        .spot()
+        .args(["destroy", "pr-9", "--region", "eu-west-1", "--dir"])
+        .arg(theirs.path())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(emu.leftovers(&["eu-west-1"]), json!({}));
     emu.faults(&json!([]));
