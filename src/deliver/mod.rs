@@ -283,6 +283,12 @@ pub fn still_ready(deployment: &Deployment) -> Step {
     }
 }
 
+/// Pure: `text` on one line for the log (a line break shown as `⏎`), so a multi-line
+/// command cannot start a line of its own there.
+fn one_line(text: &str) -> String {
+    text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ⏎ ")
+}
+
 /// A service's health: its probe until it passes (or the time runs out), failing at once
 /// when the unit stops. Without a probe, the unit must still be active.
 fn health_step(unit: &str, check: Option<&crate::manifest::types::HealthCheck>) -> Step {
@@ -297,7 +303,7 @@ fn health_step(unit: &str, check: Option<&crate::manifest::types::HealthCheck>) 
         };
     };
     let (probe, what) = match &check.probe {
-        Probe::Command(c) => (with_env(c), format!("command `{c}`")),
+        Probe::Command(c) => (with_env(c), format!("command `{}`", one_line(c))),
         Probe::Tcp(port) => {
             (format!("timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}'"), format!("TCP port {port}"))
         }
@@ -360,6 +366,21 @@ mod tests {
     use super::*;
     use crate::keys::Secret;
     use crate::manifest::example;
+
+    #[test]
+    fn a_multi_line_health_command_is_named_on_one_line() {
+        let check = crate::manifest::types::HealthCheck {
+            probe: Probe::Command("curl -f localhost\n::error::forged\r\n  true".into()),
+            ..example().manifest.services[0].health_check.clone().unwrap()
+        };
+        let step = health_step("app.service", Some(&check));
+        assert_eq!(step.name, "health app.service (command `curl -f localhost ⏎ ::error::forged ⏎ true`)");
+        // Where the instance echoes it back into the log, too.
+        assert!(
+            step.script
+                .contains("health check (command 'curl -f localhost ⏎ ::error::forged ⏎ true') was failing")
+        );
+    }
 
     #[test]
     fn every_step_is_valid_sh_and_in_order() {

@@ -61,7 +61,25 @@ pub fn load(dir: &Path) -> Result<Deployment, Report> {
 
 /// Reads one YAML file into a node, recording its text for error snippets.
 pub(crate) fn read_yaml(root: &Path, rel: &str, report: &mut Report) -> Option<yaml::Node> {
-    let text = match fs::read(root.join(rel)) {
+    // At most one byte more than the bound: a huge file is never read whole.
+    let read = fs::File::open(root.join(rel)).and_then(|f| {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(f, yaml::MAX_BYTES + 1), &mut bytes)
+            .map(|_| bytes)
+    });
+    if let Ok(bytes) = &read
+        && bytes.len() as u64 > yaml::MAX_BYTES
+    {
+        report.push(Diagnostic::new(
+            Kind::Syntax,
+            rel,
+            Span::FILE,
+            format!("`{rel}` is larger than {} KiB", yaml::MAX_BYTES / 1024),
+            "spot's files are a few kilobytes: move data into files the manifest ships",
+        ));
+        return None;
+    }
+    let text = match read {
         Err(e) => {
             report.push(Diagnostic::new(
                 Kind::NoDeployment,
@@ -97,7 +115,7 @@ pub(crate) fn read_yaml(root: &Path, rel: &str, report: &mut Report) -> Option<y
                 rel,
                 e.span,
                 format!("invalid YAML: {}", e.message),
-                "fix the YAML syntax at this position",
+                e.help,
             ));
             None
         }

@@ -234,7 +234,8 @@ raw_struct!(RawManifest, "deployment.yaml", MANIFEST_UNSUPPORTED, {
 pub struct RawScript {
     #[schemars(skip)]
     pub at: Span,
-    /// A name for logs and errors; unique. Default: the file name.
+    /// A name for logs and errors; unique; letters, digits, `-`, `_` and `.` (at most 64, not
+    /// starting with `.`). Default: the file name.
     pub name: Option<Spanned<String>>,
     /// Script file, relative to `.spot/`; must start with `#!`. Give `path` or `command`.
     pub path: Option<Spanned<String>>,
@@ -341,7 +342,9 @@ pub struct RawSecretSpec {
     pub at: Span,
     /// Variable name on the instance.
     pub name: Option<Spanned<String>>,
-    /// Variable to read where `spot` runs. Default: `name`.
+    /// Variable to read where `spot` runs. Default: `name`. Never one of the runner's own:
+    /// names starting `AWS_`, `ACTIONS_`, `GITHUB_`, `GH_`, `INPUT_`, `RUNNER_`, `STATE_` or
+    /// `SPOT_` are refused.
     pub env: Option<Spanned<String>>,
     /// File written with mode 0600. Default `/etc/spot/secrets/<name>`.
     pub dest: Option<Spanned<String>>,

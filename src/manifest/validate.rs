@@ -525,6 +525,13 @@ fn is_env_name(s: &str) -> bool {
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+fn is_script_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('.')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
 fn is_unit_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 200 && s.chars().all(|c| c.is_ascii_alphanumeric() || ":_.-@".contains(c))
 }
@@ -682,6 +689,23 @@ fn scripts(raw: &RawManifest, paths: &Paths, cx: &mut Cx) -> Vec<Script> {
             }
             _ => format!("script-{}", index + 1),
         };
+        // The name becomes a file name on the instance (and a line of the log): letters,
+        // digits, `-`, `_` and `.` only, as a unit name.
+        if !is_script_name(&name) {
+            let (span, help) = match (&s.name, &s.path) {
+                (Some(n), _) => {
+                    (n.span, "use letters, digits, `-`, `_` and `.` (no `/`, `..` or line break), at most 64")
+                }
+                (None, Some(p)) => (p.span, "give the script a `name:` of letters, digits, `-`, `_` and `.`"),
+                (None, None) => (item.span, "give the script a `name:`"),
+            };
+            cx.error(
+                Kind::InvalidValue,
+                span,
+                format!("`{}` is not a valid script name", name.escape_debug()),
+                help,
+            );
+        }
         if let Some(n) = &s.name
             && let Some(line) = names.insert(n.value.clone(), n.span.line)
         {
@@ -1175,6 +1199,10 @@ fn tarball(raw: &RawManifest, paths: &Paths, cx: &mut Cx) -> Option<Tarball> {
     Some(Tarball { source, dest, origin })
 }
 
+/// Variables of the runner (and of spot) a manifest secret may never be read from.
+pub const RESERVED_ENV_PREFIXES: &[&str] =
+    &["AWS_", "ACTIONS_", "GITHUB_", "GH_", "INPUT_", "RUNNER_", "STATE_", "SPOT_"];
+
 fn secrets(raw: &RawManifest, env: &BTreeMap<String, String>, cx: &mut Cx) -> Vec<SecretRef> {
     let mut out: Vec<SecretRef> = Vec::new();
     for item in raw.secrets.iter().flat_map(|l| &l.value) {
@@ -1194,6 +1222,18 @@ fn secrets(raw: &RawManifest, env: &BTreeMap<String, String>, cx: &mut Cx) -> Ve
                 name.span,
                 format!("`{}` is not an environment variable name", name.value),
                 "use letters, digits and `_`, not starting with a digit",
+            );
+            continue;
+        }
+        // The runner's own variables (its credentials and tokens among them) are never a
+        // pull request's to read.
+        let read = from.as_ref().unwrap_or(&name);
+        if let Some(prefix) = RESERVED_ENV_PREFIXES.iter().find(|p| read.value.starts_with(*p)) {
+            cx.error(
+                Kind::InvalidValue,
+                read.span,
+                format!("`{}` is the runner's own variable (`{prefix}...`): a secret cannot be read from it", read.value),
+                "give the secret its own variable in the workflow (`env: { APP_TOKEN: ${{ secrets.APP_TOKEN }} }`) and name that one",
             );
             continue;
         }

@@ -4,8 +4,11 @@
 //! else: it knows no manifest keys. Every later error (unknown key, wrong type, a file
 //! that does not exist) points at a span taken from here. It never panics on any input;
 //! malformed text becomes one [`SyntaxError`].
-
-use std::collections::HashMap;
+//!
+//! The files come from a pull request, so a few hundred bytes must not be able to take
+//! the runner down: anchors and aliases (`&a`, `*a`; a few nested ones expand to
+//! gigabytes) are refused where they stand, as is nesting deeper than [`MAX_DEPTH`].
+//! The reader bounds the file's size ([`MAX_BYTES`]).
 
 use saphyr_parser::{Event, Parser, ScalarStyle, ScanError};
 
@@ -68,33 +71,54 @@ impl Node {
     }
 }
 
-/// Malformed YAML: the parser's message and where it stopped.
+/// The largest file spot reads as YAML (its files are a few kilobytes).
+pub const MAX_BYTES: u64 = 1024 * 1024;
+/// The deepest nesting of lists and mappings spot reads (its own files need five).
+pub const MAX_DEPTH: usize = 32;
+
+/// Malformed YAML: the parser's message, where it stopped, and what to do.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyntaxError {
     pub span: Span,
     pub message: String,
+    pub help: &'static str,
+}
+
+impl SyntaxError {
+    fn at(span: Span, message: impl Into<String>) -> Self {
+        Self { span, message: message.into(), help: "fix the YAML syntax at this position" }
+    }
 }
 
 impl From<ScanError> for SyntaxError {
     fn from(err: ScanError) -> Self {
         let mark = err.marker();
-        Self { span: Span::at(mark.line(), mark.col() + 1, 1), message: err.info().to_string() }
+        Self::at(Span::at(mark.line(), mark.col() + 1, 1), err.info())
+    }
+}
+
+/// An anchor or alias where it stands: refused, never expanded.
+fn no_anchors(span: Span, what: &str) -> SyntaxError {
+    SyntaxError {
+        span,
+        message: format!("{what} are not allowed in spot's files"),
+        help: "write the value out in full where it is used (anchors and aliases can expand a few bytes into gigabytes)",
     }
 }
 
 enum Frame {
-    Seq { span: Span, anchor: usize, items: Vec<Node> },
-    Map { span: Span, anchor: usize, entries: Vec<(Node, Node)>, key: Option<Node> },
+    Seq { span: Span, items: Vec<Node> },
+    Map { span: Span, entries: Vec<(Node, Node)>, key: Option<Node> },
 }
 
 /// Parses the first YAML document of `src`. `Ok(None)` for an empty file.
 ///
 /// A second document, or a duplicate key, is reported as a syntax error: a manifest is
-/// one document, and YAML parsers disagree on which duplicate wins.
+/// one document, and YAML parsers disagree on which duplicate wins. So are anchors,
+/// aliases and nesting deeper than [`MAX_DEPTH`].
 pub fn parse(src: &str) -> Result<Option<Node>, SyntaxError> {
     let mut parser = Parser::new_from_str(src);
     let mut stack: Vec<Frame> = Vec::new();
-    let mut anchors: HashMap<usize, Node> = HashMap::new();
     let mut root: Option<Node> = None;
     let mut documents = 0usize;
 
@@ -105,65 +129,50 @@ pub fn parse(src: &str) -> Result<Option<Node>, SyntaxError> {
             Event::DocumentStart(_) => {
                 documents += 1;
                 if documents > 1 {
-                    return Err(SyntaxError {
-                        span: span_here,
-                        message: "a second YAML document (`---`) is not allowed here: \
-                                  a manifest is one document"
-                            .into(),
-                    });
+                    return Err(SyntaxError::at(
+                        span_here,
+                        "a second YAML document (`---`) is not allowed here: a manifest is one document",
+                    ));
                 }
                 None
             }
-            Event::Scalar(text, style, anchor, _tag) => {
+            Event::Scalar(_, _, anchor, _)
+            | Event::SequenceStart(anchor, _)
+            | Event::MappingStart(anchor, _)
+                if anchor > 0 =>
+            {
+                return Err(no_anchors(span_here, "anchors (`&name`)"));
+            }
+            Event::Alias(_) => return Err(no_anchors(span_here, "aliases (`*name`)")),
+            Event::SequenceStart(..) | Event::MappingStart(..) if stack.len() >= MAX_DEPTH => {
+                return Err(SyntaxError {
+                    span: span_here,
+                    message: format!("lists and mappings nested more than {MAX_DEPTH} deep"),
+                    help: "spot's files need a few levels: flatten this value",
+                });
+            }
+            Event::Scalar(text, style, _, _tag) => {
                 let quoted = !matches!(style, ScalarStyle::Plain);
                 let value = if !quoted && matches!(&*text, "" | "~" | "null" | "Null" | "NULL") {
                     Value::Null
                 } else {
                     Value::Scalar { text: text.into_owned(), quoted }
                 };
-                let node = Node { value, span: span_here };
-                if anchor > 0 {
-                    anchors.insert(anchor, node.clone());
-                }
-                Some(node)
+                Some(Node { value, span: span_here })
             }
-            Event::Alias(id) => match anchors.get(&id) {
-                Some(node) => Some(Node { value: node.value.clone(), span: span_here }),
-                None => {
-                    return Err(SyntaxError {
-                        span: span_here,
-                        message: "alias to an anchor that is not defined".into(),
-                    });
-                }
+            Event::SequenceStart(..) => {
+                stack.push(Frame::Seq { span: span_here, items: Vec::new() });
+                None
+            }
+            Event::MappingStart(..) => {
+                stack.push(Frame::Map { span: span_here, entries: Vec::new(), key: None });
+                None
+            }
+            Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
+                Some(Frame::Seq { span, items }) => Some(Node { value: Value::Seq(items), span }),
+                Some(Frame::Map { span, entries, .. }) => Some(Node { value: Value::Map(entries), span }),
+                None => return Err(SyntaxError::at(span_here, "unbalanced collection end")),
             },
-            Event::SequenceStart(anchor, _) => {
-                stack.push(Frame::Seq { span: span_here, anchor, items: Vec::new() });
-                None
-            }
-            Event::MappingStart(anchor, _) => {
-                stack.push(Frame::Map { span: span_here, anchor, entries: Vec::new(), key: None });
-                None
-            }
-            Event::SequenceEnd | Event::MappingEnd => {
-                let (node, anchor) = match stack.pop() {
-                    Some(Frame::Seq { span, anchor, items }) => {
-                        (Node { value: Value::Seq(items), span }, anchor)
-                    }
-                    Some(Frame::Map { span, anchor, entries, .. }) => {
-                        (Node { value: Value::Map(entries), span }, anchor)
-                    }
-                    None => {
-                        return Err(SyntaxError {
-                            span: span_here,
-                            message: "unbalanced collection end".into(),
-                        });
-                    }
-                };
-                if anchor > 0 {
-                    anchors.insert(anchor, node.clone());
-                }
-                Some(node)
-            }
             Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => None,
         };
         if let Some(node) = finished {
@@ -173,22 +182,19 @@ pub fn parse(src: &str) -> Result<Option<Node>, SyntaxError> {
                 Some(Frame::Map { entries, key, .. }) => match key.take() {
                     None => {
                         if !matches!(node.value, Value::Scalar { .. }) {
-                            return Err(SyntaxError {
-                                span: node.span,
-                                message: "mapping keys must be plain strings".into(),
-                            });
+                            return Err(SyntaxError::at(node.span, "mapping keys must be plain strings"));
                         }
                         if let Some((first, _)) =
                             entries.iter().find(|(k, _)| k.as_scalar() == node.as_scalar())
                         {
-                            return Err(SyntaxError {
-                                span: node.span,
-                                message: format!(
+                            return Err(SyntaxError::at(
+                                node.span,
+                                format!(
                                     "duplicate key `{}` (first given on line {})",
                                     node.as_scalar().unwrap_or_default(),
                                     first.span.line
                                 ),
-                            });
+                            ));
                         }
                         *key = Some(node);
                     }
@@ -261,8 +267,19 @@ mod tests {
     }
 
     #[test]
-    fn aliases_resolve() {
-        let node = parse("a: &x [1, 2]\nb: *x\n").unwrap().unwrap();
-        assert_eq!(node.get("a").unwrap().value, node.get("b").unwrap().value);
+    fn anchors_aliases_and_deep_nesting_are_refused_where_they_stand() {
+        let err = parse("a: &x [1, 2]\nb: *x\n").unwrap_err();
+        assert_eq!(
+            (err.span.line, err.message.as_str()),
+            (1, "anchors (`&name`) are not allowed in spot's files")
+        );
+        // An alias with no anchor: the parser's own error, located.
+        assert_eq!(parse("a: 1\nb: *x\n").unwrap_err().span.line, 2);
+        let deep = format!("{}1{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert!(parse(&deep).is_ok());
+        let deeper = format!("{}1{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
+        let err = parse(&deeper).unwrap_err();
+        assert_eq!((err.span.line, err.span.col), (1, MAX_DEPTH + 1));
+        assert!(err.message.contains("nested more than"), "{}", err.message);
     }
 }

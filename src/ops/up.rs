@@ -322,19 +322,36 @@ fn launch_tags(plan: &plan::Plan, deployment: &Deployment, host_public: &str) ->
     tags
 }
 
-/// Reads every secret's value from this process's environment; a missing or empty one
-/// is an input error, found before anything is created.
+/// The shortest secret value spot takes: the runner masks every occurrence of a value in
+/// the log, and a short one (a `1`, a `yes`) would blank ordinary text everywhere.
+pub const MIN_SECRET_CHARS: usize = 8;
+
+/// Reads every secret's value from this process's environment; a missing, empty or too
+/// short one is an input error, found before anything is created.
 fn read_secrets(deployment: &Deployment) -> Result<Vec<Secret>, Error> {
     let mut values = Vec::new();
     let mut missing = Vec::new();
+    let mut short = Vec::new();
     for s in &deployment.manifest.secrets {
         match std::env::var(&s.env) {
-            Ok(v) if !v.is_empty() => values.push(Secret::new(v)),
+            Ok(v) if v.chars().count() >= MIN_SECRET_CHARS => values.push(Secret::new(v)),
+            Ok(v) if !v.is_empty() => short.push(format!("`{}` (environment variable {})", s.name, s.env)),
             _ => missing.push(format!("`{}` (environment variable {})", s.name, s.env)),
         }
     }
-    if missing.is_empty() {
+    if missing.is_empty() && short.is_empty() {
         return Ok(values);
+    }
+    if missing.is_empty() {
+        return Err(Error::Usage {
+            message: format!(
+                "secret {} is shorter than {MIN_SECRET_CHARS} characters (its value is not shown)",
+                short.join(", ")
+            ),
+            help: format!(
+                "a secret's value is masked everywhere in the job's log, so a short one would blank ordinary text: use a value of at least {MIN_SECRET_CHARS} characters, or pass it as a plain `env` value if it is not secret"
+            ),
+        });
     }
     Err(Error::Usage {
         message: format!(

@@ -200,3 +200,54 @@ fn generate_ignores_the_state_folder_in_git_once() {
     spot().arg("generate").arg(fresh.path()).write_stdin("").assert().success();
     assert_eq!(std::fs::read_to_string(fresh.path().join(".gitignore")).unwrap(), ".spot-state/\n");
 }
+
+/// Runs `spot validate DIR` under Python, answering its exit code, stdout and stderr,
+/// and the most memory it held (kB, the kernel's `ru_maxrss` for the finished child).
+fn validate_measured(dir: &std::path::Path) -> (i32, String, u64) {
+    let script = "import resource, subprocess, sys\n\
+                  p = subprocess.run(sys.argv[1:], capture_output=True, timeout=60)\n\
+                  sys.stdout.buffer.write(p.stdout + p.stderr)\n\
+                  sys.stderr.write(f'{p.returncode} {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}')\n";
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, env!("CARGO_BIN_EXE_spot"), "validate", "--format", "human"])
+        .arg(dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    let (code, rss) = said.rsplit_once('\n').map_or(said.as_str(), |(_, last)| last).split_once(' ').unwrap();
+    (code.parse().unwrap(), String::from_utf8_lossy(&out.stdout).into_owned(), rss.parse().unwrap())
+}
+
+#[test]
+fn an_alias_bomb_deep_nesting_or_a_huge_file_is_refused_where_it_starts_in_a_few_mb() {
+    // Nine levels of ten aliases: 10^9 nodes once expanded (it took 17 GB before).
+    let mut bomb = String::from("version: 1\nenv:\n  A: x\nx0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for level in 1..9 {
+        let refs = vec![format!("*a{}", level - 1); 10].join(", ");
+        bomb.push_str(&format!("x{level}: &a{level} [{refs}]\n"));
+    }
+    let deep = format!("version: 1\nscripts: {}x{}\n", "[".repeat(100), "]".repeat(100));
+    let huge = format!("version: 1\n# {}\n", "y".repeat(2 * 1024 * 1024));
+    for (name, manifest, says, line) in [
+        ("bomb", bomb, "anchors (`&name`) are not allowed", 4),
+        ("deep", deep, "nested more than 32 deep", 2),
+        ("huge", huge, "is larger than 1024 KiB", 0),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(".spot")).unwrap();
+        std::fs::write(
+            dir.path().join(".spot/config.yaml"),
+            "regions:\n  - us-east-1:\n      machine_type: t3.micro\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join(".spot/deployment.yaml"), manifest).unwrap();
+        let (code, text, rss_kb) = validate_measured(dir.path());
+        assert_eq!(code, 1, "{name}: {text}");
+        assert!(text.contains(says), "{name}: {text}");
+        if line > 0 {
+            assert!(text.contains(&format!(".spot/deployment.yaml:{line}:")), "{name}: not located: {text}");
+        }
+        assert!(rss_kb < 64 * 1024, "{name}: {rss_kb} kB");
+    }
+}

@@ -95,7 +95,7 @@ fn secret_values_never_reach_user_data_or_plan() {
             .args(args)
             .arg(&dir)
             .env("DATABASE_URL", secret_a)
-            .env("SPOT_TEST_API_KEY", secret_b)
+            .env("APP_TEST_API_KEY", secret_b)
             .output()
             .unwrap();
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));

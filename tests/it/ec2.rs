@@ -731,3 +731,24 @@ fn two_creates_racing_for_one_id_make_one_set_and_the_loser_touches_nothing_of_i
     assert!(destroy(&emu, dir.path(), "raced").status.success());
     assert_clean(&emu, &["us-east-1"]);
 }
+
+#[test]
+fn a_secret_too_short_to_mask_safely_is_refused_before_any_write_call() {
+    let emu = Emulator::start();
+    let dir = project(ONE_INSTANCE);
+    std::fs::write(dir.path().join(".spot/deployment.yaml"), "version: 1\nsecrets:\n  - APP_PIN\n").unwrap();
+    let calls = emu.calls();
+    let out = emu
+        .spot()
+        .args(["create", "--deployment-id", "short-1"])
+        .arg(dir.path())
+        .env("APP_PIN", "x7q")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("secret `APP_PIN`") && err.contains("shorter than 8 characters"), "{err}");
+    assert!(!err.contains("x7q"), "the value was shown: {err}");
+    assert_eq!(writes(&emu.calls()), writes(&calls), "a refused create changed EC2");
+    assert_clean(&emu, &["us-east-1"]);
+}

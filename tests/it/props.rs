@@ -115,6 +115,40 @@ proptest! {
         let _ = yaml::parse(&text);
     }
 
+    /// Mutations of a valid manifest (YAML tokens inserted, lines deleted or duplicated),
+    /// alias bombs and deep nesting among them: each loads or is refused with
+    /// diagnostics, never a panic or a hang (the unit tests of `manifest::yaml` and the
+    /// nine-level bomb in `cli.rs` check the refusals themselves).
+    #[test]
+    fn mutated_manifests_with_bombs_and_nesting_load_or_are_refused(
+        edits in prop::collection::vec((0usize..40, 0usize..8, 1usize..6), 1..6),
+    ) {
+        const TOKENS: [&str; 8] = ["&a [x, x, x]", "*a", "[[[[[[[[[[", "]]]]", "{k: &b {c: *b}}", "- ", ": ", "\n"];
+        let base = std::fs::read_to_string(crate::common::fixtures().join("valid/everything/.spot/deployment.yaml")).unwrap();
+        let mut lines: Vec<String> = base.lines().map(String::from).collect();
+        for (at, token, times) in edits {
+            let at = at % lines.len().max(1);
+            match token {
+                0..=5 => {
+                    let mut line = lines[at].clone();
+                    let cut = line.char_indices().map(|(i, _)| i).nth(line.chars().count() / 2).unwrap_or(line.len());
+                    line.insert_str(cut, &TOKENS[token].repeat(times));
+                    lines[at] = line;
+                }
+                6 => { lines.remove(at); }
+                _ => { let copy = lines[at].clone(); lines.insert(at, copy); }
+            }
+        }
+        let text = lines.join("\n");
+        let dir = tempfile::tempdir().unwrap();
+        copy_tree(&crate::common::fixtures().join("valid/everything"), dir.path());
+        std::fs::write(dir.path().join(".spot/deployment.yaml"), &text).unwrap();
+        if let Err(report) = manifest::load(dir.path()) {
+            prop_assert!(!report.diagnostics.is_empty());
+            let _ = report.human();
+        }
+    }
+
     #[test]
     fn yaml_like_text_loads_or_errors_without_panicking(text in "[a-z_:\\[\\]{}\\-'\"#&*!|>%@ \n0-9.,/]{0,200}") {
         let dir = tempfile::tempdir().unwrap();
