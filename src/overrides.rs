@@ -196,8 +196,14 @@ fn tarball(deployment: &Deployment, path: &str) -> Result<Tarball, String> {
         return Err(format!("`{path}` must be a path inside the repository"));
     }
     let local = deployment.root.join(rel);
-    let meta = std::fs::metadata(&local).map_err(|_| format!("`{path}` does not exist in the repository"))?;
-    let source = if meta.is_dir() {
+    std::fs::symlink_metadata(&local).map_err(|_| format!("`{path}` does not exist in the repository"))?;
+    // As the manifest's own paths: a symlink out of the repository is refused.
+    let root = std::fs::canonicalize(&deployment.root).unwrap_or_else(|_| deployment.root.clone());
+    let real = crate::manifest::paths::real_inside(&root, &local).map_err(|real| match real {
+        Some(real) => format!("`{path}` is a symlink to `{}`, outside the repository", real.display()),
+        None => format!("`{path}` is a symlink to nothing"),
+    })?;
+    let source = if real.is_dir() {
         TarballSource::Dir { path: rel.to_string(), local }
     } else if rel.ends_with(".tar.gz") || rel.ends_with(".tgz") {
         TarballSource::Archive { path: rel.to_string(), local }

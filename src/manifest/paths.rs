@@ -17,6 +17,18 @@ pub fn rel_to(root: &Path, path: &Path) -> String {
     if parts.is_empty() { ".".into() } else { parts.join("/") }
 }
 
+/// Where a path inside the repository really is: what `local` (under `root`, which is
+/// canonical) resolves to, every symlink followed. `Err(Some(real))`: it leads outside
+/// the repository; `Err(None)`: it leads nowhere. The manifest's paths and the `tarball`
+/// flag and input all go through this one rule.
+pub fn real_inside(root: &Path, local: &Path) -> Result<std::path::PathBuf, Option<std::path::PathBuf>> {
+    match std::fs::canonicalize(local) {
+        Ok(real) if real.starts_with(root) => Ok(real),
+        Ok(real) => Err(Some(real)),
+        Err(_) => Err(None),
+    }
+}
+
 /// Exclude patterns with gitignore-like rules (see the README's "Exclude rules").
 /// Equal and serialized as the patterns they were compiled from.
 #[derive(Debug, Clone, Default)]

@@ -583,11 +583,9 @@ fn resolve(written: &Spanned<String>, base: &Path, root: &Path, cx: &mut Cx) -> 
         );
         return None;
     }
-    match fs::canonicalize(&local) {
-        Ok(real) if real.starts_with(root) => {
-            Some(Resolved { rel: rel_to(root, &local), is_dir: real.is_dir(), local })
-        }
-        Ok(real) => {
+    match super::paths::real_inside(root, &local) {
+        Ok(real) => Some(Resolved { rel: rel_to(root, &local), is_dir: real.is_dir(), local }),
+        Err(Some(real)) => {
             cx.error(
                 Kind::PathEscapes,
                 written.span,
@@ -596,7 +594,7 @@ fn resolve(written: &Spanned<String>, base: &Path, root: &Path, cx: &mut Cx) -> 
             );
             None
         }
-        Err(_) => {
+        Err(None) => {
             cx.error(
                 Kind::MissingFile,
                 written.span,

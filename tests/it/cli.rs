@@ -251,3 +251,27 @@ fn an_alias_bomb_deep_nesting_or_a_huge_file_is_refused_where_it_starts_in_a_few
         assert!(rss_kb < 64 * 1024, "{name}: {rss_kb} kB");
     }
 }
+
+#[test]
+fn a_tarball_flag_that_is_a_symlink_out_of_the_repository_is_refused_before_any_call() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("id_rsa"), "not yours to ship\n").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join(".spot")).unwrap();
+    std::fs::write(dir.path().join(".spot/config.yaml"), "regions:\n  - us-east-1:\n      machine_type: t3.micro\n")
+        .unwrap();
+    std::fs::write(dir.path().join(".spot/deployment.yaml"), "version: 1\n").unwrap();
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("dist")).unwrap();
+    let out = spot()
+        .args(["create", "--tarball", "dist", "--ssh-cidr", "127.0.0.1/32"])
+        .arg(dir.path())
+        // Nothing answers there: a call would fail differently.
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("AWS_ACCESS_KEY_ID", "t")
+        .env("AWS_SECRET_ACCESS_KEY", "t")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--tarball") && err.contains("is a symlink to") && err.contains("outside the repository"), "{err}");
+}
