@@ -5,6 +5,11 @@
 //! something else (`yes`, `0644`, `1e3`, `null`) are always quoted; multi-line strings
 //! become `|` literal blocks so scripts stay readable. No string concatenation of user
 //! values happens anywhere else.
+//!
+//! cloud-init reads the text with PyYAML, a YAML 1.1 reader: there NEL (U+0085), LS
+//! (U+2028) and PS (U+2029) break lines, and a character outside its printable set
+//! (C0/C1 controls, U+FFFE, U+FFFF) fails the whole document. Such characters are written
+//! only as escapes inside double quotes (`\N`, `\L`, `\P`, `\uXXXX`), never raw.
 
 use serde_json::Value;
 
@@ -100,7 +105,7 @@ fn literal_block(s: &str, indent: usize) -> Option<String> {
         Some(rest) => (rest, "|"),
         None => (s, "|-"),
     };
-    if body.lines().any(|l| l.chars().any(|c| c.is_control() && c != '\t')) {
+    if body.chars().any(|c| c != '\n' && (c.is_control() && c != '\t' || needs_escape(c))) {
         return None;
     }
     let mut out = header.to_string();
@@ -115,13 +120,33 @@ fn literal_block(s: &str, indent: usize) -> Option<String> {
 }
 
 /// A plain scalar when it cannot be misread, else a JSON-style double-quoted one (JSON
-/// string escapes are a subset of YAML's).
+/// string escapes are a subset of YAML's), with YAML 1.1's line breaks and every
+/// character PyYAML does not print escaped too.
 fn quote_string(s: &str) -> String {
     if is_plain_safe(s) {
-        s.to_string()
-    } else {
-        serde_json::to_string(s).unwrap_or_else(|_| format!("\"{}\"", s.escape_default()))
+        return s.to_string();
     }
+    let json = serde_json::to_string(s).unwrap_or_else(|_| format!("\"{}\"", s.escape_default()));
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        match c {
+            '\u{85}' => out.push_str("\\N"),
+            '\u{2028}' => out.push_str("\\L"),
+            '\u{2029}' => out.push_str("\\P"),
+            c if needs_escape(c) => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Pure: a character a YAML 1.1 reader (PyYAML) would take for a line break, or refuses
+/// to read at all: everything outside `\t \n \r`, U+0020-U+007E, U+00A0-U+D7FF and
+/// U+E000-U+FFFD below U+10000 (PyYAML's printable set), and NEL, LS and PS.
+fn needs_escape(c: char) -> bool {
+    let printable = matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{7e}' | '\u{a0}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}')
+        || u32::from(c) >= 0x10000;
+    !printable || matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}')
 }
 
 fn is_plain_safe(s: &str) -> bool {
@@ -146,6 +171,15 @@ mod tests {
             y,
             "a: \"yes\"\nb: \"0644\"\nc: \"1e3\"\nd: plain-word\ne: \"a: b\"\nf: \"\"\ng: \"Null\"\n"
         );
+    }
+
+    #[test]
+    fn yaml_1_1_line_breaks_and_unprintables_are_escaped_not_written_raw() {
+        let y = to_yaml(
+            &json!({"a": "x\u{2028}y\u{85}z\u{2029}", "b": "l1\nl\u{2028}2\n", "c": "\u{7f}\u{9f}\u{fffe}\u{1f600}"}),
+        );
+        assert_eq!(y, "a: \"x\\Ly\\Nz\\P\"\nb: \"l1\\nl\\L2\\n\"\nc: \"\\u007F\\u009F\\uFFFE\u{1f600}\"\n");
+        assert!(!y.chars().any(|c| needs_escape(c) && c != '\n'));
     }
 
     #[test]

@@ -258,8 +258,11 @@ fn a_tarball_flag_that_is_a_symlink_out_of_the_repository_is_refused_before_any_
     std::fs::write(outside.path().join("id_rsa"), "not yours to ship\n").unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join(".spot")).unwrap();
-    std::fs::write(dir.path().join(".spot/config.yaml"), "regions:\n  - us-east-1:\n      machine_type: t3.micro\n")
-        .unwrap();
+    std::fs::write(
+        dir.path().join(".spot/config.yaml"),
+        "regions:\n  - us-east-1:\n      machine_type: t3.micro\n",
+    )
+    .unwrap();
     std::fs::write(dir.path().join(".spot/deployment.yaml"), "version: 1\n").unwrap();
     std::os::unix::fs::symlink(outside.path(), dir.path().join("dist")).unwrap();
     let out = spot()
@@ -273,5 +276,10 @@ fn a_tarball_flag_that_is_a_symlink_out_of_the_repository_is_refused_before_any_
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("--tarball") && err.contains("is a symlink to") && err.contains("outside the repository"), "{err}");
+    assert!(
+        err.contains("--tarball")
+            && err.contains("is a symlink to")
+            && err.contains("outside the repository"),
+        "{err}"
+    );
 }
