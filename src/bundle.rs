@@ -431,7 +431,10 @@ impl<'a> Walk<'a> {
         let name = name.to_string_lossy();
         let rel = if parent.is_empty() { name.to_string() } else { format!("{parent}/{name}") };
         let Ok(kind) = entry.file_type() else { return };
-        if self.excludes.matches(&rel)
+        // A checkout's `.git` is never shipped, whatever the excludes say: it holds the
+        // workflow's credentials (actions/checkout keeps the token in `.git/config`).
+        if name == ".git"
+            || self.excludes.matches(&rel)
             || (self.gitignore && is_ignored(ignores, &entry.path(), kind.is_dir()))
         {
             return;

@@ -203,6 +203,9 @@ fn tarball(deployment: &Deployment, path: &str) -> Result<Tarball, String> {
         Some(real) => format!("`{path}` is a symlink to `{}`, outside the repository", real.display()),
         None => format!("`{path}` is a symlink to nothing"),
     })?;
+    if crate::manifest::paths::in_git_dir(real.strip_prefix(&root).unwrap_or(&real)) {
+        return Err(format!("`{path}` is the checkout's `.git` (or inside it), which is never shipped"));
+    }
     let source = if real.is_dir() {
         TarballSource::Dir { path: rel.to_string(), local }
     } else if rel.ends_with(".tar.gz") || rel.ends_with(".tgz") {

@@ -284,9 +284,14 @@ pub fn still_ready(deployment: &Deployment) -> Step {
 }
 
 /// Pure: `text` on one line for the log (a line break shown as `⏎`), so a multi-line
-/// command cannot start a line of its own there.
+/// command cannot start a line of its own there. Every break a reader may honour counts:
+/// `\n`, a lone `\r` (the runner ends a line there), NEL, LS and PS.
 fn one_line(text: &str) -> String {
-    text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ⏎ ")
+    text.split(['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ⏎ ")
 }
 
 /// A service's health: its probe until it passes (or the time runs out), failing at once
@@ -312,7 +317,7 @@ fn health_step(unit: &str, check: Option<&crate::manifest::types::HealthCheck>) 
                 "if command -v curl >/dev/null 2>&1; then curl -fsS -o /dev/null --max-time 5 {u}; else wget -q -O /dev/null -T 5 {u}; fi",
                 u = shell_quote(url)
             ),
-            format!("HTTP {url}"),
+            format!("HTTP {}", one_line(url)),
         ),
     };
     let secs = check.timeout_secs;
@@ -370,15 +375,25 @@ mod tests {
     #[test]
     fn a_multi_line_health_command_is_named_on_one_line() {
         let check = crate::manifest::types::HealthCheck {
-            probe: Probe::Command("curl -f localhost\n::error::forged\r\n  true".into()),
+            probe: Probe::Command("curl -f localhost\n::error::forged\r\n  true\r::warning::x".into()),
             ..example().manifest.services[0].health_check.clone().unwrap()
         };
         let step = health_step("app.service", Some(&check));
-        assert_eq!(step.name, "health app.service (command `curl -f localhost ⏎ ::error::forged ⏎ true`)");
+        assert_eq!(
+            step.name,
+            "health app.service (command `curl -f localhost ⏎ ::error::forged ⏎ true ⏎ ::warning::x`)"
+        );
         // Where the instance echoes it back into the log, too.
-        assert!(
-            step.script
-                .contains("health check (command 'curl -f localhost ⏎ ::error::forged ⏎ true') was failing")
+        assert!(step.script.contains(
+            "health check (command 'curl -f localhost ⏎ ::error::forged ⏎ true ⏎ ::warning::x') was failing"
+        ));
+        let http = crate::manifest::types::HealthCheck {
+            probe: Probe::Http("http://a/\r::error::x".into()),
+            ..check
+        };
+        assert_eq!(
+            health_step("app.service", Some(&http)).name,
+            "health app.service (HTTP http://a/ ⏎ ::error::x)"
         );
     }
 

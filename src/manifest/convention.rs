@@ -91,8 +91,13 @@ pub(crate) fn manifest(root: &Path, report: &mut Report) -> Option<Manifest> {
         }
     }
 
-    let mut packages: Vec<String> = fs::read_to_string(base.join("packages.txt"))
-        .unwrap_or_default()
+    // Bounded like spot's YAML files: a package list is a few hundred bytes.
+    let listed = super::read_bounded(&base.join("packages.txt"), super::yaml::MAX_BYTES)
+        .ok()
+        .flatten()
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default();
+    let mut packages: Vec<String> = listed
         .lines()
         .map(|l| l.split('#').next().unwrap_or_default().trim().to_string())
         .filter(|l| !l.is_empty())

@@ -59,17 +59,30 @@ pub fn load(dir: &Path) -> Result<Deployment, Report> {
     }
 }
 
+/// Reads at most `limit` bytes of `path` (and one more, to tell): `Ok(None)` when the
+/// file is larger. A file from the repository (a pull request's) is never read whole.
+pub(crate) fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let file = fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, limit + 1), &mut bytes)?;
+    Ok((bytes.len() as u64 <= limit).then_some(bytes))
+}
+
 /// Reads one YAML file into a node, recording its text for error snippets.
 pub(crate) fn read_yaml(root: &Path, rel: &str, report: &mut Report) -> Option<yaml::Node> {
-    // At most one byte more than the bound: a huge file is never read whole.
-    let read = fs::File::open(root.join(rel)).and_then(|f| {
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::Read::take(f, yaml::MAX_BYTES + 1), &mut bytes)
-            .map(|_| bytes)
-    });
-    if let Ok(bytes) = &read
-        && bytes.len() as u64 > yaml::MAX_BYTES
-    {
+    // Like every path of the description: a symlink out of the repository is refused.
+    if let Err(Some(real)) = paths::real_inside(root, &root.join(rel)) {
+        report.push(Diagnostic::new(
+            Kind::PathEscapes,
+            rel,
+            Span::FILE,
+            format!("`{rel}` is a symlink to `{}`, outside the repository", real.display()),
+            "keep spot's files in the repository",
+        ));
+        return None;
+    }
+    let read = read_bounded(&root.join(rel), yaml::MAX_BYTES);
+    if let Ok(None) = &read {
         report.push(Diagnostic::new(
             Kind::Syntax,
             rel,
@@ -79,7 +92,7 @@ pub(crate) fn read_yaml(root: &Path, rel: &str, report: &mut Report) -> Option<y
         ));
         return None;
     }
-    let text = match read {
+    let text = match read.map(Option::unwrap_or_default) {
         Err(e) => {
             report.push(Diagnostic::new(
                 Kind::NoDeployment,

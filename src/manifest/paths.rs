@@ -29,6 +29,12 @@ pub fn real_inside(root: &Path, local: &Path) -> Result<std::path::PathBuf, Opti
     }
 }
 
+/// Pure: is `real` (a resolved path) a checkout's `.git` or inside one? Never shipped: it
+/// holds the workflow's credentials.
+pub fn in_git_dir(real: &Path) -> bool {
+    real.components().any(|c| c.as_os_str() == ".git")
+}
+
 /// Exclude patterns with gitignore-like rules (see the README's "Exclude rules").
 /// Equal and serialized as the patterns they were compiled from.
 #[derive(Debug, Clone, Default)]

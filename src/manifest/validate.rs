@@ -307,7 +307,12 @@ fn public_key(path: &Spanned<String>, cx: &mut Cx) -> Option<String> {
         Some(rest) => std::env::home_dir().map_or_else(|| PathBuf::from(&path.value), |h| h.join(rest)),
         None => PathBuf::from(&path.value),
     };
-    let Ok(text) = fs::read_to_string(&expanded) else {
+    // A public key is one line: 64 KiB is plenty, and a huge (or endless) file is not read.
+    let Some(text) = super::read_bounded(&expanded, 64 * 1024)
+        .ok()
+        .flatten()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+    else {
         cx.error(
             Kind::MissingFile,
             path.span,
@@ -529,6 +534,7 @@ fn is_script_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && !s.starts_with('.')
+        && !s.contains("..")
         && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
@@ -584,6 +590,15 @@ fn resolve(written: &Spanned<String>, base: &Path, root: &Path, cx: &mut Cx) -> 
         return None;
     }
     match super::paths::real_inside(root, &local) {
+        Ok(real) if super::paths::in_git_dir(real.strip_prefix(root).unwrap_or(&real)) => {
+            cx.error(
+                Kind::PathEscapes,
+                written.span,
+                format!("`{text}` is the checkout's `.git` (or inside it), which is never shipped"),
+                "name the build's own folder; `.git` holds the workflow's credentials",
+            );
+            None
+        }
         Ok(real) => Some(Resolved { rel: rel_to(root, &local), is_dir: real.is_dir(), local }),
         Err(Some(real)) => {
             cx.error(
@@ -694,7 +709,10 @@ fn scripts(raw: &RawManifest, paths: &Paths, cx: &mut Cx) -> Vec<Script> {
                 (Some(n), _) => {
                     (n.span, "use letters, digits, `-`, `_` and `.` (no `/`, `..` or line break), at most 64")
                 }
-                (None, Some(p)) => (p.span, "give the script a `name:` of letters, digits, `-`, `_` and `.`"),
+                (None, Some(p)) => (
+                    p.span,
+                    "rename the file, or give the script a `name:` of letters, digits, `-`, `_` and `.`",
+                ),
                 (None, None) => (item.span, "give the script a `name:`"),
             };
             cx.error(

@@ -10,6 +10,8 @@
 //! gigabytes) are refused where they stand, as is nesting deeper than [`MAX_DEPTH`].
 //! The reader bounds the file's size ([`MAX_BYTES`]).
 
+use std::collections::HashMap;
+
 use saphyr_parser::{Event, Parser, ScalarStyle, ScanError};
 
 pub use super::span::Span;
@@ -107,8 +109,18 @@ fn no_anchors(span: Span, what: &str) -> SyntaxError {
 }
 
 enum Frame {
-    Seq { span: Span, items: Vec<Node> },
-    Map { span: Span, entries: Vec<(Node, Node)>, key: Option<Node> },
+    Seq {
+        span: Span,
+        items: Vec<Node>,
+    },
+    /// `lines`: the line each key was first given on (a linear search over a megabyte of
+    /// keys would take minutes).
+    Map {
+        span: Span,
+        entries: Vec<(Node, Node)>,
+        key: Option<Node>,
+        lines: HashMap<String, usize>,
+    },
 }
 
 /// Parses the first YAML document of `src`. `Ok(None)` for an empty file.
@@ -165,7 +177,12 @@ pub fn parse(src: &str) -> Result<Option<Node>, SyntaxError> {
                 None
             }
             Event::MappingStart(..) => {
-                stack.push(Frame::Map { span: span_here, entries: Vec::new(), key: None });
+                stack.push(Frame::Map {
+                    span: span_here,
+                    entries: Vec::new(),
+                    key: None,
+                    lines: HashMap::new(),
+                });
                 None
             }
             Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
@@ -179,23 +196,19 @@ pub fn parse(src: &str) -> Result<Option<Node>, SyntaxError> {
             match stack.last_mut() {
                 None => root = Some(node),
                 Some(Frame::Seq { items, .. }) => items.push(node),
-                Some(Frame::Map { entries, key, .. }) => match key.take() {
+                Some(Frame::Map { entries, key, lines, .. }) => match key.take() {
                     None => {
                         if !matches!(node.value, Value::Scalar { .. }) {
                             return Err(SyntaxError::at(node.span, "mapping keys must be plain strings"));
                         }
-                        if let Some((first, _)) =
-                            entries.iter().find(|(k, _)| k.as_scalar() == node.as_scalar())
-                        {
+                        let text = node.as_scalar().unwrap_or_default().to_string();
+                        if let Some(first) = lines.get(&text) {
                             return Err(SyntaxError::at(
                                 node.span,
-                                format!(
-                                    "duplicate key `{}` (first given on line {})",
-                                    node.as_scalar().unwrap_or_default(),
-                                    first.span.line
-                                ),
+                                format!("duplicate key `{text}` (first given on line {first})"),
                             ));
                         }
+                        lines.insert(text, node.span.line);
                         *key = Some(node);
                     }
                     Some(k) => entries.push((k, node)),

@@ -323,8 +323,14 @@ fn launch_tags(plan: &plan::Plan, deployment: &Deployment, host_public: &str) ->
 }
 
 /// The shortest secret value spot takes: the runner masks every occurrence of a value in
-/// the log, and a short one (a `1`, a `yes`) would blank ordinary text everywhere.
+/// the log, and a short one (a `1`, a `yes`) would blank ordinary text everywhere. Each
+/// line of a value is masked on its own (trimmed), so each line must be this long.
 pub const MIN_SECRET_CHARS: usize = 8;
+
+/// Pure: is `value` long enough to mask, every one of its lines?
+fn maskable(value: &str) -> bool {
+    value.lines().map(str::trim).filter(|l| !l.is_empty()).all(|l| l.chars().count() >= MIN_SECRET_CHARS)
+}
 
 /// Reads every secret's value from this process's environment; a missing, empty or too
 /// short one is an input error, found before anything is created.
@@ -334,7 +340,7 @@ fn read_secrets(deployment: &Deployment) -> Result<Vec<Secret>, Error> {
     let mut short = Vec::new();
     for s in &deployment.manifest.secrets {
         match std::env::var(&s.env) {
-            Ok(v) if v.chars().count() >= MIN_SECRET_CHARS => values.push(Secret::new(v)),
+            Ok(v) if !v.trim().is_empty() && maskable(&v) => values.push(Secret::new(v)),
             Ok(v) if !v.is_empty() => short.push(format!("`{}` (environment variable {})", s.name, s.env)),
             _ => missing.push(format!("`{}` (environment variable {})", s.name, s.env)),
         }
@@ -345,7 +351,7 @@ fn read_secrets(deployment: &Deployment) -> Result<Vec<Secret>, Error> {
     if missing.is_empty() {
         return Err(Error::Usage {
             message: format!(
-                "secret {} is shorter than {MIN_SECRET_CHARS} characters (its value is not shown)",
+                "secret {} is shorter than {MIN_SECRET_CHARS} characters, or has a line that is (its value is not shown)",
                 short.join(", ")
             ),
             help: format!(
@@ -396,4 +402,19 @@ fn public_address() -> Result<String, Error> {
     body.parse::<std::net::IpAddr>()
         .map(|ip| ip.to_string())
         .map_err(|_| fail(format!("unexpected answer `{body}`")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_is_maskable_only_when_each_masked_line_is_long_enough() {
+        assert!(maskable("correct-horse"));
+        assert!(maskable("-----BEGIN KEY-----\nAAAAAAAAAAAA\n-----END KEY-----\n"));
+        // The runner masks each trimmed line on its own.
+        assert!(!maskable("       1"));
+        assert!(!maskable("abcdefgh\nyes"));
+        assert!(!maskable("x7q"));
+    }
 }
