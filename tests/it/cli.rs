@@ -1,6 +1,6 @@
 //! The binary as users run it: exit codes, formats, snapshots of what people read.
 
-use crate::common::{Txtar, fixtures, spot};
+use crate::common::{Txtar, described, fixtures, spot};
 
 fn stdout(cmd: &mut assert_cmd::Command) -> String {
     String::from_utf8(cmd.output().unwrap().stdout).unwrap()
@@ -235,14 +235,7 @@ fn an_alias_bomb_deep_nesting_or_a_huge_file_is_refused_where_it_starts_in_a_few
         ("deep", deep, "nested more than 32 deep", 2),
         ("huge", huge, "is larger than 1024 KiB", 0),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join(".spot")).unwrap();
-        std::fs::write(
-            dir.path().join(".spot/config.yaml"),
-            "regions:\n  - us-east-1:\n      machine_type: t3.micro\n",
-        )
-        .unwrap();
-        std::fs::write(dir.path().join(".spot/deployment.yaml"), manifest).unwrap();
+        let dir = described(&manifest);
         if name == "huge" {
             let file = std::fs::OpenOptions::new()
                 .write(true)
@@ -264,14 +257,7 @@ fn an_alias_bomb_deep_nesting_or_a_huge_file_is_refused_where_it_starts_in_a_few
 fn a_tarball_flag_that_is_a_symlink_out_of_the_repository_is_refused_before_any_call() {
     let outside = tempfile::tempdir().unwrap();
     std::fs::write(outside.path().join("id_rsa"), "not yours to ship\n").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join(".spot")).unwrap();
-    std::fs::write(
-        dir.path().join(".spot/config.yaml"),
-        "regions:\n  - us-east-1:\n      machine_type: t3.micro\n",
-    )
-    .unwrap();
-    std::fs::write(dir.path().join(".spot/deployment.yaml"), "version: 1\n").unwrap();
+    let dir = described("version: 1\n");
     std::os::unix::fs::symlink(outside.path(), dir.path().join("dist")).unwrap();
     let out = spot()
         .args(["create", "--tarball", "dist", "--ssh-cidr", "127.0.0.1/32"])
@@ -294,8 +280,8 @@ fn a_tarball_flag_that_is_a_symlink_out_of_the_repository_is_refused_before_any_
 
 #[test]
 fn a_checkouts_git_folder_is_never_shipped() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join(".spot")).unwrap();
+    // The whole repository as the build: everything but `.git`.
+    let dir = described("version: 1\ntarball: .\n");
     std::fs::create_dir_all(dir.path().join(".git")).unwrap();
     std::fs::create_dir_all(dir.path().join("app/.git")).unwrap();
     // As actions/checkout leaves it: the workflow's token in the checkout's config.
@@ -303,13 +289,6 @@ fn a_checkouts_git_folder_is_never_shipped() {
         .unwrap();
     std::fs::write(dir.path().join("app/.git/HEAD"), "ref: refs/heads/main\n").unwrap();
     std::fs::write(dir.path().join("app/index.html"), "<p>hi</p>\n").unwrap();
-    std::fs::write(
-        dir.path().join(".spot/config.yaml"),
-        "regions:\n  - us-east-1:\n      machine_type: t3.micro\n",
-    )
-    .unwrap();
-    // The whole repository as the build: everything but `.git`.
-    std::fs::write(dir.path().join(".spot/deployment.yaml"), "version: 1\ntarball: .\n").unwrap();
     let bundle = dir.path().join("bundle.tar.gz");
     let out = spot().args(["bundle", "--output"]).arg(&bundle).arg(dir.path()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

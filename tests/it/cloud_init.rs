@@ -313,18 +313,9 @@ fn every_string_the_yaml_writer_is_given_reads_back_unchanged_through_pyyaml() {
 
     // And through spot's own user-data: env values with YAML 1.1 line breaks and controls
     // land in the env file as written.
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join(".spot")).unwrap();
-    std::fs::write(
-        dir.path().join(".spot/config.yaml"),
-        "regions:\n  - us-east-1:\n      machine_type: t3.micro\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join(".spot/deployment.yaml"),
+    let dir = crate::common::described(
         "version: 1\nenv:\n  LS: \"a\\u2028b\"\n  NEL: \"a\\x85b\"\n  PS: \"two\\nlines\\u2029\"\n  DEL: \"\\x7f\\x9f\"\n",
-    )
-    .unwrap();
+    );
     let deployment = manifest::load(dir.path()).unwrap();
     let identity = Identity { deployment_id: "env-1".into(), expires_at: "2026-01-01T04:00:00Z".into() };
     let user_data = cloud_init::render(&deployment, &identity, &UserDataKeys::placeholders()).unwrap();

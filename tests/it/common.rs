@@ -32,6 +32,20 @@ pub fn spot() -> Command {
     cmd
 }
 
+/// A repository folder with a one-region `.spot/config.yaml` and `deployment` as its
+/// `.spot/deployment.yaml`.
+pub fn described(deployment: &str) -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join(".spot")).unwrap();
+    std::fs::write(
+        dir.path().join(".spot/config.yaml"),
+        "regions:\n  - us-east-1:\n      machine_type: t3.micro\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join(".spot/deployment.yaml"), deployment).unwrap();
+    dir
+}
+
 /// One expected diagnostic: kind code, `file[:line:col]`, and a piece of the help text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expect {
