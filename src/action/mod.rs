@@ -1,11 +1,12 @@
 //! The GitHub Action's orchestration: its two steps, above the operations in `ops`.
 //!
 //! [`modes`] (the main step) reads the inputs, masks every secret before printing
-//! anything, takes its credentials (`role-to-assume`), saves what post needs to
-//! `GITHUB_STATE` ([`state`]) before the first resource exists, then runs the mode: `up`
+//! anything, saves what post needs to `GITHUB_STATE` ([`state`]) before anything can fail,
+//! takes its credentials (`role-to-assume`), then runs the mode: `up`
 //! (create and deliver, or with `keep: true` [`kept`]: redeploy or replace; an id in use
 //! without `keep` is refused), `down` ([`down`]), `reap`, `validate`. [`post`] destroys what main made,
-//! found by tags, unless `keep: true`. [`summary`] renders the job summary, outputs and
+//! found by tags (this run's and this repository's only), unless `keep: true` and main got
+//! it ready. [`summary`] renders the job summary, outputs and
 //! comments (pure). Everything the runner hands over is read through `actions/` (the only
 //! reader of `GITHUB_*`, `INPUT_*`, `STATE_*`); one runtime and one [`Session`] serve the
 //! whole step.
