@@ -92,7 +92,7 @@ pub(crate) fn manifest(root: &Path, report: &mut Report) -> Option<Manifest> {
     }
 
     // Bounded like spot's YAML files: a package list is a few hundred bytes.
-    let listed = super::read_bounded(&base.join("packages.txt"), super::yaml::MAX_BYTES)
+    let listed = super::paths::read_bounded(&base.join("packages.txt"), super::yaml::MAX_BYTES)
         .ok()
         .flatten()
         .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())

@@ -59,15 +59,6 @@ pub fn load(dir: &Path) -> Result<Deployment, Report> {
     }
 }
 
-/// Reads at most `limit` bytes of `path` (and one more, to tell): `Ok(None)` when the
-/// file is larger. A file from the repository (a pull request's) is never read whole.
-pub(crate) fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
-    let file = fs::File::open(path)?;
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut std::io::Read::take(file, limit + 1), &mut bytes)?;
-    Ok((bytes.len() as u64 <= limit).then_some(bytes))
-}
-
 /// Reads one YAML file into a node, recording its text for error snippets.
 pub(crate) fn read_yaml(root: &Path, rel: &str, report: &mut Report) -> Option<yaml::Node> {
     // Like every path of the description: a symlink out of the repository is refused.
@@ -81,7 +72,7 @@ pub(crate) fn read_yaml(root: &Path, rel: &str, report: &mut Report) -> Option<y
         ));
         return None;
     }
-    let read = read_bounded(&root.join(rel), yaml::MAX_BYTES);
+    let read = paths::read_bounded(&root.join(rel), yaml::MAX_BYTES);
     if let Ok(None) = &read {
         report.push(Diagnostic::new(
             Kind::Syntax,

@@ -1,5 +1,5 @@
-//! Path rules of the model: where a file stands relative to the repository, and which
-//! files an upload's `exclude` patterns drop. Validation compiles them once; the bundle
+//! Path rules of the model: where a file stands relative to the repository (and reading
+//! one within a bound), and which files an upload's `exclude` patterns drop. Validation compiles them once; the bundle
 //! applies them; neither calls into the other.
 
 use std::path::{Component, Path};
@@ -27,6 +27,15 @@ pub fn real_inside(root: &Path, local: &Path) -> Result<std::path::PathBuf, Opti
         Ok(real) => Err(Some(real)),
         Err(_) => Err(None),
     }
+}
+
+/// Reads at most `limit` bytes of `path` (and one more, to tell): `Ok(None)` when the
+/// file is larger. A file from the repository (a pull request's) is never read whole.
+pub fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let file = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, limit + 1), &mut bytes)?;
+    Ok((bytes.len() as u64 <= limit).then_some(bytes))
 }
 
 /// Pure: is `real` (a resolved path) a checkout's `.git` or inside one? Never shipped: it

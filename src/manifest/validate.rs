@@ -308,7 +308,7 @@ fn public_key(path: &Spanned<String>, cx: &mut Cx) -> Option<String> {
         None => PathBuf::from(&path.value),
     };
     // A public key is one line: 64 KiB is plenty, and a huge (or endless) file is not read.
-    let Some(text) = super::read_bounded(&expanded, 64 * 1024)
+    let Some(text) = super::paths::read_bounded(&expanded, 64 * 1024)
         .ok()
         .flatten()
         .and_then(|bytes| String::from_utf8(bytes).ok())
