@@ -111,9 +111,11 @@ pub async fn remove(
     let cloud = &session.cloud;
     let root = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     {
-        // Where its state file records something, the region must answer.
+        // The target's state file, read once. Where it records something, the region must
+        // answer.
+        let recorded = deployment.and_then(|id| owned(&root, id, target));
         let mut search = search.clone();
-        for r in deployment.and_then(|id| owned(&root, id, target)).iter().flat_map(|s| &s.resources) {
+        for r in recorded.iter().flat_map(|s| &s.resources) {
             search.require(&r.region);
         }
         let (mut found, skipped) =
@@ -129,7 +131,7 @@ pub async fn remove(
         // While any of it still shows by its tags, what the state file records is removed
         // too (tags on new resources show late); nothing showing means removed already.
         if let Some(id) = deployment
-            && let Some(recorded) = owned(&root, id, target)
+            && let Some(recorded) = &recorded
         {
             match found.get_mut(id) {
                 Some(seen) => seen.add_recorded(&recorded.resources),
@@ -155,7 +157,7 @@ pub async fn remove(
             // Nothing of it shows anywhere it was made: its state file (when this target's)
             // says so, or it would hold a later `create` of the id back.
             if let Some(id) = deployment
-                && owned(&root, id, target).is_some()
+                && recorded.is_some()
                 && let Err(e) = state::mark_removed(&root, id, &[])
             {
                 progress.event(format!("warning: cannot update the state file of {id}: {e}"));

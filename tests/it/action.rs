@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::common::repo;
 use crate::deliver::{Player, config, repository};
-use crate::emulator::Emulator;
+use crate::emulator::{Emulator, writes};
 
 pub const TOKEN: &str = "ghs_testTOKEN0123456789abcdefXYZ";
 const SECRET: &str = "app-secret-value-4711";
@@ -319,19 +319,7 @@ fn main_saves_what_post_needs_before_anything_can_fail() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let standing = emu.leftovers(&["us-east-1"]);
-    let calls = emu.calls();
-    let changed = || -> Vec<String> {
-        emu.calls()
-            .iter()
-            .filter(|(k, v)| {
-                ["Create", "Import", "Delete", "Terminate", "Authorize", "Revoke"]
-                    .iter()
-                    .any(|c| k.starts_with(c))
-                    && calls.get(*k) != Some(v)
-            })
-            .map(|(k, _)| k.clone())
-            .collect()
-    };
+    let calls = writes(&emu.calls());
 
     // Main fails at the role assumption (no OIDC token) with `keep: true` and an explicit
     // id: post knows both, and removes nothing (this run made nothing).
@@ -353,7 +341,7 @@ fn main_saves_what_post_needs_before_anything_can_fail() {
     );
     let post = job.run(&emu, "post", &[("working-directory", wd), ("keep", "false")], None);
     assert!(post.status.success(), "{}", text(&post));
-    assert!(changed().is_empty(), "post changed EC2: {:?}\n{}", changed(), text(&post));
+    assert_eq!(writes(&emu.calls()), calls, "post changed EC2\n{}", text(&post));
     assert_eq!(emu.leftovers(&["us-east-1"]), standing);
 
     // An unreadable `keep`: an input error in main (nothing made), "keep" in post.
@@ -371,7 +359,7 @@ fn main_saves_what_post_needs_before_anything_can_fail() {
     let empty = Job::new("9403", "push", json!({}));
     let post = empty.run(&emu, "post", &[("working-directory", wd), ("keep", "yes")], None);
     assert!(post.status.success(), "{}", text(&post));
-    assert!(changed().is_empty(), "an unreadable keep changed EC2: {:?}", changed());
+    assert_eq!(writes(&emu.calls()), calls, "an unreadable keep changed EC2");
 
     // After `down`, `reap` and `validate`, post does nothing (here with `staging` named).
     for mode in ["validate", "reap", "down"] {

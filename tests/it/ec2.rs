@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::emulator::{Emulator, ec2_like, lagging, project, state_dir};
+use crate::emulator::{Emulator, ec2_like, lagging, project, state_dir, writes};
 
 const CONFIG_TWO_REGIONS: &str = "\
 aws:
@@ -636,17 +636,6 @@ fn api_calls_per_create_and_destroy_do_not_grow_with_the_instance_count() {
     }
     assert_eq!(counts[0], counts[1], "calls for 3 instances vs 12 in 3 regions");
     assert_clean(&emu, &regions);
-}
-
-/// Calls that change something in EC2, by name, out of a `calls()` count.
-fn writes(calls: &std::collections::BTreeMap<String, u64>) -> std::collections::BTreeMap<String, u64> {
-    let changes =
-        ["Create", "Import", "Delete", "Terminate", "Modify", "Authorize", "Revoke", "Attach", "Associate"];
-    calls
-        .iter()
-        .filter(|(k, _)| changes.iter().any(|c| k.starts_with(c)))
-        .map(|(k, v)| (k.clone(), *v))
-        .collect()
 }
 
 #[test]

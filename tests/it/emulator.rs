@@ -231,3 +231,14 @@ pub fn project(config: &str) -> tempfile::TempDir {
 pub fn state_dir(dir: &Path) -> PathBuf {
     dir.join(".spot-state")
 }
+
+/// Calls that change something in EC2, by name, out of a `calls()` count.
+pub fn writes(calls: &std::collections::BTreeMap<String, u64>) -> std::collections::BTreeMap<String, u64> {
+    let changes =
+        ["Create", "Import", "Delete", "Terminate", "Modify", "Authorize", "Revoke", "Attach", "Associate"];
+    calls
+        .iter()
+        .filter(|(k, _)| changes.iter().any(|c| k.starts_with(c)))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect()
+}
