@@ -37,6 +37,15 @@ impl fmt::Display for Secret {
     }
 }
 
+/// 128 bits from the operating system's random source, as 32 hex digits: a token no
+/// text printed before it can know (the log fence's).
+pub fn random_token() -> String {
+    use ssh_key::rand_core::RngCore as _;
+    let mut bytes = [0u8; 16];
+    OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// An OpenSSH ed25519 key pair.
 #[derive(Debug, Clone)]
 pub struct KeyPair {

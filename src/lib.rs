@@ -12,6 +12,7 @@ pub mod cloud_init;
 pub mod commands;
 pub mod deliver;
 pub mod error;
+pub mod fence;
 pub mod github;
 pub mod keys;
 pub mod lifecycle;
@@ -33,6 +34,9 @@ pub fn run(cli: cli::Cli) -> Result<(), Error> {
     let runtime = commands::runtime()?;
     let _inside = runtime.enter();
     lifecycle::progress::exit_on_signals();
+    if actions::in_actions() {
+        fence::enable();
+    }
     match cli.command {
         cli::Command::Generate(args) => commands::generate::run(&args),
         cli::Command::Validate(args) => commands::validate::run(&args),

@@ -40,11 +40,12 @@ fn report(err: &Error) {
             let _ = spot_deployer::commands::render_report(report, *format);
         }
         other => {
-            let mut stderr = std::io::stderr().lock();
-            let _ = writeln!(stderr, "error: {other}");
+            // An error can quote an instance's output (a failed step's tail, a journal).
+            let mut text = format!("error: {other}");
             if let Some(help) = other.help() {
-                let _ = writeln!(stderr, "  = help: {help}");
+                text.push_str(&format!("\n  = help: {help}"));
             }
+            let _ = writeln!(std::io::stderr().lock(), "{}", spot_deployer::fence::guard(&text));
         }
     }
 }

@@ -30,7 +30,7 @@ pub(super) async fn push(
         }
         Reuse::Absent => {}
         Reuse::Replace { why, regions } => {
-            println!("replacing {id}: {why}");
+            println!("{}", crate::fence::guard(&format!("replacing {id}: {why}")));
             actions::group(&format!("Replace the previous {id}"));
             let progress = Progress::new();
             let removed = ops::remove::remove(

@@ -189,7 +189,7 @@ where
         Err(e) => Err(e),
     };
     match done {
-        Ok(said) => println!("{said}"),
+        Ok(said) => println!("{}", crate::fence::guard(&said)),
         Err(e) => actions::warning("spot: GitHub", &e),
     }
 }

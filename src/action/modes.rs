@@ -35,7 +35,7 @@ pub async fn run() -> Result<(), Error> {
     match mode {
         Mode::Validate => {
             let (deployment, listing) = ops::validate(&dir, Format::Github, actions::repository())?;
-            println!("{}", ops::valid_line(&deployment, &listing));
+            println!("{}", crate::fence::guard(&ops::valid_line(&deployment, &listing)));
             Ok(())
         }
         Mode::Up => up(&dir, keep).await,

@@ -47,7 +47,6 @@ pub fn run(args: &CreateArgs) -> Result<(), Error> {
 
 fn print_ready(json: bool, created: &Created) {
     let (plan, outcomes, took) = (&created.plan, &created.outcomes, created.seconds);
-    let mut out = std::io::stdout().lock();
     if json {
         let doc = serde_json::json!({
             "deployment_id": plan.deployment_id,
@@ -55,9 +54,10 @@ fn print_ready(json: bool, created: &Created) {
             "state_file": created.state_path,
             "instances": outcomes,
         });
-        let _ = writeln!(out, "{doc:#}");
+        let _ = writeln!(std::io::stdout(), "{}", crate::fence::json(&format!("{doc:#}")));
         return;
     }
+    let mut out = crate::fence::Guarded::stdout();
     let ready = outcomes.iter().filter(|o| o.ready).count();
     let _ = writeln!(
         out,

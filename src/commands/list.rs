@@ -14,12 +14,13 @@ pub fn run(args: &ListArgs) -> Result<(), Error> {
         inventory::discover(&session.cloud, &regions, &Default::default()).await
     });
     let found = found.map_err(|e| ops::cloud_error(&e))?;
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.json {
         let list: Vec<&inventory::Deployed> = found.values().collect();
-        let _ = writeln!(out, "{:#}", serde_json::to_value(list).unwrap_or_default());
-        return out.flush().map_err(|e| Error::io("stdout", "write to", e));
+        let doc = serde_json::to_value(list).unwrap_or_default();
+        return writeln!(std::io::stdout(), "{}", crate::fence::json(&format!("{doc:#}")))
+            .map_err(|e| Error::io("stdout", "write to", e));
     }
+    let mut out = crate::fence::Guarded::stdout();
     if found.is_empty() {
         let _ = writeln!(out, "no deployments in {}", regions.join(", "));
         return out.flush().map_err(|e| Error::io("stdout", "write to", e));

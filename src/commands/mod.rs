@@ -26,10 +26,19 @@ pub fn default_format(asked: Option<Format>) -> Format {
 /// machines (and the Actions runner) read them.
 pub fn render_report(report: &Report, format: Format) -> io::Result<()> {
     match format {
-        Format::Human => report.render(format, &mut io::stderr().lock()),
-        Format::Json | Format::Github => {
+        // The human form quotes the description's lines: fenced for the runner.
+        Format::Human => report.render(format, &mut crate::fence::Guarded::stderr()),
+        // Annotations are one escaped command each; JSON is neutralized.
+        Format::Github => {
             let mut out = io::stdout().lock();
             report.render(format, &mut out)?;
+            out.flush()
+        }
+        Format::Json => {
+            let mut text = Vec::new();
+            report.render(format, &mut text)?;
+            let mut out = io::stdout().lock();
+            out.write_all(crate::fence::json(&String::from_utf8_lossy(&text)).as_bytes())?;
             out.flush()
         }
     }

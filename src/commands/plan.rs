@@ -30,11 +30,12 @@ pub fn run(args: &PlanArgs) -> Result<(), Error> {
     } else {
         let plan = plan::build(&deployment, &inputs, listing, &user_data);
         if args.json {
-            serde_json::to_writer_pretty(&mut out, &plan)
+            serde_json::to_string_pretty(&plan)
                 .map_err(std::io::Error::from)
-                .and_then(|()| writeln!(out))
+                .and_then(|text| writeln!(out, "{}", crate::fence::json(&text)))
         } else {
-            out.write_all(plan.human().as_bytes())
+            // The description's text (script commands, paths) as a reader sees it.
+            out.write_all(crate::fence::guard(&plan.human()).as_bytes())
         }
     };
     written.and_then(|()| out.flush()).map_err(|e| Error::io("stdout", "write to", e))

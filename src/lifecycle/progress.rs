@@ -45,11 +45,12 @@ impl Progress {
                 let _ = write!(err, "\r\x1b[K");
                 *shown = false;
             }
-            let _ = writeln!(err, "  {}", message.as_ref());
+            let _ = writeln!(err, "{}", crate::fence::guard(&format!("  {}", message.as_ref())));
         } else {
             let now = jiff::Timestamp::now().strftime("%H:%M:%S");
-            let _ =
-                writeln!(err, "[{now} +{:.1}s] {}", self.started.elapsed().as_secs_f64(), message.as_ref());
+            let line = format!("[{now} +{:.1}s] {}", self.started.elapsed().as_secs_f64(), message.as_ref());
+            // The fence goes around the whole line: a stop line must start its line.
+            let _ = writeln!(err, "{}", crate::fence::guard(&line));
         }
     }
 

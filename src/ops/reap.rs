@@ -193,12 +193,14 @@ async fn pr_state(
 /// Prints the decisions (text or JSON); an error when a removal was incomplete.
 pub fn report(decisions: &[Decision], dry_run: bool, json: bool) -> Result<(), Error> {
     use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
     if json {
-        let _ = writeln!(out, "{:#}", serde_json::json!({ "dry_run": dry_run, "deployments": decisions }));
-    } else if decisions.is_empty() {
-        let _ = writeln!(out, "nothing found");
+        let doc = serde_json::json!({ "dry_run": dry_run, "deployments": decisions });
+        let _ = writeln!(std::io::stdout(), "{}", crate::fence::json(&format!("{doc:#}")));
     } else {
+        let mut out = crate::fence::Guarded::stdout();
+        if decisions.is_empty() {
+            let _ = writeln!(out, "nothing found");
+        }
         for line in lines(decisions, dry_run) {
             let _ = writeln!(out, "{line}");
         }

@@ -228,7 +228,7 @@ pub fn report(
     search: &Search,
     progress: &Progress,
 ) -> Result<(), Error> {
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::fence::Guarded::stdout();
     match removal? {
         None => {
             let what = deployment

@@ -1089,3 +1089,70 @@ fn role_to_assume_mints_credentials_from_the_runners_oidc_token() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("id-token: write"), "{}", text(&out));
 }
+
+/// What a pull request's script prints to take over the runner: workflow commands in both
+/// forms, one after a lone CR, a stop of its own and a forged resume, and the secret.
+const HOSTILE: &str = "#!/bin/sh\n\
+echo '::set-output name=x::hostile-output'\n\
+echo '::add-mask::hostile-mask'\n\
+echo '   ::error::hostile-v2'\n\
+echo 'text ##[error]hostile-legacy'\n\
+printf 'lone\\r::warning::hostile-cr\\n'\n\
+echo '::stop-commands::guessed'\n\
+echo '::guessed::'\n\
+echo '::0123456789abcdef0123456789abcdef::'\n\
+echo '::set-env name=NODE_OPTIONS::hostile-env'\n\
+echo \"leak: $(cat /etc/spot/secrets/APP_TOKEN)\"\n\
+exit 1\n";
+
+#[test]
+fn a_hostile_script_printing_workflow_commands_and_its_secret_gets_neither_obeyed() {
+    let emu = Emulator::start();
+    let player = Player::start(&emu, &["us-east-1"], &[]);
+    let dir = repository(
+        &config(1, "root"),
+        "version: 1\nscripts:\n  - name: hostile\n    path: scripts/hostile.sh\nsecrets:\n  - APP_TOKEN\n",
+        &[(".spot/scripts/hostile.sh", HOSTILE)],
+    );
+    let job = Job::new("9101", "push", json!({"ref": "refs/heads/main"}));
+    let inputs = [
+        ("working-directory", dir.path().to_str().unwrap()),
+        ("ssh-cidr", "127.0.0.1/32"),
+        ("ssh-timeout", "60s"),
+    ];
+    let main = job.run(&emu, "main", &inputs, Some(&player.ssh_dir));
+    assert!(!main.status.success(), "{}\nplayer: {}", text(&main), player.log());
+    // The failure shows the script's output, fenced.
+    let stderr = String::from_utf8_lossy(&main.stderr);
+    assert!(
+        stderr.contains("hostile-legacy") && stderr.contains("::stop-commands::"),
+        "{stderr}\nplayer: {}",
+        player.log()
+    );
+    // The same text without its fences would be obeyed (the legacy form anywhere, and a
+    // line after a lone CR): the check below can fail.
+    let unfenced: String = stderr
+        .lines()
+        .filter(|l| !l.starts_with("::stop-commands::") && !(l.starts_with("::") && l.len() == 36))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let obeyed: Vec<String> = crate::runner_log::commands(&unfenced).into_iter().map(|c| c.name).collect();
+    assert!(obeyed.contains(&"warning".to_string()) && obeyed.contains(&"error".to_string()), "{obeyed:?}");
+    let post = job.run(&emu, "post", &[("working-directory", dir.path().to_str().unwrap())], None);
+    assert!(post.status.success(), "{}", text(&post));
+    for (what, out) in [("main", &main), ("post", &post)] {
+        for stream in [&out.stdout, &out.stderr] {
+            for c in crate::runner_log::commands(&String::from_utf8_lossy(stream)) {
+                let spots = match c.name.as_str() {
+                    "add-mask" => c.data != "hostile-mask",
+                    "group" | "endgroup" => true,
+                    "error" | "warning" | "notice" => c.line.starts_with(&format!("::{} title=spot", c.name)),
+                    _ => false,
+                };
+                assert!(spots, "{what}: the runner would obey `{}`", c.line);
+            }
+        }
+    }
+    assert_clean(&emu);
+    assert_no_secret(&job, dir.path(), &[SECRET, "PRIVATE KEY"]);
+}

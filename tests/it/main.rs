@@ -13,6 +13,7 @@ mod emulator;
 mod fixtures;
 mod layers;
 mod props;
+mod runner_log;
 mod schema;
 mod ssh;
 mod vm;
