@@ -7,6 +7,7 @@
 pub mod action;
 pub mod actions;
 pub mod bundle;
+pub mod caps;
 pub mod cli;
 pub mod cloud_init;
 pub mod commands;

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use crate::manifest::types::{
-    AWS_REGIONS, Deployment, Fallback, Image, InstanceType, RegionSpec, SshAccess, Tarball, TarballSource,
-    parse_duration,
+    AWS_REGIONS, Deployment, Fallback, Image, InstanceType, Origin, RegionSpec, SshAccess, Tarball,
+    TarballSource, parse_duration,
 };
 use crate::manifest::validate::{DEFAULT_DEST, MAX_TTL_SECS, MIN_TTL_SECS, is_cidr};
 
@@ -89,6 +89,8 @@ impl Overrides {
                         max_price: None,
                         storage_gb: config.storage_gb,
                         tags: BTreeMap::new(),
+                        origin: Origin::default(),
+                        type_origins: Vec::new(),
                     });
                 regions.push(spec);
             }
@@ -97,6 +99,7 @@ impl Overrides {
         if !types.is_empty() {
             for region in &mut config.regions {
                 region.instance_types.clone_from(&types);
+                region.type_origins = vec![Origin::default(); types.len()];
             }
         }
         if config.regions.iter().any(|r| r.instance_types.is_empty()) {
@@ -104,7 +107,10 @@ impl Overrides {
         }
         if let Some(count) = &self.count {
             match count.trim().parse::<u32>() {
-                Ok(n) if (1..=1000).contains(&n) => config.total_instances = n,
+                Ok(n) if (1..=1000).contains(&n) => {
+                    config.total_instances = n;
+                    config.written.total_instances = Origin::default();
+                }
                 _ => {
                     errors.push(format!("{}: `{count}` is not a whole number from 1 to 1000", name("count")));
                 }
@@ -112,7 +118,10 @@ impl Overrides {
         }
         if let Some(ttl) = &self.ttl {
             match parse_duration(ttl.trim()) {
-                Ok(secs) if (MIN_TTL_SECS..=MAX_TTL_SECS).contains(&secs) => config.ttl_secs = secs,
+                Ok(secs) if (MIN_TTL_SECS..=MAX_TTL_SECS).contains(&secs) => {
+                    config.ttl_secs = secs;
+                    config.written.ttl = Origin::default();
+                }
                 Ok(_) => errors.push(format!("{}: `{ttl}` is outside 10m..7d", name("ttl"))),
                 Err(e) => errors.push(format!("{}: {e}", name("ttl"))),
             }
@@ -144,6 +153,7 @@ impl Overrides {
             let bad: Vec<&String> = self.ssh_cidrs.iter().filter(|c| !is_cidr(c)).collect();
             if bad.is_empty() {
                 config.ssh_access = SshAccess::Cidrs(self.ssh_cidrs.clone());
+                config.written.ssh_cidrs = vec![Origin::default(); self.ssh_cidrs.len()];
             } else {
                 for c in bad {
                     errors.push(format!(
@@ -187,7 +197,7 @@ impl Overrides {
 fn tarball(deployment: &Deployment, path: &str) -> Result<Tarball, String> {
     let dest =
         deployment.manifest.tarball.as_ref().map_or_else(|| DEFAULT_DEST.to_string(), |t| t.dest.clone());
-    let origin = crate::manifest::types::Origin::default();
+    let origin = Origin::default();
     if path.starts_with("https://") || path.starts_with("http://") {
         return Ok(Tarball { source: TarballSource::Url { url: path.to_string() }, dest, origin });
     }

@@ -49,6 +49,12 @@ pub const INPUTS: &[&str] = &[
     "endpoint-url",
     "dry-run",
     "whole-account",
+    "secrets",
+    "max-instances",
+    "max-ttl",
+    "allowed-instance-types",
+    "allowed-regions",
+    "allow-anywhere",
 ];
 
 /// Every output the main step sets.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::state::{self, ActionHooks};
 use super::{Mode, io, summary, usage};
 use crate::actions;
+use crate::caps::Caps;
 use crate::error::Error;
 use crate::lifecycle::progress::Progress;
 use crate::manifest::Format;
@@ -70,6 +71,7 @@ fn job(dir: &std::path::Path, id: &str) -> Result<Job, Error> {
         min_ready,
         deliver: true,
         format: Format::Github,
+        caps: Some(Caps::from_inputs(actions::input).map_err(|e| usage(e.join("\n")))?),
     })
 }
 

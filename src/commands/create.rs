@@ -25,6 +25,7 @@ pub fn run(args: &CreateArgs) -> Result<(), Error> {
         min_ready: args.min_ready,
         deliver: !args.no_deliver,
         format: super::default_format(args.format),
+        caps: None,
     };
     // Errors in the description, the flags and the secrets surface here, before
     // credentials are looked at; the user-data's size is checked when `create` renders it,

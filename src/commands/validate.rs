@@ -14,7 +14,11 @@ pub fn run(args: &ValidateArgs) -> Result<(), Error> {
             super::render_report(&Report::default(), format).map_err(|e| Error::io("stdout", "write to", e))
         }
         Format::Human | Format::Github => {
-            let _ = writeln!(std::io::stdout(), "{}", crate::fence::guard(&crate::ops::valid_line(&deployment, &listing)));
+            let _ = writeln!(
+                std::io::stdout(),
+                "{}",
+                crate::fence::guard(&crate::ops::valid_line(&deployment, &listing))
+            );
             Ok(())
         }
     }

@@ -217,6 +217,22 @@ pub struct RegionSpec {
     pub max_price: Option<f64>,
     pub storage_gb: u32,
     pub tags: BTreeMap<String, String>,
+    /// Where the region's name was written (empty: given by an override).
+    #[serde(skip)]
+    pub origin: Origin,
+    /// Where each of `instance_types` was written, in order (empty: an override's).
+    #[serde(skip)]
+    pub type_origins: Vec<Origin>,
+}
+
+/// Where `config.yaml` wrote the values a workflow can cap; an empty [`Origin`] when
+/// the value is the default or an override's (a workflow input, a flag).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Written {
+    pub total_instances: Origin,
+    pub ttl: Origin,
+    /// One per source of `SshAccess::Cidrs`, in order.
+    pub ssh_cidrs: Vec<Origin>,
 }
 
 /// `config.yaml`, validated.
@@ -235,6 +251,8 @@ pub struct Config {
     pub public_ip: bool,
     /// Public keys (OpenSSH one-line form) to authorize besides the deployment's own.
     pub extra_authorized_keys: Vec<String>,
+    #[serde(skip)]
+    pub written: Written,
 }
 
 /// A script step.

@@ -18,7 +18,7 @@ use super::read::{Cx, Spanned, suggest};
 use super::span::Span;
 use super::types::{
     AWS_REGIONS, Config, Fallback, HealthCheck, Image, InstanceType, Manifest, Origin, Probe, RegionSpec,
-    Script, ScriptRun, SecretRef, Service, SshAccess, Tarball, TarballSource, Template, Upload,
+    Script, ScriptRun, SecretRef, Service, SshAccess, Tarball, TarballSource, Template, Upload, Written,
     parse_duration,
 };
 
@@ -130,6 +130,19 @@ pub fn config(raw: &RawConfig, cx: &mut Cx) -> Config {
         },
     };
 
+    let origin = |span: Span| Origin { file: cx.file.clone(), span };
+    let mut written = Written {
+        total_instances: aws
+            .and_then(|a| a.total_instances.as_ref())
+            .map(|n| origin(n.span))
+            .unwrap_or_default(),
+        ttl: aws.and_then(|a| a.ttl.as_ref()).map(|t| origin(t.span)).unwrap_or_default(),
+        ssh_cidrs: Vec::new(),
+    };
+    if let Some(list) = aws.and_then(|a| a.ssh_cidr.as_ref()) {
+        written.ssh_cidrs =
+            list.value.0.iter().filter(|c| is_cidr(&c.value)).map(|c| origin(c.span)).collect();
+    }
     let ssh_access = match aws.and_then(|a| a.ssh_cidr.as_ref()) {
         None => SshAccess::Runner,
         Some(list) => SshAccess::Cidrs(
@@ -206,6 +219,7 @@ pub fn config(raw: &RawConfig, cx: &mut Cx) -> Config {
         dedicated_vpc: aws.and_then(|a| get(a.use_dedicated_vpc.as_ref())).unwrap_or(false),
         public_ip: aws.and_then(|a| get(a.associate_public_ip.as_ref())).unwrap_or(true),
         extra_authorized_keys,
+        written,
     }
 }
 
@@ -366,6 +380,7 @@ fn regions(
         }
         let settings = &entry.settings.value;
         let mut types: Vec<InstanceType> = Vec::new();
+        let mut type_origins = Vec::new();
         match &settings.machine_type {
             None => cx.error(
                 Kind::MissingField,
@@ -382,7 +397,10 @@ fn regions(
                             format!("instance type `{}` is listed twice", t.value),
                             "list each type once",
                         ),
-                        Ok(it) => types.push(it),
+                        Ok(it) => {
+                            types.push(it);
+                            type_origins.push(Origin { file: cx.file.clone(), span: t.span });
+                        }
                         Err(e) => cx.error(
                             Kind::BadInstanceType,
                             t.span,
@@ -429,6 +447,8 @@ fn regions(
             max_price: settings.spot_price_limit.as_ref().map_or(max_price, |p| price(p, cx)),
             storage_gb: settings.instance_storage_gb.as_ref().map_or(storage_gb, |s| storage(s, cx)),
             tags: region_tags,
+            origin: Origin { file: cx.file.clone(), span: name.span },
+            type_origins,
         });
     }
     out

@@ -12,6 +12,7 @@ use futures::FutureExt as _;
 use super::Session;
 use super::ship::{SshDeliver, pack_bundle};
 use crate::bundle::Listing;
+use crate::caps::{Beyond, Caps};
 use crate::cloud_init::{self, UserDataKeys};
 use crate::deliver::Limits;
 use crate::error::Error;
@@ -42,6 +43,9 @@ pub struct Job {
     pub min_ready: Option<u32>,
     pub deliver: bool,
     pub format: Format,
+    /// The workflow's limits on what the description raises (the Action's); `None`: the
+    /// CLI, whose user wrote the description they run.
+    pub caps: Option<Caps>,
 }
 
 /// What the caller (the CLI, the action) adds to a run.
@@ -98,6 +102,9 @@ pub fn prepare(job: &Job) -> Result<Prepared, Error> {
     })? {
         listing = super::relist(&deployment, format)?;
     }
+    if let Some(caps) = &job.caps {
+        beyond_caps(caps.check(&deployment), format)?;
+    }
     let limits = Limits { boot: job.boot, ..Limits::default() };
     let total = deployment.config.total_instances;
     let min_ready = match job.min_ready {
@@ -114,6 +121,30 @@ pub fn prepare(job: &Job) -> Result<Prepared, Error> {
     };
     let secret_values = if job.deliver { read_secrets(&deployment)? } else { Vec::new() };
     Ok(Prepared { inputs, deployment, listing, limits, min_ready, secret_values })
+}
+
+/// The description's values beyond the caps as one located report; else the workflow's
+/// own inputs that disagree, as a usage error naming them.
+fn beyond_caps(beyond: Vec<Beyond>, format: Format) -> Result<(), Error> {
+    let mut report = crate::manifest::Report::default();
+    let mut inputs = Vec::new();
+    for b in beyond {
+        match b {
+            Beyond::Written(d) => report.push(d),
+            Beyond::Inputs(message) => inputs.push(message),
+        }
+    }
+    if !report.is_empty() {
+        report.finish();
+        return Err(Error::Invalid { report, format });
+    }
+    if inputs.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Usage {
+        message: inputs.join("\n"),
+        help: "the workflow's limit inputs (max-instances, max-ttl, allowed-instance-types, allowed-regions, secrets) cap its other inputs too: change one or the other".into(),
+    })
 }
 
 /// Refuses a deployment id that is already in use: a second `create` under one id would

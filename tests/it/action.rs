@@ -81,6 +81,9 @@ pub struct Job {
     event_name: String,
     event: Value,
     pub api_url: Option<String>,
+    /// Inputs every step of this job's workflow gives unless the step says otherwise:
+    /// the workflow allows the tests' secret (`secrets: APP_TOKEN`).
+    pub with: Vec<(&'static str, &'static str)>,
 }
 
 impl Job {
@@ -91,6 +94,7 @@ impl Job {
             event_name: event_name.into(),
             event,
             api_url: None,
+            with: vec![("secrets", "APP_TOKEN")],
         }
     }
 
@@ -128,7 +132,11 @@ impl Job {
         }
         let (declared, _) = declared();
         for (name, default) in declared {
-            let given = inputs.iter().find(|(n, _)| *n == name).map_or(default, |(_, v)| (*v).to_string());
+            let given = inputs
+                .iter()
+                .chain(&self.with)
+                .find(|(n, _)| *n == name)
+                .map_or(default, |(_, v)| (*v).to_string());
             cmd.env(format!("INPUT_{}", name.to_uppercase()), given);
         }
         if step == "post" {
@@ -1155,4 +1163,43 @@ fn a_hostile_script_printing_workflow_commands_and_its_secret_gets_neither_obeye
     }
     assert_clean(&emu);
     assert_no_secret(&job, dir.path(), &[SECRET, "PRIVATE KEY"]);
+}
+
+#[test]
+fn a_description_beyond_the_workflows_limits_is_refused_at_its_lines_before_any_cloud_call() {
+    let emu = Emulator::start();
+    let config = "aws:\n  total_instances: 5\n  ttl: 2d\n  ssh_cidr: [203.0.113.7/32, 0.0.0.0/0]\n\
+                  regions:\n  - us-east-1:\n      machine_type: [t3.small, m7i.4xlarge]\n  - ap-south-1:\n      machine_type: t3.small\n";
+    let dir = repository(config, "version: 1\nsecrets:\n  - APP_TOKEN\n  - name: DB\n    env: DB_URL\n", &[]);
+    let job = Job::new("9201", "pull_request", json!({"number": 7}));
+    let wd = dir.path().to_str().unwrap();
+    let out = job.run(&emu, "main", &[("working-directory", wd), ("allowed-regions", "us-* eu-*")], None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for (line, col, says) in [
+        (2, 20, "total_instances is 5, beyond the workflow's limit of 4"),
+        (3, 8, "longer than the workflow's limit of 1d"),
+        (4, 30, "opens SSH to the whole internet"),
+        (7, 32, "`m7i.4xlarge` is not one the workflow allows"),
+        (8, 5, "`ap-south-1` is not one the workflow allows"),
+    ] {
+        let at = format!("::error file=.spot/config.yaml,line={line},col={col}");
+        assert!(stdout.lines().any(|l| l.starts_with(&at) && l.contains(says)), "{at} {says}:\n{stdout}");
+    }
+    // Within the limits, the secret the workflow does not list is named with the input.
+    let within = "aws:\n  ssh_cidr: 203.0.113.7/32\nregions:\n  - us-east-1: {machine_type: t3.small}\n";
+    std::fs::write(dir.path().join(".spot/config.yaml"), within).unwrap();
+    let out = job.run(&emu, "main", &[("working-directory", wd)], None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("secret `DB` reads environment variable DB_URL, which input `secrets` does not allow")
+            && !said.contains("`APP_TOKEN` reads"),
+        "{said}"
+    );
+    // The workflow's own inputs are held to its limits too, and anywhere is its to allow.
+    let inputs = [("working-directory", wd), ("secrets", "APP_TOKEN DB_URL"), ("count", "9")];
+    let out = job.run(&emu, "main", &inputs, None);
+    assert!(text(&out).contains("input `count` is 9, beyond input `max-instances` (4)"), "{}", text(&out));
+    assert_eq!(writes(&emu.calls()), BTreeMap::new(), "a refused description changed EC2");
 }

@@ -1,0 +1,274 @@
+//! Pure: what a workflow lets a pull request's description raise. The Action's limit
+//! inputs (`max-instances`, `max-ttl`, `allowed-instance-types`, `allowed-regions`,
+//! `allow-anywhere`, `secrets`) become [`Caps`]; [`Caps::check`] holds the description,
+//! after the workflow's own overrides, against them before any cloud call. A value the
+//! description wrote is refused at its line and column; one the workflow gave itself (an
+//! input beyond another input) is refused naming both inputs.
+
+use crate::manifest::types::{Deployment, Origin, SshAccess, format_duration, parse_duration};
+use crate::manifest::{Diagnostic, Kind};
+
+/// The defaults, as action.yml declares them: small and short enough that a hostile
+/// pull request's worst is a few dollars, wide enough for an ordinary test environment.
+pub const DEFAULT_MAX_INSTANCES: u32 = 4;
+pub const DEFAULT_MAX_TTL: &str = "24h";
+pub const DEFAULT_INSTANCE_TYPES: &str = "*.nano *.micro *.small *.medium *.large *.xlarge";
+pub const DEFAULT_REGIONS: &str = "*";
+
+/// The limits of one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caps {
+    pub max_instances: u32,
+    pub max_ttl_secs: u64,
+    /// Each an instance type (`m7i.large`), a family (`t3`: any size of it), or a pattern
+    /// with `*` (`*.large`, `m7*.*`).
+    pub instance_types: Vec<String>,
+    /// Region names or patterns (`eu-*`, `*`).
+    pub regions: Vec<String>,
+    /// Whether the description may open SSH to the whole internet.
+    pub allow_anywhere: bool,
+    /// The environment variables a manifest secret may be read from.
+    pub secrets: Vec<String>,
+}
+
+/// One thing beyond the caps.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Beyond {
+    /// Written in the description: refused at its place.
+    Written(Diagnostic),
+    /// From the workflow's own inputs (an override beyond a cap, a secret not allowed).
+    Inputs(String),
+}
+
+fn words(v: &str) -> Vec<String> {
+    v.split([',', ' ', '\n', '\t', '\r']).filter(|w| !w.is_empty()).map(String::from).collect()
+}
+
+impl Caps {
+    /// From the inputs (`None`: not given, the default). Every problem at once.
+    pub fn from_inputs(input: impl Fn(&str) -> Option<String>) -> Result<Caps, Vec<String>> {
+        let mut errors = Vec::new();
+        let max_instances = match input("max-instances") {
+            None => DEFAULT_MAX_INSTANCES,
+            Some(v) => v.trim().parse::<u32>().ok().filter(|n| (1..=1000).contains(n)).unwrap_or_else(|| {
+                errors.push(format!("input `max-instances` is `{v}`: write a whole number from 1 to 1000"));
+                DEFAULT_MAX_INSTANCES
+            }),
+        };
+        let ttl = input("max-ttl").unwrap_or_else(|| DEFAULT_MAX_TTL.into());
+        let max_ttl_secs = parse_duration(ttl.trim()).unwrap_or_else(|e| {
+            errors.push(format!("input `max-ttl` is `{ttl}`: {e}"));
+            0
+        });
+        let allow_anywhere = match input("allow-anywhere").as_deref().map(str::trim) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                errors.push(format!("input `allow-anywhere` is `{other}`: write true or false"));
+                false
+            }
+        };
+        let caps = Caps {
+            max_instances,
+            max_ttl_secs,
+            instance_types: words(
+                &input("allowed-instance-types").unwrap_or_else(|| DEFAULT_INSTANCE_TYPES.into()),
+            ),
+            regions: words(&input("allowed-regions").unwrap_or_else(|| DEFAULT_REGIONS.into())),
+            allow_anywhere,
+            secrets: words(&input("secrets").unwrap_or_default()),
+        };
+        for (name, list) in
+            [("allowed-instance-types", &caps.instance_types), ("allowed-regions", &caps.regions)]
+        {
+            if list.is_empty() {
+                errors.push(format!("input `{name}` is empty: it would allow nothing (`*` allows all)"));
+            }
+        }
+        if errors.is_empty() { Ok(caps) } else { Err(errors) }
+    }
+
+    /// Everything of `deployment` beyond the caps.
+    pub fn check(&self, deployment: &Deployment) -> Vec<Beyond> {
+        let config = &deployment.config;
+        let mut beyond = Vec::new();
+        let mut at = |origin: &Origin, kind: Kind, message: String, help: String, input: String| {
+            beyond.push(if origin.file.is_empty() {
+                Beyond::Inputs(input)
+            } else {
+                Beyond::Written(Diagnostic::new(kind, origin.file.clone(), origin.span, message, help))
+            });
+        };
+        if config.total_instances > self.max_instances {
+            at(
+                &config.written.total_instances,
+                Kind::CountOutOfRange,
+                format!(
+                    "total_instances is {}, beyond the workflow's limit of {} (input `max-instances`)",
+                    config.total_instances, self.max_instances
+                ),
+                format!(
+                    "ask for at most {} instance(s), or raise `max-instances` in the workflow",
+                    self.max_instances
+                ),
+                format!(
+                    "input `count` is {}, beyond input `max-instances` ({})",
+                    config.total_instances, self.max_instances
+                ),
+            );
+        }
+        if config.ttl_secs > self.max_ttl_secs {
+            let (ttl, max) = (format_duration(config.ttl_secs), format_duration(self.max_ttl_secs));
+            at(
+                &config.written.ttl,
+                Kind::BadTtl,
+                format!("ttl `{ttl}` is longer than the workflow's limit of {max} (input `max-ttl`)"),
+                format!("choose a time to live of at most {max}, or raise `max-ttl` in the workflow"),
+                format!("the time to live {ttl} (input `ttl`) is longer than input `max-ttl` ({max})"),
+            );
+        }
+        for region in &config.regions {
+            if !self.regions.iter().any(|p| glob(p, &region.name)) {
+                at(
+                    &region.origin,
+                    Kind::UnknownRegion,
+                    format!(
+                        "region `{}` is not one the workflow allows (input `allowed-regions`)",
+                        region.name
+                    ),
+                    format!("use one of: {}", self.regions.join(", ")),
+                    format!(
+                        "input `regions` names `{}`, which input `allowed-regions` does not allow",
+                        region.name
+                    ),
+                );
+            }
+            for (k, t) in region.instance_types.iter().enumerate() {
+                if !self.instance_types.iter().any(|p| type_allowed(p, t.as_str())) {
+                    let origin = region.type_origins.get(k).cloned().unwrap_or_default();
+                    at(
+                        &origin,
+                        Kind::BadInstanceType,
+                        format!(
+                            "instance type `{t}` is not one the workflow allows (input `allowed-instance-types`)",
+                            t = t.as_str()
+                        ),
+                        format!("use one of: {}", self.instance_types.join(", ")),
+                        format!(
+                            "input `instance-types` names `{}`, which input `allowed-instance-types` does not allow",
+                            t.as_str()
+                        ),
+                    );
+                }
+            }
+        }
+        if let SshAccess::Cidrs(cidrs) = &config.ssh_access
+            && !self.allow_anywhere
+        {
+            for (k, cidr) in cidrs.iter().enumerate() {
+                let origin = config.written.ssh_cidrs.get(k).cloned().unwrap_or_default();
+                // The workflow's own `ssh-cidr` is its choice.
+                if is_open(cidr) && !origin.file.is_empty() {
+                    at(
+                        &origin,
+                        Kind::InvalidValue,
+                        format!("ssh_cidr `{cidr}` opens SSH to the whole internet, which the workflow does not allow"),
+                        "leave `ssh_cidr` out (SSH is then open to the runner only), or set `allow-anywhere: true` in the workflow".into(),
+                        String::new(),
+                    );
+                }
+            }
+        }
+        for s in &deployment.manifest.secrets {
+            if !self.secrets.iter().any(|a| a == &s.env) {
+                beyond.push(Beyond::Inputs(format!(
+                    "secret `{}` reads environment variable {}, which input `secrets` does not allow",
+                    s.name, s.env
+                )));
+            }
+        }
+        beyond
+    }
+}
+
+/// Pure: does `pattern` (with `*` for any run of characters) match all of `value`?
+pub fn glob(pattern: &str, value: &str) -> bool {
+    let (p, v): (Vec<char>, Vec<char>) = (pattern.chars().collect(), value.chars().collect());
+    // Classic two-pointer match with backtracking to the last `*`.
+    let (mut i, mut j, mut star, mut mark) = (0, 0, None, 0);
+    while j < v.len() {
+        if i < p.len() && p[i] == '*' {
+            star = Some(i);
+            mark = j;
+            i += 1;
+        } else if i < p.len() && p[i] == v[j] {
+            i += 1;
+            j += 1;
+        } else if let Some(s) = star {
+            i = s + 1;
+            mark += 1;
+            j = mark;
+        } else {
+            return false;
+        }
+    }
+    p[i..].iter().all(|&c| c == '*')
+}
+
+/// A family (no `.`) allows every size of it; else the pattern matches the whole type.
+fn type_allowed(pattern: &str, t: &str) -> bool {
+    if pattern.contains('.') { glob(pattern, t) } else { t.split('.').next() == Some(pattern) }
+}
+
+/// Pure: does `cidr` cover (near enough) the whole internet: an IPv4 prefix shorter than
+/// /8, or an IPv6 one shorter than /16 (`0.0.0.0/0`, `::/0`, and their halves)?
+pub fn is_open(cidr: &str) -> bool {
+    let Some((addr, len)) = cidr.split_once('/') else {
+        return false;
+    };
+    let Ok(len) = len.parse::<u8>() else {
+        return false;
+    };
+    if addr.contains(':') { len < 16 } else { len < 8 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_types_families_and_regions() {
+        assert!(type_allowed("*.large", "m7i.large"));
+        assert!(!type_allowed("*.large", "m7i.xlarge"));
+        assert!(type_allowed("t3", "t3.2xlarge"));
+        assert!(!type_allowed("t3", "t3a.nano"));
+        assert!(type_allowed("m7*.*", "m7g.medium"));
+        assert!(glob("eu-*", "eu-west-1") && !glob("eu-*", "us-east-1") && glob("*", "ap-south-2"));
+        assert!(glob("a*b*c", "aXbYbc") && !glob("a*b", "ab-"));
+    }
+
+    #[test]
+    fn only_near_whole_internet_sources_are_open() {
+        for open in ["0.0.0.0/0", "128.0.0.0/1", "::/0", "8000::/1"] {
+            assert!(is_open(open), "{open}");
+        }
+        for closed in ["10.0.0.0/8", "203.0.113.7/32", "2001:db8::/32", "::1/128"] {
+            assert!(!is_open(closed), "{closed}");
+        }
+    }
+
+    #[test]
+    fn inputs_parse_with_defaults_and_every_error_at_once() {
+        let caps = Caps::from_inputs(|_| None).unwrap();
+        assert_eq!((caps.max_instances, caps.max_ttl_secs, caps.allow_anywhere), (4, 86_400, false));
+        assert!(caps.secrets.is_empty());
+        let errors = Caps::from_inputs(|n| match n {
+            "max-instances" => Some("0".into()),
+            "max-ttl" => Some("forever".into()),
+            "allowed-regions" => Some(" ".into()),
+            _ => None,
+        })
+        .unwrap_err();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+    }
+}
