@@ -200,7 +200,8 @@ pub fn pack(listing: &Listing, level: u32, out: impl std::io::Write) -> std::io:
         header.set_mtime(0);
         header.set_uid(0);
         header.set_gid(0);
-        header.set_mode(entry.mode);
+        // Never a setuid or setgid bit, whatever the checkout's file has.
+        header.set_mode(entry.mode & !0o6000);
         if let Some(target) = &entry.link {
             header.set_entry_type(tar::EntryType::Symlink);
             header.set_size(0);
@@ -231,6 +232,13 @@ pub fn check_archive(path: &Path) -> Result<(), String> {
     let file = std::fs::File::open(path).map_err(|e| format!("cannot read it: {e}"))?;
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
     let entries = archive.entries().map_err(|e| format!("not a tar.gz: {e}"))?;
+    // Every symlink the archive makes, by its path: an entry below one would be written
+    // wherever it points (`a -> /etc`, then `a/passwd`).
+    let mut links: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let through = |links: &std::collections::HashSet<String>, path: &str| {
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+        (1..parts.len()).map(|n| parts[..n].join("/")).find(|prefix| links.contains(prefix))
+    };
     for entry in entries {
         let entry = entry.map_err(|e| format!("not a tar.gz: {e}"))?;
         let raw = entry.path_bytes();
@@ -238,13 +246,27 @@ pub fn check_archive(path: &Path) -> Result<(), String> {
         if escapes(&name) {
             return Err(format!("its entry `{name}` would be written outside the destination"));
         }
+        if let Some(link) = through(&links, &name) {
+            return Err(format!("its entry `{name}` passes through the symlink `{link}` it makes"));
+        }
         let kind = entry.header().entry_type();
+        if kind.is_hard_link()
+            && let Some(link) =
+                entry.link_name_bytes().and_then(|t| through(&links, &String::from_utf8_lossy(&t)))
+        {
+            return Err(format!("its hard link `{name}` passes through the symlink `{link}` it makes"));
+        }
+        if kind.is_symlink() {
+            links
+                .insert(name.split('/').filter(|p| !p.is_empty() && *p != ".").collect::<Vec<_>>().join("/"));
+        }
         if kind.is_symlink() || kind.is_hard_link() {
             let target =
                 entry.link_name_bytes().map(|t| String::from_utf8_lossy(&t).into_owned()).unwrap_or_default();
             // A link is resolved from its own folder (hard links from the root).
             let parent = if kind.is_symlink() { name.rsplit_once('/').map_or("", |(p, _)| p) } else { "" };
-            if target.starts_with('/') || escapes(&format!("{parent}/{target}")) {
+            let resolved = if parent.is_empty() { target.clone() } else { format!("{parent}/{target}") };
+            if target.starts_with('/') || escapes(&resolved) {
                 return Err(format!("its link `{name}` -> `{target}` points outside the destination"));
             }
         }

@@ -198,8 +198,17 @@ fn tarball(deployment: &Deployment, path: &str) -> Result<Tarball, String> {
     let dest =
         deployment.manifest.tarball.as_ref().map_or_else(|| DEFAULT_DEST.to_string(), |t| t.dest.clone());
     let origin = Origin::default();
-    if path.starts_with("https://") || path.starts_with("http://") {
-        return Ok(Tarball { source: TarballSource::Url { url: path.to_string() }, dest, origin });
+    if path.starts_with("https://") {
+        return Ok(Tarball {
+            source: TarballSource::Url { url: path.to_string(), sha256: None },
+            dest,
+            origin,
+        });
+    }
+    if path.starts_with("http://") {
+        return Err(format!(
+            "`{path}` is plain http: anyone on the way can swap the build; use https:// (or the description's `tarball: {{source, allow_http: true, sha256}}`)"
+        ));
     }
     let rel = path.trim_start_matches("./").trim_end_matches('/');
     if rel.is_empty() || rel.starts_with('/') || rel.split('/').any(|c| c == "..") {

@@ -294,7 +294,7 @@ pub fn build(deployment: &Deployment, inputs: &Inputs, listing: Listing, user_da
         })
         .collect();
     let tarball_url = manifest.tarball.as_ref().and_then(|t| match &t.source {
-        TarballSource::Url { url } => Some(url.clone()),
+        TarballSource::Url { url, .. } => Some(url.clone()),
         _ => None,
     });
     Plan {

@@ -132,18 +132,34 @@ pub fn environment_comment(created: &Created, head_sha: Option<&str>) -> String 
 
 /// The job summary of a failed `up`.
 pub fn failed(id: &str, error: &str) -> String {
-    format!("## spot: {id} failed\n\n```\n{}\n```\n", error.chars().take(20_000).collect::<String>())
+    format!("## spot: {id} failed\n\n{}", code_block(&error.chars().take(20_000).collect::<String>()))
+}
+
+/// Pure: `text` as a fenced code block no line of it can close: the fence is longer than
+/// any run of backticks in it. Inside, Markdown, HTML, links and @-mentions are inert.
+pub fn code_block(text: &str) -> String {
+    let mut longest = 0;
+    let mut run = 0;
+    for c in text.chars() {
+        run = if c == '`' { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    let fence = "`".repeat(longest.max(2) + 1);
+    format!("{fence}text\n{}\n{fence}\n", text.trim_end_matches('\n'))
 }
 
 /// The sticky comment of a failed push; `kept`: what ran before is still there.
 pub fn failed_comment(id: &str, error: &str, kept: bool) -> String {
-    let first = error.lines().next().unwrap_or_default();
+    // The error can quote the pull request's description or an instance's output: shown
+    // as code, so it cannot format, link, embed or mention anything in the comment.
+    let first: String = error.lines().next().unwrap_or_default().chars().take(500).collect();
+    let first = code_block(&first);
     let left = if kept {
         "what ran before keeps running, and the next push tries again"
     } else {
         "nothing of this run was kept"
     };
-    format!("### spot environment `{id}`: failed\n\n{first}\n\nSee the job log; {left}.\n")
+    format!("### spot environment `{id}`: failed\n\n{first}\nSee the job log; {left}.\n")
 }
 
 /// The job summary of a teardown of `id` in `regions` that took `seconds`.
@@ -160,7 +176,7 @@ pub fn teardown(id: &str, regions: &str, removal: Result<&Option<Removal>, &str>
         Ok(None) => {
             format!("## spot: teardown of `{id}`\n\nnothing left to remove in {regions}\n")
         }
-        Err(e) => format!("## spot: teardown of `{id}` failed\n\n```\n{e}\n```\n"),
+        Err(e) => format!("## spot: teardown of `{id}` failed\n\n{}", code_block(e)),
     }
 }
 
@@ -253,18 +269,33 @@ mod tests {
     }
 
     #[test]
+    fn text_from_outside_is_inert_in_markdown() {
+        let hostile = "step `x` failed: ```\n</details><img src=https://evil.example/p> @octocat ````";
+        let block = code_block(hostile);
+        let fence = block.lines().next().unwrap().trim_end_matches("text");
+        assert_eq!(fence, "`````", "{block}");
+        // No line inside can close it: every other line is shorter in backticks than the fence.
+        let inner: Vec<&str> = block.lines().skip(1).collect();
+        assert_eq!(inner.last(), Some(&fence));
+        assert!(inner[..inner.len() - 1].iter().all(|l| !l.trim_start().starts_with(fence)), "{block}");
+        let comment = failed_comment("pr-7", hostile, false);
+        // The comment shows the first line only, fenced by its own longest run.
+        assert!(comment.contains("````text\nstep `x` failed: ```\n````\n"), "{comment}");
+        assert!(failed("pr-7", hostile).contains("@octocat ````\n`````\n"));
+    }
+
+    #[test]
     fn comments_and_teardown_summaries_say_what_happened() {
         let comment = environment_comment(&created(&[true, false]), Some("0123456789abcdef"));
         assert!(comment.contains("`i-0`") && !comment.contains("`i-1`"), "{comment}");
         assert!(comment.contains("`0123456789ab`"), "{comment}");
-        assert!(
-            failed_comment("pr-7", "create failed: no capacity\nmore", true)
-                .contains("no capacity\n\nSee the job log; what ran before keeps running")
-        );
+        assert!(failed_comment("pr-7", "create failed: no capacity\nmore", true).contains(
+            "```text\ncreate failed: no capacity\n```\n\nSee the job log; what ran before keeps running"
+        ));
         assert!(failed_comment("pr-7", "x", false).contains("nothing of this run was kept"));
         let regions = "us-east-1";
         assert!(teardown("d", regions, Ok(&None), 1.0).contains("nothing left to remove in us-east-1"));
-        assert!(teardown("d", regions, Err("denied"), 1.0).contains("failed\n\n```\ndenied"));
+        assert!(teardown("d", regions, Err("denied"), 1.0).contains("failed\n\n```text\ndenied\n```\n"));
         let partial = Removal {
             removed: Vec::new(),
             failed: vec![(

@@ -13,6 +13,7 @@ pub mod run;
 
 use std::time::Duration;
 
+use crate::bundle::{Listing, Part};
 use crate::cloud_init::ENV_FILE;
 use crate::manifest::types::{Deployment, Probe, ScriptRun, TarballSource};
 use crate::shell::quote as shell_quote;
@@ -37,6 +38,8 @@ pub struct Step {
     pub unit: Option<String>,
     /// What decides whether the step passed.
     pub check: Check,
+    /// Streamed to the script's standard input (empty: none).
+    pub input: Vec<u8>,
 }
 
 /// How a step's result is judged.
@@ -104,78 +107,159 @@ fn boot_step(limits: &Limits) -> Step {
         timeout: limits.boot,
         unit: None,
         check: Check::CloudInit,
+        input: Vec::new(),
     }
 }
 
+/// How an archive's modes are taken when it is unpacked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Modes {
+    /// spot's own bundle: exactly as packed (spot packs no setuid or setgid bit).
+    AsPacked,
+    /// A build archive: as a non-root `tar` takes them (umask 022, and never a setuid or
+    /// setgid bit).
+    Build,
+}
+
 /// Refuses any entry of the archive `path` whose name is absolute or has a `..`
-/// component, then extracts it under `dir`. The entry names stay in `$list`.
-fn safe_extract(path: &str, dir: &str) -> String {
+/// component, then extracts it under `dir`, never changing a folder that is already
+/// there (`--no-overwrite-dir`). GNU tar itself refuses an entry that passes through a
+/// symlink the archive made (`a -> /etc`, then `a/passwd`: "Not a directory").
+fn safe_extract(path: &str, dir: &str, modes: Modes) -> String {
     let (path, dir) = (shell_quote(path), shell_quote(dir));
+    let flags = match modes {
+        Modes::AsPacked => "--no-same-owner --no-overwrite-dir",
+        Modes::Build => "--no-same-owner --no-overwrite-dir --no-same-permissions",
+    };
     format!(
         "list=$(mktemp)\n\
          tar -tzf {path} > \"$list\"\n\
          bad=$(awk '/^\\// || /(^|\\/)\\.\\.(\\/|$)/ {{print; exit}}' \"$list\")\n\
-         if [ -n \"$bad\" ]; then echo \"refusing {path}: entry '$bad' would be written outside {dir}\" >&2; exit {EXIT_REFUSED}; fi\n\
+         if [ -n \"$bad\" ]; then printf 'refusing %s: entry %s would be written outside %s\\n' {path} \"$bad\" {dir} >&2; exit {EXIT_REFUSED}; fi\n\
+         rm -f \"$list\"\n\
          mkdir -p {dir}\n\
-         tar -xzf {path} -C {dir} --no-same-owner\n"
+         tar -xzf {path} -C {dir} {flags}\n"
     )
 }
 
-/// Gives the bundle entries of one upload (those named in `$list` under its destination)
-/// to `owner`.
-fn chown_upload(dest: &str, is_dir: bool, owner: &str) -> String {
-    let name = dest.trim_start_matches('/').trim_end_matches('/');
-    // A folder's entries and the folders between them and the destination.
-    let select = if is_dir {
-        "index($0, p \"/\") == 1 { print; n = $0; \
-         while ((i = match(n, /\\/[^\\/]*$/)) > length(p) + 1) { n = substr(n, 1, i - 1); if (!(n in seen)) { seen[n] = 1; print n } } }"
-    } else {
-        "$0 == p"
-    };
-    let (q_owner, q_dest) = (shell_quote(owner), shell_quote(&format!("/{name}")));
-    format!(
-        "if ! awk -v p={p} '{select}' \"$list\" | (cd / && xargs -r -d '\\n' chown -h -- {q_owner}) \\\n\
-         \x20  || ! chown {q_owner} {q_dest}; then\n\
-         \x20 echo \"cannot give {q_dest} to {q_owner}: does that user exist (created by a package or script)?\" >&2; exit {EXIT_REFUSED}\n\
-         fi\n",
-        p = shell_quote(name),
-    )
+/// What the unpack step reads on its standard input, and the script lines that use it:
+/// for each upload, the NUL-separated paths (without the leading `/`) spot itself put in
+/// the bundle for it, and the folders between them and its destination. An upload's
+/// folders are given to its owner only when the unpack made them: a folder that was
+/// already there (`/`, `/usr/local/bin`) keeps its owner.
+struct Owners {
+    input: Vec<u8>,
+    read: String,
+    before: String,
+    after: String,
 }
 
-/// Builds the steps for `deployment` with its packed bundle.
+fn owners(deployment: &Deployment, listing: &Listing) -> Owners {
+    let login_user = format!("{}:", deployment.config.username);
+    let mut o =
+        Owners { input: Vec::new(), read: String::new(), before: String::new(), after: String::new() };
+    for (k, upload) in deployment.manifest.uploads.iter().enumerate() {
+        let owner = upload.owner.as_deref().unwrap_or(&login_user);
+        let dest = upload.dest.trim_end_matches('/');
+        let mut files: Vec<&str> = Vec::new();
+        let mut dirs: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        for entry in listing.entries.iter().filter(|e| e.part == Part::Upload) {
+            let inside = if upload.is_dir {
+                entry.dest.strip_prefix(dest).is_some_and(|rest| rest.starts_with('/'))
+            } else {
+                entry.dest == dest
+            };
+            if !inside {
+                continue;
+            }
+            files.push(entry.dest.trim_start_matches('/'));
+            if upload.is_dir {
+                // The folders between the destination and the entry.
+                let mut at = entry.dest.as_str();
+                while let Some((parent, _)) = at.rsplit_once('/') {
+                    if parent.len() <= dest.len() {
+                        break;
+                    }
+                    dirs.insert(parent.trim_start_matches('/').to_string());
+                    at = parent;
+                }
+            }
+        }
+        if upload.is_dir && !dest.is_empty() {
+            dirs.insert(dest.trim_start_matches('/').to_string());
+        }
+        let mut section = |name: String, paths: &mut dyn Iterator<Item = &str>| {
+            let start = o.input.len();
+            for p in paths {
+                o.input.extend_from_slice(p.as_bytes());
+                o.input.push(0);
+            }
+            o.read.push_str(&format!("head -c {} > \"$o/{name}\"\n", o.input.len() - start));
+        };
+        section(format!("{k}f"), &mut files.iter().copied());
+        section(format!("{k}d"), &mut dirs.iter().map(String::as_str));
+        o.before.push_str(&format!(
+            "(cd / && xargs -0 -r sh -c 'for d do [ -e \"$d\" ] || [ -L \"$d\" ] || printf \"%s\\000\" \"$d\"; done' sh) < \"$o/{k}d\" > \"$o/{k}n\"\n"
+        ));
+        let (q_owner, q_dest) = (shell_quote(owner), shell_quote(&upload.dest));
+        o.after.push_str(&format!(
+            "if ! (cd / && xargs -0 -r chown -h -- {q_owner} < \"$o/{k}f\" && xargs -0 -r chown -h -- {q_owner} < \"$o/{k}n\"); then\n\
+             \x20 printf 'cannot give %s to %s: does that user exist (created by a package or script)?\\n' {q_dest} {q_owner} >&2; exit {EXIT_REFUSED}\n\
+             fi\n"
+        ));
+    }
+    o
+}
+
+/// Builds the steps for `deployment` with its bundle (`listing`, packed to `bundle_sha256`).
 /// Uploads without an `owner` go to the login user.
-pub fn steps(deployment: &Deployment, bundle_sha256: &str, limits: &Limits) -> Delivery {
+pub fn steps(deployment: &Deployment, listing: &Listing, bundle_sha256: &str, limits: &Limits) -> Delivery {
     let manifest = &deployment.manifest;
     let bundle_path = format!("{BUNDLES_DIR}/{bundle_sha256}.tar.gz");
 
     // The marker of an earlier delivery goes before anything changes: a redeploy that
-    // stops halfway must never look finished to the next one.
-    let mut unpack = format!("set -eu\nrm -f {READY_MARKER}\n");
-    unpack.push_str(&safe_extract(&bundle_path, "/"));
-    let login_user = format!("{}:", deployment.config.username);
-    for upload in &manifest.uploads {
-        let owner = upload.owner.as_deref().unwrap_or(&login_user);
-        unpack.push_str(&chown_upload(&upload.dest, upload.is_dir, owner));
-    }
-    unpack.push_str("rm -f \"$list\"\n");
+    // stops halfway must never look finished to the next one. Folders the unpack makes
+    // are 0755 whatever the instance's umask.
+    let mut unpack = format!("set -eu\numask 022\nrm -f {READY_MARKER}\n");
+    let owners = owners(deployment, listing);
+    unpack.push_str("o=$(mktemp -d)\n");
+    unpack.push_str(&owners.read);
+    unpack.push_str(&owners.before);
+    unpack.push_str(&safe_extract(&bundle_path, "/", Modes::AsPacked));
+    unpack.push_str(&owners.after);
+    unpack.push_str("rm -rf \"$o\"\n");
     if let Some(tarball) = &manifest.tarball {
         match &tarball.source {
             TarballSource::Dir { .. } => {}
             TarballSource::Archive { path, .. } => {
                 let name = path.rsplit('/').next().unwrap_or(path);
                 let archive = format!("{}/{name}", tarball.dest);
-                unpack.push_str(&safe_extract(&archive, &tarball.dest));
-                unpack.push_str(&format!("rm -f {} \"$list\"\n", shell_quote(&archive)));
+                unpack.push_str(&safe_extract(&archive, &tarball.dest, Modes::Build));
+                unpack.push_str(&format!("rm -f {}\n", shell_quote(&archive)));
             }
-            TarballSource::Url { url } => {
+            TarballSource::Url { url, sha256 } => {
                 let archive = format!("{BUNDLES_DIR}/build-download.tar.gz");
+                let (a, u) = (shell_quote(&archive), shell_quote(url));
+                // https only unless the description allowed http (curl: no downgrade on a
+                // redirect either).
+                let (protocols, wget) = if url.starts_with("https://") {
+                    ("=https", "--https-only ")
+                } else {
+                    ("=http,https", "")
+                };
                 unpack.push_str(&format!(
-                    "curl -fsSL --retry 3 -o {a} {u} || wget -q -O {a} {u}\n",
-                    a = shell_quote(&archive),
-                    u = shell_quote(url)
+                    "curl -fsSL --proto {protocols} --proto-redir {protocols} --retry 3 -o {a} {u} || wget -q {wget}-O {a} {u}\n"
                 ));
-                unpack.push_str(&safe_extract(&archive, &tarball.dest));
-                unpack.push_str(&format!("rm -f {} \"$list\"\n", shell_quote(&archive)));
+                if let Some(sha) = sha256 {
+                    let sha = shell_quote(sha);
+                    unpack.push_str(&format!(
+                        "if ! printf '%s  %s\\n' {sha} {a} | sha256sum -c --status -; then\n\
+                         \x20 printf 'the build from %s is not sha256 %s: refusing it\\n' {u} {sha} >&2; rm -f {a}; exit {EXIT_REFUSED}\n\
+                         fi\n"
+                    ));
+                }
+                unpack.push_str(&safe_extract(&archive, &tarball.dest, Modes::Build));
+                unpack.push_str(&format!("rm -f {}\n", shell_quote(&archive)));
             }
         }
     }
@@ -187,6 +271,7 @@ pub fn steps(deployment: &Deployment, bundle_sha256: &str, limits: &Limits) -> D
             timeout: limits.unpack,
             unit: None,
             check: Check::ExitStatus,
+            input: owners.input,
         },
     ];
 
@@ -207,6 +292,7 @@ pub fn steps(deployment: &Deployment, bundle_sha256: &str, limits: &Limits) -> D
             timeout: Duration::from_secs(script.timeout_secs),
             unit: None,
             check: Check::ExitStatus,
+            input: Vec::new(),
         });
     }
     if !manifest.services.is_empty() {
@@ -231,6 +317,7 @@ pub fn steps(deployment: &Deployment, bundle_sha256: &str, limits: &Limits) -> D
                 timeout: limits.service,
                 unit: Some(unit),
                 check: Check::ExitStatus,
+                input: Vec::new(),
             });
         }
         for service in manifest.services.iter().filter(|s| s.start) {
@@ -247,6 +334,7 @@ pub fn steps(deployment: &Deployment, bundle_sha256: &str, limits: &Limits) -> D
         timeout: Duration::from_secs(30),
         unit: None,
         check: Check::ExitStatus,
+        input: Vec::new(),
     });
 
     Delivery {
@@ -280,6 +368,7 @@ pub fn still_ready(deployment: &Deployment) -> Step {
         timeout: Duration::from_secs(30),
         unit: None,
         check: Check::ExitStatus,
+        input: Vec::new(),
     }
 }
 
@@ -305,6 +394,7 @@ fn health_step(unit: &str, check: Option<&crate::manifest::types::HealthCheck>) 
             timeout: Duration::from_secs(30),
             unit: Some(unit.to_string()),
             check: Check::ExitStatus,
+            input: Vec::new(),
         };
     };
     let (probe, what) = match &check.probe {
@@ -338,6 +428,7 @@ fn health_step(unit: &str, check: Option<&crate::manifest::types::HealthCheck>) 
         timeout: Duration::from_secs(secs + 30),
         unit: Some(unit.to_string()),
         check: Check::ExitStatus,
+        input: Vec::new(),
     }
 }
 
@@ -371,6 +462,7 @@ mod tests {
     use super::*;
     use crate::keys::Secret;
     use crate::manifest::example;
+    use std::path::Path;
 
     #[test]
     fn a_multi_line_health_command_is_named_on_one_line() {
@@ -399,7 +491,8 @@ mod tests {
 
     #[test]
     fn every_step_is_valid_sh_and_in_order() {
-        let delivery = steps(&example(), &"ab".repeat(32), &Limits::default());
+        let listing = crate::bundle::list(&example(), false).unwrap();
+        let delivery = steps(&example(), &listing, &"ab".repeat(32), &Limits::default());
         let all: Vec<&Step> = delivery.before_secrets.iter().chain(&delivery.after_secrets).collect();
         let names: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
@@ -427,6 +520,49 @@ mod tests {
         assert_eq!(delivery.secrets[0].dest, "/etc/spot/secrets/APP_TOKEN");
         let unpack = &delivery.before_secrets[1].script;
         assert!(unpack.contains("chown -h -- 'ubuntu:'"), "uploads default to the login user: {unpack}");
+    }
+
+    /// A build archive unpacked for real by the instance's command (GNU tar as root): an
+    /// entry through a symlink it made fails the step and writes nothing there; no setuid
+    /// or setgid bit survives; a folder already there keeps its mode.
+    #[test]
+    fn a_hostile_build_archive_is_stopped_by_the_real_extraction() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let work = tempfile::tempdir().unwrap();
+        let (victim, out) = (work.path().join("victim"), work.path().join("out"));
+        std::fs::create_dir_all(out.join("keep")).unwrap();
+        std::fs::create_dir_all(&victim).unwrap();
+        std::fs::set_permissions(out.join("keep"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let archive = work.path().join("build.tar.gz");
+        let gz = flate2::write::GzEncoder::new(std::fs::File::create(&archive).unwrap(), Default::default());
+        let mut tar = tar::Builder::new(gz);
+        let mut add = |name: &str, kind: tar::EntryType, mode: u32, link: Option<&Path>| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_size(if kind == tar::EntryType::Regular { 1 } else { 0 });
+            match link {
+                Some(target) => tar.append_link(&mut h, name, target).unwrap(),
+                None if kind == tar::EntryType::Regular => tar.append_data(&mut h, name, &b"x"[..]).unwrap(),
+                None => tar.append_data(&mut h, name, std::io::empty()).unwrap(),
+            }
+        };
+        add("a", tar::EntryType::Symlink, 0o777, Some(&victim));
+        add("a/passwd", tar::EntryType::Regular, 0o644, None);
+        add("suid", tar::EntryType::Regular, 0o6755, None);
+        add("keep", tar::EntryType::Directory, 0o777, None);
+        tar.into_inner().unwrap().finish().unwrap();
+        // As in the unpack step, which starts with `umask 022`.
+        let script = format!(
+            "umask 022\n{}",
+            safe_extract(&archive.to_string_lossy(), &out.to_string_lossy(), Modes::Build)
+        );
+        let run = std::process::Command::new("sh").args(["-eu", "-c", &script]).output().unwrap();
+        assert!(!run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        assert!(String::from_utf8_lossy(&run.stderr).contains("Not a directory"));
+        assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0, "written through the symlink");
+        let mode = |p: &str| std::fs::metadata(out.join(p)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!((mode("suid"), mode("keep")), (0o755, 0o755));
     }
 
     #[test]

@@ -201,7 +201,12 @@ impl<'a> Shipment<'a> {
         progress: &Progress,
     ) -> Result<(), StepFailure> {
         let started = Instant::now();
-        let result = session.run(&session.as_root(&step.script), step.timeout).await;
+        let command = session.as_root(&step.script);
+        let result = if step.input.is_empty() {
+            session.run(&command, step.timeout).await
+        } else {
+            session.run_with_input(&command, Some(step.input.as_slice()), step.timeout).await
+        };
         let failure = match result {
             Ok(out) if out.status == 0 && step.check == Check::CloudInit => {
                 match crate::cloud_init::status::judge(&out.tail) {

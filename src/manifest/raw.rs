@@ -328,11 +328,17 @@ pub struct RawTarballSpec {
     pub source: Option<Spanned<String>>,
     /// Where it is unpacked (`destination`, `extract_to` accepted). Default `/opt/deployment`.
     pub dest: Option<Spanned<String>>,
+    /// A URL build's sha256 (64 hex digits): the instance checks the download against it
+    /// before unpacking.
+    pub sha256: Option<Spanned<String>>,
+    /// `true` lets `source` be an `http://` URL (unencrypted: anyone on the way can swap
+    /// the build, so give `sha256` too). Default: `https://` only.
+    pub allow_http: Option<Spanned<bool>>,
 }
 raw_struct!(RawTarballSpec, "`tarball`", &[(
     "checksum",
     "spot checks the bundle's sha256 on every instance itself; remove this key",
-)], { source, dest | "destination" | "extract_to" });
+)], { source, dest | "destination" | "extract_to", sha256, allow_http });
 
 /// `secrets: [{name, env, dest}]`.
 #[derive(Debug, Default, JsonSchema)]

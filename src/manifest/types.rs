@@ -356,8 +356,12 @@ pub enum TarballSource {
         #[serde(skip)]
         local: PathBuf,
     },
-    /// Downloaded by the instance.
-    Url { url: String },
+    /// Downloaded by the instance, checked against `sha256` when given.
+    Url {
+        url: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
+    },
 }
 
 /// A secret read from the environment `spot` runs in, at create time only.

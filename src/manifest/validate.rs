@@ -838,8 +838,17 @@ fn upload(u: &RawUpload, span: Span, paths: &Paths, cx: &mut Cx) -> Option<Uploa
     };
     let permissions = u.permissions.as_ref().and_then(|p| {
         let ok = (3..=4).contains(&p.value.len()) && p.value.chars().all(|c| ('0'..='7').contains(&c));
-        if ok {
-            u32::from_str_radix(&p.value, 8).ok()
+        let mode = if ok { u32::from_str_radix(&p.value, 8).ok() } else { None };
+        if let Some(m) = mode.filter(|m| m & 0o6000 != 0) {
+            cx.error(
+                Kind::InvalidValue,
+                p.span,
+                format!("permissions `{}` set setuid or setgid ({:o}): spot never ships those bits", p.value, m & 0o6000),
+                "drop the leading digit's 4 and 2 (such as \"0755\"); a script can set the bit on the instance if it must",
+            );
+            None
+        } else if ok {
+            mode
         } else {
             cx.error(
                 Kind::InvalidValue,
@@ -1171,11 +1180,15 @@ fn health_check(h: &RawHealthCheck, span: Span, cx: &mut Cx) -> Option<HealthChe
 
 fn tarball(raw: &RawManifest, paths: &Paths, cx: &mut Cx) -> Option<Tarball> {
     let mut given: Vec<(Spanned<String>, Option<Spanned<String>>, Span)> = Vec::new();
+    let mut spec_of = None;
     if let Some(t) = &raw.tarball {
         match &t.value {
             RawTarball::Short(s) => given.push((s.clone(), None, t.span)),
             RawTarball::Full(spec) => match &spec.source {
-                Some(s) => given.push((s.clone(), spec.dest.clone(), t.span)),
+                Some(s) => {
+                    given.push((s.clone(), spec.dest.clone(), t.span));
+                    spec_of = Some(spec);
+                }
                 None => cx.error(
                     Kind::MissingField,
                     t.span,
@@ -1206,8 +1219,43 @@ fn tarball(raw: &RawManifest, paths: &Paths, cx: &mut Cx) -> Option<Tarball> {
     };
     let origin = Origin { file: cx.file.clone(), span: source.span };
     let text = source.value.as_str();
-    if text.starts_with("https://") || text.starts_with("http://") {
-        return Some(Tarball { source: TarballSource::Url { url: text.to_string() }, dest, origin });
+    let sha256 = spec_of.and_then(|s| s.sha256.as_ref());
+    let allow_http = spec_of.and_then(|s| s.allow_http.as_ref());
+    let is_url = text.starts_with("https://") || text.starts_with("http://");
+    if let Some(sha) = sha256.filter(|_| !is_url) {
+        cx.error(
+            Kind::InvalidValue,
+            sha.span,
+            "`sha256` is for a build given by URL",
+            "remove it: spot checks the sha256 of everything it ships from the repository itself",
+        );
+    }
+    if is_url {
+        if text.starts_with("http://") && !allow_http.is_some_and(|a| a.value) {
+            cx.error(
+                Kind::InvalidValue,
+                source.span,
+                format!("`{text}` is plain http: anyone between the instance and the server can swap the build"),
+                "use an https:// URL, or add `allow_http: true` (and `sha256:`) to `tarball` if the server has no TLS",
+            );
+            return None;
+        }
+        let sha256 = match sha256 {
+            None => None,
+            Some(s) if s.value.len() == 64 && s.value.chars().all(|c| c.is_ascii_hexdigit()) => {
+                Some(s.value.to_ascii_lowercase())
+            }
+            Some(s) => {
+                cx.error(
+                    Kind::InvalidValue,
+                    s.span,
+                    format!("`{}` is not a sha256 (64 hex digits)", s.value),
+                    "write the output of `sha256sum build.tar.gz`, without the file name",
+                );
+                return None;
+            }
+        };
+        return Some(Tarball { source: TarballSource::Url { url: text.to_string(), sha256 }, dest, origin });
     }
     if text.contains("://") {
         cx.error(

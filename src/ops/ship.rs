@@ -33,7 +33,7 @@ pub(crate) fn pack_bundle(deployment: &Deployment, listing: &Listing, limits: &L
     let writer = std::io::BufWriter::with_capacity(256 * 1024, file.as_file());
     let packed =
         crate::bundle::pack(listing, 6, writer).map_err(|e| format!("packing the bundle failed: {e}"))?;
-    let delivery = crate::deliver::steps(deployment, &packed.sha256, limits);
+    let delivery = crate::deliver::steps(deployment, listing, &packed.sha256, limits);
     Ok(Arc::new(Packed { file, delivery }))
 }
 

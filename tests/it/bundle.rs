@@ -105,6 +105,12 @@ fn build_archives_whose_entries_escape_are_refused_before_anything_is_created() 
         ("[('/etc/passwd', 'file', '')]", "`/etc/passwd`"),
         ("[('bin/sh', 'link', '/bin/sh')]", "`bin/sh` -> `/bin/sh`"),
         ("[('a/up', 'link', '../../x')]", "`a/up` -> `../../x`"),
+        ("[('a', 'link', '/etc'), ('a/passwd', 'file', '')]", "`a` -> `/etc`"),
+        // Each link lexically inside, together outside: `l2` is `./..`.
+        (
+            "[('l1', 'link', '.'), ('l2', 'link', 'l1/..'), ('l2/passwd', 'file', '')]",
+            "`l2/passwd` passes through the symlink `l2`",
+        ),
     ] {
         let dir = archive_fixture(members);
         let out = spot().args(["validate", "--format", "json"]).arg(dir.path()).output().unwrap();

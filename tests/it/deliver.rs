@@ -603,3 +603,120 @@ fn a_reclaim_that_min_ready_absorbs_launches_nothing_and_one_no_pool_can_replace
     assert!(err.contains("InsufficientInstanceCapacity") && err.contains("rolled back"), "{err}");
     assert_clean(&emu);
 }
+
+#[test]
+fn owners_come_from_spots_own_list_and_a_folder_already_there_keeps_its_owner() {
+    let emu = Emulator::start();
+    let player = Player::start(&emu, &["us-east-1"], &[]);
+    // Names GNU tar's listing escapes (a backslash, a newline, non-ASCII), into /opt (there
+    // already, root's) and a new folder below it; a destination with `$(...)` in its name.
+    let dir = repository(
+        &config(1, "root"),
+        "version: 1\nuploads:\n  - source: files/\n    dest: /opt/\n    owner: nobody\n  \
+         - source: one.txt\n    dest: \"/srv/$(touch /srv/ran)/one.txt\"\n    owner: nobody\n",
+        &[
+            (".spot/files/plain.txt", "a"),
+            (".spot/files/back\\slash.txt", "b"),
+            (".spot/files/new\nline.txt", "c"),
+            (".spot/files/caf\u{e9}/deep/f.txt", "d"),
+            (".spot/one.txt", "e"),
+        ],
+    );
+    let out = create(&emu, &player, dir.path(), "owners-1", &[]);
+    assert!(out.status.success(), "create failed: {}\nplayer: {}", stderr(&out), player.log());
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = doc["instances"][0]["id"].as_str().unwrap();
+    let facts = player.on_instance(
+        id,
+        "cd /opt && for f in . plain.txt 'back\\slash.txt' \"$(printf 'new\\nline.txt')\" caf\u{e9} caf\u{e9}/deep caf\u{e9}/deep/f.txt; \
+         do stat -c %U \"$f\"; done; stat -c %U /srv/'$(touch /srv/ran)'/one.txt; ls /srv",
+    );
+    let lines: Vec<&str> = facts.lines().collect();
+    assert_eq!(
+        lines[..8],
+        ["root", "nobody", "nobody", "nobody", "nobody", "nobody", "nobody", "nobody"],
+        "{facts}"
+    );
+    assert!(!facts.lines().any(|l| l == "ran"), "a destination's name ran as a command: {facts}");
+    // The error path quotes it too: an owner that does not exist.
+    let deployment = std::fs::read_to_string(dir.path().join(".spot/deployment.yaml")).unwrap();
+    let unknown = deployment.replace("one.txt\"\n    owner: nobody", "one.txt\"\n    owner: nosuchuser");
+    std::fs::write(dir.path().join(".spot/deployment.yaml"), unknown).unwrap();
+    let out = create(&emu, &player, dir.path(), "owners-2", &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot give /srv/$(touch /srv/ran)/one.txt to nosuchuser"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A local file server for a build given by URL (python's http.server), stopped on drop.
+struct FileServer {
+    child: Child,
+    port: u16,
+}
+
+impl FileServer {
+    fn start(dir: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the file server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, port }
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_build_by_url_is_checked_against_its_sha256_on_the_instance_before_unpacking() {
+    let emu = Emulator::start();
+    let player = Player::start(&emu, &["us-east-1"], &[]);
+    let served = tempfile::tempdir().unwrap();
+    let made = Command::new("tar")
+        .args(["-czf", "build.tar.gz", "--owner=0", "--group=0", "-C"])
+        .arg(repo().join("examples/hello/dist"))
+        .arg(".")
+        .current_dir(served.path())
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let bytes = std::fs::read(served.path().join("build.tar.gz")).unwrap();
+    let sha: String = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&bytes))
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let server = FileServer::start(served.path());
+    let deployment = |sha: &str| {
+        format!(
+            "version: 1\ntarball:\n  source: http://127.0.0.1:{}/build.tar.gz\n  allow_http: true\n  sha256: \"{sha}\"\n  dest: /opt/app\n",
+            server.port
+        )
+    };
+    let wrong = "0".repeat(64);
+    let dir = repository(&config(1, "root"), &deployment(&wrong), &[]);
+    let out = create(&emu, &player, dir.path(), "url-1", &[]);
+    assert!(!out.status.success(), "a build that is not its sha256 was taken");
+    assert!(stderr(&out).contains(&format!("is not sha256 {wrong}: refusing it")), "{}", stderr(&out));
+    std::fs::write(dir.path().join(".spot/deployment.yaml"), deployment(&sha)).unwrap();
+    let out = create(&emu, &player, dir.path(), "url-2", &[]);
+    assert!(out.status.success(), "create failed: {}\nplayer: {}", stderr(&out), player.log());
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = doc["instances"][0]["id"].as_str().unwrap();
+    assert_eq!(player.on_instance(id, "cat /opt/app/package.json | head -c 1"), "{");
+}
