@@ -90,7 +90,8 @@ impl Overrides {
                         storage_gb: config.storage_gb,
                         tags: BTreeMap::new(),
                         origin: Origin::default(),
-                        type_origins: Vec::new(),
+                        // The types are the description's first region's, written there.
+                        type_origins: template.as_ref().map(|t| t.type_origins.clone()).unwrap_or_default(),
                     });
                 regions.push(spec);
             }

@@ -1205,3 +1205,30 @@ fn a_description_beyond_the_workflows_limits_is_refused_at_its_lines_before_any_
     assert!(text(&out).contains("input `count` is 9, beyond input `max-instances` (4)"), "{}", text(&out));
     assert_eq!(writes(&emu.calls()), BTreeMap::new(), "a refused description changed EC2");
 }
+
+/// The workflows spot ships: every third-party action pinned to a commit (a moved tag
+/// cannot change what runs with `contents: write`), and no `${{ }}` expression inside a
+/// `run:` script (a step output or event field would be pasted into the shell; they go
+/// through `env:`).
+#[test]
+fn shipped_workflows_pin_actions_by_commit_and_keep_expressions_out_of_scripts() {
+    let script = r#"
+import glob, json, re, sys, yaml
+found = []
+for path in sorted(glob.glob(".github/workflows/*.yml") + glob.glob("examples/workflows/*.yml")):
+    doc = yaml.safe_load(open(path))
+    for name, job in doc["jobs"].items():
+        for step in job.get("steps", []):
+            uses = step.get("uses")
+            if uses and not uses.startswith("./") and not uses.startswith("your-org/spot@"):
+                if not re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", uses):
+                    found.append(f"{path}: {name}: `{uses}` is not pinned to a commit")
+            if "${{" in step.get("run", ""):
+                found.append(f"{path}: {name}: an expression inside run: {step['run']!r}")
+print(json.dumps(found))
+"#;
+    let out = Command::new("/usr/bin/python3").arg("-c").arg(script).current_dir(repo()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let found: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(found.is_empty(), "{found:#?}");
+}
