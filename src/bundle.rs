@@ -246,6 +246,10 @@ pub fn check_archive(path: &Path) -> Result<(), String> {
         if escapes(&name) {
             return Err(format!("its entry `{name}` would be written outside the destination"));
         }
+        // As the instance refuses it (and so that no `..` walks round the check below).
+        if name.split('/').any(|part| part == "..") {
+            return Err(format!("its entry `{name}` has a `..` in its name"));
+        }
         if let Some(link) = through(&links, &name) {
             return Err(format!("its entry `{name}` passes through the symlink `{link}` it makes"));
         }

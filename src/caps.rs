@@ -8,8 +8,9 @@
 use crate::manifest::types::{Deployment, Origin, SshAccess, format_duration, parse_duration};
 use crate::manifest::{Diagnostic, Kind};
 
-/// The defaults, as action.yml declares them: small and short enough that a hostile
-/// pull request's worst is a few dollars, wide enough for an ordinary test environment.
+/// The defaults, as action.yml declares them: a few small instances for a day at most,
+/// enough for an ordinary test environment. (Not capped: disk size, `spot.fallback`,
+/// `max_price` and the image; see the README's security model.)
 pub const DEFAULT_MAX_INSTANCES: u32 = 4;
 pub const DEFAULT_MAX_TTL: &str = "24h";
 pub const DEFAULT_INSTANCE_TYPES: &str = "*.nano *.micro *.small *.medium *.large *.xlarge";
@@ -124,7 +125,9 @@ impl Caps {
                 Kind::BadTtl,
                 format!("ttl `{ttl}` is longer than the workflow's limit of {max} (input `max-ttl`)"),
                 format!("choose a time to live of at most {max}, or raise `max-ttl` in the workflow"),
-                format!("the time to live {ttl} (input `ttl`) is longer than input `max-ttl` ({max})"),
+                format!(
+                    "the time to live {ttl} (input `ttl`, else the default) is longer than input `max-ttl` ({max}): set a shorter `ttl`"
+                ),
             );
         }
         for region in &config.regions {
@@ -215,9 +218,14 @@ pub fn glob(pattern: &str, value: &str) -> bool {
     p[i..].iter().all(|&c| c == '*')
 }
 
-/// A family (no `.`) allows every size of it; else the pattern matches the whole type.
+/// A pattern without `.` names families (`t3`, `m7*`, `*`: every size of them); one with
+/// a `.` matches the whole type.
 fn type_allowed(pattern: &str, t: &str) -> bool {
-    if pattern.contains('.') { glob(pattern, t) } else { t.split('.').next() == Some(pattern) }
+    if pattern.contains('.') {
+        glob(pattern, t)
+    } else {
+        glob(pattern, t.split('.').next().unwrap_or_default())
+    }
 }
 
 /// Pure: does `cidr` cover (near enough) the whole internet: an IPv4 prefix shorter than
@@ -243,6 +251,11 @@ mod tests {
         assert!(type_allowed("t3", "t3.2xlarge"));
         assert!(!type_allowed("t3", "t3a.nano"));
         assert!(type_allowed("m7*.*", "m7g.medium"));
+        assert!(
+            type_allowed("*", "p5.48xlarge")
+                && type_allowed("m7*", "m7g.large")
+                && !type_allowed("m7*", "m6i.large")
+        );
         assert!(glob("eu-*", "eu-west-1") && !glob("eu-*", "us-east-1") && glob("*", "ap-south-2"));
         assert!(glob("a*b*c", "aXbYbc") && !glob("a*b", "ab-"));
     }

@@ -7,15 +7,38 @@
 //! [`guard`] puts every line spot prints that could be read so between those two, with a
 //! fresh 128-bit token from the operating system each time: text that cannot know the
 //! token cannot end the fence early. Only spot's own commands (masks, annotations,
-//! groups) go out unfenced.
+//! groups) go out unfenced. The runner keeps one fence state for both streams it reads,
+//! so the Action's steps print everything on stdout ([`one_stream`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static ON: AtomicBool = AtomicBool::new(false);
+static ONE_STREAM: AtomicBool = AtomicBool::new(false);
 
 /// From now on the process's output is read by the Actions runner (`GITHUB_ACTIONS`).
 pub fn enable() {
     ON.store(true, Ordering::SeqCst);
+}
+
+/// From now on everything goes to stdout, spot's own commands too (the Action's steps).
+/// The runner reads stdout and stderr on two threads into one fence state, so a line of
+/// one stream can land inside the other's fence, in either direction: one stream keeps
+/// spot's commands and its fences in the order they were written.
+pub fn one_stream() {
+    ONE_STREAM.store(true, Ordering::SeqCst);
+}
+
+/// Prints `text` and a newline where diagnostics go: stderr, or stdout in one-stream mode,
+/// in one locked write. Guard the text first when it can carry text from outside.
+pub fn eprint(text: &str) {
+    use std::io::Write as _;
+    let line = format!("{text}\n");
+    if ONE_STREAM.load(Ordering::SeqCst) {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
+    } else {
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
 }
 
 /// Pure: could the runner take any line of `text` for a command? (Conservative: a `::`
@@ -32,7 +55,8 @@ pub fn fenced(text: &str, token: &str) -> String {
 
 /// `text` as it may go to the log: fenced with a fresh token when the runner reads the
 /// output and some line of it could be a command; else as it is. Print it whole, in one
-/// locked write, so nothing of spot's own is caught inside the fence.
+/// locked write on the stream spot's commands use, so nothing of spot's own is caught
+/// inside the fence.
 pub fn guard(text: &str) -> String {
     if ON.load(Ordering::SeqCst) && commandlike(text) {
         fenced(text, &crate::keys::random_token())
@@ -88,7 +112,7 @@ impl Drop for Guarded {
         if text.ends_with('\n') && !guarded.ends_with('\n') {
             guarded.push('\n');
         }
-        let _ = if self.stderr {
+        let _ = if self.stderr && !ONE_STREAM.load(Ordering::SeqCst) {
             std::io::stderr().lock().write_all(guarded.as_bytes())
         } else {
             let mut out = std::io::stdout().lock();

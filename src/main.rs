@@ -1,6 +1,5 @@
 //! The `spot` binary: parse arguments, run, map the outcome to a documented exit code.
 
-use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
@@ -45,7 +44,7 @@ fn report(err: &Error) {
             if let Some(help) = other.help() {
                 text.push_str(&format!("\n  = help: {help}"));
             }
-            let _ = writeln!(std::io::stderr().lock(), "{}", spot_deployer::fence::guard(&text));
+            spot_deployer::fence::eprint(&spot_deployer::fence::guard(&text));
         }
     }
 }

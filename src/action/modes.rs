@@ -36,6 +36,9 @@ pub async fn run() -> Result<(), Error> {
     match mode {
         Mode::Validate => {
             let (deployment, listing) = ops::validate(&dir, Format::Github, actions::repository())?;
+            // Held to the workflow's limits as `up` would hold it.
+            let caps = Caps::from_inputs(actions::input).map_err(|e| usage(e.join("\n")))?;
+            ops::up::within(&caps, &deployment, Format::Github)?;
             println!("{}", crate::fence::guard(&ops::valid_line(&deployment, &listing)));
             Ok(())
         }
@@ -82,11 +85,14 @@ async fn up(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
     let job = job(dir, &id)?;
     actions::save_state(state::DEPLOYMENT_ID, &id).map_err(|e| io("GITHUB_STATE", e))?;
     actions::save_state(state::RUN_ID, &job.run_id).map_err(|e| io("GITHUB_STATE", e))?;
+    // Everything the inputs and the description decide, before any cloud call (the role's
+    // credentials too).
+    let prepared = ops::up::prepare(&job);
     let session = super::session().await?;
     // A pull request's comment is about its kept environment.
     let pr = job.pr.filter(|_| keep);
     let hooks = ActionHooks::default();
-    let outcome = match ops::up::prepare(&job) {
+    let outcome = match prepared {
         // A push with a broken description fails here and leaves any environment alone.
         Err(e) => Err((e, keep)),
         Ok(prepared) => {

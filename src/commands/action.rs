@@ -5,10 +5,12 @@ use crate::error::Error;
 
 /// The main step.
 pub fn main() -> Result<(), Error> {
+    crate::fence::one_stream();
     super::block_on(crate::action::modes::run())
 }
 
 /// The post step.
 pub fn post() -> Result<(), Error> {
+    crate::fence::one_stream();
     super::block_on(crate::action::post::run())
 }

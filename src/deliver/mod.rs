@@ -163,11 +163,15 @@ fn owners(deployment: &Deployment, listing: &Listing) -> Owners {
         let dest = upload.dest.trim_end_matches('/');
         let mut files: Vec<&str> = Vec::new();
         let mut dirs: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        // This upload's own entries: from its source, to its destination (another upload's
+        // files can land under the same folder, `/` included).
+        let source = upload.source.trim_end_matches('/');
         for entry in listing.entries.iter().filter(|e| e.part == Part::Upload) {
             let inside = if upload.is_dir {
                 entry.dest.strip_prefix(dest).is_some_and(|rest| rest.starts_with('/'))
+                    && entry.source.strip_prefix(source).is_some_and(|rest| rest.starts_with('/'))
             } else {
-                entry.dest == dest
+                entry.dest == dest && entry.source == source
             };
             if !inside {
                 continue;
@@ -188,13 +192,20 @@ fn owners(deployment: &Deployment, listing: &Listing) -> Owners {
         if upload.is_dir && !dest.is_empty() {
             dirs.insert(dest.trim_start_matches('/').to_string());
         }
+        // Cut from the whole input, saved as a file first: `head -c` on a pipe may read
+        // past its count on a tool other than GNU's.
         let mut section = |name: String, paths: &mut dyn Iterator<Item = &str>| {
             let start = o.input.len();
             for p in paths {
                 o.input.extend_from_slice(p.as_bytes());
                 o.input.push(0);
             }
-            o.read.push_str(&format!("head -c {} > \"$o/{name}\"\n", o.input.len() - start));
+            let len = o.input.len() - start;
+            o.read.push_str(&format!(
+                "tail -c +{from} \"$o/in\" | head -c {len} > \"$o/{name}\"\n\
+                 [ \"$(wc -c < \"$o/{name}\")\" -eq {len} ] || {{ echo 'the list of owners arrived short' >&2; exit {EXIT_REFUSED}; }}\n",
+                from = start + 1
+            ));
         };
         section(format!("{k}f"), &mut files.iter().copied());
         section(format!("{k}d"), &mut dirs.iter().map(String::as_str));
@@ -222,7 +233,7 @@ pub fn steps(deployment: &Deployment, listing: &Listing, bundle_sha256: &str, li
     // are 0755 whatever the instance's umask.
     let mut unpack = format!("set -eu\numask 022\nrm -f {READY_MARKER}\n");
     let owners = owners(deployment, listing);
-    unpack.push_str("o=$(mktemp -d)\n");
+    unpack.push_str("o=$(mktemp -d)\ncat > \"$o/in\"\n");
     unpack.push_str(&owners.read);
     unpack.push_str(&owners.before);
     unpack.push_str(&safe_extract(&bundle_path, "/", Modes::AsPacked));
@@ -247,8 +258,11 @@ pub fn steps(deployment: &Deployment, listing: &Listing, bundle_sha256: &str, li
                 } else {
                     ("=http,https", "")
                 };
+                // wget only without curl: it must not retry what curl refused (a redirect to
+                // http), and it follows no redirect at all.
                 unpack.push_str(&format!(
-                    "curl -fsSL --proto {protocols} --proto-redir {protocols} --retry 3 -o {a} {u} || wget -q {wget}-O {a} {u}\n"
+                    "if command -v curl >/dev/null 2>&1; then curl -fsSL --proto {protocols} --proto-redir {protocols} --retry 3 -o {a} {u}; \
+                     else wget -q {wget}--max-redirect=0 -O {a} {u}; fi\n"
                 ));
                 if let Some(sha) = sha256 {
                     let sha = shell_quote(sha);
@@ -532,7 +546,10 @@ mod tests {
         let (victim, out) = (work.path().join("victim"), work.path().join("out"));
         std::fs::create_dir_all(out.join("keep")).unwrap();
         std::fs::create_dir_all(&victim).unwrap();
-        std::fs::set_permissions(out.join("keep"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Not 0755, which tar would make of 0777 under umask 022 anyway.
+        std::fs::set_permissions(out.join("keep"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let uid = std::process::Command::new("id").arg("-u").output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&uid.stdout).trim(), "0", "as on an instance: tar as root");
         let archive = work.path().join("build.tar.gz");
         let gz = flate2::write::GzEncoder::new(std::fs::File::create(&archive).unwrap(), Default::default());
         let mut tar = tar::Builder::new(gz);
@@ -562,7 +579,7 @@ mod tests {
         assert!(String::from_utf8_lossy(&run.stderr).contains("Not a directory"));
         assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0, "written through the symlink");
         let mode = |p: &str| std::fs::metadata(out.join(p)).unwrap().permissions().mode() & 0o7777;
-        assert_eq!((mode("suid"), mode("keep")), (0o755, 0o755));
+        assert_eq!((mode("suid"), mode("keep")), (0o755, 0o700));
     }
 
     #[test]

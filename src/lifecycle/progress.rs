@@ -36,22 +36,21 @@ impl Progress {
         self.started.elapsed()
     }
 
-    /// One event, kept in the log.
+    /// One event, kept in the log (fenced when it could read as a workflow command).
     pub fn event(&self, message: impl AsRef<str>) {
         let mut shown = self.status_shown.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut err = std::io::stderr().lock();
-        if self.tty {
+        let line = if self.tty {
             if *shown {
-                let _ = write!(err, "\r\x1b[K");
+                let _ = write!(std::io::stderr().lock(), "\r\x1b[K");
                 *shown = false;
             }
-            let _ = writeln!(err, "{}", crate::fence::guard(&format!("  {}", message.as_ref())));
+            format!("  {}", message.as_ref())
         } else {
             let now = jiff::Timestamp::now().strftime("%H:%M:%S");
-            let line = format!("[{now} +{:.1}s] {}", self.started.elapsed().as_secs_f64(), message.as_ref());
-            // The fence goes around the whole line: a stop line must start its line.
-            let _ = writeln!(err, "{}", crate::fence::guard(&line));
-        }
+            format!("[{now} +{:.1}s] {}", self.started.elapsed().as_secs_f64(), message.as_ref())
+        };
+        // The fence goes around the whole line: a stop line must start its line.
+        crate::fence::eprint(&crate::fence::guard(&line));
     }
 
     /// A transient status line, shown only on a terminal.
@@ -115,7 +114,7 @@ pub fn exit_on_signals() {
         loop {
             interrupted().await;
             if LISTENING.load(Ordering::SeqCst) == 0 {
-                eprintln!("spot: stopped by a signal");
+                crate::fence::eprint("spot: stopped by a signal");
                 std::process::exit(i32::from(crate::error::exit::INTERRUPTED));
             }
         }

@@ -98,7 +98,10 @@ impl StateFile {
     fn update(&self, change: impl FnOnce(&mut State)) {
         change(&mut self.lock());
         if let Err(e) = self.write() {
-            eprintln!("warning: cannot write {}: {e}", self.path.display());
+            crate::fence::eprint(&crate::fence::guard(&format!(
+                "warning: cannot write {}: {e}",
+                self.path.display()
+            )));
         }
     }
 }

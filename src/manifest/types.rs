@@ -233,6 +233,8 @@ pub struct Written {
     pub ttl: Origin,
     /// One per source of `SshAccess::Cidrs`, in order.
     pub ssh_cidrs: Vec<Origin>,
+    /// `public_ssh_key_path` and the file it read (`~/` expanded).
+    pub public_key: Option<(Origin, PathBuf)>,
 }
 
 /// `config.yaml`, validated.

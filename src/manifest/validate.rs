@@ -138,6 +138,9 @@ pub fn config(raw: &RawConfig, cx: &mut Cx) -> Config {
             .unwrap_or_default(),
         ttl: aws.and_then(|a| a.ttl.as_ref()).map(|t| origin(t.span)).unwrap_or_default(),
         ssh_cidrs: Vec::new(),
+        public_key: aws
+            .and_then(|a| a.public_ssh_key_path.as_ref())
+            .map(|p| (origin(p.span), expand_home(&p.value))),
     };
     if let Some(list) = aws.and_then(|a| a.ssh_cidr.as_ref()) {
         written.ssh_cidrs =
@@ -316,11 +319,16 @@ pub fn is_cidr(s: &str) -> bool {
     }
 }
 
+/// `~/` as the home folder.
+fn expand_home(path: &str) -> PathBuf {
+    match path.strip_prefix("~/") {
+        Some(rest) => std::env::home_dir().map_or_else(|| PathBuf::from(path), |h| h.join(rest)),
+        None => PathBuf::from(path),
+    }
+}
+
 fn public_key(path: &Spanned<String>, cx: &mut Cx) -> Option<String> {
-    let expanded = match path.value.strip_prefix("~/") {
-        Some(rest) => std::env::home_dir().map_or_else(|| PathBuf::from(&path.value), |h| h.join(rest)),
-        None => PathBuf::from(&path.value),
-    };
+    let expanded = expand_home(&path.value);
     // A public key is one line: 64 KiB is plenty, and a huge (or endless) file is not read.
     let Some(text) = super::paths::read_bounded(&expanded, 64 * 1024)
         .ok()

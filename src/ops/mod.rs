@@ -45,7 +45,7 @@ impl Session {
         let (emulator, warning) =
             emulator_dir(std::env::var_os(EMULATOR_SSH_DIR).map(PathBuf::from), cloud.endpoint_overridden());
         if let Some(warning) = warning {
-            eprintln!("{}", crate::fence::guard(&format!("warning: {warning}")));
+            crate::fence::eprint(&crate::fence::guard(&format!("warning: {warning}")));
         }
         Self { cloud, emulator }
     }

@@ -103,7 +103,7 @@ pub fn prepare(job: &Job) -> Result<Prepared, Error> {
         listing = super::relist(&deployment, format)?;
     }
     if let Some(caps) = &job.caps {
-        beyond_caps(caps.check(&deployment), format)?;
+        within(caps, &deployment, format)?;
     }
     let limits = Limits { boot: job.boot, ..Limits::default() };
     let total = deployment.config.total_instances;
@@ -123,8 +123,27 @@ pub fn prepare(job: &Job) -> Result<Prepared, Error> {
     Ok(Prepared { inputs, deployment, listing, limits, min_ready, secret_values })
 }
 
-/// The description's values beyond the caps as one located report; else the workflow's
-/// own inputs that disagree, as a usage error naming them.
+/// Holds `deployment` to the workflow's `caps`: what is beyond them as one located report
+/// (the workflow's own inputs in it too); only inputs, a usage error naming them. Besides
+/// the pure check: a public key file read from outside the repository (the runner's
+/// files are not a pull request's to read).
+pub fn within(caps: &Caps, deployment: &Deployment, format: Format) -> Result<(), Error> {
+    let mut beyond = caps.check(deployment);
+    if let Some((origin, path)) = &deployment.config.written.public_key {
+        let root = std::fs::canonicalize(&deployment.root).unwrap_or_else(|_| deployment.root.clone());
+        if crate::manifest::paths::real_inside(&root, path).is_err() {
+            beyond.push(Beyond::Written(crate::manifest::Diagnostic::new(
+                crate::manifest::Kind::PathEscapes,
+                origin.file.clone(),
+                origin.span,
+                "public_ssh_key_path reads a file outside the repository, which a description run by the Action may not",
+                "commit the public key into the repository and point at it there",
+            )));
+        }
+    }
+    beyond_caps(beyond, format)
+}
+
 fn beyond_caps(beyond: Vec<Beyond>, format: Format) -> Result<(), Error> {
     let mut report = crate::manifest::Report::default();
     let mut inputs = Vec::new();
@@ -135,6 +154,17 @@ fn beyond_caps(beyond: Vec<Beyond>, format: Format) -> Result<(), Error> {
         }
     }
     if !report.is_empty() {
+        // One report for both: the workflow's inputs have no line to point at.
+        for message in inputs {
+            let help = "change the input or the limit in the workflow";
+            report.push(crate::manifest::Diagnostic::new(
+                crate::manifest::Kind::InvalidValue,
+                "workflow inputs",
+                crate::manifest::span::Span::default(),
+                message,
+                help,
+            ));
+        }
         report.finish();
         return Err(Error::Invalid { report, format });
     }

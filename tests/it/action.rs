@@ -1132,16 +1132,17 @@ fn a_hostile_script_printing_workflow_commands_and_its_secret_gets_neither_obeye
     ];
     let main = job.run(&emu, "main", &inputs, Some(&player.ssh_dir));
     assert!(!main.status.success(), "{}\nplayer: {}", text(&main), player.log());
-    // The failure shows the script's output, fenced.
-    let stderr = String::from_utf8_lossy(&main.stderr);
+    // The failure shows the script's output, fenced; the Action prints on one stream (the
+    // runner keeps one fence state for both, read on two threads).
+    let log = String::from_utf8_lossy(&main.stdout);
     assert!(
-        stderr.contains("hostile-legacy") && stderr.contains("::stop-commands::"),
-        "{stderr}\nplayer: {}",
+        log.contains("hostile-legacy") && log.contains("::stop-commands::"),
+        "{log}\nplayer: {}",
         player.log()
     );
     // The same text without its fences would be obeyed (the legacy form anywhere, and a
     // line after a lone CR): the check below can fail.
-    let unfenced: String = stderr
+    let unfenced: String = log
         .lines()
         .filter(|l| !(l.starts_with("::stop-commands::") || (l.starts_with("::") && l.len() == 36)))
         .map(|l| format!("{l}\n"))
@@ -1151,16 +1152,21 @@ fn a_hostile_script_printing_workflow_commands_and_its_secret_gets_neither_obeye
     let post = job.run(&emu, "post", &[("working-directory", dir.path().to_str().unwrap())], None);
     assert!(post.status.success(), "{}", text(&post));
     for (what, out) in [("main", &main), ("post", &post)] {
-        for stream in [&out.stdout, &out.stderr] {
-            for c in crate::runner_log::commands(&String::from_utf8_lossy(stream)) {
-                let spots = match c.name.as_str() {
-                    "add-mask" => c.data != "hostile-mask",
-                    "group" | "endgroup" => true,
-                    "error" | "warning" | "notice" => c.line.starts_with(&format!("::{} title=spot", c.name)),
-                    _ => false,
-                };
-                assert!(spots, "{what}: the runner would obey `{}`", c.line);
-            }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!spot_deployer::fence::commandlike(&stderr), "{what} wrote to stderr: {stderr}");
+        let commands = crate::runner_log::commands(&String::from_utf8_lossy(&out.stdout));
+        for c in &commands {
+            let spots = match c.name.as_str() {
+                "add-mask" => c.data != "hostile-mask",
+                "group" | "endgroup" => true,
+                "error" | "warning" | "notice" => c.line.starts_with(&format!("::{} title=spot", c.name)),
+                _ => false,
+            };
+            assert!(spots, "{what}: the runner would obey `{}`", c.line);
+        }
+        // spot's own masks are obeyed: none was caught in a fence.
+        if what == "main" {
+            assert!(commands.iter().any(|c| c.name == "add-mask" && c.data == SECRET), "{commands:?}");
         }
     }
     assert_clean(&emu);
@@ -1188,6 +1194,33 @@ fn a_description_beyond_the_workflows_limits_is_refused_at_its_lines_before_any_
         let at = format!("::error file=.spot/config.yaml,line={line},col={col}");
         assert!(stdout.lines().any(|l| l.starts_with(&at) && l.contains(says)), "{at} {says}:\n{stdout}");
     }
+    // `mode: validate` holds the description to the same limits.
+    let out = job.run(&emu, "main", &[("working-directory", wd), ("mode", "validate")], None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("beyond the workflow's limit of 4"),
+        "{}",
+        text(&out)
+    );
+    // A public key file outside the repository is the runner's, not the description's.
+    let outside = tempfile::tempdir().unwrap();
+    let key = outside.path().join("id.pub");
+    std::fs::write(&key, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOutsideTheRepository runner\n").unwrap();
+    let host_key = format!(
+        "aws:\n  ssh_cidr: 203.0.113.7/32\n  public_ssh_key_path: {}\nregions:\n  - us-east-1: {{machine_type: t3.small}}\n",
+        key.display()
+    );
+    std::fs::write(dir.path().join(".spot/config.yaml"), host_key).unwrap();
+    let inputs = [("working-directory", wd), ("secrets", "APP_TOKEN DB_URL")];
+    let out = job.run(&emu, "main", &inputs, None);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.starts_with("::error file=.spot/config.yaml,line=3,col=24")
+                && l.contains("outside the repository")),
+        "{}",
+        text(&out)
+    );
     // Within the limits, the secret the workflow does not list is named with the input.
     let within = "aws:\n  ssh_cidr: 203.0.113.7/32\nregions:\n  - us-east-1: {machine_type: t3.small}\n";
     std::fs::write(dir.path().join(".spot/config.yaml"), within).unwrap();
@@ -1203,7 +1236,7 @@ fn a_description_beyond_the_workflows_limits_is_refused_at_its_lines_before_any_
     let inputs = [("working-directory", wd), ("secrets", "APP_TOKEN DB_URL"), ("count", "9")];
     let out = job.run(&emu, "main", &inputs, None);
     assert!(text(&out).contains("input `count` is 9, beyond input `max-instances` (4)"), "{}", text(&out));
-    assert_eq!(writes(&emu.calls()), BTreeMap::new(), "a refused description changed EC2");
+    assert_eq!(emu.calls(), BTreeMap::new(), "a refused description called EC2");
 }
 
 /// The workflows spot ships: every third-party action pinned to a commit (a moved tag

@@ -14,8 +14,10 @@
 //! - `TryProcessCommand`: after `stop-commands` (its data is the token) nothing is
 //!   obeyed until a command, in either form, whose name is the token (ignoring case).
 //!
-//! Each stream is read on its own: a fence on one does not cover the other's lines, so
-//! reading them apart is the stricter reading.
+//! The runner reads a step's stdout and stderr on two threads into one fence state, so
+//! lines of the two can interleave in any order: spot's Action writes everything to
+//! stdout, and the tests read that one stream (and hold stderr free of anything
+//! command-like).
 
 /// Names the runner registers (its command extensions) besides `stop-commands`.
 const REGISTERED: &[&str] = &[
@@ -79,7 +81,8 @@ pub fn commands(stream: &str) -> Vec<Command> {
         };
         match &stopped {
             Some(token) => {
-                if name.eq_ignore_ascii_case(token) {
+                // An empty token never resumes (the runner checks `IsNullOrEmpty`).
+                if !token.is_empty() && name.eq_ignore_ascii_case(token) {
                     stopped = None;
                 }
             }
