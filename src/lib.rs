@@ -37,6 +37,8 @@ pub fn run(cli: cli::Cli) -> Result<(), Error> {
     lifecycle::progress::exit_on_signals();
     if actions::in_actions() {
         fence::enable();
+        // A panic's message can quote anything: through the fence like the rest.
+        std::panic::set_hook(Box::new(|info| fence::eprint(&fence::guard(&format!("spot: {info}")))));
     }
     match cli.command {
         cli::Command::Generate(args) => commands::generate::run(&args),

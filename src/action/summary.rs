@@ -135,6 +135,36 @@ pub fn failed(id: &str, error: &str) -> String {
     format!("## spot: {id} failed\n\n{}", code_block(&error.chars().take(20_000).collect::<String>()))
 }
 
+/// Pure: `text` as inline code in a table cell: on one line, its pipes escaped (GFM
+/// splits cells on them even inside code), between backtick runs longer than any in it.
+pub fn code_span(text: &str) -> String {
+    let flat: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let mut longest = 0;
+    let mut run = 0;
+    for c in flat.chars() {
+        run = if c == '`' { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    let ticks = "`".repeat(longest + 1);
+    format!("{ticks} {} {ticks}", flat.replace('|', "\\|"))
+}
+
+/// Pure: plain text in a table cell: one line, no pipe, no Markdown or HTML of its own.
+fn cell(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.push(' ');
+            continue;
+        }
+        if matches!(c, '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '|' | '~' | '!' | '&') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Pure: `text` as a fenced code block no line of it can close: the fence is longer than
 /// any run of backticks in it. Inside, Markdown, HTML, links and @-mentions are inert.
 pub fn code_block(text: &str) -> String {
@@ -193,11 +223,13 @@ pub fn reap(decisions: &[Decision], dry_run: bool) -> String {
             Verdict::Remove(why) => (if dry_run { "would remove" } else { "removed" }, why),
             Verdict::Keep(why) => ("kept", why),
         };
+        // Ids and reasons quote tags, which anyone with EC2 access can write.
         let _ = writeln!(
             md,
-            "| `{}` | {what} | {why} | {} |",
-            d.deployment_id,
-            d.removed.as_deref().unwrap_or("-")
+            "| {} | {what} | {} | {} |",
+            code_span(&d.deployment_id),
+            cell(why),
+            cell(d.removed.as_deref().unwrap_or("-"))
         );
     }
     md
@@ -269,6 +301,13 @@ mod tests {
     }
 
     #[test]
+    fn tag_values_in_the_reap_table_stay_in_their_cells() {
+        assert_eq!(code_span("pr-7"), "` pr-7 `");
+        assert_eq!(code_span("a`b|c\nd"), "`` a`b\\|c d ``");
+        assert_eq!(cell("x|<img src=y>\n*z*"), "x\\|\\<img src=y\\> \\*z\\*");
+    }
+
+    #[test]
     fn text_from_outside_is_inert_in_markdown() {
         let hostile = "step `x` failed: ```\n</details><img src=https://evil.example/p> @octocat ````";
         let block = code_block(hostile);
@@ -329,8 +368,8 @@ mod tests {
             },
         ];
         let md = reap(&decisions, false);
-        assert!(md.contains("| `old` | removed | expired | 1 instance |"), "{md}");
-        assert!(md.contains("| `new` | kept | expires later | - |"), "{md}");
+        assert!(md.contains("| ` old ` | removed | expired | 1 instance |"), "{md}");
+        assert!(md.contains("| ` new ` | kept | expires later | - |"), "{md}");
         assert!(reap(&decisions, true).contains("would remove"));
         assert!(reap(&[], false).contains("No deployments found."));
     }
