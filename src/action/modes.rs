@@ -85,54 +85,42 @@ async fn up(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
     let job = job(dir, &id)?;
     actions::save_state(state::DEPLOYMENT_ID, &id).map_err(|e| io("GITHUB_STATE", e))?;
     actions::save_state(state::RUN_ID, &job.run_id).map_err(|e| io("GITHUB_STATE", e))?;
-    // Everything the inputs and the description decide, before any cloud call (the role's
-    // credentials too).
-    let prepared = ops::up::prepare(&job);
-    let session = super::session().await?;
     // A pull request's comment is about its kept environment.
     let pr = job.pr.filter(|_| keep);
+    let prepared = match ops::up::prepare(&job) {
+        Ok(prepared) => prepared,
+        // A push with a broken description fails here, before any cloud call (the role is
+        // not even assumed), and leaves any environment alone.
+        Err(e) => return Err(failed(&id, e, keep, pr).await),
+    };
+    let session = super::session().await?;
     let hooks = ActionHooks::default();
-    let outcome = match prepared {
-        // A push with a broken description fails here and leaves any environment alone.
-        Err(e) => Err((e, keep)),
-        Ok(prepared) => {
-            // `keep: false` makes a new deployment; an id given that is in use is refused
-            // before post is told of it, so post never removes another run's deployment.
-            if !keep && actions::input("deployment-id").is_some() {
-                let help = "set `keep: true` to deliver into it (or replace it when it no longer fits), remove it with `mode: down`, or leave `deployment-id` out for a new one";
-                if let Err(e) = ops::up::refuse_existing(&session, &prepared, help).await {
-                    if matches!(e, Error::Usage { .. }) {
-                        actions::save_state(state::REFUSED, &id).map_err(|e| io("GITHUB_STATE", e))?;
-                    }
-                    actions::error("spot: create refused", &e.to_string());
-                    let _ = actions::summary(&summary::failed(&id, &e.to_string()));
-                    return Err(e);
-                }
+    // `keep: false` makes a new deployment; an id given that is in use is refused before
+    // post is told of it, so post never removes another run's deployment.
+    if !keep && actions::input("deployment-id").is_some() {
+        let help = "set `keep: true` to deliver into it (or replace it when it no longer fits), remove it with `mode: down`, or leave `deployment-id` out for a new one";
+        if let Err(e) = ops::up::refuse_existing(&session, &prepared, help).await {
+            if matches!(e, Error::Usage { .. }) {
+                actions::save_state(state::REFUSED, &id).map_err(|e| io("GITHUB_STATE", e))?;
             }
-            if keep {
-                // Kept (a pull request's environment, or any `keep: true` run): the build
-                // goes into what runs under the id when it fits, else replaces it.
-                super::kept::push(&session, &job, &prepared, &hooks).await
-            } else {
-                actions::group(&format!("Create {id}"));
-                let created = ops::up::create(&session, &job, &prepared, &hooks).await;
-                actions::end_group();
-                created.map_err(|e| (e, false))
-            }
+            actions::error("spot: create refused", &e.to_string());
+            let _ = actions::summary(&summary::failed(&id, &e.to_string()));
+            return Err(e);
         }
+    }
+    let outcome = if keep {
+        // Kept (a pull request's environment, or any `keep: true` run): the build goes into
+        // what runs under the id when it fits, else replaces it.
+        super::kept::push(&session, &job, &prepared, &hooks).await
+    } else {
+        actions::group(&format!("Create {id}"));
+        let created = ops::up::create(&session, &job, &prepared, &hooks).await;
+        actions::end_group();
+        created.map_err(|e| (e, false))
     };
     let created = match outcome {
         Ok(done) => done,
-        Err((e, kept)) => {
-            if !matches!(e, Error::Invalid { .. }) {
-                actions::error("spot: create failed", &e.to_string());
-            }
-            let _ = actions::summary(&summary::failed(&id, &e.to_string()));
-            if let Some(number) = pr {
-                super::comment(number, &summary::failed_comment(&id, &e.to_string(), kept)).await;
-            }
-            return Err(e);
-        }
+        Err((e, kept)) => return Err(failed(&id, e, kept, pr).await),
     };
     // Post keeps a kept deployment only once it is ready.
     actions::save_state(state::READY, &id).map_err(|e| io("GITHUB_STATE", e))?;
@@ -165,6 +153,20 @@ async fn up(dir: &std::path::Path, keep: bool) -> Result<(), Error> {
         created.seconds
     );
     Ok(())
+}
+
+/// Reports a failed `up` (an annotation unless the report has its own, the job summary,
+/// the pull request's comment; `kept`: what ran before is still there) and hands the error
+/// back.
+async fn failed(id: &str, e: Error, kept: bool, pr: Option<u64>) -> Error {
+    if !matches!(e, Error::Invalid { .. }) {
+        actions::error("spot: create failed", &e.to_string());
+    }
+    let _ = actions::summary(&summary::failed(id, &e.to_string()));
+    if let Some(number) = pr {
+        super::comment(number, &summary::failed_comment(id, &e.to_string(), kept)).await;
+    }
+    e
 }
 
 /// What post needs to know whatever main does next: the mode (post tears down only after
