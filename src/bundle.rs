@@ -235,8 +235,12 @@ pub fn check_archive(path: &Path) -> Result<(), String> {
     // Every symlink the archive makes, by its path: an entry below one would be written
     // wherever it points (`a -> /etc`, then `a/passwd`).
     let mut links: std::collections::HashSet<String> = std::collections::HashSet::new();
+    // A path's named parts (`./a//b` is `a/b`).
+    let parts = |path: &str| -> Vec<String> {
+        path.split('/').filter(|p| !p.is_empty() && *p != ".").map(String::from).collect()
+    };
     let through = |links: &std::collections::HashSet<String>, path: &str| {
-        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+        let parts = parts(path);
         (1..parts.len()).map(|n| parts[..n].join("/")).find(|prefix| links.contains(prefix))
     };
     for entry in entries {
@@ -261,8 +265,7 @@ pub fn check_archive(path: &Path) -> Result<(), String> {
             return Err(format!("its hard link `{name}` passes through the symlink `{link}` it makes"));
         }
         if kind.is_symlink() {
-            links
-                .insert(name.split('/').filter(|p| !p.is_empty() && *p != ".").collect::<Vec<_>>().join("/"));
+            links.insert(parts(&name).join("/"));
         }
         if kind.is_symlink() || kind.is_hard_link() {
             let target =

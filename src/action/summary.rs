@@ -135,17 +135,21 @@ pub fn failed(id: &str, error: &str) -> String {
     format!("## spot: {id} failed\n\n{}", code_block(&error.chars().take(20_000).collect::<String>()))
 }
 
+/// Pure: the longest run of backticks in `text`: code around it needs one more.
+fn longest_backtick_run(text: &str) -> usize {
+    let (mut longest, mut run) = (0, 0);
+    for c in text.chars() {
+        run = if c == '`' { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    longest
+}
+
 /// Pure: `text` as inline code in a table cell: on one line, its pipes escaped (GFM
 /// splits cells on them even inside code), between backtick runs longer than any in it.
 pub fn code_span(text: &str) -> String {
     let flat: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    let mut longest = 0;
-    let mut run = 0;
-    for c in flat.chars() {
-        run = if c == '`' { run + 1 } else { 0 };
-        longest = longest.max(run);
-    }
-    let ticks = "`".repeat(longest + 1);
+    let ticks = "`".repeat(longest_backtick_run(&flat) + 1);
     format!("{ticks} {} {ticks}", flat.replace('|', "\\|"))
 }
 
@@ -168,13 +172,7 @@ fn cell(text: &str) -> String {
 /// Pure: `text` as a fenced code block no line of it can close: the fence is longer than
 /// any run of backticks in it. Inside, Markdown, HTML, links and @-mentions are inert.
 pub fn code_block(text: &str) -> String {
-    let mut longest = 0;
-    let mut run = 0;
-    for c in text.chars() {
-        run = if c == '`' { run + 1 } else { 0 };
-        longest = longest.max(run);
-    }
-    let fence = "`".repeat(longest.max(2) + 1);
+    let fence = "`".repeat(longest_backtick_run(text).max(2) + 1);
     format!("{fence}text\n{}\n{fence}\n", text.trim_end_matches('\n'))
 }
 
