@@ -1,11 +1,13 @@
 //! Pure: what a workflow lets a pull request's description raise. The Action's limit
 //! inputs (`max-instances`, `max-ttl`, `allowed-instance-types`, `allowed-regions`,
-//! `allow-anywhere`, `secrets`) become [`Caps`]; [`Caps::check`] holds the description,
+//! `allowed-ports`, `allow-anywhere`, `secrets`) become [`Caps`]; [`Caps::check`] holds the description,
 //! after the workflow's own overrides, against them before any cloud call. A value the
 //! description wrote is refused at its line and column; one the workflow gave itself (an
 //! input beyond another input) is refused naming both inputs.
 
-use crate::manifest::types::{Deployment, Origin, SshAccess, format_duration, parse_duration};
+use crate::manifest::types::{
+    Deployment, Origin, Protocol, Reach, SshAccess, format_duration, parse_duration,
+};
 use crate::manifest::{Diagnostic, Kind};
 
 /// The defaults, as action.yml declares them: a few small instances for a day at most,
@@ -15,6 +17,7 @@ pub const DEFAULT_MAX_INSTANCES: u32 = 4;
 pub const DEFAULT_MAX_TTL: &str = "24h";
 pub const DEFAULT_INSTANCE_TYPES: &str = "*.nano *.micro *.small *.medium *.large *.xlarge";
 pub const DEFAULT_REGIONS: &str = "*";
+pub const DEFAULT_PORTS: &str = "*";
 
 /// The limits of one run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +29,9 @@ pub struct Caps {
     pub instance_types: Vec<String>,
     /// Region names or patterns (`eu-*`, `*`).
     pub regions: Vec<String>,
-    /// Whether the description may open SSH to the whole internet.
+    /// The ports `expose` may open: each `(protocol, first, last)`, `None` for both protocols.
+    pub ports: Vec<(Option<Protocol>, u16, u16)>,
+    /// Whether the description may open SSH or an exposed port to the whole internet.
     pub allow_anywhere: bool,
     /// The environment variables a manifest secret may be read from.
     pub secrets: Vec<String>,
@@ -69,7 +74,21 @@ impl Caps {
                 false
             }
         };
+        let ports_input = input("allowed-ports").unwrap_or_else(|| DEFAULT_PORTS.into());
+        let mut ports = Vec::new();
+        for w in words(&ports_input) {
+            match port_pattern(&w) {
+                Some(p) => ports.push(p),
+                None => errors.push(format!(
+                    "input `allowed-ports` has `{w}`: write ports or ranges, each maybe with /tcp or /udp (`8080 9000-9010/udp`), or `*`"
+                )),
+            }
+        }
+        if words(&ports_input).is_empty() {
+            errors.push("input `allowed-ports` is empty: write `*` for any port, or leave it out".into());
+        }
         let caps = Caps {
+            ports,
             max_instances,
             max_ttl_secs,
             instance_types: words(
@@ -182,6 +201,39 @@ impl Caps {
                 }
             }
         }
+        for e in &config.expose {
+            let allowed = self.ports.iter().any(|(protocol, first, last)| {
+                protocol.is_none_or(|p| p == e.protocol) && *first <= e.ports.0 && e.ports.1 <= *last
+            });
+            if !allowed {
+                at(
+                    &e.origin,
+                    Kind::InvalidValue,
+                    format!("`expose` opens {}, which the workflow does not allow (input `allowed-ports`)", e.label()),
+                    "expose only ports the workflow allows, or widen `allowed-ports` in the workflow".into(),
+                    String::new(),
+                );
+            }
+            if self.allow_anywhere {
+                continue;
+            }
+            for (reach, origin) in e.from.iter().zip(&e.from_origins) {
+                let open = match reach {
+                    Reach::Anywhere => true,
+                    Reach::Cidr(c) => is_open(c),
+                    Reach::Runner => false,
+                };
+                if open {
+                    at(
+                        origin,
+                        Kind::InvalidValue,
+                        format!("`expose` opens {} to the whole internet, which the workflow does not allow", e.label()),
+                        "leave `from` out (the port is then open to the runner only), name narrower CIDR blocks, or set `allow-anywhere: true` in the workflow".into(),
+                        String::new(),
+                    );
+                }
+            }
+        }
         for s in &deployment.manifest.secrets {
             if !self.secrets.iter().any(|a| a == &s.env) {
                 beyond.push(Beyond::Inputs(format!(
@@ -192,6 +244,25 @@ impl Caps {
         }
         beyond
     }
+}
+
+/// Pure: `*`, `8080`, `8000-8010`, each maybe with `/tcp` or `/udp`.
+fn port_pattern(w: &str) -> Option<(Option<Protocol>, u16, u16)> {
+    let (ports, protocol) = match w.rsplit_once('/') {
+        Some((p, "tcp")) => (p, Some(Protocol::Tcp)),
+        Some((p, "udp")) => (p, Some(Protocol::Udp)),
+        Some(_) => return None,
+        None => (w, None),
+    };
+    if ports == "*" {
+        return Some((protocol, 1, u16::MAX));
+    }
+    let one = |t: &str| t.parse::<u16>().ok().filter(|p| *p > 0);
+    let (first, last) = match ports.split_once('-') {
+        Some((a, b)) => (one(a)?, one(b)?),
+        None => (one(ports)?, one(ports)?),
+    };
+    (first <= last).then_some((protocol, first, last))
 }
 
 /// Pure: does `pattern` (with `*` for any run of characters) match all of `value`?
@@ -258,6 +329,17 @@ mod tests {
         );
         assert!(glob("eu-*", "eu-west-1") && !glob("eu-*", "us-east-1") && glob("*", "ap-south-2"));
         assert!(glob("a*b*c", "aXbYbc") && !glob("a*b", "ab-"));
+    }
+
+    #[test]
+    fn port_patterns_name_ports_ranges_and_protocols() {
+        assert_eq!(port_pattern("*"), Some((None, 1, 65535)));
+        assert_eq!(port_pattern("8080"), Some((None, 8080, 8080)));
+        assert_eq!(port_pattern("9000-9010/udp"), Some((Some(Protocol::Udp), 9000, 9010)));
+        assert_eq!(port_pattern("*/tcp"), Some((Some(Protocol::Tcp), 1, 65535)));
+        for bad in ["0", "9010-9000", "80/sctp", "http", "1-", "65536"] {
+            assert_eq!(port_pattern(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod deliver;
 pub mod error;
 pub mod fence;
 pub mod github;
+pub mod ingress;
 pub mod keys;
 pub mod lifecycle;
 pub mod manifest;

@@ -32,6 +32,9 @@ pub mod tag {
     pub const HOST_KEY: &str = "spot:host-key";
     /// [`super::launch_digest`] of what the instances were launched with.
     pub const LAUNCH: &str = "spot:launch";
+    /// The instances' `expose` ports with `http: true`, space-separated in the order
+    /// written: how `list`, `create` and a later run know their URLs.
+    pub const HTTP_PORTS: &str = "spot:http-ports";
     /// Set by EC2 (not spot) on every instance a fleet launches: how an instant fleet,
     /// which EC2 lists only by id, is found again.
     pub const FLEET_ID: &str = "aws:ec2:fleet-id";
@@ -158,6 +161,8 @@ pub struct Plan {
     pub public_ip: bool,
     pub ssh_user: String,
     pub ssh_access: SshAccess,
+    /// Ports opened besides SSH, in the order written.
+    pub expose: Vec<crate::manifest::types::Expose>,
     pub tags: BTreeMap<String, String>,
     pub regions: Vec<RegionPlan>,
     pub template: crate::manifest::types::Template,
@@ -203,7 +208,7 @@ pub fn launch_digest(deployment: &Deployment, plan: &Plan) -> String {
         .iter()
         .map(|r| (&r.region, r.instances, &r.instance_types, &r.images, r.max_price, r.storage_gb))
         .collect();
-    let launch = serde_json::json!({
+    let mut launch = serde_json::json!({
         "regions": regions,
         "market": plan.market,
         "fallback": plan.fallback,
@@ -213,6 +218,13 @@ pub fn launch_digest(deployment: &Deployment, plan: &Plan) -> String {
         "ssh_user": plan.ssh_user,
         "ttl": plan.ttl,
     });
+    // The HTTP ports are a tag of the instances: a change replaces them. (Only when there
+    // are some, so that deployments made before `expose` keep their digest.) The rest of
+    // `expose` is the security group's, set again on a redeploy.
+    let http = crate::ingress::http_ports(&deployment.config.expose);
+    if !http.is_empty() {
+        launch["http_ports"] = serde_json::json!(http);
+    }
     let mut hash = sha2::Sha256::new();
     hash.update(&user_data);
     hash.update(launch.to_string().as_bytes());
@@ -312,6 +324,7 @@ pub fn build(deployment: &Deployment, inputs: &Inputs, listing: Listing, user_da
         public_ip: config.public_ip,
         ssh_user: config.username.clone(),
         ssh_access: config.ssh_access.clone(),
+        expose: config.expose.clone(),
         tags: common,
         regions,
         template: manifest.template,
@@ -415,6 +428,13 @@ impl Plan {
             SshAccess::Cidrs(c) => c.join(", "),
         };
         let _ = writeln!(s, "  ssh        user {}, from {access}; host key pinned", self.ssh_user);
+        if self.expose.is_empty() {
+            let _ = writeln!(s, "  expose     nothing but SSH");
+        }
+        for e in &self.expose {
+            let http = if e.http { " (http)" } else { "" };
+            let _ = writeln!(s, "  expose     {}{http} to {}", e.label(), crate::ingress::audience(e));
+        }
         let _ = writeln!(s, "  regions");
         for r in &self.regions {
             let images: Vec<String> = r.images.iter().map(|i| format!("{} {}", i.arch, i.image)).collect();

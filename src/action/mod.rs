@@ -58,7 +58,8 @@ pub const INPUTS: &[&str] = &[
 ];
 
 /// Every output the main step sets.
-pub const OUTPUTS: &[&str] = &["deployment-id", "instance-ids", "public-ips", "regions", "market", "json"];
+pub const OUTPUTS: &[&str] =
+    &["deployment-id", "instance-ids", "public-ips", "regions", "market", "urls", "url", "json"];
 
 /// Teardown in the post step must end well inside the runner's 5-minute ceiling.
 const POST_BUDGET: Duration = Duration::from_secs(180);

@@ -33,19 +33,71 @@ pub fn outputs(created: &Created) -> Vec<(&'static str, String)> {
         "expires_at": created.plan.expires_at,
         "instances": created.outcomes,
     });
+    let urls = urls(created);
     vec![
         ("deployment-id", created.plan.deployment_id.clone()),
         ("instance-ids", ids.join(",")),
         ("public-ips", ips.join(",")),
         ("regions", regions.join(",")),
         ("market", market),
+        ("urls", urls.join(",")),
+        ("url", urls.first().cloned().unwrap_or_default()),
         ("json", json.to_string()),
     ]
 }
 
-/// The URL a GitHub deployment points at: the first ready instance.
+/// Every ready instance's URLs: by instance in `instance-ids` order, and within one in
+/// the order config.yaml wrote its HTTP ports.
+fn urls(created: &Created) -> Vec<String> {
+    created.outcomes.iter().filter(|o| o.ready).flat_map(|o| o.instance.urls.iter().cloned()).collect()
+}
+
+/// The URL a GitHub deployment points at (output `url`): the first ready instance's
+/// first HTTP port; none without one.
 pub fn environment_url(created: &Created) -> Option<String> {
-    created.outcomes.iter().find(|o| o.ready).map(|o| format!("http://{}", address(&o.instance)))
+    urls(created).into_iter().next()
+}
+
+/// Pure: who can reach what of the deployment, and the ready instances' links: for the
+/// job summary and the pull request's comment.
+fn reach(created: &Created) -> String {
+    use crate::manifest::types::Reach;
+    let expose = &created.plan.expose;
+    let mut md = String::new();
+    if expose.is_empty() {
+        let _ = writeln!(
+            md,
+            "Open ports: SSH only. List the app's ports under `expose:` in `.spot/config.yaml` to reach it.\n"
+        );
+        return md;
+    }
+    let _ = writeln!(md, "| port | who can connect | links |\n|---|---|---|");
+    for e in expose {
+        let links: Vec<String> = if e.http {
+            created
+                .outcomes
+                .iter()
+                .filter(|o| o.ready)
+                .filter_map(|o| o.instance.address())
+                .map(|a| crate::ingress::url(a, e.ports.0))
+                .map(|u| format!("[{u}]({u})"))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let audience = crate::ingress::audience(e);
+        let audience = if e.from.contains(&Reach::Anywhere) { format!("**{audience}**") } else { audience };
+        let links = if links.is_empty() { "-".to_string() } else { links.join("<br>") };
+        let _ = writeln!(md, "| {} | {} | {links} |", e.label(), cell(&audience));
+    }
+    if expose.iter().any(|e| e.http && e.from == [Reach::Runner]) {
+        let _ = writeln!(
+            md,
+            "\nA port open to the runner only cannot be opened from a browser elsewhere. To widen it, list who may connect in the entry's `from` (CIDR blocks, or `anywhere`, which the workflow must allow with `allow-anywhere: true`)."
+        );
+    }
+    md.push('\n');
+    md
 }
 
 /// The job summary of a ready deployment.
@@ -105,6 +157,7 @@ pub fn ready(created: &Created, prices: &BTreeMap<(String, String), f64>, keep: 
             plan.expires_at
         )
     };
+    md.push_str(&reach(created));
     let _ = writeln!(md, "Teardown: {teardown}.");
     md
 }
@@ -120,9 +173,11 @@ pub fn environment_comment(created: &Created, head_sha: Option<&str>) -> String 
         let _ =
             writeln!(md, "| `{}` | {} | {} | {} | {} |", i.id, i.az, i.instance_type, i.market, address(i));
     }
+    md.push('\n');
+    md.push_str(&reach(created));
     let _ = writeln!(
         md,
-        "\n{} Expires at `{}`; removed when this pull request closes. Updated for {}.",
+        "{} Expires at `{}`; removed when this pull request closes. Updated for {}.",
         if created.reused { "The new build went into the running instances." } else { "New instances." },
         created.plan.expires_at,
         head_sha.map_or_else(|| "the latest push".into(), |s| format!("`{}`", &s[..s.len().min(12)]))

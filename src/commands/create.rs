@@ -91,6 +91,15 @@ fn print_ready(json: bool, created: &Created) {
             i.instance_type,
             i.market.to_string()
         );
+        if o.ready {
+            for url in &i.urls {
+                let _ = writeln!(out, "  {url}");
+            }
+        }
+    }
+    for e in &plan.expose {
+        let http = if e.http { " (http)" } else { "" };
+        let _ = writeln!(out, "open: {}{http} to {}", e.label(), crate::ingress::audience(e));
     }
     let _ = writeln!(out, "state: {}", created.state_path.display());
     let _ = writeln!(out, "remove it with: spot destroy {}", plan.deployment_id);

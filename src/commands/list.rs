@@ -47,6 +47,9 @@ pub fn run(args: &ListArgs) -> Result<(), Error> {
                 i.market.to_string(),
                 i.state
             );
+            for url in &i.urls {
+                let _ = writeln!(out, "    {url}");
+            }
         }
         let _ = writeln!(out, "  and {}", crate::lifecycle::teardown::summarize(&f.resources));
     }

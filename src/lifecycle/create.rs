@@ -72,7 +72,8 @@ pub struct Request<'a> {
     pub user_data: &'a [u8],
     /// The deployment's client public key (OpenSSH one-line form).
     pub public_key: &'a str,
-    pub ssh_cidrs: Vec<String>,
+    /// The security group's inbound rules (SSH and `expose`).
+    pub rules: Vec<crate::provider::Rule>,
     /// The plan's tags plus `spot:run-id`.
     pub tags: Tags,
     pub run_id: String,
@@ -88,7 +89,7 @@ impl std::fmt::Debug for Request<'_> {
         f.debug_struct("Request")
             .field("deployment_id", &self.plan.deployment_id)
             .field("user_data_bytes", &self.user_data.len())
-            .field("ssh_cidrs", &self.ssh_cidrs)
+            .field("rules", &self.rules)
             .field("run_id", &self.run_id)
             .finish_non_exhaustive()
     }
@@ -673,7 +674,7 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
             return Err(format!("{region}: the VPC {} has no subnets to launch into", network.vpc_id));
         }
         let sg = cloud
-            .create_security_group(region, &name, &network.vpc_id, &self.req.ssh_cidrs, &tags)
+            .create_security_group(region, &name, &network.vpc_id, &self.req.rules, &tags)
             .await
             .map_err(|e| e.to_string())?;
         let sg_id = sg.id.clone();

@@ -29,8 +29,93 @@ pub struct RawConfig {
     pub regions: Option<Spanned<Vec<RawRegionEntry>>>,
     /// Spot market behaviour.
     pub spot: Option<Spanned<RawSpot>>,
+    /// Ports of every instance to open besides SSH, each a port number or
+    /// `{port, protocol, from, http}`. Nothing but SSH is open without it.
+    pub expose: Option<Spanned<Vec<Spanned<RawExposeEntry>>>>,
 }
-raw_struct!(RawConfig, "config.yaml", &[], { aws, regions, spot });
+raw_struct!(RawConfig, "config.yaml", &[], { aws, regions, spot, expose });
+
+/// `port: 8080` or `port: 8000-8010`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawPort(pub String);
+
+impl FromNode for RawPort {
+    fn from_node(node: &Node, cx: &mut Cx) -> Option<Self> {
+        match &node.value {
+            Value::Scalar { text, .. } => Some(RawPort(text.clone())),
+            _ => {
+                cx.wrong_type(node, "a port (`8080`) or a range (`8000-8010`)");
+                None
+            }
+        }
+    }
+}
+
+impl JsonSchema for RawPort {
+    fn schema_name() -> Cow<'static, str> {
+        "Port".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        schemars::json_schema!({
+            "description": "A port from 1 to 65535 (not 22), or a range `first-last`.",
+            "anyOf": [
+                { "type": "integer", "minimum": 1, "maximum": 65535, "not": { "const": 22 } },
+                { "type": "string", "pattern": "^[0-9]{1,5}(-[0-9]{1,5})?$" }
+            ]
+        })
+    }
+}
+
+/// One port (or range) to open.
+#[derive(Debug, Default, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawExpose {
+    #[schemars(skip)]
+    pub at: Span,
+    /// The port (`8080`) or range (`8000-8010`, at most 1000 ports). Port 22 is SSH's and
+    /// cannot be listed.
+    pub port: Option<Spanned<RawPort>>,
+    /// `tcp` (default) or `udp`.
+    pub protocol: Option<Spanned<String>>,
+    /// Who may connect: `runner` (the address `spot` runs from: the default), `anywhere`
+    /// (`0.0.0.0/0` and `::/0`, only when written), or CIDR blocks; one or a list.
+    pub from: Option<Spanned<OneOrMany<Spanned<String>>>>,
+    /// An HTTP server listens on this one TCP port: `http://<address>:<port>/` is published
+    /// per instance (outputs `urls` and `url`, the summary, the pull request's comment, the
+    /// GitHub deployment). Default false.
+    pub http: Option<Spanned<bool>>,
+}
+raw_struct!(RawExpose, "an `expose` entry", &[], { port, protocol, from, http });
+
+/// `- 8080` or `- {port: 8080, http: true}`.
+#[derive(Debug)]
+pub enum RawExposeEntry {
+    Port(Spanned<RawPort>),
+    Full(RawExpose),
+}
+
+impl FromNode for RawExposeEntry {
+    fn from_node(node: &Node, cx: &mut Cx) -> Option<Self> {
+        match &node.value {
+            Value::Map(_) => RawExpose::from_node(node, cx).map(RawExposeEntry::Full),
+            _ => Spanned::<RawPort>::from_node(node, cx).map(RawExposeEntry::Port),
+        }
+    }
+}
+
+impl JsonSchema for RawExposeEntry {
+    fn schema_name() -> Cow<'static, str> {
+        "ExposeEntry".into()
+    }
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let port = generator.subschema_for::<RawPort>();
+        let full = generator.subschema_for::<RawExpose>();
+        schemars::json_schema!({
+            "description": "A port (TCP, from the runner), or `{port, protocol, from, http}`.",
+            "anyOf": [port, full]
+        })
+    }
+}
 
 const NETWORK_CHOICE: &str = "spot uses the default VPC's subnets (or its own tagged VPC with \
     `use_dedicated_vpc: true`) and its own tagged security group; remove this key";

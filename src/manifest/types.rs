@@ -208,6 +208,67 @@ pub enum SshAccess {
     Cidrs(Vec<String>),
 }
 
+/// The transport protocol of an exposed port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who may reach an exposed port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reach {
+    /// The public address `spot` runs from, found at create time (and again on a redeploy).
+    Runner,
+    /// Every address: `0.0.0.0/0` and `::/0`. Only when written.
+    Anywhere,
+    Cidr(String),
+}
+
+/// One `expose` entry of config.yaml: ports of every instance opened in its security group.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Expose {
+    /// First and last port (equal for one port).
+    pub ports: (u16, u16),
+    pub protocol: Protocol,
+    pub from: Vec<Reach>,
+    /// An HTTP server listens here: its URL is published.
+    pub http: bool,
+    /// Where each of `from` was written, in order.
+    #[serde(skip)]
+    pub from_origins: Vec<Origin>,
+    /// Where the entry was written.
+    #[serde(skip)]
+    pub origin: Origin,
+}
+
+impl Expose {
+    /// `8080/tcp`, `8000-8010/udp`.
+    pub fn label(&self) -> String {
+        match self.ports {
+            (a, b) if a == b => format!("{a}/{}", self.protocol),
+            (a, b) => format!("{a}-{b}/{}", self.protocol),
+        }
+    }
+}
+
 /// One region of the config, validated.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RegionSpec {
@@ -253,6 +314,8 @@ pub struct Config {
     pub public_ip: bool,
     /// Public keys (OpenSSH one-line form) to authorize besides the deployment's own.
     pub extra_authorized_keys: Vec<String>,
+    /// Ports opened besides SSH, in the order written.
+    pub expose: Vec<Expose>,
     #[serde(skip)]
     pub written: Written,
 }

@@ -12,18 +12,19 @@ use std::path::{Component, Path, PathBuf};
 use super::diagnostic::Kind;
 use super::paths::{Excludes, rel_to};
 use super::raw::{
-    RawConfig, RawHealthCheck, RawManifest, RawRegionEntry, RawSecret, RawService, RawTarball, RawUpload,
+    RawConfig, RawExpose, RawExposeEntry, RawHealthCheck, RawManifest, RawRegionEntry, RawSecret, RawService, RawTarball, RawUpload,
 };
 use super::read::{Cx, Spanned, suggest};
 use super::span::Span;
 use super::types::{
-    AWS_REGIONS, Config, Fallback, HealthCheck, Image, InstanceType, Manifest, Origin, Probe, RegionSpec,
-    Script, ScriptRun, SecretRef, Service, SshAccess, Tarball, TarballSource, Template, Upload, Written,
+    AWS_REGIONS, Config, Expose, Fallback, HealthCheck, Image, InstanceType, Manifest, Origin, Probe, Protocol, Reach,
+    RegionSpec, Script, ScriptRun, SecretRef, Service, SshAccess, Tarball, TarballSource, Template, Upload, Written,
     parse_duration,
 };
 
-/// Resource tags `spot` itself puts on everything (six `spot:` keys and `Name`).
-pub const RESERVED_TAG_COUNT: usize = 7;
+/// Resource tags `spot` itself puts on a resource, at most: `Name` and six `spot:` keys on
+/// everything, and on an instance its host key, launch digest and HTTP ports besides.
+pub const RESERVED_TAG_COUNT: usize = 10;
 /// AWS allows at most 50 tags per resource.
 pub const MAX_TAGS: usize = 50;
 pub const MIN_TTL_SECS: u64 = 600;
@@ -197,6 +198,11 @@ pub fn config(raw: &RawConfig, cx: &mut Cx) -> Config {
         Some(list) => regions(&list.value, storage_gb, &tags, max_price, cx),
     };
 
+    let expose = raw.expose.as_ref().map(|list| expose(&list.value, cx)).unwrap_or_default();
+    if let Some(list) = &raw.expose {
+        rule_quota(&ssh_access, &expose, list.span, cx);
+    }
+
     let user_tags =
         tags.len() + regions.iter().map(|r| r.tags.len().saturating_sub(tags.len())).max().unwrap_or(0);
     if user_tags + RESERVED_TAG_COUNT > MAX_TAGS {
@@ -222,7 +228,195 @@ pub fn config(raw: &RawConfig, cx: &mut Cx) -> Config {
         dedicated_vpc: aws.and_then(|a| get(a.use_dedicated_vpc.as_ref())).unwrap_or(false),
         public_ip: aws.and_then(|a| get(a.associate_public_ip.as_ref())).unwrap_or(true),
         extra_authorized_keys,
+        expose,
         written,
+    }
+}
+
+/// EC2's default quota of inbound rules per security group, for IPv4 and IPv6 each.
+pub const RULES_PER_GROUP: usize = 60;
+
+/// The `expose` entries, each checked, then checked against each other: no port twice.
+fn expose(list: &[Spanned<RawExposeEntry>], cx: &mut Cx) -> Vec<Expose> {
+    let mut out: Vec<Expose> = Vec::new();
+    for entry in list {
+        let Some(e) = expose_entry(entry, cx) else { continue };
+        let clash = out.iter().find(|o| {
+            o.protocol == e.protocol && o.ports.0 <= e.ports.1 && e.ports.0 <= o.ports.1
+        });
+        if let Some(o) = clash {
+            cx.error(
+                Kind::Duplicate,
+                e.origin.span,
+                format!("{} overlaps {} exposed on line {}", e.label(), o.label(), o.origin.span.line),
+                "expose each port once: list every source of a port in its one entry's `from`",
+            );
+            continue;
+        }
+        out.push(e);
+    }
+    out
+}
+
+fn expose_entry(entry: &Spanned<RawExposeEntry>, cx: &mut Cx) -> Option<Expose> {
+    let origin = |span: Span, cx: &Cx| Origin { file: cx.file.clone(), span };
+    let default = RawExpose::default();
+    let (port, full) = match &entry.value {
+        RawExposeEntry::Port(p) => (Some(p), &default),
+        RawExposeEntry::Full(f) => (f.port.as_ref(), f),
+    };
+    let Some(port) = port else {
+        cx.error(
+            Kind::MissingField,
+            entry.span,
+            "an `expose` entry has no `port`",
+            "add `port: 8080` (or a range such as `port: 8000-8010`)",
+        );
+        return None;
+    };
+    let ports = port_range(&port.value.0, port.span, cx)?;
+    let protocol = match full.protocol.as_ref() {
+        None => Protocol::Tcp,
+        Some(p) => match p.value.as_str() {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            other => {
+                let help = suggest(other, &["tcp", "udp"], || "write `tcp` or `udp`".into());
+                cx.error(Kind::InvalidValue, p.span, format!("unknown protocol `{other}`"), help);
+                return None;
+            }
+        },
+    };
+    let mut from = Vec::new();
+    let mut from_origins = Vec::new();
+    match full.from.as_ref() {
+        None => {
+            from.push(Reach::Runner);
+            from_origins.push(Origin::default());
+        }
+        Some(list) if list.value.0.is_empty() => {
+            cx.error(
+                Kind::MissingField,
+                list.span,
+                "`from` is empty: nobody could reach this port",
+                "leave `from` out for the runner alone, or list `runner`, `anywhere` or CIDR blocks",
+            );
+            return None;
+        }
+        Some(list) => {
+            let mut bad = false;
+            for source in &list.value.0 {
+                let reach = match source.value.as_str() {
+                    "runner" => Reach::Runner,
+                    "anywhere" => Reach::Anywhere,
+                    c if is_cidr(c) => Reach::Cidr(c.to_string()),
+                    other => {
+                        cx.error(
+                            Kind::InvalidValue,
+                            source.span,
+                            format!("`{other}` is not `runner`, `anywhere` or a CIDR block"),
+                            "write `runner` (the address spot runs from), `anywhere`, or a CIDR such as `203.0.113.0/24` or `2001:db8::/64`",
+                        );
+                        bad = true;
+                        continue;
+                    }
+                };
+                if from.contains(&reach) {
+                    cx.error(
+                        Kind::Duplicate,
+                        source.span,
+                        format!("`{}` is listed twice in this `from`", source.value),
+                        "list each source once",
+                    );
+                    bad = true;
+                    continue;
+                }
+                from.push(reach);
+                from_origins.push(origin(source.span, cx));
+            }
+            if bad {
+                return None;
+            }
+        }
+    }
+    let http = full.http.as_ref().is_some_and(|h| h.value);
+    if http && (protocol != Protocol::Tcp || ports.0 != ports.1) {
+        let span = full.http.as_ref().map_or(entry.span, |h| h.span);
+        cx.error(
+            Kind::InvalidValue,
+            span,
+            "`http: true` needs one TCP port",
+            "give the HTTP server's port as its own entry, e.g. `- {port: 8080, http: true}`",
+        );
+        return None;
+    }
+    Some(Expose { ports, protocol, from, http, from_origins, origin: origin(entry.span, cx) })
+}
+
+/// `8080` or `8000-8010`: ports 1 to 65535, not 22 (SSH's).
+fn port_range(text: &str, span: Span, cx: &mut Cx) -> Option<(u16, u16)> {
+    let port = |t: &str| t.trim().parse::<u16>().ok().filter(|p| *p > 0);
+    let range = match text.split_once('-') {
+        None => port(text).map(|p| (p, p)),
+        Some((a, b)) => port(a).zip(port(b)),
+    };
+    let Some((first, last)) = range else {
+        cx.error(
+            Kind::InvalidValue,
+            span,
+            format!("`{text}` is not a port from 1 to 65535 or a range of them"),
+            "write a port such as `8080` or a range such as `8000-8010`",
+        );
+        return None;
+    };
+    if first > last {
+        cx.error(
+            Kind::InvalidValue,
+            span,
+            format!("the range `{text}` runs backwards"),
+            format!("write the lower port first: `{last}-{first}`"),
+        );
+        return None;
+    }
+    if (first..=last).contains(&22) {
+        cx.error(
+            Kind::InvalidValue,
+            span,
+            format!("`{text}` includes port 22, which is SSH's: spot opens it itself, to `aws.ssh_cidr`"),
+            "leave 22 out of `expose` (split a range around it); choose who reaches SSH with `aws.ssh_cidr`",
+        );
+        return None;
+    }
+    Some((first, last))
+}
+
+/// Refuses more inbound rules than EC2 lets one security group have (per address family).
+fn rule_quota(ssh: &SshAccess, expose: &[Expose], span: Span, cx: &mut Cx) {
+    let family = |c: &str| usize::from(c.contains(':'));
+    let mut count = [0usize; 2];
+    let ssh = match ssh {
+        SshAccess::Runner => vec![Reach::Runner],
+        SshAccess::Cidrs(cidrs) => cidrs.iter().map(|c| Reach::Cidr(c.clone())).collect(),
+    };
+    for reach in ssh.iter().chain(expose.iter().flat_map(|e| &e.from)) {
+        match reach {
+            // The runner's address is of one family or the other: counted against both.
+            Reach::Runner | Reach::Anywhere => {
+                count[0] += 1;
+                count[1] += 1;
+            }
+            Reach::Cidr(c) => count[family(c)] += 1,
+        }
+    }
+    for (n, name) in count.iter().zip(["IPv4", "IPv6"]) {
+        if *n > RULES_PER_GROUP {
+            cx.error(
+                Kind::InvalidValue,
+                span,
+                format!("SSH and `expose` need {n} {name} inbound rules; EC2 allows {RULES_PER_GROUP} per security group"),
+                "expose fewer entries or sources, or use wider CIDR blocks",
+            );
+        }
     }
 }
 

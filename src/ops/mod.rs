@@ -29,12 +29,20 @@ use crate::provider::ec2::Ec2;
 /// endpoint is overridden; against real AWS it is ignored with a warning.
 pub const EMULATOR_SSH_DIR: &str = "SPOT_EMULATOR_SSH_DIR";
 
+/// Emulator-only: the `host:port` of a stand-in for checkip.amazonaws.com (an HTTP
+/// service answering with the address it sees), which tells spot its "public" address
+/// for the runner's rules. Honoured, like [`EMULATOR_SSH_DIR`], only while the EC2
+/// endpoint is overridden.
+pub const EMULATOR_CHECKIP: &str = "SPOT_EMULATOR_CHECKIP";
+
 /// One run's way to the cloud.
 #[derive(Debug)]
 pub struct Session {
     pub cloud: Ec2,
     /// [`EMULATOR_SSH_DIR`], when it is in effect.
     pub emulator: Option<PathBuf>,
+    /// [`EMULATOR_CHECKIP`], when it is in effect.
+    pub checkip: Option<String>,
 }
 
 impl Session {
@@ -42,27 +50,31 @@ impl Session {
     /// `AWS_ENDPOINT_URL` and a profile's `endpoint_url`, as the SDK resolves them).
     pub async fn open(endpoint_url: Option<&str>) -> Self {
         let cloud = Ec2::new(endpoint_url).await;
+        let overridden = cloud.endpoint_overridden();
         let (emulator, warning) =
-            emulator_dir(std::env::var_os(EMULATOR_SSH_DIR).map(PathBuf::from), cloud.endpoint_overridden());
-        if let Some(warning) = warning {
+            emulator_only(EMULATOR_SSH_DIR, std::env::var_os(EMULATOR_SSH_DIR).map(PathBuf::from), overridden);
+        let (checkip, checkip_warning) =
+            emulator_only(EMULATOR_CHECKIP, std::env::var(EMULATOR_CHECKIP).ok().map(PathBuf::from), overridden);
+        for warning in warning.into_iter().chain(checkip_warning) {
             crate::fence::eprint(&crate::fence::guard(&format!("warning: {warning}")));
         }
-        Self { cloud, emulator }
+        let checkip = checkip.map(|c| c.to_string_lossy().into_owned());
+        Self { cloud, emulator, checkip }
     }
 }
 
-/// Pure: [`EMULATOR_SSH_DIR`]'s folder when the endpoint is `overridden`; otherwise
+/// Pure: an emulator-only setting (`name`) when the endpoint is `overridden`; otherwise
 /// nothing, and a warning when it was set.
-fn emulator_dir(set: Option<PathBuf>, overridden: bool) -> (Option<PathBuf>, Option<String>) {
+fn emulator_only(name: &str, set: Option<PathBuf>, overridden: bool) -> (Option<PathBuf>, Option<String>) {
     match set {
-        Some(dir) if !overridden => {
+        Some(value) if !overridden => {
             let warning = format!(
-                "{EMULATOR_SSH_DIR}={} ignored: it is for EC2 emulators, and no endpoint override is in effect",
-                dir.display()
+                "{name}={} ignored: it is for EC2 emulators, and no endpoint override is in effect",
+                value.display()
             );
             (None, Some(warning))
         }
-        dir => (dir, None),
+        value => (value, None),
     }
 }
 
@@ -239,11 +251,11 @@ mod tests {
     #[test]
     fn the_emulator_folder_counts_only_while_the_endpoint_is_overridden() {
         let dir = PathBuf::from("/tmp/ssh");
-        assert_eq!(emulator_dir(Some(dir.clone()), true), (Some(dir.clone()), None));
-        let (used, warning) = emulator_dir(Some(dir), false);
+        assert_eq!(emulator_only(EMULATOR_SSH_DIR, Some(dir.clone()), true), (Some(dir.clone()), None));
+        let (used, warning) = emulator_only(EMULATOR_SSH_DIR, Some(dir), false);
         assert_eq!(used, None);
         assert!(warning.is_some_and(|w| w.contains("SPOT_EMULATOR_SSH_DIR=/tmp/ssh ignored")));
-        assert_eq!(emulator_dir(None, false), (None, None));
-        assert_eq!(emulator_dir(None, true), (None, None));
+        assert_eq!(emulator_only(EMULATOR_SSH_DIR, None, false), (None, None));
+        assert_eq!(emulator_only(EMULATOR_SSH_DIR, None, true), (None, None));
     }
 }

@@ -116,12 +116,13 @@ pub async fn attempt(
             .map_err(|e| runtime_error(format!("cannot generate a key: {e}")))?;
         let masked: Vec<&str> = secret_values.iter().chain([&key.private]).map(Secret::expose).collect();
         hooks.secrets(&masked);
-        let cidrs = super::up::ssh_cidrs(&deployment.config.ssh_access)?;
+        // Rules whose source is the runner move to this one; the others stay as written.
+        let rules = super::up::rules(&deployment.config, session)?;
         for group in found.resources.iter().filter(|r| r.kind == Kind::SecurityGroup) {
             cloud
-                .set_ssh_sources(&group.region, &group.id, &cidrs)
+                .set_ingress(&group.region, &group.id, &rules)
                 .await
-                .map_err(|e| runtime_error(format!("cannot open SSH to this runner: {e}")))?;
+                .map_err(|e| runtime_error(format!("cannot open the security group to this runner: {e}")))?;
         }
         progress
             .event(format!("{id}: {} instance(s) fit the description; checking them", found.instances.len()));

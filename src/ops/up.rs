@@ -22,7 +22,7 @@ use crate::lifecycle::progress::{Cancel, Progress};
 use crate::lifecycle::state::{Recorder, State, StateFile, Status};
 use crate::lifecycle::teardown;
 use crate::manifest::Format;
-use crate::manifest::types::{Deployment, SshAccess};
+use crate::manifest::types::Deployment;
 use crate::overrides::{Overrides, Source};
 use crate::plan;
 use crate::provider::Instance;
@@ -226,7 +226,7 @@ pub async fn create(
     let masked: Vec<&str> =
         secret_values.iter().chain([&keys.client.private, &keys.host.private]).map(Secret::expose).collect();
     hooks.secrets(&masked);
-    let ssh_cidrs = ssh_cidrs(&deployment.config.ssh_access)?;
+    let rules = rules(&deployment.config, session)?;
     let identity = plan::identity(deployment, inputs);
     let user_data = cloud_init::render(
         deployment,
@@ -240,7 +240,7 @@ pub async fn create(
         plan: &plan,
         user_data: &user_data.bytes,
         public_key: &keys.client.public,
-        ssh_cidrs,
+        rules,
         tags: launch_tags(&plan, deployment, &keys.host.public),
         run_id: job.run_id.clone(),
         wait_timeout: job.wait,
@@ -380,6 +380,11 @@ fn launch_tags(plan: &plan::Plan, deployment: &Deployment, host_public: &str) ->
     let key: Vec<&str> = host_public.split_whitespace().take(2).collect();
     tags.insert(plan::tag::HOST_KEY.into(), key.join(" "));
     tags.insert(plan::tag::LAUNCH.into(), plan::launch_digest(deployment, plan));
+    let http: Vec<String> =
+        crate::ingress::http_ports(&deployment.config.expose).iter().map(u16::to_string).collect();
+    if !http.is_empty() {
+        tags.insert(plan::tag::HTTP_PORTS.into(), http.join(" "));
+    }
     tags
 }
 
@@ -430,39 +435,44 @@ fn read_secrets(deployment: &Deployment) -> Result<Vec<Secret>, Error> {
     })
 }
 
-pub(crate) fn ssh_cidrs(access: &SshAccess) -> Result<Vec<String>, Error> {
-    match access {
-        SshAccess::Cidrs(c) => Ok(c.clone()),
-        SshAccess::Runner => public_address()
-            .map(|ip| vec![if ip.contains(':') { format!("{ip}/128") } else { format!("{ip}/32") }]),
-    }
+/// The security group's rules, with the runner's address found when a rule needs it.
+pub(crate) fn rules(config: &crate::manifest::types::Config, session: &Session) -> Result<Vec<crate::provider::Rule>, Error> {
+    let runner = if crate::ingress::needs_runner(config) { Some(public_address(session.checkip.as_deref())?) } else { None };
+    Ok(crate::ingress::rules(config, runner.as_deref()))
 }
 
-/// This machine's public address, as AWS sees it (checkip.amazonaws.com).
-fn public_address() -> Result<String, Error> {
+/// Where spot asks for its own public address: the `host:port` of an HTTP service that
+/// answers with the address it sees (as checkip.amazonaws.com does).
+pub const CHECKIP: &str = "checkip.amazonaws.com:80";
+
+/// This machine's public address, as AWS sees it (checkip.amazonaws.com, or the
+/// emulator's stand-in at `checkip`).
+fn public_address(checkip: Option<&str>) -> Result<String, Error> {
     use std::io::{Read as _, Write as _};
     use std::net::ToSocketAddrs as _;
+    let service = checkip.unwrap_or(CHECKIP);
+    let host = service.rsplit_once(':').map_or(service, |(h, _)| h);
     let fail = |why: String| Error::Runtime {
-        message: format!("cannot find this machine's public address for the SSH rule: {why}"),
-        help: "set `aws.ssh_cidr` in config.yaml or pass --ssh-cidr".into(),
+        message: format!("cannot find this machine's public address (asked {service}) for the security group's runner rules: {why}"),
+        help: "set `aws.ssh_cidr` in config.yaml or pass --ssh-cidr, and give `expose` entries explicit `from` CIDRs".into(),
     };
-    let addr = ("checkip.amazonaws.com", 80)
+    let addr = service
         .to_socket_addrs()
         .map_err(|e| fail(e.to_string()))?
         .next()
-        .ok_or_else(|| fail("no address for checkip.amazonaws.com".into()))?;
+        .ok_or_else(|| fail(format!("no address for {host}")))?;
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .map_err(|e| fail(e.to_string()))?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| fail(e.to_string()))?;
     stream
-        .write_all(b"GET / HTTP/1.0\r\nHost: checkip.amazonaws.com\r\nUser-Agent: spot\r\n\r\n")
+        .write_all(format!("GET / HTTP/1.0\r\nHost: {host}\r\nUser-Agent: spot\r\n\r\n").as_bytes())
         .map_err(|e| fail(e.to_string()))?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).map_err(|e| fail(e.to_string()))?;
+    stream.take(4096).read_to_string(&mut response).map_err(|e| fail(e.to_string()))?;
     let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().trim();
     body.parse::<std::net::IpAddr>()
         .map(|ip| ip.to_string())
-        .map_err(|_| fail(format!("unexpected answer `{body}`")))
+        .map_err(|_| fail(format!("unexpected answer `{}`", body.chars().take(60).collect::<String>())))
 }
 
 #[cfg(test)]

@@ -35,10 +35,10 @@ use base64::Engine as _;
 use super::retry::{self, Policy};
 use super::{
     Cloud, Error, ErrorKind, FleetOutcome, FleetRequest, Image, Instance, Kind, Launched, Market, Network,
-    PoolError, Resource, Result, Subnet, Tags, TemplateSpec, canonical_cidr, is_capacity_code,
-    missing_sources,
+    PoolError, Resource, Result, Rule, Subnet, Tags, TemplateSpec, is_capacity_code,
 };
-use crate::manifest::types::Arch;
+use crate::ingress::{self, canonical_cidr};
+use crate::manifest::types::{Arch, Protocol};
 use crate::plan::tag;
 
 /// Canonical's AWS account, owner of the official Ubuntu images.
@@ -185,25 +185,59 @@ pub async fn assume_role_with_web_identity(
     Ok(c.expiration().to_string())
 }
 
-/// TCP port 22 from `cidrs` (IPv4 and IPv6 alike).
-fn ssh_permission(cidrs: &[String]) -> IpPermission {
-    let v4: Vec<IpRange> = cidrs
-        .iter()
-        .filter(|c| !c.contains(':'))
-        .map(|c| IpRange::builder().cidr_ip(c).description("spot ssh").build())
-        .collect();
-    let v6: Vec<Ipv6Range> = cidrs
-        .iter()
-        .filter(|c| c.contains(':'))
-        .map(|c| Ipv6Range::builder().cidr_ipv6(c).description("spot ssh").build())
-        .collect();
-    IpPermission::builder()
-        .ip_protocol("tcp")
-        .from_port(22)
-        .to_port(22)
-        .set_ip_ranges(Some(v4))
-        .set_ipv6_ranges(Some(v6))
-        .build()
+/// `rules` as EC2's permissions: one per protocol and port range, each source with its
+/// rule's description.
+fn permissions(rules: &[Rule]) -> Vec<IpPermission> {
+    let mut keys: Vec<(Protocol, u16, u16)> = Vec::new();
+    for r in rules {
+        if !keys.contains(&(r.protocol, r.from_port, r.to_port)) {
+            keys.push((r.protocol, r.from_port, r.to_port));
+        }
+    }
+    keys.into_iter()
+        .map(|(protocol, from, to)| {
+            let of = || rules.iter().filter(move |r| (r.protocol, r.from_port, r.to_port) == (protocol, from, to));
+            let v4: Vec<IpRange> = of()
+                .filter(|r| !r.is_v6())
+                .map(|r| IpRange::builder().cidr_ip(&r.cidr).description(&r.description).build())
+                .collect();
+            let v6: Vec<Ipv6Range> = of()
+                .filter(|r| r.is_v6())
+                .map(|r| Ipv6Range::builder().cidr_ipv6(&r.cidr).description(&r.description).build())
+                .collect();
+            IpPermission::builder()
+                .ip_protocol(protocol.as_str())
+                .from_port(i32::from(from))
+                .to_port(i32::from(to))
+                .set_ip_ranges((!v4.is_empty()).then_some(v4))
+                .set_ipv6_ranges((!v6.is_empty()).then_some(v6))
+                .build()
+        })
+        .collect()
+}
+
+/// The CIDR rules of an EC2 permission that spot could have made (TCP or UDP, a port
+/// range); others (all traffic, ICMP, other groups, prefix lists) are not spot's.
+fn rules_of(p: &IpPermission) -> Vec<Rule> {
+    let protocol = match p.ip_protocol() {
+        Some("tcp" | "6") => Protocol::Tcp,
+        Some("udp" | "17") => Protocol::Udp,
+        _ => return Vec::new(),
+    };
+    let port = |n: Option<i32>| n.and_then(|n| u16::try_from(n).ok());
+    let (Some(from_port), Some(to_port)) = (port(p.from_port()), port(p.to_port())) else {
+        return Vec::new();
+    };
+    let rule = |cidr: &str, description: Option<&str>| Rule {
+        protocol,
+        from_port,
+        to_port,
+        cidr: canonical_cidr(cidr),
+        description: description.unwrap_or_default().to_string(),
+    };
+    let v4 = p.ip_ranges().iter().filter_map(|r| Some(rule(r.cidr_ip()?, r.description())));
+    let v6 = p.ipv6_ranges().iter().filter_map(|r| Some(rule(r.cidr_ipv6()?, r.description())));
+    v4.chain(v6).collect()
 }
 
 /// Maps an SDK failure to spot's error kinds.
@@ -417,7 +451,7 @@ fn unsuccessful_deletion(region: &str, fleet_id: &str, code: &str, message: &str
 
 /// Spot's view of one described instance.
 fn instance_of(region: &str, i: &aws_sdk_ec2::types::Instance) -> Instance {
-    Instance {
+    let mut instance = Instance {
         id: i.instance_id().unwrap_or_default().to_string(),
         region: region.to_string(),
         az: i.placement().and_then(|p| p.availability_zone()).unwrap_or_default().to_string(),
@@ -436,7 +470,10 @@ fn instance_of(region: &str, i: &aws_sdk_ec2::types::Instance) -> Instance {
             .and_then(|r| r.message().filter(|m| !m.is_empty()).or(r.code()))
             .filter(|m| !m.is_empty())
             .map(str::to_string),
-    }
+        urls: Vec::new(),
+    };
+    instance.urls = Instance::urls_of(instance.address(), &instance.tags);
+    instance
 }
 
 impl Ec2 {
@@ -546,14 +583,17 @@ impl Ec2 {
         }
     }
 
-    /// Allows SSH into `group_id` from `cidrs`; a rule that is already there is fine.
-    /// Opens port 22 of the group to `cidrs`. One call adds all or nothing: when one
-    /// source is there already (an earlier attempt, a rule added by hand) EC2 refuses the
-    /// whole call as a duplicate, and only the missing ones are asked for again.
-    async fn allow_ssh(&self, region: &str, group_id: &str, cidrs: &[String]) -> Result<()> {
+    /// Adds `rules` to `group_id`; a rule that is already there is fine. One call adds
+    /// all or nothing: when one is there already (an earlier attempt, a rule added by
+    /// hand) EC2 refuses the whole call as a duplicate, and only the missing ones are
+    /// asked for again.
+    async fn allow(&self, region: &str, group_id: &str, rules: &[Rule]) -> Result<()> {
         let client = self.client(region);
-        let mut missing = missing_sources(cidrs, &[]);
+        let mut missing = ingress::delta(&[], rules).0;
         for _ in 0..3 {
+            if missing.is_empty() {
+                return Ok(());
+            }
             match call!(
                 self,
                 region,
@@ -561,32 +601,31 @@ impl Ec2 {
                 client
                     .authorize_security_group_ingress()
                     .group_id(group_id)
-                    .ip_permissions(ssh_permission(&missing))
+                    .set_ip_permissions(Some(permissions(&missing)))
             ) {
                 Ok(_) => return Ok(()),
                 Err(e) if e.kind == ErrorKind::Duplicate => {
-                    missing = missing_sources(&missing, &self.ssh_sources(region, group_id).await?);
-                    if missing.is_empty() {
-                        return Ok(());
-                    }
+                    missing = ingress::delta(&self.ingress(region, group_id).await?, &missing).0;
                 }
                 Err(e) => return Err(e),
             }
         }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let shown: Vec<String> =
+            missing.iter().map(|r| format!("{}-{}/{} from {}", r.from_port, r.to_port, r.protocol, r.cidr)).collect();
         Err(Error {
             kind: ErrorKind::Other,
-            code: "SourcesNotAdded".into(),
-            message: format!(
-                "EC2 kept refusing SSH from {} as duplicates it does not list",
-                missing.join(", ")
-            ),
+            code: "RulesNotAdded".into(),
+            message: format!("EC2 kept refusing {} as duplicates it does not list", shown.join(", ")),
             operation: "AuthorizeSecurityGroupIngress",
             region: region.to_string(),
         })
     }
 
-    /// The sources port 22 of the group is open to, in canonical form.
-    async fn ssh_sources(&self, region: &str, group_id: &str) -> Result<Vec<String>> {
+    /// The group's inbound CIDR rules, sources in canonical form.
+    async fn ingress(&self, region: &str, group_id: &str) -> Result<Vec<Rule>> {
         let client = self.client(region);
         let pages = pages!(
             self,
@@ -594,19 +633,11 @@ impl Ec2 {
             "DescribeSecurityGroups",
             client.describe_security_groups().group_ids(group_id)
         )?;
-        let mut have: Vec<String> = Vec::new();
-        for group in pages.iter().flat_map(
-            aws_sdk_ec2::operation::describe_security_groups::DescribeSecurityGroupsOutput::security_groups,
-        ) {
-            let ssh = group.ip_permissions().iter().filter(|p| {
-                p.ip_protocol() == Some("tcp") && p.from_port() == Some(22) && p.to_port() == Some(22)
-            });
-            for p in ssh {
-                have.extend(p.ip_ranges().iter().filter_map(|r| r.cidr_ip()).map(canonical_cidr));
-                have.extend(p.ipv6_ranges().iter().filter_map(|r| r.cidr_ipv6()).map(canonical_cidr));
-            }
-        }
-        Ok(have)
+        Ok(pages
+            .iter()
+            .flat_map(aws_sdk_ec2::operation::describe_security_groups::DescribeSecurityGroupsOutput::security_groups)
+            .flat_map(|g| g.ip_permissions().iter().flat_map(rules_of))
+            .collect())
     }
 
     async fn find_security_group(
@@ -892,7 +923,7 @@ impl Cloud for Ec2 {
         region: &str,
         name: &str,
         vpc_id: &str,
-        cidrs: &[String],
+        rules: &[Rule],
         tags: &Tags,
     ) -> Result<Resource> {
         let client = self.client(region);
@@ -903,7 +934,7 @@ impl Cloud for Ec2 {
             client
                 .create_security_group()
                 .group_name(name)
-                .description("spot: SSH for one deployment")
+                .description("spot: SSH and exposed ports of one deployment")
                 .vpc_id(vpc_id)
                 .tag_specifications(spec("security-group", tags))
         );
@@ -918,7 +949,7 @@ impl Cloud for Ec2 {
             }
             Err(e) => return Err(e),
         };
-        self.allow_ssh(region, &group_id, cidrs).await?;
+        self.allow(region, &group_id, rules).await?;
         Ok(resource(Kind::SecurityGroup, region, &group_id, Some(name), tags.clone()))
     }
 
@@ -1472,15 +1503,17 @@ impl Cloud for Ec2 {
         }
     }
 
-    async fn set_ssh_sources(&self, region: &str, group_id: &str, cidrs: &[String]) -> Result<()> {
+    async fn set_ingress(&self, region: &str, group_id: &str, rules: &[Rule]) -> Result<()> {
         let client = self.client(region);
-        let have = self.ssh_sources(region, group_id).await?;
-        let missing = missing_sources(cidrs, &have);
-        let stale = missing_sources(&have, cidrs);
-        if !missing.is_empty() {
-            self.allow_ssh(region, group_id, &missing).await?;
-        }
-        if !stale.is_empty() {
+        let (add, revoke) = ingress::delta(&self.ingress(region, group_id).await?, rules);
+        self.allow(region, group_id, &add).await?;
+        // One call revokes all or nothing: when one is gone already (another run's
+        // redeploy), the rest are revoked one by one.
+        let mut batches = vec![revoke.clone()];
+        while let Some(batch) = batches.pop() {
+            if batch.is_empty() {
+                continue;
+            }
             match call!(
                 self,
                 region,
@@ -1488,9 +1521,12 @@ impl Cloud for Ec2 {
                 client
                     .revoke_security_group_ingress()
                     .group_id(group_id)
-                    .ip_permissions(ssh_permission(&stale))
+                    .set_ip_permissions(Some(permissions(&batch)))
             ) {
                 Ok(_) => {}
+                Err(e) if e.kind == ErrorKind::NotFound && batch.len() > 1 => {
+                    batches.extend(batch.into_iter().map(|r| vec![r]));
+                }
                 Err(e) if e.kind == ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }

@@ -15,6 +15,7 @@ use std::future::Future;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::ingress::Rule;
 use crate::manifest::types::Arch;
 
 /// Tags as key -> value.
@@ -193,32 +194,6 @@ impl PoolError {
     }
 }
 
-/// Pure: a CIDR in the one form EC2 answers with (IPv6 in lower case, zeros compressed,
-/// RFC 5952), so that sources compare equal however they were written. Text that is not
-/// a CIDR is left as it is.
-pub fn canonical_cidr(cidr: &str) -> String {
-    match cidr.trim().split_once('/') {
-        Some((addr, prefix)) => match (addr.parse::<std::net::IpAddr>(), prefix.parse::<u8>()) {
-            (Ok(addr), Ok(prefix)) => format!("{addr}/{prefix}"),
-            _ => cidr.to_string(),
-        },
-        None => cidr.to_string(),
-    }
-}
-
-/// Pure: the sources of `wanted` that `have` lacks, compared in canonical form (and so
-/// written).
-pub fn missing_sources(wanted: &[String], have: &[String]) -> Vec<String> {
-    let have: Vec<String> = have.iter().map(|c| canonical_cidr(c)).collect();
-    let mut missing: Vec<String> = Vec::new();
-    for c in wanted.iter().map(|c| canonical_cidr(c)) {
-        if !have.contains(&c) && !missing.contains(&c) {
-            missing.push(c);
-        }
-    }
-    missing
-}
-
 /// Error codes that mean "no room here now" rather than "wrong request".
 pub fn is_capacity_code(code: &str) -> bool {
     matches!(
@@ -260,6 +235,10 @@ pub struct Instance {
     /// when it gives one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_reason: Option<String>,
+    /// `http://<address>:<port>/` for each of its HTTP ports (its `spot:http-ports` tag),
+    /// in the order written; empty without an address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
 }
 
 impl Instance {
@@ -277,7 +256,20 @@ impl Instance {
             private_ip: None,
             tags,
             state_reason: None,
+            urls: Vec::new(),
         }
+    }
+
+    /// Pure: the URLs of an instance at `address` with these `tags`.
+    pub fn urls_of(address: Option<&str>, tags: &Tags) -> Vec<String> {
+        let (Some(address), Some(ports)) = (address, tags.get(crate::plan::tag::HTTP_PORTS)) else {
+            return Vec::new();
+        };
+        ports
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u16>().ok())
+            .map(|p| crate::ingress::url(address, p))
+            .collect()
     }
 
     /// Where to reach it: the public address, else the private one.
@@ -356,13 +348,13 @@ pub trait Cloud: Send + Sync {
         tags: &Tags,
         made: &(dyn Fn(Resource) + Sync),
     ) -> impl Future<Output = Result<Network>> + Send;
-    /// A tagged security group allowing SSH from `cidrs` (adopted if it exists).
+    /// A tagged security group holding the inbound `rules` (adopted if it exists).
     fn create_security_group(
         &self,
         region: &str,
         name: &str,
         vpc_id: &str,
-        cidrs: &[String],
+        rules: &[Rule],
         tags: &Tags,
     ) -> impl Future<Output = Result<Resource>> + Send;
     /// Imports the deployment's public key (replacing a stale one of the same name).
@@ -403,13 +395,13 @@ pub trait Cloud: Send + Sync {
     fn terminate(&self, region: &str, ids: &[String]) -> impl Future<Output = Result<Vec<String>>> + Send;
     /// Deletes one non-instance resource (already-gone is fine).
     fn delete(&self, resource: &Resource) -> impl Future<Output = Result<()>> + Send;
-    /// Makes SSH (TCP 22) in one of our security groups open to exactly `cidrs`:
-    /// missing sources are added, others removed.
-    fn set_ssh_sources(
+    /// Makes one of our security groups hold exactly `rules` of spot's own: missing ones
+    /// are added, spot's others revoked ([`crate::ingress::delta`]); rules made by hand stay.
+    fn set_ingress(
         &self,
         region: &str,
         group_id: &str,
-        cidrs: &[String],
+        rules: &[Rule],
     ) -> impl Future<Output = Result<()>> + Send;
     /// Lets `public_key` log in to `instance` as `user` for the next 60 seconds (EC2
     /// Instance Connect): how a later run gets back into a kept deployment.
@@ -427,21 +419,4 @@ pub trait Cloud: Send + Sync {
         region: &str,
         types: &[String],
     ) -> impl Future<Output = Result<BTreeMap<(String, String), f64>>> + Send;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sources_compare_in_canonical_form() {
-        assert_eq!(canonical_cidr("2001:DB8:0:0::/64"), "2001:db8::/64");
-        assert_eq!(canonical_cidr(" 10.0.0.0/8"), "10.0.0.0/8");
-        assert_eq!(canonical_cidr("not a cidr"), "not a cidr");
-        let have = vec!["2001:db8::/64".to_string(), "10.0.0.0/8".to_string()];
-        let wanted: Vec<String> =
-            ["2001:0DB8:0000::/64", "10.0.0.0/8", "192.0.2.0/24", "192.0.2.0/24"].map(String::from).to_vec();
-        assert_eq!(missing_sources(&wanted, &have), ["192.0.2.0/24"]);
-        assert_eq!(missing_sources(&have, &wanted), Vec::<String>::new());
-    }
 }
