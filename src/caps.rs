@@ -209,7 +209,10 @@ impl Caps {
                 at(
                     &e.origin,
                     Kind::InvalidValue,
-                    format!("`expose` opens {}, which the workflow does not allow (input `allowed-ports`)", e.label()),
+                    format!(
+                        "`expose` opens {}, which the workflow does not allow (input `allowed-ports`)",
+                        e.label()
+                    ),
                     "expose only ports the workflow allows, or widen `allowed-ports` in the workflow".into(),
                     String::new(),
                 );

@@ -61,7 +61,8 @@ pub fn canonical_cidr(cidr: &str) -> String {
 
 /// Does any rule's source depend on the address spot runs from?
 pub fn needs_runner(config: &Config) -> bool {
-    matches!(config.ssh_access, SshAccess::Runner) || config.expose.iter().any(|e| e.from.contains(&Reach::Runner))
+    matches!(config.ssh_access, SshAccess::Runner)
+        || config.expose.iter().any(|e| e.from.contains(&Reach::Runner))
 }
 
 /// The runner's address as a one-address CIDR.
@@ -232,7 +233,12 @@ mod tests {
         // An IPv6 runner is one /128; the same source asked twice is one rule.
         let twice = config(
             SshAccess::Cidrs(vec!["2001:db8::7/128".into()]),
-            vec![expose((80, 80), Protocol::Tcp, vec![Reach::Runner, Reach::Cidr("2001:db8::7/128".into())], true)],
+            vec![expose(
+                (80, 80),
+                Protocol::Tcp,
+                vec![Reach::Runner, Reach::Cidr("2001:db8::7/128".into())],
+                true,
+            )],
         );
         assert_eq!(
             shown(&rules(&twice, Some("2001:db8::7"))),
@@ -280,7 +286,10 @@ mod tests {
         assert_eq!(url("2001:db8::7", 80), "http://[2001:db8::7]:80/");
         let e = |from| expose((80, 80), Protocol::Tcp, from, true);
         assert_eq!(audience(&e(vec![Reach::Runner])), "only the runner that deployed it");
-        assert_eq!(audience(&e(vec![Reach::Runner, Reach::Anywhere])), "anyone on the internet (0.0.0.0/0 and ::/0)");
+        assert_eq!(
+            audience(&e(vec![Reach::Runner, Reach::Anywhere])),
+            "anyone on the internet (0.0.0.0/0 and ::/0)"
+        );
         assert_eq!(
             audience(&e(vec![Reach::Cidr("203.0.113.0/24".into()), Reach::Runner])),
             "203.0.113.0/24, the runner that deployed it"

@@ -12,14 +12,15 @@ use std::path::{Component, Path, PathBuf};
 use super::diagnostic::Kind;
 use super::paths::{Excludes, rel_to};
 use super::raw::{
-    RawConfig, RawExpose, RawExposeEntry, RawHealthCheck, RawManifest, RawRegionEntry, RawSecret, RawService, RawTarball, RawUpload,
+    RawConfig, RawExpose, RawExposeEntry, RawHealthCheck, RawManifest, RawRegionEntry, RawSecret, RawService,
+    RawTarball, RawUpload,
 };
 use super::read::{Cx, Spanned, suggest};
 use super::span::Span;
 use super::types::{
-    AWS_REGIONS, Config, Expose, Fallback, HealthCheck, Image, InstanceType, Manifest, Origin, Probe, Protocol, Reach,
-    RegionSpec, Script, ScriptRun, SecretRef, Service, SshAccess, Tarball, TarballSource, Template, Upload, Written,
-    parse_duration,
+    AWS_REGIONS, Config, Expose, Fallback, HealthCheck, Image, InstanceType, Manifest, Origin, Probe,
+    Protocol, Reach, RegionSpec, Script, ScriptRun, SecretRef, Service, SshAccess, Tarball, TarballSource,
+    Template, Upload, Written, parse_duration,
 };
 
 /// Resource tags `spot` itself puts on a resource, at most: `Name` and six `spot:` keys on
@@ -241,9 +242,8 @@ fn expose(list: &[Spanned<RawExposeEntry>], cx: &mut Cx) -> Vec<Expose> {
     let mut out: Vec<Expose> = Vec::new();
     for entry in list {
         let Some(e) = expose_entry(entry, cx) else { continue };
-        let clash = out.iter().find(|o| {
-            o.protocol == e.protocol && o.ports.0 <= e.ports.1 && e.ports.0 <= o.ports.1
-        });
+        let clash =
+            out.iter().find(|o| o.protocol == e.protocol && o.ports.0 <= e.ports.1 && e.ports.0 <= o.ports.1);
         if let Some(o) = clash {
             cx.error(
                 Kind::Duplicate,

@@ -51,10 +51,16 @@ impl Session {
     pub async fn open(endpoint_url: Option<&str>) -> Self {
         let cloud = Ec2::new(endpoint_url).await;
         let overridden = cloud.endpoint_overridden();
-        let (emulator, warning) =
-            emulator_only(EMULATOR_SSH_DIR, std::env::var_os(EMULATOR_SSH_DIR).map(PathBuf::from), overridden);
-        let (checkip, checkip_warning) =
-            emulator_only(EMULATOR_CHECKIP, std::env::var(EMULATOR_CHECKIP).ok().map(PathBuf::from), overridden);
+        let (emulator, warning) = emulator_only(
+            EMULATOR_SSH_DIR,
+            std::env::var_os(EMULATOR_SSH_DIR).map(PathBuf::from),
+            overridden,
+        );
+        let (checkip, checkip_warning) = emulator_only(
+            EMULATOR_CHECKIP,
+            std::env::var(EMULATOR_CHECKIP).ok().map(PathBuf::from),
+            overridden,
+        );
         for warning in warning.into_iter().chain(checkip_warning) {
             crate::fence::eprint(&crate::fence::guard(&format!("warning: {warning}")));
         }

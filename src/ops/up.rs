@@ -436,8 +436,15 @@ fn read_secrets(deployment: &Deployment) -> Result<Vec<Secret>, Error> {
 }
 
 /// The security group's rules, with the runner's address found when a rule needs it.
-pub(crate) fn rules(config: &crate::manifest::types::Config, session: &Session) -> Result<Vec<crate::provider::Rule>, Error> {
-    let runner = if crate::ingress::needs_runner(config) { Some(public_address(session.checkip.as_deref())?) } else { None };
+pub(crate) fn rules(
+    config: &crate::manifest::types::Config,
+    session: &Session,
+) -> Result<Vec<crate::provider::Rule>, Error> {
+    let runner = if crate::ingress::needs_runner(config) {
+        Some(public_address(session.checkip.as_deref())?)
+    } else {
+        None
+    };
     Ok(crate::ingress::rules(config, runner.as_deref()))
 }
 
@@ -452,9 +459,11 @@ fn public_address(checkip: Option<&str>) -> Result<String, Error> {
     use std::net::ToSocketAddrs as _;
     let service = checkip.unwrap_or(CHECKIP);
     let host = service.rsplit_once(':').map_or(service, |(h, _)| h);
-    let fail = |why: String| Error::Runtime {
+    let fail = |why: String| {
+        Error::Runtime {
         message: format!("cannot find this machine's public address (asked {service}) for the security group's runner rules: {why}"),
         help: "set `aws.ssh_cidr` in config.yaml or pass --ssh-cidr, and give `expose` entries explicit `from` CIDRs".into(),
+    }
     };
     let addr = service
         .to_socket_addrs()

@@ -196,7 +196,8 @@ fn permissions(rules: &[Rule]) -> Vec<IpPermission> {
     }
     keys.into_iter()
         .map(|(protocol, from, to)| {
-            let of = || rules.iter().filter(move |r| (r.protocol, r.from_port, r.to_port) == (protocol, from, to));
+            let of =
+                || rules.iter().filter(move |r| (r.protocol, r.from_port, r.to_port) == (protocol, from, to));
             let v4: Vec<IpRange> = of()
                 .filter(|r| !r.is_v6())
                 .map(|r| IpRange::builder().cidr_ip(&r.cidr).description(&r.description).build())
@@ -613,8 +614,10 @@ impl Ec2 {
         if missing.is_empty() {
             return Ok(());
         }
-        let shown: Vec<String> =
-            missing.iter().map(|r| format!("{}-{}/{} from {}", r.from_port, r.to_port, r.protocol, r.cidr)).collect();
+        let shown: Vec<String> = missing
+            .iter()
+            .map(|r| format!("{}-{}/{} from {}", r.from_port, r.to_port, r.protocol, r.cidr))
+            .collect();
         Err(Error {
             kind: ErrorKind::Other,
             code: "RulesNotAdded".into(),

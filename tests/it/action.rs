@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::repo;
+use crate::common::{CheckIp, repo};
 use crate::deliver::{Player, config, repository};
 use crate::emulator::{Emulator, writes};
 
@@ -84,6 +84,8 @@ pub struct Job {
     /// Inputs every step of this job's workflow gives unless the step says otherwise:
     /// the workflow allows the tests' secret (`secrets: APP_TOKEN`).
     pub with: Vec<(&'static str, &'static str)>,
+    /// Environment variables besides the runner's.
+    pub env: Vec<(String, String)>,
 }
 
 impl Job {
@@ -95,6 +97,7 @@ impl Job {
             event,
             api_url: None,
             with: vec![("secrets", "APP_TOKEN")],
+            env: Vec::new(),
         }
     }
 
@@ -130,6 +133,7 @@ impl Job {
         if let Some(dir) = ssh_dir {
             cmd.env("SPOT_EMULATOR_SSH_DIR", dir);
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let (declared, _) = declared();
         for (name, default) in declared {
             let given = inputs
@@ -754,6 +758,152 @@ fn a_named_deployment_on_a_push_is_redeployed_with_keep_and_refused_without_it()
 }
 
 /// Behind spot's back: opens port 22 of the one security group to `cidr`.
+/// Every inbound rule of the region's first security group, as
+/// `first-last/protocol cidr [description]`, sorted.
+pub fn group_rules(emu: &Emulator) -> Vec<String> {
+    let groups = emu.details("us-east-1")["security_groups"].clone();
+    let mut out = Vec::new();
+    for p in groups[0]["ingress"].as_array().cloned().unwrap_or_default() {
+        let cidrs = p["cidrs"].as_array().cloned().unwrap_or_default();
+        let descriptions = p["descriptions"].as_array().cloned().unwrap_or_default();
+        for (c, d) in cidrs.iter().zip(&descriptions) {
+            out.push(format!(
+                "{}-{}/{} {} [{}]",
+                p["from"],
+                p["to"],
+                p["protocol"].as_str().unwrap_or_default(),
+                c.as_str().unwrap_or_default(),
+                d.as_str().unwrap_or_default()
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn exposed_ports_open_to_their_sources_publish_their_urls_and_only_runner_rules_follow_the_runner() {
+    let emu = Emulator::start();
+    let player = Player::start(&emu, &["us-east-1"], &[]);
+    let github = FakeGitHub::start(&["8=open"]);
+    let checkip = CheckIp::start("198.51.100.7");
+    let config = "aws:\n  total_instances: 2\n  username: root\n  ttl: 1h\nregions:\n  - us-east-1:\n      machine_type: [t3.small]\n\
+                  expose:\n  - {port: 8080, http: true}\n  - {port: 8443, http: true, from: [runner, 203.0.113.0/24]}\n\
+                  \x20 - {port: 9000-9001, protocol: udp, from: anywhere}\n";
+    let dir = repository(config, &stamped("v1"), &[]);
+    let wd = dir.path().to_str().unwrap();
+    let event = |action: &str, sha: &str| json!({"action": action, "pull_request": {"number": 8, "head": {"sha": sha}}});
+    let up = [
+        ("working-directory", wd),
+        ("keep", "true"),
+        ("github-token", TOKEN),
+        ("github-deployment", "true"),
+        ("allow-anywhere", "true"),
+    ];
+    let job = |run: &str, action: &str, sha: &str| {
+        let mut job = Job::new(run, "pull_request", event(action, sha));
+        job.api_url = Some(github.url());
+        job.env.push(("SPOT_EMULATOR_CHECKIP".into(), checkip.addr.clone()));
+        job
+    };
+
+    // A pull request that opens `anywhere` needs the workflow's leave.
+    let refused = job("9400", "opened", "aaaaaaaaaaaaaaaa");
+    let out = refused.run(&emu, "main", &up[..4], Some(&player.ssh_dir));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("file=.spot/config.yaml,line=11"), "{}", text(&out));
+    assert!(text(&out).contains("to the whole internet"), "{}", text(&out));
+    assert_clean(&emu);
+
+    let first = job("9401", "opened", "aaaaaaaaaaaaaaaa");
+    let out = first.run(&emu, "main", &up, Some(&player.ssh_dir));
+    assert!(out.status.success(), "{}\nplayer: {}", text(&out), player.log());
+    assert!(checkip.asked.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    let outputs = file_commands(&first.path("output-main"));
+    let ips: Vec<String> = outputs["public-ips"].split(',').map(String::from).collect();
+    assert_eq!(ips.len(), 2);
+    // By instance in instance-ids order, within one in config.yaml's order.
+    let urls: Vec<String> =
+        ips.iter().flat_map(|ip| [format!("http://{ip}:8080/"), format!("http://{ip}:8443/")]).collect();
+    assert_eq!(outputs["urls"], urls.join(","));
+    assert_eq!(outputs["url"], urls[0]);
+    let json: Value = serde_json::from_str(&outputs["json"]).unwrap();
+    assert_eq!(json["instances"][1]["urls"], json!(urls[2..]), "{json:#}");
+    assert_eq!(
+        group_rules(&emu),
+        [
+            "22-22/tcp 198.51.100.7/32 [spot ssh (runner)]",
+            "8080-8080/tcp 198.51.100.7/32 [spot 8080/tcp http (runner)]",
+            "8443-8443/tcp 198.51.100.7/32 [spot 8443/tcp http (runner)]",
+            "8443-8443/tcp 203.0.113.0/24 [spot 8443/tcp http]",
+            "9000-9001/udp 0.0.0.0/0 [spot 9000-9001/udp (anywhere)]",
+            "9000-9001/udp ::/0 [spot 9000-9001/udp (anywhere)]",
+        ]
+    );
+    let summary = std::fs::read_to_string(first.path("summary-main")).unwrap();
+    for u in &urls {
+        assert!(summary.contains(&format!("[{u}]({u})")), "{summary}");
+    }
+    assert!(summary.contains("| 8080/tcp | only the runner that deployed it |"), "{summary}");
+    assert!(summary.contains("| 8443/tcp | 203.0.113.0/24, the runner that deployed it |"), "{summary}");
+    assert!(
+        summary.contains("| 9000-9001/udp | **anyone on the internet (0.0.0.0/0 and ::/0)** | - |"),
+        "{summary}"
+    );
+    assert!(summary.contains("To widen it"), "{summary}");
+    let requests = github.requests();
+    let status = requests
+        .iter()
+        .find(|r| r["method"] == "POST" && r["path"].as_str().unwrap().ends_with("/statuses"))
+        .unwrap_or_else(|| panic!("no deployment status: {requests:#?}"));
+    assert_eq!(status["body"]["state"], "success");
+    assert_eq!(status["body"]["environment_url"], urls[0].as_str(), "{status:#}");
+    // The sticky comment (made by the refused run, updated by this one).
+    let comment = requests
+        .iter()
+        .rfind(|r| r["method"] != "GET" && r["path"].as_str().unwrap().starts_with("/repos/acme/app/issues/"))
+        .unwrap_or_else(|| panic!("no comment: {requests:#?}"));
+    let body = comment["body"]["body"].as_str().unwrap();
+    assert!(body.contains(&format!("[{u}]({u})", u = urls[3])) && body.contains("To widen it"), "{body}");
+    let post = first.run(&emu, "post", &[], None);
+    assert!(post.status.success() && text(&post).contains("keeping pr-8"), "{}", text(&post));
+
+    // A rule added by hand, then a push from another runner: the runner's rules move,
+    // the CIDR, `anywhere` and the hand-made rule stay.
+    add_ssh_source(&emu, "10.2.0.0/16");
+    checkip.answer("203.0.113.9");
+    let second = job("9402", "synchronize", "bbbbbbbbbbbbbbbb");
+    let out = second.run(&emu, "main", &up, Some(&player.ssh_dir));
+    assert!(out.status.success(), "{}\nplayer: {}", text(&out), player.log());
+    assert!(text(&out).contains("redeployed into the running pr-8"), "{}", text(&out));
+    assert_eq!(
+        group_rules(&emu),
+        [
+            "22-22/tcp 10.2.0.0/16 []",
+            "22-22/tcp 203.0.113.9/32 [spot ssh (runner)]",
+            "8080-8080/tcp 203.0.113.9/32 [spot 8080/tcp http (runner)]",
+            "8443-8443/tcp 203.0.113.0/24 [spot 8443/tcp http]",
+            "8443-8443/tcp 203.0.113.9/32 [spot 8443/tcp http (runner)]",
+            "9000-9001/udp 0.0.0.0/0 [spot 9000-9001/udp (anywhere)]",
+            "9000-9001/udp ::/0 [spot 9000-9001/udp (anywhere)]",
+        ]
+    );
+    assert_eq!(file_commands(&second.path("output-main"))["urls"], urls.join(","));
+
+    let close = job("9403", "closed", "bbbbbbbbbbbbbbbb");
+    let out = close.run(
+        &emu,
+        "main",
+        &[("working-directory", wd), ("mode", "down"), ("github-token", TOKEN)],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_clean(&emu);
+    for j in [&first, &second, &close] {
+        assert_no_secret(j, dir.path(), &[TOKEN, SECRET]);
+    }
+}
+
 fn add_ssh_source(emu: &Emulator, cidr: &str) {
     let script = format!(
         "import boto3\nec2 = boto3.client('ec2', region_name='us-east-1', endpoint_url='{url}', aws_access_key_id='t', aws_secret_access_key='t')\n\

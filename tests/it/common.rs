@@ -161,3 +161,67 @@ pub fn valid_dirs() -> Vec<PathBuf> {
     dirs.sort();
     dirs
 }
+
+/// A stand-in for checkip.amazonaws.com on 127.0.0.1: answers every `GET /` with the
+/// address it is told to (the "public address" spot sees, for the runner's rules), as
+/// checkip does, over HTTP/1.0. Given to spot as `SPOT_EMULATOR_CHECKIP`.
+pub struct CheckIp {
+    pub addr: String,
+    answer: std::sync::Arc<std::sync::Mutex<String>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub asked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CheckIp {
+    pub fn start(answer: &str) -> Self {
+        use std::io::{Read as _, Write as _};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let answer = std::sync::Arc::new(std::sync::Mutex::new(answer.to_string()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (a, s, n) = (answer.clone(), stop.clone(), asked.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        conn.set_nonblocking(false).unwrap();
+                        conn.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+                        let mut request = Vec::new();
+                        let mut buf = [0u8; 1024];
+                        while !request.ends_with(b"\r\n\r\n") {
+                            match conn.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(k) => request.extend_from_slice(&buf[..k]),
+                            }
+                        }
+                        n.fetch_add(1, Ordering::Relaxed);
+                        let body = format!("{}\n", a.lock().unwrap());
+                        let _ = conn.write_all(
+                            format!("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n{body}").as_bytes(),
+                        );
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                }
+            }
+        });
+        Self { addr, answer, stop, thread: Some(thread), asked }
+    }
+
+    /// From now on, answer `address`: the runner moved.
+    pub fn answer(&self, address: &str) {
+        *self.answer.lock().unwrap() = address.to_string();
+    }
+}
+
+impl Drop for CheckIp {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -741,3 +741,71 @@ fn a_secret_too_short_to_mask_safely_is_refused_before_any_write_call() {
     assert_eq!(writes(&emu.calls()), writes(&calls), "a refused create changed EC2");
     assert_clean(&emu, &["us-east-1"]);
 }
+
+#[test]
+fn exposed_ports_are_rules_of_the_group_http_ones_urls_in_create_and_list_and_destroy_removes_them() {
+    let emu = Emulator::start();
+    let dir = project(
+        "aws: {total_instances: 2, ssh_cidr: 198.51.100.7/32}\nregions:\n  - us-east-1: {machine_type: t3.micro}\n\
+         expose:\n  - {port: 8080, http: true, from: 203.0.113.0/24}\n  - {port: 3000, from: runner}\n",
+    );
+    // A `runner` source needs this machine's address: when nobody answers, nothing is made.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let out = emu
+        .spot()
+        .args(["create", "--no-deliver", "--deployment-id", "ex-0"])
+        .arg(dir.path())
+        .env("SPOT_EMULATOR_CHECKIP", &closed)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot find this machine's public address"));
+    assert!(writes(&emu.calls()).is_empty(), "{:?}", emu.calls());
+
+    let checkip = crate::common::CheckIp::start("192.0.2.44");
+    let out = emu
+        .spot()
+        .args(["create", "--no-deliver", "--json", "--deployment-id", "ex-1"])
+        .arg(dir.path())
+        .env("SPOT_EMULATOR_CHECKIP", &checkip.addr)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let urls = |doc: &Value| -> Vec<Vec<String>> {
+        doc["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| serde_json::from_value(i["urls"].clone()).unwrap_or_default())
+            .collect()
+    };
+    let expected: Vec<Vec<String>> = created["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| vec![format!("http://{}:8080/", i["public_ip"].as_str().unwrap())])
+        .collect();
+    assert_eq!(urls(&created), expected, "{created:#}");
+    assert_eq!(
+        crate::action::group_rules(&emu),
+        [
+            "22-22/tcp 198.51.100.7/32 [spot ssh]",
+            "3000-3000/tcp 192.0.2.44/32 [spot 3000/tcp (runner)]",
+            "8080-8080/tcp 203.0.113.0/24 [spot 8080/tcp http]",
+        ]
+    );
+    let out = emu.spot().args(["list", "--json", "--region", "us-east-1"]).arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut listed_urls = urls(&listed[0]);
+    let mut want = expected.clone();
+    listed_urls.sort();
+    want.sort();
+    assert_eq!(listed_urls, want, "{listed:#}");
+    let out = emu.spot().args(["list", "--region", "us-east-1"]).arg(dir.path()).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&expected[0][0]));
+
+    assert!(destroy(&emu, dir.path(), "ex-1").status.success());
+    assert_clean(&emu, &["us-east-1"]);
+}

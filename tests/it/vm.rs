@@ -350,15 +350,26 @@ fn vm_the_example_boots_for_real_survives_a_reboot_and_late_boots_power_off() {
     let manifest = dir.path().join(".spot/deployment.yaml");
     let text = std::fs::read_to_string(&manifest).unwrap().replace("  - curl\n", "  - curl\n  - jq\n");
     std::fs::write(&manifest, text).unwrap();
-    // Two instances: after the common checks, each ends by another late boot.
-    std::fs::write(
-        dir.path().join(".spot/config.yaml"),
-        "aws:\n  total_instances: 2\n  username: ubuntu\n  ssh_cidr: 127.0.0.1/32\n  ttl: 2h\n\
-         regions:\n  - us-east-1:\n      machine_type: [t3.small]\n",
-    )
-    .unwrap();
+    // Two instances: after the common checks, each ends by another late boot. The
+    // example's own config.yaml otherwise: its `expose` entry opens 8080 to the runner,
+    // SSH too (no ssh_cidr), the runner's address being 127.0.0.1 (the checkip stand-in),
+    // where every forwarded connection comes from.
+    let config_path = dir.path().join(".spot/config.yaml");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    assert!(config.contains("expose:\n  - port: 8080\n    http: true\n"), "{config}");
+    let config = config
+        .replace("total_instances: 1", "total_instances: 2")
+        .replace("us-west-2", "us-east-1")
+        .replace("[t3.small, t3a.small]", "[t3.small]");
+    std::fs::write(&config_path, config).unwrap();
+    let checkip = crate::common::CheckIp::start("127.0.0.1");
 
-    let (out, doc) = vm.create(&emu, dir.path(), "vm-hello", &[("APP_TOKEN", SECRET)]);
+    let (out, doc) = vm.create(
+        &emu,
+        dir.path(),
+        "vm-hello",
+        &[("APP_TOKEN", SECRET), ("SPOT_EMULATOR_CHECKIP", &checkip.addr)],
+    );
     let ids: Vec<String> =
         doc["instances"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_string()).collect();
     assert_eq!(ids.len(), 2, "{doc:#}");
@@ -373,20 +384,19 @@ fn vm_the_example_boots_for_real_survives_a_reboot_and_late_boots_power_off() {
     }
     let expires_at = doc["expires_at"].as_str().unwrap();
 
-    // Port 8080 is not in the security group spot made (SSH only, from the ssh_cidr):
-    // nothing reaches it. A rule for another source opens nothing to this machine; one
-    // for 127.0.0.1 makes the page (served by the real systemd unit) reachable; once
-    // revoked, it is not.
-    assert!(!vm.is_open(a, 8080) && page(&vm, a).is_err(), "8080 is reachable without a rule");
-    let rules = group_rule(&emu, "vm-hello", "authorize", 8080, "10.0.0.0/8");
-    let ssh: Vec<&Value> = rules.as_array().unwrap().iter().filter(|r| r["FromPort"] == 22).collect();
-    assert_eq!(ssh.len(), 1, "{rules:#}");
-    assert_eq!(ssh[0]["IpRanges"][0]["CidrIp"], "127.0.0.1/32", "spot's SSH rule: {rules:#}");
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(!vm.is_open(a, 8080) && page(&vm, a).is_err(), "a rule for 10.0.0.0/8 let 127.0.0.1 in");
-    group_rule(&emu, "vm-hello", "revoke", 8080, "10.0.0.0/8");
-    group_rule(&emu, "vm-hello", "authorize", 8080, "127.0.0.1/32");
-    for id in [a, b] {
+    // The security group spot made holds SSH and the example's 8080, both from the
+    // runner: the harness forwards both, and the page (served by the real systemd unit)
+    // answers at each instance's URL's port. Once that rule is revoked it does not.
+    assert_eq!(
+        crate::action::group_rules(&emu),
+        [
+            "22-22/tcp 127.0.0.1/32 [spot ssh (runner)]",
+            "8080-8080/tcp 127.0.0.1/32 [spot 8080/tcp http (runner)]"
+        ]
+    );
+    for (n, id) in [a, b].into_iter().enumerate() {
+        let ip = doc["instances"][n]["public_ip"].as_str().unwrap();
+        assert_eq!(doc["instances"][n]["urls"], json!([format!("http://{ip}:8080/")]), "{doc:#}");
         wait_forwarded(&vm, id, 8080, true);
         let shown = page(&vm, id).unwrap_or_else(|e| panic!("{e}\n{}", vm.story(id)));
         assert!(shown.contains("Hello from a spot instance"), "{shown}");
@@ -605,7 +615,7 @@ fn vm_a_bare_image_boots_clean_and_a_package_that_does_not_exist_fails_in_apts_w
 fn vm_a_push_to_a_pull_request_environment_gets_in_through_instance_connect() {
     use crate::action::{FakeGitHub, Job, TOKEN, file_commands, stamped, text};
     let emu = Emulator::start();
-    let vm = VmPlayer::start(&emu, "trixie", &[], &[]);
+    let vm = VmPlayer::start(&emu, "trixie", &[8080], &[]);
     let github = FakeGitHub::start(&["7=open"]);
     let dir = crate::deliver::repository(&crate::deliver::config(1, "ubuntu"), &stamped("v1"), &[]);
     let wd = dir.path().to_str().unwrap();
@@ -628,6 +638,11 @@ fn vm_a_push_to_a_pull_request_environment_gets_in_through_instance_connect() {
     };
     let (_, original) = push("9201", "opened", "aaaaaaaaaaaaaaaa");
     assert_eq!(vm.run(&original, "cat /var/lib/spot/version"), "v1\n");
+    // No `expose` entry: the group holds SSH alone, and the harness, which would forward
+    // 8080 the moment a rule opened it, forwards nothing but SSH.
+    assert_eq!(crate::action::group_rules(&emu), ["22-22/tcp 127.0.0.1/32 [spot ssh]"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!vm.is_open(&original, 8080), "8080 forwarded without a rule\n{}", vm.log());
     let before = vm.imds(&original)["instance_connect_keys"].as_u64().unwrap();
 
     // The next run holds a new key that no authorized_keys file lists: it gets in only

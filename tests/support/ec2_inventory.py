@@ -49,8 +49,9 @@ def leftovers(ec2, details=False):
         "instances": [{"id": i["InstanceId"], "tags": tags(i), "image": i["ImageId"], "type": i["InstanceType"],
                        "az": i["Placement"]["AvailabilityZone"], "lifecycle": i.get("InstanceLifecycle", "on-demand")} for i in insts],
         "security_groups": [{"id": g["GroupId"], "name": g["GroupName"], "tags": tags(g),
-                             "ingress": [{"from": p.get("FromPort"), "to": p.get("ToPort"),
-                                          "cidrs": [r["CidrIp"] for r in p.get("IpRanges", [])] + [r["CidrIpv6"] for r in p.get("Ipv6Ranges", [])]}
+                             "ingress": [{"from": p.get("FromPort"), "to": p.get("ToPort"), "protocol": p.get("IpProtocol"),
+                                          "cidrs": [r["CidrIp"] for r in p.get("IpRanges", [])] + [r["CidrIpv6"] for r in p.get("Ipv6Ranges", [])],
+                                          "descriptions": [r.get("Description", "") for r in p.get("IpRanges", [])] + [r.get("Description", "") for r in p.get("Ipv6Ranges", [])]}
                                          for p in g.get("IpPermissions", [])]} for g in sgs],
         "key_pairs": [{"name": k["KeyName"], "tags": tags(k)} for k in kps],
         "launch_templates": [{"id": t["LaunchTemplateId"], "name": t["LaunchTemplateName"], "tags": tags(t),
