@@ -140,9 +140,15 @@ pub fn http_ports(expose: &[Expose]) -> Vec<u16> {
     expose.iter().filter(|e| e.http).map(|e| e.ports.0).collect()
 }
 
-/// Who may connect to `e`, in words: `only the runner that deployed it`, `anyone on the
-/// internet (...)`, `203.0.113.0/24, the runner that deployed it`.
-pub fn audience(e: &Expose) -> String {
+/// How the summary and the comment name the runner's address.
+pub const DEPLOYED_FROM: &str = "the runner that deployed it";
+/// How `plan` names it, before anything is deployed.
+pub const RUNS_FROM: &str = "the address spot runs from";
+
+/// Who may connect to `e`, in words, `runner` naming the runner's address: `only the
+/// runner that deployed it`, `anyone on the internet (...)`, `203.0.113.0/24, the runner
+/// that deployed it`.
+pub fn audience(e: &Expose, runner: &str) -> String {
     if e.from.contains(&Reach::Anywhere) {
         return "anyone on the internet (0.0.0.0/0 and ::/0)".into();
     }
@@ -154,11 +160,10 @@ pub fn audience(e: &Expose) -> String {
             _ => None,
         })
         .collect();
-    let runner = e.from.contains(&Reach::Runner);
-    match (parts.is_empty(), runner) {
-        (true, _) => "only the runner that deployed it".into(),
+    match (parts.is_empty(), e.from.contains(&Reach::Runner)) {
+        (true, _) => format!("only {runner}"),
         (false, true) => {
-            parts.push("the runner that deployed it".into());
+            parts.push(runner.to_string());
             parts.join(", ")
         }
         (false, false) => parts.join(", "),
@@ -285,13 +290,13 @@ mod tests {
         assert_eq!(url("198.51.100.7", 8080), "http://198.51.100.7:8080/");
         assert_eq!(url("2001:db8::7", 80), "http://[2001:db8::7]:80/");
         let e = |from| expose((80, 80), Protocol::Tcp, from, true);
-        assert_eq!(audience(&e(vec![Reach::Runner])), "only the runner that deployed it");
+        assert_eq!(audience(&e(vec![Reach::Runner]), DEPLOYED_FROM), "only the runner that deployed it");
         assert_eq!(
-            audience(&e(vec![Reach::Runner, Reach::Anywhere])),
+            audience(&e(vec![Reach::Runner, Reach::Anywhere]), RUNS_FROM),
             "anyone on the internet (0.0.0.0/0 and ::/0)"
         );
         assert_eq!(
-            audience(&e(vec![Reach::Cidr("203.0.113.0/24".into()), Reach::Runner])),
+            audience(&e(vec![Reach::Cidr("203.0.113.0/24".into()), Reach::Runner]), DEPLOYED_FROM),
             "203.0.113.0/24, the runner that deployed it"
         );
     }

@@ -433,7 +433,12 @@ impl Plan {
         }
         for e in &self.expose {
             let http = if e.http { " (http)" } else { "" };
-            let _ = writeln!(s, "  expose     {}{http} to {}", e.label(), crate::ingress::audience(e));
+            let _ = writeln!(
+                s,
+                "  expose     {}{http} to {}",
+                e.label(),
+                crate::ingress::audience(e, crate::ingress::RUNS_FROM)
+            );
         }
         let _ = writeln!(s, "  regions");
         for r in &self.regions {

@@ -54,6 +54,7 @@ pub const INPUTS: &[&str] = &[
     "max-ttl",
     "allowed-instance-types",
     "allowed-regions",
+    "allowed-ports",
     "allow-anywhere",
 ];
 

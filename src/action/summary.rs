@@ -85,10 +85,10 @@ fn reach(created: &Created) -> String {
         } else {
             Vec::new()
         };
-        let audience = crate::ingress::audience(e);
+        let audience = cell(&crate::ingress::audience(e, crate::ingress::DEPLOYED_FROM));
         let audience = if e.from.contains(&Reach::Anywhere) { format!("**{audience}**") } else { audience };
         let links = if links.is_empty() { "-".to_string() } else { links.join("<br>") };
-        let _ = writeln!(md, "| {} | {} | {links} |", e.label(), cell(&audience));
+        let _ = writeln!(md, "| {} | {audience} | {links} |", e.label());
     }
     if expose.iter().any(|e| e.http && e.from == [Reach::Runner]) {
         let _ = writeln!(

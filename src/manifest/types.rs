@@ -245,7 +245,8 @@ pub enum Reach {
 /// One `expose` entry of config.yaml: ports of every instance opened in its security group.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Expose {
-    /// First and last port (equal for one port).
+    /// First and last port (equal for one port); shown as `8080` or `8000-8010`.
+    #[serde(rename = "port", serialize_with = "port_text")]
     pub ports: (u16, u16),
     pub protocol: Protocol,
     pub from: Vec<Reach>,
@@ -257,6 +258,13 @@ pub struct Expose {
     /// Where the entry was written.
     #[serde(skip)]
     pub origin: Origin,
+}
+
+fn port_text<S: serde::Serializer>(ports: &(u16, u16), s: S) -> Result<S::Ok, S::Error> {
+    match ports {
+        (a, b) if a == b => s.serialize_u16(*a),
+        (a, b) => s.serialize_str(&format!("{a}-{b}")),
+    }
 }
 
 impl Expose {

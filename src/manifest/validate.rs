@@ -382,7 +382,11 @@ fn port_range(text: &str, span: Span, cx: &mut Cx) -> Option<(u16, u16)> {
         cx.error(
             Kind::InvalidValue,
             span,
-            format!("`{text}` includes port 22, which is SSH's: spot opens it itself, to `aws.ssh_cidr`"),
+            if first == last {
+                "port 22 is SSH's: spot opens it itself, to `aws.ssh_cidr`".to_string()
+            } else {
+                format!("`{text}` includes port 22, which is SSH's: spot opens it itself, to `aws.ssh_cidr`")
+            },
             "leave 22 out of `expose` (split a range around it); choose who reaches SSH with `aws.ssh_cidr`",
         );
         return None;

@@ -1188,7 +1188,7 @@ fn every_input_and_output_is_documented_and_read() {
     let outputs_code = std::fs::read_to_string(repo().join("src/action/summary.rs")).unwrap();
     assert!(code.contains("in summary::outputs(&created)") && code.contains("set_output(name, &value)"));
     let (inputs, outputs) = declared();
-    assert!(inputs.len() >= 15 && outputs.len() == 6);
+    assert!(inputs.len() >= 15 && outputs.len() == 8);
     for (name, _) in &inputs {
         assert!(readme.contains(&format!("| `{name}` |")), "input {name} is not in the README's table");
         assert!(
@@ -1327,11 +1327,14 @@ fn a_hostile_script_printing_workflow_commands_and_its_secret_gets_neither_obeye
 fn a_description_beyond_the_workflows_limits_is_refused_at_its_lines_before_any_cloud_call() {
     let emu = Emulator::start();
     let config = "aws:\n  total_instances: 5\n  ttl: 2d\n  ssh_cidr: [203.0.113.7/32, 0.0.0.0/0]\n\
-                  regions:\n  - us-east-1:\n      machine_type: [t3.small, m7i.4xlarge]\n  - ap-south-1:\n      machine_type: t3.small\n";
+                  regions:\n  - us-east-1:\n      machine_type: [t3.small, m7i.4xlarge]\n  - ap-south-1:\n      machine_type: t3.small\n\
+                  expose:\n  - {port: 8080, from: [runner, 0.0.0.0/1]}\n  - {port: 5432}\n";
     let dir = repository(config, "version: 1\nsecrets:\n  - APP_TOKEN\n  - name: DB\n    env: DB_URL\n", &[]);
     let job = Job::new("9201", "pull_request", json!({"number": 7}));
     let wd = dir.path().to_str().unwrap();
-    let out = job.run(&emu, "main", &[("working-directory", wd), ("allowed-regions", "us-* eu-*")], None);
+    let inputs =
+        [("working-directory", wd), ("allowed-regions", "us-* eu-*"), ("allowed-ports", "8000-8999/tcp")];
+    let out = job.run(&emu, "main", &inputs, None);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     for (line, col, says) in [
@@ -1340,6 +1343,8 @@ fn a_description_beyond_the_workflows_limits_is_refused_at_its_lines_before_any_
         (4, 30, "opens SSH to the whole internet"),
         (7, 32, "`m7i.4xlarge` is not one the workflow allows"),
         (8, 5, "`ap-south-1` is not one the workflow allows"),
+        (11, 33, "opens 8080/tcp to the whole internet"),
+        (12, 5, "opens 5432/tcp, which the workflow does not allow (input `allowed-ports`)"),
     ] {
         let at = format!("::error file=.spot/config.yaml,line={line},col={col}");
         assert!(stdout.lines().any(|l| l.starts_with(&at) && l.contains(says)), "{at} {says}:\n{stdout}");

@@ -94,7 +94,7 @@ fn create_list_destroy_round_trip_tags_everything_and_leaves_nothing() {
     let rules = &details["security_groups"][0]["ingress"];
     assert_eq!(
         rules,
-        &json!([{"from": 22, "to": 22, "cidrs": ["198.51.100.7/32"]}]),
+        &json!([{"from": 22, "to": 22, "protocol": "tcp", "cidrs": ["198.51.100.7/32"], "descriptions": ["spot ssh"]}]),
         "SSH only from the configured CIDR"
     );
     // arm64 types get the newest Canonical arm64 image, x86_64 the newest amd64 one.
@@ -784,7 +784,9 @@ fn exposed_ports_are_rules_of_the_group_http_ones_urls_in_create_and_list_and_de
         .as_array()
         .unwrap()
         .iter()
-        .map(|i| vec![format!("http://{}:8080/", i["public_ip"].as_str().unwrap())])
+        .map(|i| {
+            vec![format!("http://{}:8080/", i["public_ip"].as_str().or(i["private_ip"].as_str()).unwrap())]
+        })
         .collect();
     assert_eq!(urls(&created), expected, "{created:#}");
     assert_eq!(
