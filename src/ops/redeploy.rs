@@ -155,7 +155,8 @@ pub async fn attempt(
                     error: result.err(),
                 }
             })
-            .buffer_unordered(16)
+            // In the instances' order, as found: the outputs list them so.
+            .buffered(16)
             .collect()
             .await;
         let failed: Vec<String> = outcomes

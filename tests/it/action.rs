@@ -888,7 +888,17 @@ fn exposed_ports_open_to_their_sources_publish_their_urls_and_only_runner_rules_
             "9000-9001/udp ::/0 [spot 9000-9001/udp (anywhere)]",
         ]
     );
-    assert_eq!(file_commands(&second.path("output-main"))["urls"], urls.join(","));
+    // The same instances, in the order of this run's `instance-ids`.
+    let outputs = file_commands(&second.path("output-main"));
+    let moved: Vec<String> = outputs["public-ips"]
+        .split(',')
+        .flat_map(|ip| [format!("http://{ip}:8080/"), format!("http://{ip}:8443/")])
+        .collect();
+    assert_eq!(outputs["urls"], moved.join(","));
+    let (mut had, mut has) = (urls.clone(), moved.clone());
+    had.sort();
+    has.sort();
+    assert_eq!(had, has);
 
     let close = job("9403", "closed", "bbbbbbbbbbbbbbbb");
     let out = close.run(
