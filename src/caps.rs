@@ -8,6 +8,7 @@
 use crate::manifest::types::{
     Deployment, Origin, Protocol, Reach, SshAccess, format_duration, parse_duration,
 };
+use crate::manifest::validate::is_open;
 use crate::manifest::{Diagnostic, Kind};
 
 /// The defaults, as action.yml declares them: a few small instances for a day at most,
@@ -300,18 +301,6 @@ fn type_allowed(pattern: &str, t: &str) -> bool {
     } else {
         glob(pattern, t.split('.').next().unwrap_or_default())
     }
-}
-
-/// Pure: does `cidr` cover (near enough) the whole internet: an IPv4 prefix shorter than
-/// /8, or an IPv6 one shorter than /16 (`0.0.0.0/0`, `::/0`, and their halves)?
-pub fn is_open(cidr: &str) -> bool {
-    let Some((addr, len)) = cidr.split_once('/') else {
-        return false;
-    };
-    let Ok(len) = len.parse::<u8>() else {
-        return false;
-    };
-    if addr.contains(':') { len < 16 } else { len < 8 }
 }
 
 #[cfg(test)]

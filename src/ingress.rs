@@ -46,15 +46,13 @@ pub fn is_ours(description: &str) -> bool {
     description == "spot ssh" || description.starts_with("spot ")
 }
 
-/// A CIDR in the one form EC2 answers with (IPv6 in lower case, zeros compressed,
-/// RFC 5952), so that sources compare equal however they were written. Text that is not
+/// A CIDR in the one form EC2 stores and answers with: host bits cleared
+/// (`203.0.113.5/24` is `203.0.113.0/24`), IPv6 in lower case with zeros compressed
+/// (RFC 5952), so that sources compare equal however they were written. Text that is not
 /// a CIDR is left as it is.
 pub fn canonical_cidr(cidr: &str) -> String {
-    match cidr.trim().split_once('/') {
-        Some((addr, prefix)) => match (addr.parse::<std::net::IpAddr>(), prefix.parse::<u8>()) {
-            (Ok(addr), Ok(prefix)) => format!("{addr}/{prefix}"),
-            _ => cidr.to_string(),
-        },
+    match crate::manifest::validate::network_of(cidr) {
+        Some((network, prefix)) => format!("{network}/{prefix}"),
         None => cidr.to_string(),
     }
 }
@@ -152,6 +150,17 @@ pub fn audience(e: &Expose, runner: &str) -> String {
     if e.from.contains(&Reach::Anywhere) {
         return "anyone on the internet (0.0.0.0/0 and ::/0)".into();
     }
+    let open: Vec<String> = e
+        .from
+        .iter()
+        .filter_map(|r| match r {
+            Reach::Cidr(c) if crate::manifest::validate::is_open(c) => Some(canonical_cidr(c)),
+            _ => None,
+        })
+        .collect();
+    if !open.is_empty() {
+        return format!("anyone on the internet ({})", open.join(", "));
+    }
     let mut parts: Vec<String> = e
         .from
         .iter()
@@ -210,6 +219,12 @@ mod tests {
         assert_eq!(canonical_cidr("2001:DB8:0:0::/64"), "2001:db8::/64");
         assert_eq!(canonical_cidr(" 10.0.0.0/8"), "10.0.0.0/8");
         assert_eq!(canonical_cidr("not a cidr"), "not a cidr");
+        // EC2 stores a source with its host bits cleared.
+        assert_eq!(canonical_cidr("203.0.113.5/24"), "203.0.113.0/24");
+        assert_eq!(canonical_cidr("2001:db8::7/64"), "2001:db8::/64");
+        assert_eq!(canonical_cidr("198.51.100.7/32"), "198.51.100.7/32");
+        assert_eq!(canonical_cidr("10.1.2.3/0"), "0.0.0.0/0");
+        assert_eq!(canonical_cidr("2001:db8::1/0"), "::/0");
     }
 
     #[test]
@@ -294,6 +309,10 @@ mod tests {
         assert_eq!(
             audience(&e(vec![Reach::Runner, Reach::Anywhere]), RUNS_FROM),
             "anyone on the internet (0.0.0.0/0 and ::/0)"
+        );
+        assert_eq!(
+            audience(&e(vec![Reach::Runner, Reach::Cidr("0.0.0.0/1".into())]), DEPLOYED_FROM),
+            "anyone on the internet (0.0.0.0/1)"
         );
         assert_eq!(
             audience(&e(vec![Reach::Cidr("203.0.113.0/24".into()), Reach::Runner]), DEPLOYED_FROM),

@@ -63,6 +63,14 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
+impl Outcome {
+    /// An instance that did not get ready: it has no URL to give.
+    pub fn failed(mut instance: Instance, error: String) -> Self {
+        instance.urls.clear();
+        Self { instance, ready: false, seconds_to_ready: None, error: Some(error) }
+    }
+}
+
 /// Everything a run needs besides the cloud. The user-data holds the host private key,
 /// so `Debug` omits it.
 pub struct Request<'a> {
@@ -518,7 +526,7 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
                     self.progress.event(format!("{}: {} failed: {error}", instance.region, instance.id));
                     w.outcomes.insert(
                         instance.id.clone(),
-                        Outcome { instance, ready: false, seconds_to_ready: None, error: Some(error) },
+                        Outcome::failed(instance, error),
                     );
                 }
                 continue;
@@ -593,7 +601,7 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
         }
         w.outcomes.insert(
             instance.id.clone(),
-            Outcome { instance: instance.clone(), ready: false, seconds_to_ready: None, error: Some(why) },
+            Outcome::failed(instance.clone(), why),
         );
     }
 

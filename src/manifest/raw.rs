@@ -60,7 +60,7 @@ impl JsonSchema for RawPort {
             "description": "A port from 1 to 65535 (not 22), or a range `first-last`.",
             "anyOf": [
                 { "type": "integer", "minimum": 1, "maximum": 65535, "not": { "const": 22 } },
-                { "type": "string", "pattern": "^[0-9]{1,5}(-[0-9]{1,5})?$" }
+                { "type": "string", "pattern": "^[0-9]{1,5}(-[0-9]{1,5})?$", "not": { "const": "22" } }
             ]
         })
     }
@@ -72,8 +72,8 @@ impl JsonSchema for RawPort {
 pub struct RawExpose {
     #[schemars(skip)]
     pub at: Span,
-    /// The port (`8080`) or range (`8000-8010`, at most 1000 ports). Port 22 is SSH's and
-    /// cannot be listed.
+    /// The port (`8080`) or range (`8000-8010`). Port 22 is SSH's and cannot be listed,
+    /// alone or in a range.
     pub port: Option<Spanned<RawPort>>,
     /// `tcp` (default) or `udp`.
     pub protocol: Option<Spanned<String>>,

@@ -164,7 +164,7 @@ pub fn config(raw: &RawConfig, cx: &mut Cx) -> Config {
                             "write an address with a prefix length, such as `203.0.113.7/32` or `2001:db8::/64`",
                         );
                     }
-                    ok
+                    ok && network_only(c, cx)
                 })
                 .map(|c| c.value.clone())
                 .collect(),
@@ -309,7 +309,13 @@ fn expose_entry(entry: &Spanned<RawExposeEntry>, cx: &mut Cx) -> Option<Expose> 
                 let reach = match source.value.as_str() {
                     "runner" => Reach::Runner,
                     "anywhere" => Reach::Anywhere,
-                    c if is_cidr(c) => Reach::Cidr(c.to_string()),
+                    c if is_cidr(c) => {
+                        if !network_only(source, cx) {
+                            bad = true;
+                            continue;
+                        }
+                        Reach::Cidr(c.to_string())
+                    }
                     other => {
                         cx.error(
                             Kind::InvalidValue,
@@ -504,6 +510,56 @@ fn is_user_name(s: &str) -> bool {
         && s.len() <= 32
         && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
         && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+/// A CIDR's network address (host bits cleared, as EC2 stores a source) and prefix.
+pub fn network_of(cidr: &str) -> Option<(std::net::IpAddr, u32)> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let (addr, prefix) = cidr.trim().split_once('/')?;
+    match (addr.parse::<IpAddr>().ok()?, prefix.parse::<u32>().ok()?) {
+        (IpAddr::V4(a), p) if p <= 32 => {
+            let mask = u32::MAX.checked_shl(32 - p).unwrap_or(0);
+            Some((IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask)), p))
+        }
+        (IpAddr::V6(a), p) if p <= 128 => {
+            let mask = u128::MAX.checked_shl(128 - p).unwrap_or(0);
+            Some((IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask)), p))
+        }
+        _ => None,
+    }
+}
+
+/// Reports a CIDR with host bits set (`203.0.113.5/24`): EC2 would open its whole network
+/// and answer with that, which is rarely what was meant. True when it is fine.
+fn network_only(c: &Spanned<String>, cx: &mut Cx) -> bool {
+    let Some((network, prefix)) = network_of(&c.value) else { return true };
+    let written = c.value.trim().split_once('/').and_then(|(a, _)| a.parse::<std::net::IpAddr>().ok());
+    if written == Some(network) {
+        return true;
+    }
+    let one = if network.is_ipv4() { 32 } else { 128 };
+    cx.error(
+        Kind::InvalidValue,
+        c.span,
+        format!("`{}` has host bits set: EC2 would open all of {network}/{prefix}", c.value),
+        format!(
+            "write the network `{network}/{prefix}`, or `{}/{one}` for that one address",
+            c.value.trim().split_once('/').map_or("", |(a, _)| a)
+        ),
+    );
+    false
+}
+
+/// Does `cidr` cover (near enough) the whole internet: an IPv4 prefix shorter than
+/// /8, or an IPv6 one shorter than /16 (`0.0.0.0/0`, `::/0`, and their halves)?
+pub fn is_open(cidr: &str) -> bool {
+    let Some((addr, len)) = cidr.split_once('/') else {
+        return false;
+    };
+    let Ok(len) = len.parse::<u8>() else {
+        return false;
+    };
+    if addr.contains(':') { len < 16 } else { len < 8 }
 }
 
 pub fn is_cidr(s: &str) -> bool {

@@ -148,11 +148,14 @@ pub async fn attempt(
             .map(|i| async {
                 let result = entry.deliver(i, &packed, secret_values, &progress).await;
                 let seconds = progress.elapsed().as_secs_f64();
-                Outcome {
-                    instance: i.clone(),
-                    ready: result.is_ok(),
-                    seconds_to_ready: result.is_ok().then_some(seconds),
-                    error: result.err(),
+                match result {
+                    Ok(()) => Outcome {
+                        instance: i.clone(),
+                        ready: true,
+                        seconds_to_ready: Some(seconds),
+                        error: None,
+                    },
+                    Err(e) => Outcome::failed(i.clone(), e),
                 }
             })
             // In the instances' order, as found: the outputs list them so.

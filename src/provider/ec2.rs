@@ -1509,10 +1509,12 @@ impl Cloud for Ec2 {
     async fn set_ingress(&self, region: &str, group_id: &str, rules: &[Rule]) -> Result<()> {
         let client = self.client(region);
         let (add, revoke) = ingress::delta(&self.ingress(region, group_id).await?, rules);
-        self.allow(region, group_id, &add).await?;
-        // One call revokes all or nothing: when one is gone already (another run's
-        // redeploy), the rest are revoked one by one.
-        let mut batches = vec![revoke.clone()];
+        // Revoked first: a move of the runner's rules never holds both addresses at once,
+        // which could pass the group's rule quota. In a VPC of spot's own one call revokes
+        // all or nothing (`InvalidPermission.NotFound` when one is gone already, say by
+        // another run's redeploy): the rest are then revoked one by one. In a default VPC
+        // EC2 revokes what it knows and lists the rest as unknown: gone too.
+        let mut batches = vec![revoke];
         while let Some(batch) = batches.pop() {
             if batch.is_empty() {
                 continue;
@@ -1534,7 +1536,7 @@ impl Cloud for Ec2 {
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        self.allow(region, group_id, &add).await
     }
 
     async fn push_ssh_key(&self, instance: &Instance, user: &str, public_key: &str) -> Result<()> {

@@ -44,8 +44,9 @@ Behaviours (EC2 as it really is, where moto is lenient), each switchable per tes
                            answer, and IdempotentParameterMismatch if its parameters
                            differ ("Ensuring idempotency in Amazon EC2 API requests")
 
-  canonical_cidrs: true    AuthorizeSecurityGroupIngress/RevokeSecurityGroupIngress keep an
-                           IPv6 source in the one form EC2 answers with (lower case,
+  canonical_cidrs: true    AuthorizeSecurityGroupIngress/RevokeSecurityGroupIngress keep a
+                           source in the one form EC2 stores and answers with (host bits
+                           cleared: 203.0.113.5/24 is 203.0.113.0/24; IPv6 in lower case,
                            zeros compressed) before moto stores or compares it, so a
                            source written another way is the same rule, as on EC2
                            (moto compares the text as given)
@@ -175,10 +176,12 @@ def error_xml(code, message):
 
 
 def canonical_cidr(text):
-    """An IPv6 CIDR as EC2 writes it back: lower case, zeros compressed."""
-    addr, _, prefix = text.partition("/")
+    """A CIDR as EC2 stores and writes it back: host bits cleared, IPv6 in lower case with
+    zeros compressed."""
+    if "/" not in text:
+        return text
     try:
-        return f"{ipaddress.ip_address(addr)}/{prefix}" if prefix else text
+        return str(ipaddress.ip_network(text.strip(), strict=False))
     except ValueError:
         return text
 
@@ -374,7 +377,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def strip_paging(self, action, params):
         """The parameters to forward (moto answers in one page) and the page asked for."""
         if BEHAVIOURS.get("canonical_cidrs") and action in ("AuthorizeSecurityGroupIngress", "RevokeSecurityGroupIngress"):
-            params = [(k, canonical_cidr(v) if k.endswith(".CidrIpv6") else v) for k, v in params]
+            params = [(k, canonical_cidr(v) if k.endswith((".CidrIpv6", ".CidrIp")) else v) for k, v in params]
         size = BEHAVIOURS.get("pages")
         if not size or action not in PAGED:
             return params, None
