@@ -524,10 +524,7 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
                     && let Some(Suspect { instance, error, .. }) = w.suspects.remove(&e.id)
                 {
                     self.progress.event(format!("{}: {} failed: {error}", instance.region, instance.id));
-                    w.outcomes.insert(
-                        instance.id.clone(),
-                        Outcome::failed(instance, error),
-                    );
+                    w.outcomes.insert(instance.id.clone(), Outcome::failed(instance, error));
                 }
                 continue;
             }
@@ -599,10 +596,7 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
         if is_reclaim(instance) {
             w.taken.insert(instance.id.clone(), (instance.instance_type.clone(), instance.az.clone()));
         }
-        w.outcomes.insert(
-            instance.id.clone(),
-            Outcome::failed(instance.clone(), why),
-        );
+        w.outcomes.insert(instance.id.clone(), Outcome::failed(instance.clone(), why));
     }
 
     /// When `min_ready` can no longer be met by the instances still in play and EC2
