@@ -452,6 +452,9 @@ pub(crate) fn rules(
 /// answers with the address it sees (as checkip.amazonaws.com does).
 pub const CHECKIP: &str = "checkip.amazonaws.com:80";
 
+const NO_ADDRESS_HELP: &str =
+    "set `aws.ssh_cidr` in config.yaml or pass --ssh-cidr, and give `expose` entries explicit `from` CIDRs";
+
 /// This machine's public address, as AWS sees it (checkip.amazonaws.com, or the
 /// emulator's stand-in at `checkip`).
 fn public_address(checkip: Option<&str>) -> Result<String, Error> {
@@ -459,11 +462,11 @@ fn public_address(checkip: Option<&str>) -> Result<String, Error> {
     use std::net::ToSocketAddrs as _;
     let service = checkip.unwrap_or(CHECKIP);
     let host = service.rsplit_once(':').map_or(service, |(h, _)| h);
-    let fail = |why: String| {
-        Error::Runtime {
-        message: format!("cannot find this machine's public address (asked {service}) for the security group's runner rules: {why}"),
-        help: "set `aws.ssh_cidr` in config.yaml or pass --ssh-cidr, and give `expose` entries explicit `from` CIDRs".into(),
-    }
+    let fail = |why: String| Error::Runtime {
+        message: format!(
+            "cannot find this machine's public address (asked {service}) for the runner's rules: {why}"
+        ),
+        help: NO_ADDRESS_HELP.into(),
     };
     let addr = service
         .to_socket_addrs()
