@@ -6,9 +6,8 @@
 //! input beyond another input) is refused naming both inputs.
 
 use crate::manifest::types::{
-    Deployment, Origin, Protocol, Reach, SshAccess, format_duration, parse_duration,
+    Deployment, Origin, Protocol, SshAccess, format_duration, is_open, parse_duration,
 };
-use crate::manifest::validate::is_open;
 use crate::manifest::{Diagnostic, Kind};
 
 /// The defaults, as action.yml declares them: a few small instances for a day at most,
@@ -75,18 +74,18 @@ impl Caps {
                 false
             }
         };
-        let ports_input = input("allowed-ports").unwrap_or_else(|| DEFAULT_PORTS.into());
+        let port_words = words(&input("allowed-ports").unwrap_or_else(|| DEFAULT_PORTS.into()));
+        if port_words.is_empty() {
+            errors.push("input `allowed-ports` is empty: write `*` for any port, or leave it out".into());
+        }
         let mut ports = Vec::new();
-        for w in words(&ports_input) {
+        for w in port_words {
             match port_pattern(&w) {
                 Some(p) => ports.push(p),
                 None => errors.push(format!(
                     "input `allowed-ports` has `{w}`: write ports or ranges, each maybe with /tcp or /udp (`8080 9000-9010/udp`), or `*`"
                 )),
             }
-        }
-        if words(&ports_input).is_empty() {
-            errors.push("input `allowed-ports` is empty: write `*` for any port, or leave it out".into());
         }
         let caps = Caps {
             ports,
@@ -222,12 +221,7 @@ impl Caps {
                 continue;
             }
             for (reach, origin) in e.from.iter().zip(&e.from_origins) {
-                let open = match reach {
-                    Reach::Anywhere => true,
-                    Reach::Cidr(c) => is_open(c),
-                    Reach::Runner => false,
-                };
-                if open {
+                if reach.is_open() {
                     at(
                         origin,
                         Kind::InvalidValue,

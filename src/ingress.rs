@@ -41,9 +41,10 @@ impl Rule {
 
 const RUNNER_MARK: &str = " (runner)";
 
-/// Did spot make a rule with this description (the only ones it revokes)?
+/// Did spot make a rule with this description (the only ones it revokes)? Older spots'
+/// `spot ssh` included.
 pub fn is_ours(description: &str) -> bool {
-    description == "spot ssh" || description.starts_with("spot ")
+    description.starts_with("spot ")
 }
 
 /// A CIDR in the one form EC2 stores and answers with: host bits cleared
@@ -138,6 +139,12 @@ pub fn http_ports(expose: &[Expose]) -> Vec<u16> {
     expose.iter().filter(|e| e.http).map(|e| e.ports.0).collect()
 }
 
+/// `8080/tcp (http) to only the runner that deployed it`: one line of `plan` and `create`.
+pub fn opened(e: &Expose, runner: &str) -> String {
+    let http = if e.http { " (http)" } else { "" };
+    format!("{}{http} to {}", e.label(), audience(e, runner))
+}
+
 /// How the summary and the comment name the runner's address.
 pub const DEPLOYED_FROM: &str = "the runner that deployed it";
 /// How `plan` names it, before anything is deployed.
@@ -154,7 +161,7 @@ pub fn audience(e: &Expose, runner: &str) -> String {
         .from
         .iter()
         .filter_map(|r| match r {
-            Reach::Cidr(c) if crate::manifest::validate::is_open(c) => Some(canonical_cidr(c)),
+            Reach::Cidr(c) if r.is_open() => Some(canonical_cidr(c)),
             _ => None,
         })
         .collect();

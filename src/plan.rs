@@ -432,13 +432,7 @@ impl Plan {
             let _ = writeln!(s, "  expose     nothing but SSH");
         }
         for e in &self.expose {
-            let http = if e.http { " (http)" } else { "" };
-            let _ = writeln!(
-                s,
-                "  expose     {}{http} to {}",
-                e.label(),
-                crate::ingress::audience(e, crate::ingress::RUNS_FROM)
-            );
+            let _ = writeln!(s, "  expose     {}", crate::ingress::opened(e, crate::ingress::RUNS_FROM));
         }
         let _ = writeln!(s, "  regions");
         for r in &self.regions {

@@ -86,7 +86,7 @@ fn reach(created: &Created) -> String {
             Vec::new()
         };
         let audience = cell(&crate::ingress::audience(e, crate::ingress::DEPLOYED_FROM));
-        let audience = if audience.starts_with("anyone") { format!("**{audience}**") } else { audience };
+        let audience = if e.from.iter().any(Reach::is_open) { format!("**{audience}**") } else { audience };
         let links = if links.is_empty() { "-".to_string() } else { links.join("<br>") };
         let _ = writeln!(md, "| {} | {audience} | {links} |", e.label());
     }

@@ -98,13 +98,7 @@ fn print_ready(json: bool, created: &Created) {
         }
     }
     for e in &plan.expose {
-        let http = if e.http { " (http)" } else { "" };
-        let _ = writeln!(
-            out,
-            "open: {}{http} to {}",
-            e.label(),
-            crate::ingress::audience(e, crate::ingress::DEPLOYED_FROM)
-        );
+        let _ = writeln!(out, "open: {}", crate::ingress::opened(e, crate::ingress::DEPLOYED_FROM));
     }
     let _ = writeln!(out, "state: {}", created.state_path.display());
     let _ = writeln!(out, "remove it with: spot destroy {}", plan.deployment_id);

@@ -64,6 +64,11 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// An instance ready `seconds` into the run.
+    pub fn ready(instance: Instance, seconds: f64) -> Self {
+        Self { instance, ready: true, seconds_to_ready: Some(seconds), error: None }
+    }
+
     /// An instance that did not get ready: it has no URL to give.
     pub fn failed(mut instance: Instance, error: String) -> Self {
         instance.urls.clear();
@@ -459,7 +464,7 @@ impl<C: Cloud, D: Deliver> Run<'_, C, D> {
                             Ok(()) => {
                                 let secs = self.progress.elapsed().as_secs_f64();
                                 self.progress.event(format!("{}: {} ready ({secs:.1}s)", instance.region, instance.id));
-                                let outcome = Outcome { instance, ready: true, seconds_to_ready: Some(secs), error: None };
+                                let outcome = Outcome::ready(instance, secs);
                                 w.outcomes.insert(outcome.instance.id.clone(), outcome);
                                 if w.done() {
                                     return Ok(w);

@@ -242,6 +242,30 @@ pub enum Reach {
     Cidr(String),
 }
 
+impl Reach {
+    /// Does it let (near enough) the whole internet in: `anywhere`, or a CIDR that
+    /// [`is_open`]?
+    pub fn is_open(&self) -> bool {
+        match self {
+            Reach::Anywhere => true,
+            Reach::Cidr(c) => is_open(c),
+            Reach::Runner => false,
+        }
+    }
+}
+
+/// Does `cidr` cover (near enough) the whole internet: an IPv4 prefix shorter than
+/// /8, or an IPv6 one shorter than /16 (`0.0.0.0/0`, `::/0`, and their halves)?
+pub fn is_open(cidr: &str) -> bool {
+    let Some((addr, len)) = cidr.split_once('/') else {
+        return false;
+    };
+    let Ok(len) = len.parse::<u8>() else {
+        return false;
+    };
+    if addr.contains(':') { len < 16 } else { len < 8 }
+}
+
 /// One `expose` entry of config.yaml: ports of every instance opened in its security group.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Expose {

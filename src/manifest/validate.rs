@@ -550,18 +550,6 @@ fn network_only(c: &Spanned<String>, cx: &mut Cx) -> bool {
     false
 }
 
-/// Does `cidr` cover (near enough) the whole internet: an IPv4 prefix shorter than
-/// /8, or an IPv6 one shorter than /16 (`0.0.0.0/0`, `::/0`, and their halves)?
-pub fn is_open(cidr: &str) -> bool {
-    let Some((addr, len)) = cidr.split_once('/') else {
-        return false;
-    };
-    let Ok(len) = len.parse::<u8>() else {
-        return false;
-    };
-    if addr.contains(':') { len < 16 } else { len < 8 }
-}
-
 pub fn is_cidr(s: &str) -> bool {
     let Some((addr, prefix)) = s.split_once('/') else {
         return false;

@@ -56,27 +56,27 @@ impl Session {
             std::env::var_os(EMULATOR_SSH_DIR).map(PathBuf::from),
             overridden,
         );
-        let (checkip, checkip_warning) = emulator_only(
-            EMULATOR_CHECKIP,
-            std::env::var(EMULATOR_CHECKIP).ok().map(PathBuf::from),
-            overridden,
-        );
+        let (checkip, checkip_warning) =
+            emulator_only(EMULATOR_CHECKIP, std::env::var(EMULATOR_CHECKIP).ok(), overridden);
         for warning in warning.into_iter().chain(checkip_warning) {
             crate::fence::eprint(&crate::fence::guard(&format!("warning: {warning}")));
         }
-        let checkip = checkip.map(|c| c.to_string_lossy().into_owned());
         Self { cloud, emulator, checkip }
     }
 }
 
 /// Pure: an emulator-only setting (`name`) when the endpoint is `overridden`; otherwise
 /// nothing, and a warning when it was set.
-fn emulator_only(name: &str, set: Option<PathBuf>, overridden: bool) -> (Option<PathBuf>, Option<String>) {
+fn emulator_only<T: AsRef<std::ffi::OsStr>>(
+    name: &str,
+    set: Option<T>,
+    overridden: bool,
+) -> (Option<T>, Option<String>) {
     match set {
         Some(value) if !overridden => {
             let warning = format!(
                 "{name}={} ignored: it is for EC2 emulators, and no endpoint override is in effect",
-                value.display()
+                value.as_ref().to_string_lossy()
             );
             (None, Some(warning))
         }
@@ -261,7 +261,7 @@ mod tests {
         let (used, warning) = emulator_only(EMULATOR_SSH_DIR, Some(dir), false);
         assert_eq!(used, None);
         assert!(warning.is_some_and(|w| w.contains("SPOT_EMULATOR_SSH_DIR=/tmp/ssh ignored")));
-        assert_eq!(emulator_only(EMULATOR_SSH_DIR, None, false), (None, None));
-        assert_eq!(emulator_only(EMULATOR_SSH_DIR, None, true), (None, None));
+        assert_eq!(emulator_only::<PathBuf>(EMULATOR_SSH_DIR, None, false), (None, None));
+        assert_eq!(emulator_only::<PathBuf>(EMULATOR_SSH_DIR, None, true), (None, None));
     }
 }

@@ -149,12 +149,7 @@ pub async fn attempt(
                 let result = entry.deliver(i, &packed, secret_values, &progress).await;
                 let seconds = progress.elapsed().as_secs_f64();
                 match result {
-                    Ok(()) => Outcome {
-                        instance: i.clone(),
-                        ready: true,
-                        seconds_to_ready: Some(seconds),
-                        error: None,
-                    },
+                    Ok(()) => Outcome::ready(i.clone(), seconds),
                     Err(e) => Outcome::failed(i.clone(), e),
                 }
             })

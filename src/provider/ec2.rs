@@ -590,7 +590,7 @@ impl Ec2 {
     /// asked for again.
     async fn allow(&self, region: &str, group_id: &str, rules: &[Rule]) -> Result<()> {
         let client = self.client(region);
-        let mut missing = ingress::delta(&[], rules).0;
+        let mut missing = rules.to_vec();
         for _ in 0..3 {
             if missing.is_empty() {
                 return Ok(());
